@@ -1,0 +1,52 @@
+"""Refusals: one exception type per layer, each carrying a DUIS code.
+
+A ``Rejection`` is raised where a check fails and translated exactly once, at
+the service edge, into a signed acknowledgement and an audit row. Any other
+exception escaping the request path is a bug and is answered with E100 after
+rolling back.
+"""
+
+from __future__ import annotations
+
+from hubreturns.codes import ResponseCode, info
+
+__all__ = [
+    "EnvelopeRejection",
+    "Rejection",
+    "RuleRejection",
+    "SignatureRejection",
+]
+
+
+class Rejection(Exception):
+    """A request refused with ``code``; ``message`` says what was wrong."""
+
+    code: ResponseCode
+    message: str
+
+    def __init__(self, code: ResponseCode, message: str) -> None:
+        if type(self) is Rejection:
+            raise TypeError("raise a layer-specific Rejection subclass")
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    @property
+    def hint(self) -> str:
+        return info(self.code).hint
+
+    @property
+    def http_status(self) -> int:
+        return info(self.code).http_status
+
+
+class EnvelopeRejection(Rejection):
+    """Bytes that are not an acceptable, schema-valid DUIS document (E30, E31)."""
+
+
+class SignatureRejection(Rejection):
+    """Signature profile, cryptography or certificate failures (E40 – E43)."""
+
+
+class RuleRejection(Rejection):
+    """Access control and business rules (E1 – E5, E11 – E21, E44, E45)."""

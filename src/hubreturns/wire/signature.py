@@ -1,0 +1,244 @@
+"""SMKI XML signatures: verify fail-closed, sign compactly.
+
+The profile (DUIS / SMKI XML signing) admits exactly one shape, and ``verify``
+checks that shape before any cryptography runs:
+
+* one ``ds:Signature`` in the whole document, the last child of the root;
+* ``SignedInfo`` = exclusive C14N + ECDSA-SHA256 + one ``Reference URI=""``
+  whose only transform is enveloped-signature, digest SHA-256;
+* ``KeyInfo`` = one ``X509Data`` with one ``X509IssuerSerial`` and nothing
+  else: the key always comes from our own certificate store, never from the
+  document;
+* ``SignatureValue`` = raw ``r||s`` (64 bytes for P-256).
+
+Because the one reference is the whole document, what the rules later read is
+exactly what was signed: there is nothing outside the signed content to wrap.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable
+from datetime import datetime
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+from lxml import etree
+
+from hubreturns.codes import ResponseCode
+from hubreturns.errors import SignatureRejection
+from hubreturns.policy import Algorithm, SecurityPolicy
+from hubreturns.wire.certificate import SigningCertificate, normalize_issuer
+from hubreturns.wire.envelope import DS_NS
+
+__all__ = ["CertificateLookup", "sign", "verify"]
+
+#: Finds a certificate in our own store by (normalised issuer, serial).
+CertificateLookup = Callable[[str, int], SigningCertificate | None]
+
+_DS = f"{{{DS_NS}}}"
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def _bad(message: str) -> SignatureRejection:
+    return SignatureRejection(ResponseCode.E40, message)
+
+
+def _children(element: etree._Element, *names: str) -> list[etree._Element]:
+    """The element's children, which must be exactly ``names`` in that order."""
+    found = list(element)
+    got = [etree.QName(c).localname if isinstance(c.tag, str) else "?" for c in found]
+    if got != list(names) or any(c.tag != f"{_DS}{n}" for c, n in zip(found, names, strict=True)):
+        raise _bad(f"ds:{etree.QName(element).localname} must contain {list(names)}, found {got}")
+    return found
+
+
+def _attributes(element: etree._Element, **expected: str) -> None:
+    if dict(element.attrib) != expected:
+        name = etree.QName(element).localname
+        raise _bad(f"ds:{name} has attributes {dict(element.attrib)}, expected {expected}")
+
+
+def _algorithm(element: etree._Element, allowed: Algorithm) -> None:
+    _children(element)
+    _attributes(element, Algorithm=allowed.value)
+
+
+def _b64(element: etree._Element, length: int, what: str) -> bytes:
+    text = "".join((element.text or "").split())
+    try:
+        value = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise _bad(f"{what} is not base64") from None
+    if len(value) != length:
+        raise _bad(f"{what} has {len(value)} bytes, expected {length}")
+    return value
+
+
+def _enveloped_digest(root: etree._Element, signature: etree._Element) -> bytes:
+    """SHA-256 of the document's inclusive C14N 1.0 form without the Signature node.
+
+    The Signature element is detached for the duration and put back; its tail
+    text (which belongs to the document, not to the signature) stays in place.
+    """
+    previous = signature.getprevious()
+    tail = signature.tail
+    root.remove(signature)
+    if tail:
+        if previous is not None:
+            previous.tail = (previous.tail or "") + tail
+        else:
+            root.text = (root.text or "") + tail
+    try:
+        canonical = etree.tostring(root.getroottree(), method="c14n", exclusive=False)
+    finally:
+        if tail:
+            if previous is not None:
+                previous.tail = (previous.tail or "")[: -len(tail)] or None
+            else:
+                root.text = (root.text or "")[: -len(tail)] or None
+        root.append(signature)
+        signature.tail = tail
+    return hashlib.sha256(canonical).digest()
+
+
+def _signed_info_bytes(signed_info: etree._Element) -> bytes:
+    return etree.tostring(signed_info, method="c14n", exclusive=True)
+
+
+def verify(
+    root: etree._Element,
+    lookup: CertificateLookup,
+    policy: SecurityPolicy,
+    now: datetime,
+) -> SigningCertificate:
+    """Check the document's one signature and return the certificate that made it.
+
+    Raises ``SignatureRejection``: E40 for profile, format or cryptographic
+    failures, E41 when issuer+serial is not in our store, E42 when the
+    certificate is not one allowed to sign (OU, curve, validity at ``now``).
+    The caller still checks that the certificate belongs to the originator.
+    """
+    signatures = list(root.iter(f"{_DS}Signature"))
+    if not signatures:
+        raise _bad("the request is not signed (no ds:Signature)")
+    if len(signatures) > 1:
+        raise _bad(f"exactly one ds:Signature is allowed, found {len(signatures)}")
+    signature = signatures[0]
+    if signature.getparent() is not root or root[-1] is not signature:
+        raise _bad("ds:Signature must be the last child of the root element")
+    _attributes(signature)
+    signed_info, signature_value, key_info = _children(
+        signature, "SignedInfo", "SignatureValue", "KeyInfo"
+    )
+    _attributes(signed_info)
+    c14n, method, reference = _children(
+        signed_info, "CanonicalizationMethod", "SignatureMethod", "Reference"
+    )
+    _algorithm(c14n, policy.canonicalization)
+    _algorithm(method, policy.signature_method)
+    _attributes(reference, URI="")
+    transforms, digest_method, digest_value = _children(
+        reference, "Transforms", "DigestMethod", "DigestValue"
+    )
+    (transform,) = _children(transforms, "Transform")
+    _algorithm(transform, policy.transform)
+    _algorithm(digest_method, policy.digest_method)
+    _attributes(signature_value)
+    (x509_data,) = _children(key_info, "X509Data")
+    (issuer_serial,) = _children(x509_data, "X509IssuerSerial")
+    issuer_name, serial_number = _children(issuer_serial, "X509IssuerName", "X509SerialNumber")
+
+    expected_digest = _b64(digest_value, 32, "DigestValue")
+    raw_signature = _b64(signature_value, 64, "SignatureValue")
+    r = int.from_bytes(raw_signature[:32], "big")
+    s = int.from_bytes(raw_signature[32:], "big")
+    if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
+        raise _bad("SignatureValue r or s is out of range")
+
+    serial_text = (serial_number.text or "").strip()
+    if not serial_text.isdigit() or len(serial_text) > 49:
+        raise _bad("X509SerialNumber must be a decimal integer")
+    try:
+        issuer = normalize_issuer(issuer_name.text or "")
+    except ValueError:
+        raise SignatureRejection(ResponseCode.E41, "X509IssuerName is not a valid name") from None
+    certificate = lookup(issuer, int(serial_text))
+    if certificate is None:
+        raise SignatureRejection(
+            ResponseCode.E41, f"no certificate issued by {issuer} with serial {serial_text}"
+        )
+    _check_certificate(certificate, policy, now)
+    assert certificate.public_key is not None  # checked above
+
+    # SignedInfo is canonicalised before the digest step detaches the Signature:
+    # re-attaching it may let lxml re-declare the ds namespace under another prefix.
+    signed_bytes = _signed_info_bytes(signed_info)
+    if _enveloped_digest(root, signature) != expected_digest:
+        raise _bad("DigestValue does not match the document (the signed content was changed)")
+    try:
+        certificate.public_key.verify(
+            encode_dss_signature(r, s), signed_bytes, ec.ECDSA(hashes.SHA256())
+        )
+    except InvalidSignature:
+        raise _bad("SignatureValue does not verify with the named certificate") from None
+    return certificate
+
+
+def _check_certificate(cert: SigningCertificate, policy: SecurityPolicy, now: datetime) -> None:
+    def refuse(why: str) -> SignatureRejection:
+        return SignatureRejection(ResponseCode.E42, f"certificate serial {cert.serial} {why}")
+
+    if not cert.organisational_units & policy.signer_ous:
+        raise refuse(
+            f"has OU {sorted(cert.organisational_units)}, not {sorted(policy.signer_ous)}"
+        )
+    if cert.public_key is None or not isinstance(cert.public_key.curve, ec.SECP256R1):
+        raise refuse("does not hold a P-256 key")
+    if now < cert.not_before - policy.clock_skew:
+        raise refuse(f"is not valid before {cert.not_before.isoformat()}")
+    if now > cert.not_after + policy.clock_skew:
+        raise refuse(f"expired on {cert.not_after.isoformat()}")
+
+
+def sign(
+    root: etree._Element, key: ec.EllipticCurvePrivateKey, certificate: SigningCertificate
+) -> bytes:
+    """Append an enveloped SMKI signature to ``root`` and return the compact document.
+
+    Produce documents compact (no whitespace between elements): DCC's own
+    validator strips it before checking.
+    """
+    # The enveloped transform digests the document as it is before the Signature exists.
+    digest = hashlib.sha256(etree.tostring(root.getroottree(), method="c14n")).digest()
+    signature = etree.SubElement(root, f"{_DS}Signature", nsmap={"ds": DS_NS})
+    signed_info = etree.SubElement(signature, f"{_DS}SignedInfo")
+    etree.SubElement(
+        signed_info, f"{_DS}CanonicalizationMethod", Algorithm=Algorithm.EXC_C14N.value
+    )
+    etree.SubElement(signed_info, f"{_DS}SignatureMethod", Algorithm=Algorithm.ECDSA_SHA256.value)
+    reference = etree.SubElement(signed_info, f"{_DS}Reference", URI="")
+    transforms = etree.SubElement(reference, f"{_DS}Transforms")
+    etree.SubElement(transforms, f"{_DS}Transform", Algorithm=Algorithm.ENVELOPED.value)
+    etree.SubElement(reference, f"{_DS}DigestMethod", Algorithm=Algorithm.SHA256.value)
+    digest_value = etree.SubElement(reference, f"{_DS}DigestValue")
+    signature_value = etree.SubElement(signature, f"{_DS}SignatureValue")
+    key_info = etree.SubElement(signature, f"{_DS}KeyInfo")
+    issuer_serial = etree.SubElement(
+        etree.SubElement(key_info, f"{_DS}X509Data"), f"{_DS}X509IssuerSerial"
+    )
+    etree.SubElement(issuer_serial, f"{_DS}X509IssuerName").text = certificate.issuer
+    etree.SubElement(issuer_serial, f"{_DS}X509SerialNumber").text = str(certificate.serial)
+
+    digest_value.text = base64.b64encode(digest).decode()
+    der = key.sign(_signed_info_bytes(signed_info), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    signature_value.text = base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode()
+    return etree.tostring(root.getroottree(), xml_declaration=True, encoding="UTF-8")

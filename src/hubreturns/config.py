@@ -1,0 +1,120 @@
+"""Settings from a TOML file and ``HUBRETURNS_*`` environment variables.
+
+Precedence: built-in defaults < TOML file < environment. The TOML file is
+``--config PATH``, else ``$HUBRETURNS_CONFIG``, else ``./hubreturns.toml`` when
+it exists. Keys (TOML / environment):
+
+=====================  ===============================  ==========================
+``database_url``       ``HUBRETURNS_DATABASE_URL``      ``sqlite:///hubreturns.db``
+``signing_key``        ``HUBRETURNS_SIGNING_KEY``       packaged DCC test DSP key
+``signing_cert``       ``HUBRETURNS_SIGNING_CERT``      packaged DCC test DSP cert
+``acb_eui``            ``HUBRETURNS_ACB_EUI``           ``90-B3-D5-1F-30-00-00-02``
+``max_body_bytes``     ``HUBRETURNS_MAX_BODY_BYTES``    ``65536``
+=====================  ===============================  ==========================
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from hubreturns.model import eui
+from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
+from hubreturns.wire.certificate import SigningCertificate
+from hubreturns.wire.response import ResponseSigner
+
+__all__ = ["ConfigError", "Settings", "load_settings", "packaged_pki"]
+
+DEFAULT_ACB = "90-B3-D5-1F-30-00-00-02"
+_DSP_STEM = "dsp-xml-sign-90B3D51F30000002-ds"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names it and says how to fix it."""
+
+
+def packaged_pki() -> Path:
+    """Folder of the public DCC *test* SMKI credentials shipped as package data."""
+    return Path(str(resources.files("hubreturns") / "data" / "test-pki"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    database_url: str = "sqlite:///hubreturns.db"
+    signing_key: Path = packaged_pki() / f"{_DSP_STEM}.key.pem"
+    signing_cert: Path = packaged_pki() / f"{_DSP_STEM}.cert.pem"
+    acb_eui: str = DEFAULT_ACB
+    max_body_bytes: int = 64 * 1024
+
+    def policy(self) -> SecurityPolicy:
+        return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)
+
+    def signer(self) -> ResponseSigner:
+        try:
+            key = load_pem_private_key(self.signing_key.read_bytes(), password=None)
+            cert = SigningCertificate.from_pem(self.signing_cert.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot load the response-signing key/certificate ({exc}); set signing_key "
+                "and signing_cert (HUBRETURNS_SIGNING_KEY / HUBRETURNS_SIGNING_CERT) to PEM files"
+            ) from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{self.signing_key} is not an EC private key; DUIS signs with P-256")
+        return ResponseSigner(key, cert)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("signing_key", "signing_cert"):
+        return Path(str(value)).expanduser()
+    if name == "max_body_bytes":
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"max_body_bytes must be a whole number of bytes, got {value!r}") from None
+        if number <= 0:
+            raise ConfigError("max_body_bytes must be positive")
+        return number
+    if name == "acb_eui":
+        try:
+            return eui(str(value))
+        except ValueError as exc:
+            raise ConfigError(f"acb_eui: {exc}") from None
+    return str(value)
+
+
+def load_settings(
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    env = os.environ if environ is None else environ
+    path = config_file or (Path(env["HUBRETURNS_CONFIG"]) if "HUBRETURNS_CONFIG" in env else None)
+    if path is None and Path("hubreturns.toml").is_file():
+        path = Path("hubreturns.toml")
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Settings)}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        section = data.get("hubreturns", data)
+        unknown = set(section) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {sorted(unknown)} in {path}; known: {sorted(known)}"
+            )
+        values.update(section)
+    for name in known:
+        key = f"HUBRETURNS_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    return Settings(**{name: _coerce(name, value) for name, value in values.items()})

@@ -1,0 +1,362 @@
+"""The request path: bytes in, one transaction, signed bytes out.
+
+``authenticate`` is pure (parse, schema, signature, identity). ``Processor``
+adds the edges: certificate lookups, the decision's facts, and the one
+transaction in which an accepted return advances the replay counter, is
+recorded, claims the hub and writes its audit row. A refusal writes the audit
+row only. Both channels (DUIS and the Service Desk) go through
+``Processor._decide_and_record`` so one rule set serves both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from lxml import etree
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hubreturns.codes import ResponseCode, info
+from hubreturns.errors import Rejection, SignatureRejection
+from hubreturns.model import Channel, Endpoint, RequestId, ReturnRequest
+from hubreturns.policy import SecurityPolicy
+from hubreturns.rules import Decision, decide
+from hubreturns.store.models import ReturnRecord
+from hubreturns.store.repository import AuditFields, Repository
+from hubreturns.wire import envelope, signature
+from hubreturns.wire.certificate import SigningCertificate
+from hubreturns.wire.response import ResponseSigner, build_response
+
+__all__ = ["CertificateCache", "Outcome", "Processor", "authenticate", "authenticate_document"]
+
+log = logging.getLogger("hubreturns.processing")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def authenticate(
+    data: bytes,
+    lookup: signature.CertificateLookup,
+    policy: SecurityPolicy,
+    now: datetime,
+) -> ReturnRequest:
+    """Bytes to a verified request, or a ``Rejection`` (E30, E31, E40 – E43)."""
+    return authenticate_document(envelope.parse(data, policy), lookup, policy, now)
+
+
+def authenticate_document(
+    root: etree._Element,
+    lookup: signature.CertificateLookup,
+    policy: SecurityPolicy,
+    now: datetime,
+) -> ReturnRequest:
+    """A parsed document to a verified request: schema, signature, then identity."""
+    if policy.validate_schema:
+        envelope.validate(root)
+    certificate = signature.verify(root, lookup, policy, now)
+    request = envelope.read_request(root)
+    if certificate.eui != request.originator:
+        raise SignatureRejection(
+            ResponseCode.E43,
+            f"certificate serial {certificate.serial} belongs to {certificate.eui}, "
+            f"not to originator {request.originator}",
+        )
+    return request
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    code: ResponseCode
+    reason: str
+    http_status: int
+    request_id: RequestId | None
+    service_reference_variant: str
+    return_id: int | None
+    response: bytes
+
+    @property
+    def accepted(self) -> bool:
+        return self.code.accepted
+
+
+class CertificateCache:
+    """Certificates by (issuer, serial), read through to the store, kept ``ttl`` seconds.
+
+    Only found certificates are cached, so a certificate loaded later is
+    seen at once; a removed one stops being trusted within ``ttl``.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], ttl: float = 60.0) -> None:
+        self._sessions = sessions
+        self._ttl = ttl
+        self._entries: dict[tuple[str, int], tuple[float, SigningCertificate]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, issuer: str, serial: int) -> SigningCertificate | None:
+        key = (issuer, serial)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry[1]
+        with self._sessions() as session:
+            cert = Repository(session).certificate(issuer, serial)
+        if cert is not None:
+            with self._lock:
+                self._entries[key] = (time.monotonic() + self._ttl, cert)
+        return cert
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class Processor:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        signer: ResponseSigner,
+        policy: SecurityPolicy,
+        access_control_broker: str,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.signer = signer
+        self.policy = policy
+        self.access_control_broker = access_control_broker
+        self.clock = clock
+        self.certificates = CertificateCache(sessions)
+
+    # -- channels -------------------------------------------------------------------
+
+    def handle_duis(self, body: bytes, endpoint: Endpoint) -> Outcome:
+        """One DUIS request: always returns a signed response, never raises Rejection."""
+        now = self.clock()
+        audit = {
+            "received_at": now,
+            "channel": Channel.DUIS,
+            "endpoint": endpoint.value,
+            "body_sha256": hashlib.sha256(body).hexdigest(),
+            "body_bytes": len(body),
+        }
+        root: etree._Element | None = None
+        try:
+            root = envelope.parse(body, self.policy)
+            request = authenticate_document(root, self.certificates, self.policy, now)
+        except Rejection as refusal:
+            echo = envelope.peek_header(root)
+            return self._refuse(
+                refusal.code, refusal.message, echo.request_id, echo.service_reference_variant,
+                audit,
+            )
+        return self._decide_and_record(
+            request, endpoint=endpoint, raw=body, entered_by=None, audit=audit, check_counter=True
+        )
+
+    def handle_desk(self, request: ReturnRequest, *, entered_by: str) -> Outcome:
+        """A return logged by Service Desk staff for a named Service User.
+
+        The same facts and rules as DUIS apply; there is no signature and no
+        replay counter (the desk entry is authenticated by the staff sign-in).
+        """
+        now = self.clock()
+        audit = {"received_at": now, "channel": Channel.SERVICE_DESK, "endpoint": None}
+        return self._decide_and_record(
+            request,
+            endpoint=Endpoint.NON_DEVICE,
+            raw=None,
+            entered_by=entered_by,
+            audit=audit,
+            check_counter=False,
+        )
+
+    def reject_unreadable(self, code: ResponseCode, reason: str, endpoint: str | None) -> Outcome:
+        """A request refused before its body could be read (size, content type)."""
+        audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
+        return self._refuse(code, reason, None, "8.14.3", audit)
+
+    # -- the one transaction ------------------------------------------------------
+
+    def _decide_and_record(
+        self,
+        request: ReturnRequest,
+        *,
+        endpoint: Endpoint,
+        raw: bytes | None,
+        entered_by: str | None,
+        audit: dict[str, object],
+        check_counter: bool,
+    ) -> Outcome:
+        now = audit["received_at"]
+        assert isinstance(now, datetime)
+        channel = audit["channel"]
+        assert isinstance(channel, Channel)
+        try:
+            with self.sessions.begin() as session:
+                repo = Repository(session)
+                facts = repo.facts(
+                    request,
+                    endpoint=endpoint,
+                    access_control_broker=self.access_control_broker,
+                    now=now,
+                    check_counter=check_counter,
+                )
+                decision = decide(facts)
+                return_id: int | None = None
+                if decision.accepted:
+                    assert facts.user is not None and facts.device is not None
+                    decision, return_id = self._accept(
+                        repo, request, decision, channel, now, raw, entered_by,
+                        facts.user.role.value, facts.device.smi_status.value, check_counter,
+                    )
+                code_info = info(decision.code)
+                repo.add_audit(
+                    AuditFields(
+                        **audit,  # type: ignore[arg-type]
+                        code=decision.code.value,
+                        accepted=decision.accepted,
+                        reason=(
+                            f"{decision.reason}; entered by {entered_by}"
+                            if entered_by
+                            else decision.reason
+                        ),
+                        http_status=code_info.http_status,
+                        request_id=_record_request_id(request, channel),
+                        originator=request.originator,
+                        service_reference_variant=request.kind.variant,
+                        device_id=request.device_id,
+                        return_id=return_id,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            log.error("database error, request %s not recorded: %s", request.request_id, exc)
+            return self._unavailable(request)
+        return self._respond(decision, request.request_id, request.kind.variant, return_id)
+
+    def _accept(
+        self,
+        repo: Repository,
+        request: ReturnRequest,
+        decision: Decision,
+        channel: Channel,
+        now: datetime,
+        raw: bytes | None,
+        entered_by: str | None,
+        role: str,
+        smi_status: str,
+        check_counter: bool,
+    ) -> tuple[Decision, int | None]:
+        """The accepted-request writes, inside a savepoint so a lost race undoes them."""
+        savepoint = repo.session.begin_nested()
+        if check_counter and not repo.advance_counter(
+            request.originator, request.request_id.counter, now
+        ):
+            savepoint.rollback()
+            return Decision(ResponseCode.E21, "counter already used (concurrent request)"), None
+        record = repo.add_return(
+            ReturnRecord(
+                request_id=_record_request_id(request, channel),
+                channel=channel.value,
+                originator=request.originator,
+                role=role,
+                on_behalf_of=decision.on_behalf_of,
+                entered_by=entered_by,
+                device_id=request.device_id,
+                service_reference_variant=request.kind.variant,
+                return_type=request.return_type,
+                other_device_id=request.other_device_id,
+                connection_method=(
+                    request.connection_method.value if request.connection_method else None
+                ),
+                fault_reason=request.fault_reason.value if request.fault_reason else None,
+                user_ref_datetime=request.user_ref_datetime,
+                user_ref_id=request.user_ref_id,
+                incident_reference=request.incident_reference,
+                additional_information=request.additional_information,
+                smi_status_at_return=smi_status,
+                status="notified",
+                received_at=now,
+                request_xml=raw,
+            )
+        )
+        if not repo.claim_device(request.device_id, record.id, now):
+            savepoint.rollback()
+            return Decision(ResponseCode.E44, "hub already has an open return (concurrent)"), None
+        savepoint.commit()
+        return decision, record.id
+
+    # -- responses ------------------------------------------------------------------
+
+    def _refuse(
+        self,
+        code: ResponseCode,
+        reason: str,
+        request_id: RequestId | None,
+        variant: str,
+        audit: dict[str, object],
+    ) -> Outcome:
+        try:
+            with self.sessions.begin() as session:
+                Repository(session).add_audit(
+                    AuditFields(
+                        **audit,  # type: ignore[arg-type]
+                        code=code.value,
+                        accepted=False,
+                        reason=reason,
+                        http_status=info(code).http_status,
+                        request_id=str(request_id) if request_id else None,
+                        originator=request_id.originator if request_id else None,
+                        service_reference_variant=variant,
+                    )
+                )
+        except SQLAlchemyError as exc:
+            # The refusal stands; only its audit row is lost, and the log says so.
+            log.error("database error, audit row for refused request not written: %s", exc)
+        return self._respond(Decision(code, reason), request_id, variant, None)
+
+    def _unavailable(self, request: ReturnRequest) -> Outcome:
+        return self._respond(
+            Decision(ResponseCode.E100, "database unavailable; nothing was recorded"),
+            request.request_id,
+            request.kind.variant,
+            None,
+        )
+
+    def _respond(
+        self,
+        decision: Decision,
+        request_id: RequestId | None,
+        variant: str,
+        return_id: int | None,
+    ) -> Outcome:
+        response = build_response(
+            request_id=request_id,
+            code=decision.code,
+            service_reference="8.14",
+            service_reference_variant=variant,
+            now=self.clock(),
+            signer=self.signer,
+        )
+        return Outcome(
+            code=decision.code,
+            reason=decision.reason,
+            http_status=info(decision.code).http_status,
+            request_id=request_id,
+            service_reference_variant=variant,
+            return_id=return_id,
+            response=response,
+        )
+
+
+def _record_request_id(request: ReturnRequest, channel: Channel) -> str:
+    if channel is Channel.DUIS:
+        return str(request.request_id)
+    return f"SD:{request.request_id}"
+

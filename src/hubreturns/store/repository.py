@@ -1,0 +1,366 @@
+"""Reads and writes over one SQLAlchemy session; the caller owns the transaction.
+
+The two writes that decide races are conditional, so they hold on SQLite and
+on PostgreSQL alike without table locks:
+
+* ``advance_counter`` is one ``INSERT … ON CONFLICT DO UPDATE … WHERE
+  last < new RETURNING``: of two requests with the same counter, exactly one
+  gets a row back;
+* ``claim_device`` sets ``open_return_id`` only where it is still NULL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from hubreturns.model import (
+    Channel,
+    DeviceType,
+    Endpoint,
+    ReturnRequest,
+    Role,
+    SmiStatus,
+    UserStatus,
+)
+from hubreturns.rules import DeviceFacts, Facts, UserFacts
+from hubreturns.store.models import (
+    Appointment,
+    AuditEntry,
+    Certificate,
+    Device,
+    DeviceSupplier,
+    ReplayCounter,
+    ReturnRecord,
+    User,
+    counter_text,
+)
+from hubreturns.wire.certificate import SigningCertificate
+
+__all__ = ["AuditFields", "Repository", "ReturnFilter"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditFields:
+    """What the audit log keeps about one request, accepted or not."""
+
+    received_at: datetime
+    channel: Channel
+    code: str
+    accepted: bool
+    reason: str
+    http_status: int
+    endpoint: str | None = None
+    request_id: str | None = None
+    originator: str | None = None
+    service_reference_variant: str | None = None
+    device_id: str | None = None
+    body_sha256: str | None = None
+    body_bytes: int = 0
+    return_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReturnFilter:
+    device_id: str | None = None
+    originator: str | None = None
+    on_behalf_of: str | None = None
+    role: str | None = None
+    channel: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+class Repository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    # -- facts for the decision -------------------------------------------------
+
+    def user(self, user_id: str) -> UserFacts | None:
+        row = self.session.get(User, user_id)
+        if row is None:
+            return None
+        return UserFacts(user_id=row.user_id, role=Role(row.role), status=UserStatus(row.status))
+
+    def device(self, device_id: str) -> DeviceFacts | None:
+        row = self.session.get(Device, device_id)
+        if row is None:
+            return None
+        suppliers = self.session.scalars(
+            select(DeviceSupplier.supplier_user_id).where(DeviceSupplier.device_id == device_id)
+        ).all()
+        return DeviceFacts(
+            device_id=row.device_id,
+            device_type=DeviceType(row.device_type),
+            smi_status=SmiStatus(row.smi_status),
+            responsible_suppliers=frozenset(suppliers),
+            gpf_id=row.gpf_id,
+            has_open_return=row.open_return_id is not None,
+        )
+
+    def appointed_by(self, rsa_user_id: str, now: datetime) -> frozenset[str]:
+        """Active Suppliers whose appointment of this RSA is valid at ``now``."""
+        rows = self.session.scalars(
+            select(Appointment.supplier_user_id)
+            .join(User, User.user_id == Appointment.supplier_user_id)
+            .where(
+                Appointment.rsa_user_id == rsa_user_id,
+                Appointment.revoked_at.is_(None),
+                Appointment.valid_from <= now,
+                or_(Appointment.valid_to.is_(None), Appointment.valid_to > now),
+                User.status == UserStatus.ACTIVE.value,
+                User.role.in_([Role.IS.value, Role.GS.value]),
+            )
+        ).all()
+        return frozenset(rows)
+
+    def last_counter(self, originator: str) -> int | None:
+        text = self.session.scalar(
+            select(ReplayCounter.last_counter).where(ReplayCounter.originator == originator)
+        )
+        return int(text) if text is not None else None
+
+    def facts(
+        self,
+        request: ReturnRequest,
+        *,
+        endpoint: Endpoint,
+        access_control_broker: str,
+        now: datetime,
+        check_counter: bool = True,
+    ) -> Facts:
+        user = self.user(request.originator)
+        return Facts(
+            request=request,
+            endpoint=endpoint,
+            access_control_broker=access_control_broker,
+            user=user,
+            last_counter=self.last_counter(request.originator) if check_counter else None,
+            device=self.device(request.device_id),
+            appointed_by=(
+                self.appointed_by(user.user_id, now)
+                if user is not None and user.role is Role.RSA
+                else frozenset()
+            ),
+        )
+
+    # -- the accepted-request writes --------------------------------------------
+
+    def advance_counter(self, originator: str, counter: int, now: datetime) -> bool:
+        """Move the originator's counter up to ``counter``; False if it is not higher."""
+        insert = (
+            postgresql.insert
+            if self.session.get_bind().dialect.name == "postgresql"
+            else sqlite.insert
+        )
+        stmt = insert(ReplayCounter).values(
+            originator=originator, last_counter=counter_text(counter), updated_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[ReplayCounter.originator],
+            set_={"last_counter": stmt.excluded.last_counter, "updated_at": stmt.excluded.updated_at},
+            where=ReplayCounter.last_counter < stmt.excluded.last_counter,
+        ).returning(ReplayCounter.originator)
+        return self.session.execute(stmt).first() is not None
+
+    def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
+        """Mark the hub as having an open return; False if it already has one."""
+        result = self.session.execute(
+            update(Device)
+            .where(Device.device_id == device_id, Device.open_return_id.is_(None))
+            .values(open_return_id=return_id, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+    def add_return(self, record: ReturnRecord) -> ReturnRecord:
+        self.session.add(record)
+        self.session.flush()
+        return record
+
+    def add_audit(self, fields: AuditFields) -> AuditEntry:
+        entry = AuditEntry(
+            received_at=fields.received_at,
+            channel=fields.channel.value,
+            endpoint=fields.endpoint,
+            request_id=fields.request_id,
+            originator=fields.originator,
+            service_reference_variant=fields.service_reference_variant,
+            device_id=fields.device_id,
+            code=fields.code,
+            accepted=fields.accepted,
+            reason=fields.reason,
+            http_status=fields.http_status,
+            body_sha256=fields.body_sha256,
+            body_bytes=fields.body_bytes,
+            return_id=fields.return_id,
+        )
+        self.session.add(entry)
+        return entry
+
+    # -- the SMKI repository ------------------------------------------------------
+
+    def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
+        row = self.session.get(Certificate, (issuer, str(serial)))
+        return SigningCertificate.from_pem(row.pem.encode()) if row is not None else None
+
+    def upsert_certificates(self, certs: Iterable[SigningCertificate], now: datetime) -> int:
+        count = 0
+        for cert in certs:
+            self.session.merge(
+                Certificate(
+                    issuer=cert.issuer,
+                    serial=str(cert.serial),
+                    eui=cert.eui,
+                    organisational_units=",".join(sorted(cert.organisational_units)),
+                    not_before=cert.not_before,
+                    not_after=cert.not_after,
+                    pem=cert.pem.decode(),
+                    loaded_at=now,
+                )
+            )
+            count += 1
+        return count
+
+    # -- registry and inventory loads (idempotent upserts) ------------------------
+
+    def upsert_user(self, user_id: str, role: Role, name: str, status: UserStatus, now: datetime) -> None:
+        self.session.merge(
+            User(user_id=user_id, role=role.value, name=name, status=status.value, updated_at=now)
+        )
+
+    def upsert_device(
+        self,
+        *,
+        device_id: str,
+        device_type: DeviceType,
+        smi_status: SmiStatus,
+        responsible_suppliers: Iterable[str],
+        gpf_id: str | None,
+        now: datetime,
+    ) -> None:
+        existing = self.session.get(Device, device_id)
+        if existing is None:
+            self.session.add(
+                Device(
+                    device_id=device_id,
+                    device_type=device_type.value,
+                    smi_status=smi_status.value,
+                    gpf_id=gpf_id,
+                    updated_at=now,
+                )
+            )
+        else:
+            existing.device_type = device_type.value
+            existing.smi_status = smi_status.value
+            existing.gpf_id = gpf_id
+            existing.updated_at = now
+        self.session.flush()
+        self.session.execute(delete(DeviceSupplier).where(DeviceSupplier.device_id == device_id))
+        for supplier in sorted(set(responsible_suppliers)):
+            self.session.add(DeviceSupplier(device_id=device_id, supplier_user_id=supplier))
+
+    def appoint(
+        self, rsa_user_id: str, supplier_user_id: str, valid_from: datetime, valid_to: datetime | None
+    ) -> Appointment:
+        """Record (or update) a Supplier's confirmation of an RSA; idempotent."""
+        row = self.session.scalar(
+            select(Appointment).where(
+                Appointment.rsa_user_id == rsa_user_id,
+                Appointment.supplier_user_id == supplier_user_id,
+                Appointment.valid_from == valid_from,
+            )
+        )
+        if row is None:
+            row = Appointment(
+                rsa_user_id=rsa_user_id,
+                supplier_user_id=supplier_user_id,
+                valid_from=valid_from,
+                valid_to=valid_to,
+            )
+            self.session.add(row)
+        else:
+            row.valid_to = valid_to
+            row.revoked_at = None
+        self.session.flush()
+        return row
+
+    def revoke(self, rsa_user_id: str, supplier_user_id: str, now: datetime) -> int:
+        """Withdraw every open appointment of the RSA by the Supplier; returns how many."""
+        result = self.session.execute(
+            update(Appointment)
+            .where(
+                Appointment.rsa_user_id == rsa_user_id,
+                Appointment.supplier_user_id == supplier_user_id,
+                Appointment.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return int(result.rowcount)  # type: ignore[attr-defined]
+
+    # -- queries --------------------------------------------------------------------
+
+    def returns(self, where: ReturnFilter) -> Sequence[ReturnRecord]:
+        query: Select[tuple[ReturnRecord]] = select(ReturnRecord)
+        conditions = [
+            column == value
+            for column, value in (
+                (ReturnRecord.device_id, where.device_id),
+                (ReturnRecord.originator, where.originator),
+                (ReturnRecord.on_behalf_of, where.on_behalf_of),
+                (ReturnRecord.role, where.role),
+                (ReturnRecord.channel, where.channel),
+                (ReturnRecord.status, where.status),
+            )
+            if value is not None
+        ]
+        if where.since is not None:
+            conditions.append(ReturnRecord.received_at >= where.since)
+        if where.until is not None:
+            conditions.append(ReturnRecord.received_at < where.until)
+        if conditions:
+            query = query.where(and_(*conditions))
+        return self.session.scalars(
+            query.order_by(ReturnRecord.id.desc()).limit(where.limit)
+        ).all()
+
+    def audit(
+        self,
+        *,
+        originator: str | None = None,
+        code: str | None = None,
+        accepted: bool | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEntry]:
+        query: Select[tuple[AuditEntry]] = select(AuditEntry)
+        if originator is not None:
+            query = query.where(AuditEntry.originator == originator)
+        if code is not None:
+            query = query.where(AuditEntry.code == code)
+        if accepted is not None:
+            query = query.where(AuditEntry.accepted.is_(accepted))
+        return self.session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit)).all()
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the main tables (for ``hubreturns status`` and tests)."""
+        tables = {
+            "users": User,
+            "certificates": Certificate,
+            "appointments": Appointment,
+            "devices": Device,
+            "returns": ReturnRecord,
+            "audit_log": AuditEntry,
+        }
+        return {
+            name: int(self.session.scalar(select(func.count()).select_from(model)) or 0)
+            for name, model in tables.items()
+        }

@@ -1,0 +1,423 @@
+"""``hubreturns``: the operator's command line (Typer + Rich).
+
+Each command is a thin shell over the library: it loads settings, opens the
+store, calls one function and prints the result. Errors are printed as
+``error: … / hint: …`` with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hubreturns.codes import CODE_INFO
+from hubreturns.config import ConfigError, Settings, load_settings
+from hubreturns.importers import ImportFailed
+from hubreturns.loading import (
+    load_appointments,
+    load_certificates,
+    load_devices,
+    load_users,
+    registry_roles,
+)
+from hubreturns.model import Role, eui
+from hubreturns.rules import RULES
+from hubreturns.store.db import make_engine, make_sessionmaker, migrate
+from hubreturns.store.repository import Repository, ReturnFilter
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="DCC Communications Hub returns service (DUIS 8.14.3 / 8.14.4, SECMP0039).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+load_app = typer.Typer(help="Load import files (CSV or PEM); a file with a bad row loads nothing.")
+app.add_typer(load_app, name="load")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML settings file (default: $HUBRETURNS_CONFIG, ./hubreturns.toml)."),
+]
+
+
+class CliError(Exception):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def fail(message: str, hint: str) -> NoReturn:
+    raise CliError(message, hint)
+
+
+def _settings(config: Path | None) -> Settings:
+    if config is not None:
+        os.environ["HUBRETURNS_CONFIG"] = str(config)
+    return load_settings(config)
+
+
+@contextmanager
+def _store(config: Path | None) -> Iterator[sessionmaker[Session]]:
+    settings = _settings(config)
+    engine = make_engine(settings.database_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _eui_option(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return eui(value)
+    except ValueError as exc:
+        fail(f"{name}: {exc}", "Write User and Device IDs as 00-DB-12-34-56-78-00-04.")
+
+
+def _instant(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{name}: {value!r} is not an ISO 8601 date or time", "Use e.g. 2026-11-01 or 2026-11-01T09:30Z.")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# -- database ------------------------------------------------------------------------
+
+
+@app.command()
+def init(config: ConfigOption = None) -> None:
+    """Create the database, or migrate it to the current schema."""
+    settings = _settings(config)
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    console.print(f"[green]database ready[/green]: {settings.database_url}")
+
+
+# -- loads ---------------------------------------------------------------------------
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}", "Check the path and permissions.")
+
+
+@load_app.command("users")
+def load_users_cmd(file: Path, config: ConfigOption = None) -> None:
+    """Users CSV: user_id,role,name,status."""
+    with _store(config) as sessions:
+        count = load_users(sessions, _read(file), _now())
+    console.print(f"[green]loaded {count} users[/green] from {file}")
+
+
+@load_app.command("appointments")
+def load_appointments_cmd(file: Path, config: ConfigOption = None) -> None:
+    """Appointments CSV: rsa_user_id,supplier_user_id,valid_from,valid_to."""
+    with _store(config) as sessions:
+        count = load_appointments(sessions, _read(file))
+    console.print(f"[green]loaded {count} appointments[/green] from {file}")
+
+
+@load_app.command("devices")
+def load_devices_cmd(file: Path, config: ConfigOption = None) -> None:
+    """Devices CSV: device_id,device_type,smi_status,responsible_suppliers,gpf_id."""
+    with _store(config) as sessions:
+        count = load_devices(sessions, _read(file), _now())
+    console.print(f"[green]loaded {count} devices[/green] from {file}")
+
+
+@load_app.command("certs")
+def load_certs_cmd(paths: list[Path], config: ConfigOption = None) -> None:
+    """PEM certificates (files or folders) into the SMKI repository."""
+    with _store(config) as sessions:
+        try:
+            certs = load_certificates(sessions, paths, _now())
+        except FileNotFoundError as exc:
+            fail(str(exc), "Give PEM files or folders that contain *.pem files.")
+        except ValueError as exc:
+            fail(str(exc), "Only PEM-encoded X.509 certificates can be loaded.")
+    table = Table("issuer", "serial", "EUI", "OU", "valid until")
+    for cert in certs:
+        table.add_row(
+            cert.issuer, str(cert.serial), cert.eui or "-",
+            ",".join(sorted(cert.organisational_units)), cert.not_after.date().isoformat(),
+        )
+    console.print(table)
+    console.print(f"[green]loaded {len(certs)} certificates[/green]")
+
+
+# -- appointments ----------------------------------------------------------------------
+
+
+@app.command()
+def appoint(
+    rsa: Annotated[str, typer.Option(help="The RSA's User ID.")],
+    supplier: Annotated[str, typer.Option(help="The confirming Supplier's (IS/GS) User ID.")],
+    valid_from: Annotated[str | None, typer.Option("--from", help="ISO 8601; default now.")] = None,
+    valid_to: Annotated[str | None, typer.Option("--to", help="ISO 8601; default open-ended.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """A Supplier confirms that an RSA works for it (SECMP0039)."""
+    rsa_id, supplier_id = _eui_option(rsa, "--rsa"), _eui_option(supplier, "--supplier")
+    assert rsa_id is not None and supplier_id is not None
+    start = _instant(valid_from, "--from") or _now()
+    end = _instant(valid_to, "--to")
+    if end is not None and end <= start:
+        fail("--to must be after --from", "Leave --to out for an open-ended appointment.")
+    with _store(config) as sessions, sessions.begin() as session:
+        roles = registry_roles(session)
+        if roles.get(rsa_id) is not Role.RSA:
+            fail(f"{rsa_id} is not a registered RSA user", "Load the user with role RSA first.")
+        if roles.get(supplier_id) not in (Role.IS, Role.GS):
+            fail(f"{supplier_id} is not a registered IS or GS user", "Only Suppliers appoint RSAs.")
+        Repository(session).appoint(rsa_id, supplier_id, start, end)
+    console.print(f"[green]{supplier_id} appoints RSA {rsa_id}[/green] from {start.isoformat()}")
+
+
+@app.command()
+def revoke(
+    rsa: Annotated[str, typer.Option(help="The RSA's User ID.")],
+    supplier: Annotated[str, typer.Option(help="The Supplier withdrawing its confirmation.")],
+    config: ConfigOption = None,
+) -> None:
+    """A Supplier withdraws its confirmation of an RSA, effective now."""
+    rsa_id, supplier_id = _eui_option(rsa, "--rsa"), _eui_option(supplier, "--supplier")
+    assert rsa_id is not None and supplier_id is not None
+    with _store(config) as sessions, sessions.begin() as session:
+        count = Repository(session).revoke(rsa_id, supplier_id, _now())
+    if count == 0:
+        fail(f"{supplier_id} has no open appointment of {rsa_id}", "See `hubreturns appoint`.")
+    console.print(f"[green]revoked {count} appointment(s)[/green]")
+
+
+# -- serving ---------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the DUIS endpoints (/api/v1/serviceD|S|T) and /healthz."""
+    import uvicorn
+
+    settings = _settings(config)
+    settings.signer()  # fail now, not at the first request
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    console.print(f"serving on http://{host}:{port} with {workers} worker(s), {settings.database_url}")
+    uvicorn.run(
+        "hubreturns.service:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo database, CSVs and keys.")] = Path(
+        "demo-out"
+    ),
+) -> None:
+    """Set up a SQLite demo world, serve it over HTTP and run every scenario."""
+    from hubreturns.demo import SCENARIOS, build_world, run_scenarios, seed
+    from hubreturns.serving import running_server
+    from hubreturns.service import create_app, processor_from_settings
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    now = _now()
+    world = build_world(out, now=now)
+    settings = Settings(database_url=f"sqlite:///{out / 'hubreturns-demo.db'}")
+    processor = processor_from_settings(settings)
+    bind = processor.sessions.kw["bind"]
+    migrate(bind)
+    seed(processor.sessions, world, now)
+    console.print(f"demo world in [bold]{out}/[/bold]: users.csv, appointments.csv, devices.csv, pki/")
+    table = Table("#", "scenario", "expected", "received", "HTTP", "signed", "result", title="8.14.3 / 8.14.4 scenarios over HTTP")
+    with running_server(create_app(processor)) as url:
+        console.print(f"service on {url}; sending {len(SCENARIOS)} signed requests")
+        results = run_scenarios(url, world)
+    for n, result in enumerate(results, 1):
+        table.add_row(
+            str(n), result.scenario.name, result.scenario.expected.value, result.received,
+            str(result.http_status), "yes" if result.signature_ok else "NO",
+            "[green]pass[/green]" if result.passed else f"[red]FAIL[/red] {result.detail}",
+        )
+    console.print(table)
+    with processor.sessions() as session:
+        counts = Repository(session).counts()
+    passed = sum(r.passed for r in results)
+    console.print(
+        f"{passed}/{len(results)} passed; database: {counts['returns']} returns recorded, "
+        f"{counts['audit_log']} audit rows ({settings.database_url})"
+    )
+    bind.dispose()
+    if passed != len(results):
+        raise typer.Exit(1)
+
+
+# -- queries ---------------------------------------------------------------------------
+
+
+def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, title: str) -> None:
+    if as_csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(headers)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        return
+    table = Table(*headers, title=title)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+@app.command("returns")
+def returns_cmd(
+    device: Annotated[str | None, typer.Option(help="Device ID of the hub.")] = None,
+    originator: Annotated[str | None, typer.Option(help="Sending User ID.")] = None,
+    on_behalf_of: Annotated[str | None, typer.Option(help="Supplier the return was made for.")] = None,
+    role: Annotated[str | None, typer.Option(help="IS, GS or RSA.")] = None,
+    channel: Annotated[str | None, typer.Option(help="duis or servicedesk.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 lower bound of received time.")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List recorded returns, newest first."""
+    where = ReturnFilter(
+        device_id=_eui_option(device, "--device"),
+        originator=_eui_option(originator, "--originator"),
+        on_behalf_of=_eui_option(on_behalf_of, "--on-behalf-of"),
+        role=role.upper() if role else None,
+        channel=channel,
+        since=_instant(since, "--since"),
+        limit=limit,
+    )
+    with _store(config) as sessions, sessions() as session:
+        records = Repository(session).returns(where)
+        rows: list[Sequence[object]] = [
+            (
+                r.id, r.received_at.isoformat(timespec="seconds"), r.channel, r.request_id,
+                r.originator, r.role, r.on_behalf_of, r.device_id, r.service_reference_variant,
+                r.return_type, r.fault_reason, r.smi_status_at_return, r.status,
+            )
+            for r in records
+        ]
+    _emit(
+        ("id", "received", "channel", "request_id", "originator", "role", "on_behalf_of",
+         "device", "srv", "type", "fault_reason", "smi_at_return", "status"),
+        rows, as_csv, "Recorded returns",
+    )
+
+
+@app.command("log")
+def log_cmd(
+    originator: Annotated[str | None, typer.Option(help="Sending User ID.")] = None,
+    code: Annotated[str | None, typer.Option(help="Response code, e.g. E5.")] = None,
+    refused: Annotated[bool, typer.Option("--refused", help="Only refused requests.")] = False,
+    limit: Annotated[int, typer.Option(min=1)] = 100,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The request audit log: every request received, accepted or not, newest first."""
+    with _store(config) as sessions, sessions() as session:
+        entries = Repository(session).audit(
+            originator=_eui_option(originator, "--originator"),
+            code=code.upper() if code else None,
+            accepted=False if refused else None,
+            limit=limit,
+        )
+        rows: list[Sequence[object]] = [
+            (
+                e.id, e.received_at.isoformat(timespec="seconds"), e.channel, e.endpoint,
+                e.request_id, e.code, e.http_status, e.reason,
+            )
+            for e in entries
+        ]
+    _emit(("id", "received", "channel", "endpoint", "request_id", "code", "http", "reason"),
+          rows, as_csv, "Request audit log")
+
+
+@app.command()
+def codes(markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False) -> None:
+    """The response codes this service answers with."""
+    rows = [
+        (code.value, i.meaning, str(i.http_status), "hubreturns" if i.chosen_here else "DUIS", i.hint)
+        for code, i in CODE_INFO.items()
+    ]
+    if markdown:
+        print("| code | meaning | HTTP | defined by | hint |\n|---|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    _emit(("code", "meaning", "HTTP", "defined by", "hint"), list(rows), False, "Response codes")
+
+
+@app.command()
+def rules(markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False) -> None:
+    """The decision table, in the order it is applied."""
+    rows = [(str(n), r.code.value, r.name, r.source) for n, r in enumerate(RULES, 1)]
+    if markdown:
+        print("| # | code | check | source |\n|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        return
+    _emit(("#", "code", "check", "source"), list(rows), False, "Decision rules (first failing row wins)")
+
+
+def main() -> None:
+    try:
+        app()
+    except CliError as exc:
+        err.print(f"[red]error:[/red] {exc}\n[yellow]hint:[/yellow] {exc.hint}")
+        sys.exit(2)
+    except ImportFailed as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[yellow]hint:[/yellow] {exc.hint}")
+        sys.exit(2)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}\n[yellow]hint:[/yellow] see README, Configuration.")
+        sys.exit(2)
+    except SQLAlchemyError as exc:
+        err.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}")
+        err.print("[yellow]hint:[/yellow] run `hubreturns init` and check database_url.")
+        sys.exit(2)

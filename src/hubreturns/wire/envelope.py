@@ -62,7 +62,9 @@ def _parser() -> etree.XMLParser:
             remove_comments=False,
             remove_pis=False,
             remove_blank_text=False,
-            collect_ids=False,
+            # collect_ids=False makes libxml2 2.14 load the external DTD subset
+            # (XML_SKIP_IDS sets ctxt->loadsubset): a local file read. Keep True.
+            collect_ids=True,
             attribute_defaults=False,
         )
         _local.parser = parser

@@ -53,7 +53,11 @@ err = Console(stderr=True)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (default: $HUBRETURNS_CONFIG, ./hubreturns.toml)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML settings file (default: $HUBRETURNS_CONFIG, ./hubreturns.toml).",
+    ),
 ]
 
 
@@ -102,7 +106,10 @@ def _instant(value: str | None, name: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        fail(f"{name}: {value!r} is not an ISO 8601 date or time", "Use e.g. 2026-11-01 or 2026-11-01T09:30Z.")
+        fail(
+            f"{name}: {value!r} is not an ISO 8601 date or time",
+            "Use e.g. 2026-11-01 or 2026-11-01T09:30Z.",
+        )
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -168,8 +175,11 @@ def load_certs_cmd(paths: list[Path], config: ConfigOption = None) -> None:
     table = Table("issuer", "serial", "EUI", "OU", "valid until")
     for cert in certs:
         table.add_row(
-            cert.issuer, str(cert.serial), cert.eui or "-",
-            ",".join(sorted(cert.organisational_units)), cert.not_after.date().isoformat(),
+            cert.issuer,
+            str(cert.serial),
+            cert.eui or "-",
+            ",".join(sorted(cert.organisational_units)),
+            cert.not_after.date().isoformat(),
         )
     console.print(table)
     console.print(f"[green]loaded {len(certs)} certificates[/green]")
@@ -183,7 +193,9 @@ def appoint(
     rsa: Annotated[str, typer.Option(help="The RSA's User ID.")],
     supplier: Annotated[str, typer.Option(help="The confirming Supplier's (IS/GS) User ID.")],
     valid_from: Annotated[str | None, typer.Option("--from", help="ISO 8601; default now.")] = None,
-    valid_to: Annotated[str | None, typer.Option("--to", help="ISO 8601; default open-ended.")] = None,
+    valid_to: Annotated[
+        str | None, typer.Option("--to", help="ISO 8601; default open-ended.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """A Supplier confirms that an RSA works for it (SECMP0039)."""
@@ -239,7 +251,9 @@ def serve(
         migrate(engine)
     finally:
         engine.dispose()
-    console.print(f"serving on http://{host}:{port} with {workers} worker(s), {settings.database_url}")
+    console.print(
+        f"serving on http://{host}:{port} with {workers} worker(s), {settings.database_url}"
+    )
     uvicorn.run(
         "hubreturns.service:app_from_environment",
         factory=True,
@@ -258,8 +272,8 @@ def demo(
 ) -> None:
     """Set up a SQLite demo world, serve it over HTTP and run every scenario."""
     from hubreturns.demo import SCENARIOS, build_world, run_scenarios, seed
-    from hubreturns.serving import running_server
     from hubreturns.service import create_app, processor_from_settings
+    from hubreturns.serving import running_server
 
     if out.exists():
         shutil.rmtree(out)
@@ -271,15 +285,30 @@ def demo(
     bind = processor.sessions.kw["bind"]
     migrate(bind)
     seed(processor.sessions, world, now)
-    console.print(f"demo world in [bold]{out}/[/bold]: users.csv, appointments.csv, devices.csv, pki/")
-    table = Table("#", "scenario", "expected", "received", "HTTP", "signed", "result", title="8.14.3 / 8.14.4 scenarios over HTTP")
-    with running_server(create_app(processor)) as url:
+    console.print(
+        f"demo world in [bold]{out}/[/bold]: users.csv, appointments.csv, devices.csv, pki/"
+    )
+    table = Table(
+        "#",
+        "scenario",
+        "expected",
+        "received",
+        "HTTP",
+        "signed",
+        "result",
+        title="8.14.3 / 8.14.4 scenarios over HTTP",
+    )
+    with running_server(create_app(processor, settings)) as url:
         console.print(f"service on {url}; sending {len(SCENARIOS)} signed requests")
         results = run_scenarios(url, world)
     for n, result in enumerate(results, 1):
         table.add_row(
-            str(n), result.scenario.name, result.scenario.expected.value, result.received,
-            str(result.http_status), "yes" if result.signature_ok else "NO",
+            str(n),
+            result.scenario.name,
+            result.scenario.expected.value,
+            result.received,
+            str(result.http_status),
+            "yes" if result.signature_ok else "NO",
             "[green]pass[/green]" if result.passed else f"[red]FAIL[/red] {result.detail}",
         )
     console.print(table)
@@ -314,10 +343,14 @@ def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, ti
 def returns_cmd(
     device: Annotated[str | None, typer.Option(help="Device ID of the hub.")] = None,
     originator: Annotated[str | None, typer.Option(help="Sending User ID.")] = None,
-    on_behalf_of: Annotated[str | None, typer.Option(help="Supplier the return was made for.")] = None,
+    on_behalf_of: Annotated[
+        str | None, typer.Option(help="Supplier the return was made for.")
+    ] = None,
     role: Annotated[str | None, typer.Option(help="IS, GS or RSA.")] = None,
     channel: Annotated[str | None, typer.Option(help="duis or servicedesk.")] = None,
-    since: Annotated[str | None, typer.Option(help="ISO 8601 lower bound of received time.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="ISO 8601 lower bound of received time.")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
     config: ConfigOption = None,
@@ -336,16 +369,41 @@ def returns_cmd(
         records = Repository(session).returns(where)
         rows: list[Sequence[object]] = [
             (
-                r.id, r.received_at.isoformat(timespec="seconds"), r.channel, r.request_id,
-                r.originator, r.role, r.on_behalf_of, r.device_id, r.service_reference_variant,
-                r.return_type, r.fault_reason, r.smi_status_at_return, r.status,
+                r.id,
+                r.received_at.isoformat(timespec="seconds"),
+                r.channel,
+                r.request_id,
+                r.originator,
+                r.role,
+                r.on_behalf_of,
+                r.device_id,
+                r.service_reference_variant,
+                r.return_type,
+                r.fault_reason,
+                r.smi_status_at_return,
+                r.status,
             )
             for r in records
         ]
     _emit(
-        ("id", "received", "channel", "request_id", "originator", "role", "on_behalf_of",
-         "device", "srv", "type", "fault_reason", "smi_at_return", "status"),
-        rows, as_csv, "Recorded returns",
+        (
+            "id",
+            "received",
+            "channel",
+            "request_id",
+            "originator",
+            "role",
+            "on_behalf_of",
+            "device",
+            "srv",
+            "type",
+            "fault_reason",
+            "smi_at_return",
+            "status",
+        ),
+        rows,
+        as_csv,
+        "Recorded returns",
     )
 
 
@@ -368,20 +426,36 @@ def log_cmd(
         )
         rows: list[Sequence[object]] = [
             (
-                e.id, e.received_at.isoformat(timespec="seconds"), e.channel, e.endpoint,
-                e.request_id, e.code, e.http_status, e.reason,
+                e.id,
+                e.received_at.isoformat(timespec="seconds"),
+                e.channel,
+                e.endpoint,
+                e.request_id,
+                e.code,
+                e.http_status,
+                e.reason,
             )
             for e in entries
         ]
-    _emit(("id", "received", "channel", "endpoint", "request_id", "code", "http", "reason"),
-          rows, as_csv, "Request audit log")
+    _emit(
+        ("id", "received", "channel", "endpoint", "request_id", "code", "http", "reason"),
+        rows,
+        as_csv,
+        "Request audit log",
+    )
 
 
 @app.command()
 def codes(markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False) -> None:
     """The response codes this service answers with."""
     rows = [
-        (code.value, i.meaning, str(i.http_status), "hubreturns" if i.chosen_here else "DUIS", i.hint)
+        (
+            code.value,
+            i.meaning,
+            str(i.http_status),
+            "hubreturns" if i.chosen_here else "DUIS",
+            i.hint,
+        )
         for code, i in CODE_INFO.items()
     ]
     if markdown:
@@ -401,10 +475,18 @@ def rules(markdown: Annotated[bool, typer.Option(help="Markdown table (README)."
         for row in rows:
             print("| " + " | ".join(row) + " |")
         return
-    _emit(("#", "code", "check", "source"), list(rows), False, "Decision rules (first failing row wins)")
+    _emit(
+        ("#", "code", "check", "source"),
+        list(rows),
+        False,
+        "Decision rules (first failing row wins)",
+    )
 
 
 def main() -> None:
+    from hubreturns.extensions import register_commands
+
+    register_commands(app)
     try:
         app()
     except CliError as exc:

@@ -37,7 +37,9 @@ def read_response(
     if root.tag != f"{_SR}Response":
         raise EnvelopeRejection(ResponseCode.E31, f"expected sr:Response, got {root.tag}")
     signer = signature.verify(
-        root, lambda issuer, serial: known.get((issuer, serial)), DSP_RESPONSE_POLICY,
+        root,
+        lambda issuer, serial: known.get((issuer, serial)),
+        DSP_RESPONSE_POLICY,
         now or datetime.now(UTC),
     )
     code_text = root.findtext(f"{_SR}Header/{_SR}ResponseCode") or ""

@@ -132,7 +132,7 @@ CODE_INFO: MappingProxyType[ResponseCode, CodeInfo] = MappingProxyType(
         _C.E40: CodeInfo(
             "Signature missing, malformed or invalid",
             "Sign the compact document with one enveloped ECDSA-SHA256 signature as the last "
-            "child of sr:Request (exclusive C14N SignedInfo, one Reference URI=\"\").",
+            'child of sr:Request (exclusive C14N SignedInfo, one Reference URI="").',
             401,
             True,
         ),

@@ -10,6 +10,9 @@ it exists. Keys (TOML / environment):
 ``signing_cert``       ``HUBRETURNS_SIGNING_CERT``      packaged DCC test DSP cert
 ``acb_eui``            ``HUBRETURNS_ACB_EUI``           ``90-B3-D5-1F-30-00-00-02``
 ``max_body_bytes``     ``HUBRETURNS_MAX_BODY_BYTES``    ``65536``
+``session_secret``     ``HUBRETURNS_SESSION_SECRET``    random per process
+``operator_token``     ``HUBRETURNS_OPERATOR_TOKEN``    none (desk sessions only)
+``tariff_file``        ``HUBRETURNS_TARIFF_FILE``       SECMP0039 IA defaults
 =====================  ===============================  ==========================
 """
 
@@ -53,6 +56,12 @@ class Settings:
     signing_cert: Path = packaged_pki() / f"{_DSP_STEM}.cert.pem"
     acb_eui: str = DEFAULT_ACB
     max_body_bytes: int = 64 * 1024
+    #: Service Desk session-cookie key; None = a random key per process (single worker only).
+    session_secret: str | None = None
+    #: Bearer token for the operator JSON API; None = the API only accepts desk sessions.
+    operator_token: str | None = None
+    #: Charges tariff (TOML); None = the SECMP0039 impact-assessment defaults.
+    tariff_file: Path | None = None
 
     def policy(self) -> SecurityPolicy:
         return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)
@@ -72,13 +81,15 @@ class Settings:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("signing_key", "signing_cert"):
+    if name in ("signing_key", "signing_cert", "tariff_file"):
         return Path(str(value)).expanduser()
     if name == "max_body_bytes":
         try:
             number = int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"max_body_bytes must be a whole number of bytes, got {value!r}") from None
+            raise ConfigError(
+                f"max_body_bytes must be a whole number of bytes, got {value!r}"
+            ) from None
         if number <= 0:
             raise ConfigError("max_body_bytes must be positive")
         return number

@@ -117,77 +117,114 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(name="IS fault return, Pending hub", sender=IS, device=_hub("A2"), expected=_E.I99),
     Scenario(
         name="IS no-fault return, Commissioned hub",
-        sender=IS, device=_hub("B2"), kind=ReturnKind.NO_FAULT, expected=_E.I99,
+        sender=IS,
+        device=_hub("B2"),
+        kind=ReturnKind.NO_FAULT,
+        expected=_E.I99,
     ),
     Scenario(
         name="GS no-fault return, Pending hub",
-        sender=GS, device=_hub("E2"), kind=ReturnKind.NO_FAULT, expected=_E.I99,
+        sender=GS,
+        device=_hub("E2"),
+        kind=ReturnKind.NO_FAULT,
+        expected=_E.I99,
     ),
     Scenario(name="RSA for its IS, Pending hub", sender=RSA, device=_hub("C2"), expected=_E.I99),
-    Scenario(
-        name="RSA for its IS, installed hub", sender=RSA, device=_hub("D2"), expected=_E.E5
-    ),
+    Scenario(name="RSA for its IS, installed hub", sender=RSA, device=_hub("D2"), expected=_E.E5),
     Scenario(
         name="RSA appointed by nobody", sender=RSA_UNAPPOINTED, device=_hub("F2"), expected=_E.E4
     ),
     Scenario(name="GS, hub of another Supplier", sender=GS, device=_hub("F2"), expected=_E.E4),
     Scenario(name="ED sends a return", sender=ED, device=_hub("F2"), expected=_E.E2),
     Scenario(name="Suspended Supplier", sender=GS_SUSPENDED, device=_hub("F2"), expected=_E.E3),
-    Scenario(
-        name="User ID not registered", sender=UNREGISTERED, device=_hub("F2"), expected=_E.E1
-    ),
+    Scenario(name="User ID not registered", sender=UNREGISTERED, device=_hub("F2"), expected=_E.E1),
     Scenario(name="Device not in inventory", sender=IS, device=_hub("99"), expected=_E.E19),
     Scenario(name="Device is an ESME", sender=IS, device=_hub("A1"), expected=_E.E11),
     Scenario(
-        name="Command variant 1", sender=IS, device=_hub("F2"), command_variant=1,
+        name="Command variant 1",
+        sender=IS,
+        device=_hub("F2"),
+        command_variant=1,
         expected=_E.E12,
     ),
     Scenario(
-        name="Sent to the send-command endpoint", sender=IS, device=_hub("F2"),
-        endpoint=Endpoint.SEND_COMMAND, expected=_E.E13,
+        name="Sent to the send-command endpoint",
+        sender=IS,
+        device=_hub("F2"),
+        endpoint=Endpoint.SEND_COMMAND,
+        expected=_E.E13,
     ),
     Scenario(
-        name="Business target not the ACB", sender=IS, device=_hub("F2"),
-        target="00-DB-12-34-56-78-FF-FF", expected=_E.E20,
+        name="Business target not the ACB",
+        sender=IS,
+        device=_hub("F2"),
+        target="00-DB-12-34-56-78-FF-FF",
+        expected=_E.E20,
     ),
     Scenario(
-        name="Replay of an accepted request", sender=IS, device=_hub("A2"),
-        tamper=Tamper.REPLAY, replays="IS fault return, Pending hub", expected=_E.E21,
+        name="Replay of an accepted request",
+        sender=IS,
+        device=_hub("A2"),
+        tamper=Tamper.REPLAY,
+        replays="IS fault return, Pending hub",
+        expected=_E.E21,
     ),
     Scenario(name="Hub already returned", sender=IS, device=_hub("A2"), expected=_E.E44),
     Scenario(
-        name="OtherDeviceID not the hub's GPF", sender=IS, device=_hub("F2"),
-        other_device=_hub("B0"), expected=_E.E45,
+        name="OtherDeviceID not the hub's GPF",
+        sender=IS,
+        device=_hub("F2"),
+        other_device=_hub("B0"),
+        expected=_E.E45,
     ),
     Scenario(
-        name="Body changed after signing", sender=IS, device=_hub("F2"),
-        tamper=Tamper.BODY_AFTER_SIGNING, expected=_E.E40,
-    ),
-    Scenario(
-        name="Unsigned request", sender=IS, device=_hub("F2"), tamper=Tamper.UNSIGNED,
+        name="Body changed after signing",
+        sender=IS,
+        device=_hub("F2"),
+        tamper=Tamper.BODY_AFTER_SIGNING,
         expected=_E.E40,
     ),
     Scenario(
-        name="Certificate not in SMKI repository", sender=IS, signer=IS_UNLOADED,
-        device=_hub("F2"), expected=_E.E41,
+        name="Unsigned request",
+        sender=IS,
+        device=_hub("F2"),
+        tamper=Tamper.UNSIGNED,
+        expected=_E.E40,
     ),
     Scenario(
-        name="Expired certificate", sender=IS, signer=IS_EXPIRED, device=_hub("F2"),
+        name="Certificate not in SMKI repository",
+        sender=IS,
+        signer=IS_UNLOADED,
+        device=_hub("F2"),
+        expected=_E.E41,
+    ),
+    Scenario(
+        name="Expired certificate",
+        sender=IS,
+        signer=IS_EXPIRED,
+        device=_hub("F2"),
         expected=_E.E42,
     ),
     Scenario(
-        name="Signed with another user's certificate", sender=IS, signer=GS,
-        device=_hub("F2"), expected=_E.E43,
+        name="Signed with another user's certificate",
+        sender=IS,
+        signer=GS,
+        device=_hub("F2"),
+        expected=_E.E43,
     ),
+    Scenario(name="Not XML", sender=IS, device=_hub("F2"), tamper=Tamper.NOT_XML, expected=_E.E30),
     Scenario(
-        name="Not XML", sender=IS, device=_hub("F2"), tamper=Tamper.NOT_XML, expected=_E.E30
-    ),
-    Scenario(
-        name="DOCTYPE / external entity", sender=IS, device=_hub("F2"), tamper=Tamper.DOCTYPE,
+        name="DOCTYPE / external entity",
+        sender=IS,
+        device=_hub("F2"),
+        tamper=Tamper.DOCTYPE,
         expected=_E.E30,
     ),
     Scenario(
-        name="Schema-invalid DeviceID", sender=IS, device=_hub("F2"), tamper=Tamper.SCHEMA,
+        name="Schema-invalid DeviceID",
+        sender=IS,
+        device=_hub("F2"),
+        tamper=Tamper.SCHEMA,
         expected=_E.E31,
     ),
 )
@@ -249,12 +286,11 @@ def build_world(folder: Path, *, now: datetime | None = None) -> DemoWorld:
     )
     for name, cred in world.credentials.items():
         stem = name.replace("-", "").lower()
-        key_path, cert_path = write_credential(cred, world.pki, stem)
+        _key_path, cert_path = write_credential(cred, world.pki, stem)
         if name != IS_UNLOADED:
             (world.store_certificates / cert_path.name).write_bytes(cred.cert_pem)
     world.users_csv.write_text(
-        "user_id,role,name,status\n"
-        + "".join(f"{u},{r},{n},{s}\n" for u, r, n, s, _ in USERS),
+        "user_id,role,name,status\n" + "".join(f"{u},{r},{n},{s}\n" for u, r, n, s, _ in USERS),
         encoding="utf-8",
     )
     world.appointments_csv.write_text(
@@ -376,11 +412,13 @@ def run_scenarios(
                 result = ScenarioResult(scenario, read.code.value, reply.status_code, True)
             except Rejection as exc:
                 result = ScenarioResult(
-                    scenario, reply.headers.get("x-duis-response-code", "?"),
-                    reply.status_code, False, f"response not verified: {exc}",
+                    scenario,
+                    reply.headers.get("x-duis-response-code", "?"),
+                    reply.status_code,
+                    False,
+                    f"response not verified: {exc}",
                 )
             results.append(result)
             if on_result is not None:
                 on_result(result)
     return results
-

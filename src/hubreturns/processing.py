@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from lxml import etree
@@ -33,7 +33,14 @@ from hubreturns.wire import envelope, signature
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.response import ResponseSigner, build_response
 
-__all__ = ["CertificateCache", "Outcome", "Processor", "authenticate", "authenticate_document"]
+__all__ = [
+    "CertificateCache",
+    "Observer",
+    "Outcome",
+    "Processor",
+    "authenticate",
+    "authenticate_document",
+]
 
 log = logging.getLogger("hubreturns.processing")
 
@@ -81,10 +88,18 @@ class Outcome:
     service_reference_variant: str
     return_id: int | None
     response: bytes
+    channel: Channel = Channel.DUIS
+    endpoint: str | None = None
+    role: str | None = None
+    elapsed_seconds: float = 0.0
 
     @property
     def accepted(self) -> bool:
         return self.code.accepted
+
+
+#: Called with every outcome after it is final (metrics, structured logs).
+Observer = Callable[[Outcome], None]
 
 
 class CertificateCache:
@@ -133,11 +148,18 @@ class Processor:
         self.access_control_broker = access_control_broker
         self.clock = clock
         self.certificates = CertificateCache(sessions)
+        self.observers: list[Observer] = []
 
     # -- channels -------------------------------------------------------------------
 
     def handle_duis(self, body: bytes, endpoint: Endpoint) -> Outcome:
         """One DUIS request: always returns a signed response, never raises Rejection."""
+        started = time.perf_counter()
+        return self._finish(
+            self._handle_duis(body, endpoint), started, Channel.DUIS, endpoint.value
+        )
+
+    def _handle_duis(self, body: bytes, endpoint: Endpoint) -> Outcome:
         now = self.clock()
         audit = {
             "received_at": now,
@@ -153,7 +175,10 @@ class Processor:
         except Rejection as refusal:
             echo = envelope.peek_header(root)
             return self._refuse(
-                refusal.code, refusal.message, echo.request_id, echo.service_reference_variant,
+                refusal.code,
+                refusal.message,
+                echo.request_id,
+                echo.service_reference_variant,
                 audit,
             )
         return self._decide_and_record(
@@ -166,9 +191,10 @@ class Processor:
         The same facts and rules as DUIS apply; there is no signature and no
         replay counter (the desk entry is authenticated by the staff sign-in).
         """
+        started = time.perf_counter()
         now = self.clock()
         audit = {"received_at": now, "channel": Channel.SERVICE_DESK, "endpoint": None}
-        return self._decide_and_record(
+        outcome = self._decide_and_record(
             request,
             endpoint=Endpoint.NON_DEVICE,
             raw=None,
@@ -176,11 +202,30 @@ class Processor:
             audit=audit,
             check_counter=False,
         )
+        return self._finish(outcome, started, Channel.SERVICE_DESK, None)
 
     def reject_unreadable(self, code: ResponseCode, reason: str, endpoint: str | None) -> Outcome:
         """A request refused before its body could be read (size, content type)."""
+        started = time.perf_counter()
         audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
-        return self._refuse(code, reason, None, "8.14.3", audit)
+        outcome = self._refuse(code, reason, None, "8.14.3", audit)
+        return self._finish(outcome, started, Channel.DUIS, endpoint)
+
+    def _finish(
+        self, outcome: Outcome, started: float, channel: Channel, endpoint: str | None
+    ) -> Outcome:
+        final = replace(
+            outcome,
+            channel=channel,
+            endpoint=endpoint,
+            elapsed_seconds=time.perf_counter() - started,
+        )
+        for observer in self.observers:
+            try:
+                observer(final)
+            except Exception:  # an observer must never change the answer
+                log.exception("outcome observer failed")
+        return final
 
     # -- the one transaction ------------------------------------------------------
 
@@ -209,12 +254,21 @@ class Processor:
                     check_counter=check_counter,
                 )
                 decision = decide(facts)
+                role = facts.user.role.value if facts.user is not None else None
                 return_id: int | None = None
                 if decision.accepted:
                     assert facts.user is not None and facts.device is not None
                     decision, return_id = self._accept(
-                        repo, request, decision, channel, now, raw, entered_by,
-                        facts.user.role.value, facts.device.smi_status.value, check_counter,
+                        repo,
+                        request,
+                        decision,
+                        channel,
+                        now,
+                        raw,
+                        entered_by,
+                        facts.user.role.value,
+                        facts.device.smi_status.value,
+                        check_counter,
                     )
                 code_info = info(decision.code)
                 repo.add_audit(
@@ -238,7 +292,7 @@ class Processor:
         except SQLAlchemyError as exc:
             log.error("database error, request %s not recorded: %s", request.request_id, exc)
             return self._unavailable(request)
-        return self._respond(decision, request.request_id, request.kind.variant, return_id)
+        return self._respond(decision, request.request_id, request.kind.variant, return_id, role)
 
     def _accept(
         self,
@@ -335,6 +389,7 @@ class Processor:
         request_id: RequestId | None,
         variant: str,
         return_id: int | None,
+        role: str | None = None,
     ) -> Outcome:
         response = build_response(
             request_id=request_id,
@@ -352,6 +407,7 @@ class Processor:
             service_reference_variant=variant,
             return_id=return_id,
             response=response,
+            role=role,
         )
 
 
@@ -359,4 +415,3 @@ def _record_request_id(request: ReturnRequest, channel: Channel) -> str:
     if channel is Channel.DUIS:
         return str(request.request_id)
     return f"SD:{request.request_id}"
-

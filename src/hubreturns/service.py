@@ -65,7 +65,10 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(processor: Processor) -> Starlette:
+def create_app(processor: Processor, settings: Settings | None = None) -> Starlette:
+    from hubreturns.extensions import feature_routes
+
+    settings = settings or Settings()
     async def duis(request: Request) -> Response:
         name = request.path_params["endpoint"]
         try:
@@ -120,6 +123,7 @@ def create_app(processor: Processor) -> Starlette:
     routes = [
         Route("/api/v1/{endpoint}", duis, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
+        *feature_routes(processor, settings),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.processor = processor
@@ -130,4 +134,5 @@ def app_from_environment() -> Starlette:
     """uvicorn factory (``--factory``) for multi-worker serving: settings from the environment."""
     from hubreturns.config import load_settings
 
-    return create_app(processor_from_settings(load_settings()))
+    settings = load_settings()
+    return create_app(processor_from_settings(settings), settings)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -161,13 +161,16 @@ class Repository:
             if self.session.get_bind().dialect.name == "postgresql"
             else sqlite.insert
         )
-        stmt = insert(ReplayCounter).values(
+        values = insert(ReplayCounter).values(
             originator=originator, last_counter=counter_text(counter), updated_at=now
         )
-        stmt = stmt.on_conflict_do_update(
+        stmt = values.on_conflict_do_update(
             index_elements=[ReplayCounter.originator],
-            set_={"last_counter": stmt.excluded.last_counter, "updated_at": stmt.excluded.updated_at},
-            where=ReplayCounter.last_counter < stmt.excluded.last_counter,
+            set_={
+                "last_counter": values.excluded.last_counter,
+                "updated_at": values.excluded.updated_at,
+            },
+            where=ReplayCounter.last_counter < values.excluded.last_counter,
         ).returning(ReplayCounter.originator)
         return self.session.execute(stmt).first() is not None
 
@@ -232,7 +235,9 @@ class Repository:
 
     # -- registry and inventory loads (idempotent upserts) ------------------------
 
-    def upsert_user(self, user_id: str, role: Role, name: str, status: UserStatus, now: datetime) -> None:
+    def upsert_user(
+        self, user_id: str, role: Role, name: str, status: UserStatus, now: datetime
+    ) -> None:
         self.session.merge(
             User(user_id=user_id, role=role.value, name=name, status=status.value, updated_at=now)
         )
@@ -269,7 +274,11 @@ class Repository:
             self.session.add(DeviceSupplier(device_id=device_id, supplier_user_id=supplier))
 
     def appoint(
-        self, rsa_user_id: str, supplier_user_id: str, valid_from: datetime, valid_to: datetime | None
+        self,
+        rsa_user_id: str,
+        supplier_user_id: str,
+        valid_from: datetime,
+        valid_to: datetime | None,
     ) -> Appointment:
         """Record (or update) a Supplier's confirmation of an RSA; idempotent."""
         row = self.session.scalar(
@@ -310,7 +319,7 @@ class Repository:
     # -- queries --------------------------------------------------------------------
 
     def returns(self, where: ReturnFilter) -> Sequence[ReturnRecord]:
-        query: Select[tuple[ReturnRecord]] = select(ReturnRecord)
+        query = select(ReturnRecord)
         conditions = [
             column == value
             for column, value in (
@@ -329,9 +338,7 @@ class Repository:
             conditions.append(ReturnRecord.received_at < where.until)
         if conditions:
             query = query.where(and_(*conditions))
-        return self.session.scalars(
-            query.order_by(ReturnRecord.id.desc()).limit(where.limit)
-        ).all()
+        return self.session.scalars(query.order_by(ReturnRecord.id.desc()).limit(where.limit)).all()
 
     def audit(
         self,
@@ -341,7 +348,7 @@ class Repository:
         accepted: bool | None = None,
         limit: int = 100,
     ) -> Sequence[AuditEntry]:
-        query: Select[tuple[AuditEntry]] = select(AuditEntry)
+        query = select(AuditEntry)
         if originator is not None:
             query = query.where(AuditEntry.originator == originator)
         if code is not None:

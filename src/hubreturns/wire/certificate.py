@@ -70,7 +70,8 @@ class SigningCertificate:
             if len(raw) == 8:
                 device = eui_from_bytes(raw)
         units = frozenset(
-            str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+            str(a.value)
+            for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
         )
         key = cert.public_key()
         return cls(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from lxml import etree
 
@@ -104,7 +105,7 @@ def parse(data: bytes, policy: SecurityPolicy) -> etree._Element:
     except etree.XMLSyntaxError as exc:
         raise _refuse(f"not well-formed XML: {exc.msg}") from None
     tree = root.getroottree()
-    info = tree.docinfo
+    info: Any = tree.docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
         raise _refuse("a DOCTYPE is not allowed")
     if (info.encoding or "UTF-8").upper() not in ("UTF-8", "UTF8"):
@@ -133,7 +134,7 @@ def validate(root: etree._Element) -> None:
         raise EnvelopeRejection(ResponseCode.E31, f"the root element is {root.tag}, not sr:Request")
     xsd = schema()
     if not xsd.validate(root):
-        error = xsd.error_log.last_error
+        error: Any = xsd.error_log.last_error  # type: ignore[attr-defined]
         where = f"line {error.line}: " if error is not None else ""
         message = error.message if error is not None else "schema validation failed"
         raise EnvelopeRejection(ResponseCode.E31, f"{where}{message}")

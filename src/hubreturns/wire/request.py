@@ -27,7 +27,9 @@ def build_request(request: ReturnRequest) -> etree._Element:
     etree.SubElement(header, f"{_SR}CommandVariant").text = str(request.command_variant)
     etree.SubElement(header, f"{_SR}ServiceReference").text = request.service_reference
     etree.SubElement(header, f"{_SR}ServiceReferenceVariant").text = request.kind.variant
-    body = etree.SubElement(etree.SubElement(root, f"{_SR}Body"), f"{_SR}{request.kind.body_element}")
+    body = etree.SubElement(
+        etree.SubElement(root, f"{_SR}Body"), f"{_SR}{request.kind.body_element}"
+    )
 
     def add(name: str, value: str | None) -> None:
         if value is not None:

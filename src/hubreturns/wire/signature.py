@@ -61,9 +61,10 @@ def _children(element: etree._Element, *names: str) -> list[etree._Element]:
 
 
 def _attributes(element: etree._Element, **expected: str) -> None:
-    if dict(element.attrib) != expected:
+    found: dict[str, str] = {str(k): str(v) for k, v in element.attrib.items()}
+    if found != expected:
         name = etree.QName(element).localname
-        raise _bad(f"ds:{name} has attributes {dict(element.attrib)}, expected {expected}")
+        raise _bad(f"ds:{name} has attributes {found}, expected {expected}")
 
 
 def _algorithm(element: etree._Element, allowed: Algorithm) -> None:
@@ -197,9 +198,7 @@ def _check_certificate(cert: SigningCertificate, policy: SecurityPolicy, now: da
         return SignatureRejection(ResponseCode.E42, f"certificate serial {cert.serial} {why}")
 
     if not cert.organisational_units & policy.signer_ous:
-        raise refuse(
-            f"has OU {sorted(cert.organisational_units)}, not {sorted(policy.signer_ous)}"
-        )
+        raise refuse(f"has OU {sorted(cert.organisational_units)}, not {sorted(policy.signer_ous)}")
     if cert.public_key is None or not isinstance(cert.public_key.curve, ec.SECP256R1):
         raise refuse("does not hold a P-256 key")
     if now < cert.not_before - policy.clock_skew:

@@ -55,7 +55,9 @@ def _first(name: str) -> Scenario:
 def test_identical_requests_at_the_same_time_give_one_acceptance(
     server: str, world: DemoWorld, seeded: sessionmaker[Session]
 ) -> None:
-    (_, body), = scenario_bodies(world, [_first("IS fault return, Pending hub")], first_counter=77)
+    ((_, body),) = scenario_bodies(
+        world, [_first("IS fault return, Pending hub")], first_counter=77
+    )
     barrier = threading.Barrier(8)
     codes: list[str] = []
     lock = threading.Lock()
@@ -88,7 +90,7 @@ def test_identical_requests_at_the_same_time_give_one_acceptance(
 def test_counter_extremes_are_accepted_and_stored_exactly(
     server: str, world: DemoWorld, seeded: sessionmaker[Session], counter: int
 ) -> None:
-    (_, body), = scenario_bodies(
+    ((_, body),) = scenario_bodies(
         world, [_first("IS fault return, Pending hub")], first_counter=counter
     )
     with httpx.Client(base_url=server) as client:

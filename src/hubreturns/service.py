@@ -69,6 +69,7 @@ def create_app(processor: Processor, settings: Settings | None = None) -> Starle
     from hubreturns.extensions import feature_routes
 
     settings = settings or Settings()
+
     async def duis(request: Request) -> Response:
         name = request.path_params["endpoint"]
         try:

@@ -31,7 +31,6 @@ from hubreturns.store.db import make_engine, make_sessionmaker, migrate
 PG_URL = os.environ.get(
     "HUBRETURNS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "duis"
 
 
 def _pg_available() -> bool:

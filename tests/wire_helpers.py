@@ -63,7 +63,8 @@ __all__ = [
 ]
 
 PKI = Path(__file__).resolve().parents[1] / "src" / "hubreturns" / "data" / "test-pki"
-VECTORS = Path("/work/shared/duis/vectors")
+#: DCC vectors, copied verbatim from shared/duis/vectors (data, not code).
+VECTORS = Path(__file__).resolve().parent / "data" / "vectors"
 XMLSEC1 = shutil.which("xmlsec1") or "/usr/bin/xmlsec1"
 
 #: DCC Access Control Broker (business target of 8.14) in the test PKI.

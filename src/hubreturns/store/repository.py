@@ -138,13 +138,18 @@ class Repository:
         check_counter: bool = True,
     ) -> Facts:
         user = self.user(request.originator)
+        # Read the device before the counter: at READ COMMITTED each SELECT sees
+        # a fresh snapshot, and an accepted request commits its hub claim and
+        # counter together, so a claim seen here implies its counter is seen
+        # below (an identical concurrent request then gets E21, not E44).
+        device = self.device(request.device_id)
         return Facts(
             request=request,
             endpoint=endpoint,
             access_control_broker=access_control_broker,
             user=user,
             last_counter=self.last_counter(request.originator) if check_counter else None,
-            device=self.device(request.device_id),
+            device=device,
             appointed_by=(
                 self.appointed_by(user.user_id, now)
                 if user is not None and user.role is Role.RSA

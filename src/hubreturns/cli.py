@@ -239,11 +239,36 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    log_level: Annotated[
+        str, typer.Option(help="debug, info, warning or error (JSON lines on stderr).")
+    ] = "info",
     config: ConfigOption = None,
 ) -> None:
-    """Serve the DUIS endpoints (/api/v1/serviceD|S|T) and /healthz."""
+    """Serve the DUIS endpoints (/api/v1/serviceD|S|T), /healthz and /metrics."""
+    import tempfile
+
     import uvicorn
 
+    # Multi-process metrics: the folder must be known before any worker imports
+    # prometheus_client. A folder we create is removed on exit; a given one is cleaned.
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    owned: Path | None = None
+    if not given and workers > 1:
+        owned = Path(tempfile.mkdtemp(prefix="hubreturns-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(owned)
+    from hubreturns.observability import (
+        LOG_LEVEL_ENV,
+        configure_logging,
+        prepare_multiprocess_dir,
+    )
+
+    if given:
+        prepare_multiprocess_dir(Path(given))
+    try:
+        configure_logging(log_level)
+    except ValueError as exc:
+        fail(str(exc), "Pass --log-level debug|info|warning|error.")
+    os.environ[LOG_LEVEL_ENV] = log_level
     settings = _settings(config)
     settings.signer()  # fail now, not at the first request
     engine = make_engine(settings.database_url)
@@ -254,14 +279,20 @@ def serve(
     console.print(
         f"serving on http://{host}:{port} with {workers} worker(s), {settings.database_url}"
     )
-    uvicorn.run(
-        "hubreturns.service:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-    )
+    try:
+        uvicorn.run(
+            "hubreturns.service:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level.lower(),
+            log_config=None,  # uvicorn logs through our JSON handler
+            access_log=False,  # hubreturns.http writes the access lines
+        )
+    finally:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
 
 
 @app.command()
@@ -269,12 +300,20 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo database, CSVs and keys.")] = Path(
         "demo-out"
     ),
+    log_level: Annotated[
+        str, typer.Option(help="JSON log lines on stderr from this level (info: one per request).")
+    ] = "warning",
 ) -> None:
     """Set up a SQLite demo world, serve it over HTTP and run every scenario."""
     from hubreturns.demo import SCENARIOS, build_world, run_scenarios, seed
+    from hubreturns.observability import configure_logging
     from hubreturns.service import create_app, processor_from_settings
     from hubreturns.serving import running_server
 
+    try:
+        configure_logging(log_level)
+    except ValueError as exc:
+        fail(str(exc), "Pass --log-level debug|info|warning|error.")
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -1,17 +1,461 @@
-"""Metrics and structured logs (issue 5): /metrics and request-scoped JSON logging."""
+"""Metrics and structured logs (issue 5): ``/metrics`` and request-scoped JSON logging.
+
+Metrics come from ``Processor.observers`` (one call per final outcome, on
+either channel) and from a small ASGI middleware (HTTP latency, requests in
+progress). They are exposed at ``GET /metrics`` in the Prometheus text format.
+
+Two modes, chosen by the environment as prometheus-client does:
+
+* single process (``PROMETHEUS_MULTIPROC_DIR`` unset): each ``Processor`` gets
+  its own ``CollectorRegistry``, so several apps in one process (tests) never
+  collide and never count each other's requests;
+* multi-process (``hubreturns serve --workers N`` sets the variable): every
+  worker writes its samples to files in that folder and ``/metrics`` sums all
+  workers' files, so any worker answers with the service-wide totals.
+
+Logs are JSON lines (``ts``, ``level``, ``logger``, ``message``,
+``request_id``, ``http_request_id`` and any extra fields). ``request_id`` is
+the DUIS RequestID once the request has been read (null before, and for a
+request that has none); ``http_request_id`` names the HTTP exchange (the
+client's ``X-Request-ID`` when it sends a sane one, else a random one) and is
+echoed in the response's ``X-Request-ID`` header.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import atexit
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
 
-from starlette.routing import BaseRoute
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hubreturns.codes import ResponseCode
+from hubreturns.processing import current_request_id
 
 if TYPE_CHECKING:
     from hubreturns.config import Settings
-    from hubreturns.processing import Processor
+    from hubreturns.processing import Outcome, Processor
 
-__all__ = ["routes"]
+__all__ = [
+    "LOG_LEVEL_ENV",
+    "MULTIPROC_ENV",
+    "JsonFormatter",
+    "Metrics",
+    "RequestContextMiddleware",
+    "configure_logging",
+    "configure_logging_from_environment",
+    "json_handler",
+    "metrics_for",
+    "prepare_multiprocess_dir",
+    "routes",
+]
+
+#: prometheus-client's own switch for multi-process mode (a writable folder).
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: Log level for ``serve`` workers (set by ``hubreturns serve --log-level``).
+LOG_LEVEL_ENV: Final = "HUBRETURNS_LOG_LEVEL"
+
+SIGNATURE_CODES: Final = (
+    ResponseCode.E40,
+    ResponseCode.E41,
+    ResponseCode.E42,
+    ResponseCode.E43,
+)
+#: Seconds; DUIS requests take milliseconds, a slow database seconds.
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+outcome_log = logging.getLogger("hubreturns.requests")
+http_log = logging.getLogger("hubreturns.http")
+
+
+# -- request context -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Per-HTTP-exchange state shared by the event loop and the worker thread.
+
+    Mutable on purpose: the worker thread runs in a *copy* of the context, so
+    a value it sets in a ContextVar never reaches the access-log line written
+    afterwards on the event loop; a field of this shared object does.
+    """
+
+    http_request_id: str
+    request_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_context: ContextVar[RequestContext | None] = ContextVar("hubreturns_http", default=None)
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def _current_ids() -> tuple[str | None, str | None]:
+    """(DUIS RequestID, HTTP request id) of the code running now, if any."""
+    ctx = _context.get()
+    request_id = current_request_id.get()
+    if request_id is None and ctx is not None:
+        request_id = ctx.request_id
+    return request_id, ctx.http_request_id if ctx is not None else None
+
+
+# -- metrics -------------------------------------------------------------------------
+
+
+class Metrics:
+    """The service's Prometheus metrics, in one registry (or the multi-process files)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        #: None in multi-process mode: samples go to files, not to a registry.
+        self.registry = registry
+        self.requests = Counter(
+            "hubreturns_requests",
+            "Requests answered, by service reference variant, sender role, response code"
+            " and channel (role 'unknown' when the sender was not identified).",
+            ["service_reference_variant", "role", "code", "channel"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "hubreturns_request_duration_seconds",
+            "Time from receiving a request's bytes to its signed answer, by channel.",
+            ["channel"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.signature_failures = Counter(
+            "hubreturns_signature_failures",
+            "Requests refused for their signature or signing certificate (E40-E43).",
+            ["code"],
+            registry=registry,
+        )
+        self.replays = Counter(
+            "hubreturns_replays",
+            "Requests refused as replays of an earlier RequestID counter (E21).",
+            registry=registry,
+        )
+        self.accepted = Counter(
+            "hubreturns_returns_accepted",
+            "Returns accepted and recorded, by channel.",
+            ["channel"],
+            registry=registry,
+        )
+        self.http_latency = Histogram(
+            "hubreturns_http_request_duration_seconds",
+            "HTTP exchanges by method, route template and status (all routes).",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.in_progress = Gauge(
+            "hubreturns_http_requests_in_progress",
+            "HTTP exchanges being handled now (summed over live workers).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        for code in SIGNATURE_CODES:
+            self.signature_failures.labels(code=code.value)
+        for channel in ("duis", "servicedesk"):
+            self.accepted.labels(channel=channel)
+
+    def observe(self, outcome: Outcome) -> None:
+        """Processor observer: count one final outcome."""
+        channel = outcome.channel.value
+        self.requests.labels(
+            service_reference_variant=outcome.service_reference_variant,
+            role=outcome.role or "unknown",
+            code=outcome.code.value,
+            channel=channel,
+        ).inc()
+        self.latency.labels(channel=channel).observe(outcome.elapsed_seconds)
+        if outcome.code in SIGNATURE_CODES:
+            self.signature_failures.labels(code=outcome.code.value).inc()
+        elif outcome.code is ResponseCode.E21:
+            self.replays.inc()
+        if outcome.accepted:
+            self.accepted.labels(channel=channel).inc()
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format: this registry, or every worker's files."""
+        if self.registry is not None:
+            return bytes(generate_latest(self.registry))
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(registry))
+
+
+_lock = threading.Lock()
+_per_processor: weakref.WeakKeyDictionary[Processor, Metrics] = weakref.WeakKeyDictionary()
+#: Multi-process mode: one set of metric objects per process (their values live in files).
+_process_metrics: Metrics | None = None
+
+
+def _multiprocess() -> bool:
+    """Multi-process mode: the variable names a folder *and* was set before import."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return False
+    if values.ValueClass is values.MutexValue:
+        logging.getLogger(__name__).warning(
+            "%s was set after prometheus_client was imported; metrics stay per process",
+            MULTIPROC_ENV,
+        )
+        return False
+    return True
+
+
+def metrics_for(processor: Processor) -> Metrics:
+    """The metrics of ``processor``, created and hooked into its observers on first use.
+
+    Idempotent: a second app on the same processor reuses them (no duplicate
+    timeseries, no double counting).
+    """
+    global _process_metrics
+    with _lock:
+        found = _per_processor.get(processor)
+        if found is not None:
+            return found
+        if _multiprocess():
+            if _process_metrics is None:
+                _process_metrics = Metrics(None)
+                # Drop this worker's live gauge files when it exits normally.
+                atexit.register(multiprocess.mark_process_dead, os.getpid())
+            metrics = _process_metrics
+        else:
+            metrics = Metrics(CollectorRegistry())
+        _per_processor[processor] = metrics
+        processor.observers.append(metrics.observe)
+        processor.observers.append(_log_outcome)
+        return metrics
+
+
+def prepare_multiprocess_dir(folder: Path) -> Path:
+    """Create ``folder`` for multi-process metrics and remove stale sample files.
+
+    Files left by an earlier run would be summed into the new one's totals.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    return folder
+
+
+# -- logs ----------------------------------------------------------------------------
+
+#: LogRecord attributes that are not "extra" fields.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
+    | {"message", "asctime", "taskName", "request_id", "http_request_id"}
+)
+
+
+class _ContextFilter(logging.Filter):
+    """Stamps the request ids at emit time (formatting may happen later, elsewhere)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request_id, http_request_id = _current_ids()
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id
+        if getattr(record, "http_request_id", None) is None:
+            record.http_request_id = http_request_id
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, ids, then extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        request_id = getattr(record, "request_id", None)
+        http_request_id = getattr(record, "http_request_id", None)
+        if request_id is None and http_request_id is None:
+            request_id, http_request_id = _current_ids()
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": request_id,
+            "http_request_id": http_request_id,
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def json_handler(stream: IO[str] | None = None) -> logging.Handler:
+    """A handler writing JSON lines to ``stream`` (stderr) with the request ids."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(_ContextFilter())
+    handler.set_name("hubreturns-json")
+    return handler
+
+
+def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) -> None:
+    """JSON lines on stderr for the whole process (``serve``, ``demo``, workers).
+
+    Replaces the root handlers (idempotent), sends uvicorn's own loggers through
+    them, and silences uvicorn's access log: ``hubreturns.http`` writes one
+    JSON access line per exchange instead.
+    """
+    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
+    if not isinstance(numeric, int):
+        raise ValueError(
+            f"unknown log level {level!r}; use one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+        )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(json_handler(stream))
+    root.setLevel(numeric)
+    for name in ("uvicorn", "uvicorn.error"):
+        uv = logging.getLogger(name)
+        uv.handlers.clear()
+        uv.propagate = True
+        uv.setLevel(numeric)
+    # The HTTP client's own lines (demo, tests) are noise next to the server's.
+    logging.getLogger("httpx").setLevel(max(numeric, logging.WARNING))
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    access.disabled = True
+
+
+def configure_logging_from_environment() -> None:
+    """In a ``serve`` worker: JSON logging at ``$HUBRETURNS_LOG_LEVEL``, if set."""
+    level = os.environ.get(LOG_LEVEL_ENV)
+    if level:
+        configure_logging(level)
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    """Processor observer: one info line per final outcome."""
+    outcome_log.info(
+        "%s %s: %s",
+        outcome.channel.value,
+        outcome.code.value,
+        outcome.reason,
+        extra={
+            "request_id": str(outcome.request_id) if outcome.request_id is not None else None,
+            "code": outcome.code.value,
+            "reason": outcome.reason,
+            "role": outcome.role,
+            "channel": outcome.channel.value,
+            "endpoint": outcome.endpoint,
+            "service_reference_variant": outcome.service_reference_variant,
+            "http_status": outcome.http_status,
+            "elapsed_seconds": round(outcome.elapsed_seconds, 6),
+        },
+    )
+    ctx = _context.get()
+    if ctx is not None and outcome.request_id is not None:
+        ctx.request_id = str(outcome.request_id)
+        ctx.extra["code"] = outcome.code.value
+
+
+# -- HTTP ----------------------------------------------------------------------------
+
+
+class RequestContextMiddleware:
+    """Pure ASGI middleware: request ids for logs, an access line, HTTP metrics."""
+
+    def __init__(self, app: ASGIApp, processor: Processor) -> None:
+        self.app = app
+        self.metrics = metrics_for(processor)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = RequestContext(_http_request_id(scope["headers"]))
+        token = _context.set(ctx)
+        started = time.perf_counter()
+        status = 500
+        header = (b"x-request-id", ctx.http_request_id.encode("ascii"))
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message = {**message, "headers": [*message.get("headers", []), header]}
+            await send(message)
+
+        self.metrics.in_progress.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_progress.dec()
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.http_latency.labels(
+                method=scope["method"], route=template, status=str(status)
+            ).observe(elapsed)
+            http_log.info(
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "client": _client(scope),
+                    "elapsed_seconds": round(elapsed, 6),
+                    **ctx.extra,
+                },
+            )
+            _context.reset(token)
+
+
+def _http_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _CLIENT_ID.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def _client(scope: Mapping[str, Any]) -> str | None:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
 
 
 def routes(processor: Processor, settings: Settings) -> list[BaseRoute]:
-    return []
+    """``GET /metrics``; also hooks the metrics and outcome log into ``processor``."""
+    metrics = metrics_for(processor)
+
+    async def metrics_endpoint(_: Request) -> Response:
+        body = await run_in_threadpool(metrics.exposition)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return [Route("/metrics", metrics_endpoint, methods=["GET"])]

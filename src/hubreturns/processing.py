@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -40,9 +41,14 @@ __all__ = [
     "Processor",
     "authenticate",
     "authenticate_document",
+    "current_request_id",
 ]
 
 log = logging.getLogger("hubreturns.processing")
+
+#: RequestID of the DUIS request being handled in this context, once it can be read
+#: (unverified until authenticated); log lines carry it (see ``observability``).
+current_request_id: ContextVar[str | None] = ContextVar("hubreturns_request_id", default=None)
 
 
 def utcnow() -> datetime:
@@ -155,9 +161,13 @@ class Processor:
     def handle_duis(self, body: bytes, endpoint: Endpoint) -> Outcome:
         """One DUIS request: always returns a signed response, never raises Rejection."""
         started = time.perf_counter()
-        return self._finish(
-            self._handle_duis(body, endpoint), started, Channel.DUIS, endpoint.value
-        )
+        token = current_request_id.set(None)
+        try:
+            return self._finish(
+                self._handle_duis(body, endpoint), started, Channel.DUIS, endpoint.value
+            )
+        finally:
+            current_request_id.reset(token)
 
     def _handle_duis(self, body: bytes, endpoint: Endpoint) -> Outcome:
         now = self.clock()
@@ -171,6 +181,8 @@ class Processor:
         root: etree._Element | None = None
         try:
             root = envelope.parse(body, self.policy)
+            echoed = envelope.peek_header(root).request_id
+            current_request_id.set(str(echoed) if echoed is not None else None)
             request = authenticate_document(root, self.certificates, self.policy, now)
         except Rejection as refusal:
             echo = envelope.peek_header(root)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -126,7 +127,14 @@ def create_app(processor: Processor, settings: Settings | None = None) -> Starle
         Route("/healthz", healthz, methods=["GET"]),
         *feature_routes(processor, settings),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    from hubreturns.observability import RequestContextMiddleware
+
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        # request ids for the JSON logs, access line, HTTP metrics
+        middleware=[Middleware(RequestContextMiddleware, processor=processor)],
+    )
     app.state.processor = processor
     return app
 
@@ -134,6 +142,8 @@ def create_app(processor: Processor, settings: Settings | None = None) -> Starle
 def app_from_environment() -> Starlette:
     """uvicorn factory (``--factory``) for multi-worker serving: settings from the environment."""
     from hubreturns.config import load_settings
+    from hubreturns.observability import configure_logging_from_environment
 
+    configure_logging_from_environment()  # JSON lines in each worker process
     settings = load_settings()
     return create_app(processor_from_settings(settings), settings)

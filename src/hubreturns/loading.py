@@ -80,11 +80,15 @@ def load_certificates(
     for path in paths:
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
+        before = len(certs)
         try:
             for _file, found in load_pem_files(path):
                 certs.extend(found)
         except ValueError as exc:
             raise ValueError(f"{path}: not a PEM certificate ({exc})") from None
+        if len(certs) == before:
+            # A path that names no certificate is an operator mistake, not an empty load.
+            raise ValueError(f"{path}: no PEM certificate found")
     with sessions.begin() as session:
         Repository(session).upsert_certificates(certs, now)
     return certs

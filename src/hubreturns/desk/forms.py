@@ -1,0 +1,281 @@
+"""Reading the desk's forms: text in, typed values or per-field errors out.
+
+Pure functions, no I/O. The return form carries the same fields as the DUIS
+8.14.3 / 8.14.4 body; the variant follows from the return type chosen, so a
+fault type can never be sent as a no-fault return. Lengths are those of the
+DUIS 5.4 schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from hubreturns.codes import ResponseCode
+from hubreturns.model import (
+    Channel,
+    ConnectionMethod,
+    FaultReason,
+    FaultReturnType,
+    NoFaultReturnType,
+    RequestId,
+    ReturnKind,
+    ReturnRequest,
+    Role,
+    eui,
+)
+from hubreturns.store.repository import ReturnFilter
+
+__all__ = [
+    "AUDIT_CODES",
+    "FORM_ROLES",
+    "RETURN_FIELDS",
+    "RETURN_TYPES",
+    "AuditQuery",
+    "FormErrors",
+    "ReturnForm",
+    "parse_audit_query",
+    "parse_return_filter",
+    "read_return_form",
+]
+
+#: The return types offered, grouped by the service request they belong to.
+RETURN_TYPES: tuple[tuple[ReturnKind, tuple[str, ...]], ...] = (
+    (ReturnKind.FAULT, tuple(t.value for t in FaultReturnType)),
+    (ReturnKind.NO_FAULT, tuple(t.value for t in NoFaultReturnType)),
+)
+#: Roles a return can be filtered by (the ones that may send 8.14.3 / 8.14.4).
+FORM_ROLES: tuple[str, ...] = (Role.IS.value, Role.GS.value, Role.RSA.value)
+AUDIT_CODES: tuple[str, ...] = tuple(c.value for c in ResponseCode)
+
+#: Form field names of the return form, in display order.
+RETURN_FIELDS = (
+    "originator",
+    "device_id",
+    "return_type",
+    "other_device_id",
+    "connection_method",
+    "fault_reason",
+    "user_ref_datetime",
+    "user_ref_id",
+    "incident_reference",
+    "additional_information",
+)
+_MAX_LENGTH = {"user_ref_id": 25, "incident_reference": 15, "additional_information": 200}
+_MAX_LIST = 1000
+_MAX_EXPORT = 100_000
+
+FormErrors = dict[str, str]
+_E = TypeVar("_E", ConnectionMethod, FaultReason)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReturnForm:
+    """What staff typed into the return form (kept to show it again on error)."""
+
+    values: Mapping[str, str]
+    errors: FormErrors = field(default_factory=dict)
+
+
+def _text(form: Mapping[str, str], name: str) -> str:
+    return form.get(name, "").strip()
+
+
+def _eui_field(form: Mapping[str, str], name: str, label: str, errors: FormErrors) -> str | None:
+    value = _text(form, name)
+    if not value:
+        errors[name] = f"{label} is required."
+        return None
+    try:
+        return eui(value)
+    except ValueError:
+        errors[name] = f"{label} {value!r} is not an EUI-64; write it as 00-DB-12-34-56-78-90-A2."
+        return None
+
+
+def _choice(
+    form: Mapping[str, str], name: str, label: str, enum: type[_E], errors: FormErrors
+) -> _E | None:
+    value = _text(form, name)
+    if not value:
+        errors[name] = f"{label} is required for an 8.14.3 fault return."
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        errors[name] = f"{value!r} is not a {label}; choose one from the list."
+        return None
+
+
+def _kind_of(return_type: str) -> ReturnKind | None:
+    for kind, types in RETURN_TYPES:
+        if return_type in types:
+            return kind
+    return None
+
+
+def _user_ref_datetime(value: str, errors: FormErrors) -> str | None:
+    """DUIS xs:dateTime; a time without an offset is taken as UTC."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        errors["user_ref_datetime"] = (
+            f"{value!r} is not a date and time; write e.g. 2026-11-23T09:30 (UTC)."
+        )
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def read_return_form(
+    form: Mapping[str, str], *, target: str, counter: int
+) -> tuple[ReturnRequest | None, FormErrors]:
+    """A ``ReturnRequest`` from the desk form, or the errors to show next to each field.
+
+    ``target`` is the DCC ACB (the desk speaks for the user to the DCC, like DUIS);
+    ``counter`` makes the RequestID unique. Fault-only fields are ignored for a
+    no-fault return.
+    """
+    errors: FormErrors = {}
+    originator = _eui_field(form, "originator", "Service User ID", errors)
+    device_id = _eui_field(form, "device_id", "Device ID", errors)
+    return_type = _text(form, "return_type")
+    kind = _kind_of(return_type)
+    if not return_type:
+        errors["return_type"] = "Return type is required."
+    elif kind is None:
+        errors["return_type"] = f"{return_type!r} is not an 8.14.3 or 8.14.4 return type."
+    other_device_id: str | None = None
+    connection_method: ConnectionMethod | None = None
+    fault_reason: FaultReason | None = None
+    if kind is ReturnKind.FAULT:
+        other_device_id = _eui_field(form, "other_device_id", "OtherDeviceID (GPF)", errors)
+        connection_method = _choice(
+            form, "connection_method", "connection method", ConnectionMethod, errors
+        )
+        fault_reason = _choice(form, "fault_reason", "fault reason", FaultReason, errors)
+    optional: dict[str, str | None] = {}
+    for name, limit in _MAX_LENGTH.items():
+        value = _text(form, name)
+        if len(value) > limit:
+            errors[name] = f"At most {limit} characters (DUIS 5.4); this has {len(value)}."
+        optional[name] = value or None
+    user_ref_datetime = _user_ref_datetime(_text(form, "user_ref_datetime"), errors)
+    if errors or originator is None or device_id is None or kind is None:
+        return None, errors
+    request = ReturnRequest(
+        request_id=RequestId(originator=originator, target=target, counter=counter),
+        command_variant=8,
+        service_reference="8.14",
+        kind=kind,
+        device_id=device_id,
+        return_type=return_type,
+        user_ref_datetime=user_ref_datetime,
+        user_ref_id=optional["user_ref_id"],
+        incident_reference=optional["incident_reference"],
+        additional_information=optional["additional_information"],
+        other_device_id=other_device_id,
+        connection_method=connection_method,
+        fault_reason=fault_reason,
+    )
+    return request, errors
+
+
+def _optional_eui(
+    query: Mapping[str, str], name: str, label: str, errors: FormErrors
+) -> str | None:
+    value = _text(query, name)
+    if not value:
+        return None
+    try:
+        return eui(value)
+    except ValueError:
+        errors[name] = f"{label} {value!r} is not an EUI-64; write it as 00-DB-12-34-56-78-90-A2."
+        return None
+
+
+def _optional_date(
+    query: Mapping[str, str], name: str, label: str, errors: FormErrors
+) -> datetime | None:
+    value = _text(query, name)
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        errors[name] = f"{label} {value!r} is not a date; write e.g. 2026-11-23."
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _limit(query: Mapping[str, str], default: int, maximum: int, errors: FormErrors) -> int:
+    value = _text(query, "limit")
+    if not value:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        errors["limit"] = f"Limit must be a whole number from 1 to {maximum}."
+        return default
+    return int(value)
+
+
+def _one_of(
+    query: Mapping[str, str], name: str, allowed: tuple[str, ...], errors: FormErrors
+) -> str | None:
+    value = _text(query, name)
+    if not value:
+        return None
+    if value not in allowed:
+        errors[name] = f"{value!r} is not one of {', '.join(allowed)}."
+        return None
+    return value
+
+
+def parse_return_filter(
+    query: Mapping[str, str], *, export: bool = False
+) -> tuple[ReturnFilter, FormErrors]:
+    """The returns list/CSV filter from query parameters; bad values are reported, not used."""
+    errors: FormErrors = {}
+    where = ReturnFilter(
+        device_id=_optional_eui(query, "device_id", "Device ID", errors),
+        originator=_optional_eui(query, "originator", "Sender", errors),
+        on_behalf_of=_optional_eui(query, "on_behalf_of", "On behalf of", errors),
+        role=_one_of(query, "role", FORM_ROLES, errors),
+        channel=_one_of(query, "channel", tuple(c.value for c in Channel), errors),
+        since=_optional_date(query, "since", "From", errors),
+        until=_optional_date(query, "until", "Until", errors),
+        limit=_limit(
+            query, _MAX_EXPORT if export else 100, _MAX_EXPORT if export else _MAX_LIST, errors
+        ),
+    )
+    return where, errors
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditQuery:
+    """Filter of the request audit log (the arguments of ``Repository.audit``)."""
+
+    originator: str | None = None
+    code: str | None = None
+    accepted: bool | None = None
+    limit: int = 100
+
+
+def parse_audit_query(
+    query: Mapping[str, str], *, export: bool = False
+) -> tuple[AuditQuery, FormErrors]:
+    errors: FormErrors = {}
+    outcome = _one_of(query, "outcome", ("accepted", "refused"), errors)
+    audit = AuditQuery(
+        originator=_optional_eui(query, "originator", "Sender", errors),
+        code=_one_of(query, "code", AUDIT_CODES, errors),
+        accepted=None if outcome is None else outcome == "accepted",
+        limit=_limit(
+            query, _MAX_EXPORT if export else 100, _MAX_EXPORT if export else _MAX_LIST, errors
+        ),
+    )
+    return audit, errors

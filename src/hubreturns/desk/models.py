@@ -1,0 +1,48 @@
+"""Service Desk tables: staff accounts and server-side sign-in sessions.
+
+Sessions live in the database (the cookie only carries a random token, signed
+by ``SessionMiddleware``), so signing out or disabling an account ends a
+session for good, even if someone kept a copy of the cookie. Only the SHA-256
+of the token is stored: a leaked table does not hand out sessions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from hubreturns.store.models import Base
+
+__all__ = ["DeskSession", "StaffAccount"]
+
+Moment = DateTime(timezone=True)
+
+
+class StaffAccount(Base):
+    """A DCC Service Desk staff member who may sign in to the desk."""
+
+    __tablename__ = "desk_staff"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(Moment)
+    updated_at: Mapped[datetime] = mapped_column(Moment)
+    last_sign_in_at: Mapped[datetime | None] = mapped_column(Moment)
+
+
+class DeskSession(Base):
+    """One signed-in browser; valid until ``expires_at`` unless revoked."""
+
+    __tablename__ = "desk_sessions"
+    __table_args__ = (Index("ix_desk_sessions_staff", "staff_name"),)
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    staff_name: Mapped[str] = mapped_column(
+        String(64), ForeignKey("desk_staff.name", ondelete="CASCADE")
+    )
+    created_at: Mapped[datetime] = mapped_column(Moment)
+    expires_at: Mapped[datetime] = mapped_column(Moment)
+    revoked_at: Mapped[datetime | None] = mapped_column(Moment)

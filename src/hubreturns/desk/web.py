@@ -1,0 +1,685 @@
+"""The Service Desk web pages: a Starlette sub-application mounted at ``/desk``.
+
+Layers, outermost first: security headers; the signed session cookie
+(``SessionMiddleware``, which only carries a random session token and the CSRF
+token); ``StaffGate``, which lets nothing but the sign-in page and the style
+sheet through without a live server-side session. Every POST carries the
+session's CSRF token in a hidden field, compared in constant time.
+
+Returns logged here go through ``Processor.handle_desk``: the same facts, the
+same rule table and the same codes as DUIS, recorded with channel
+``servicedesk`` and the signed-in staff name.
+"""
+
+from __future__ import annotations
+
+import csv
+import hmac
+import io
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import jinja2
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hubreturns.codes import CODE_INFO
+from hubreturns.config import Settings
+from hubreturns.desk import accounts, forms
+from hubreturns.desk.queries import hub_view, service_users
+from hubreturns.model import (
+    Channel,
+    ConnectionMethod,
+    FaultReason,
+    eui,
+)
+from hubreturns.processing import Outcome, Processor
+from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.store.repository import Repository
+
+__all__ = [
+    "AUDIT_CSV_COLUMNS",
+    "COOKIE_NAME",
+    "RETURN_CSV_COLUMNS",
+    "StaffGate",
+    "create_desk_app",
+]
+
+log = logging.getLogger("hubreturns.desk")
+
+COOKIE_NAME = "hubreturns_desk"
+#: Paths (inside /desk) served without signing in.
+_PUBLIC = frozenset({"/login", "/desk.css"})
+_MAX_FORM_BYTES = 16 * 1024
+_MAX_FORM_FIELDS = 40
+_SAFE_NEXT = re.compile(r"/(?!/)[A-Za-z0-9/_.\-?=&%+:]*")
+_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+#: Columns of the CSV exports: every stored field (the raw request XML excepted).
+RETURN_CSV_COLUMNS: tuple[str, ...] = (
+    "id",
+    "received_at",
+    "channel",
+    "request_id",
+    "originator",
+    "role",
+    "on_behalf_of",
+    "entered_by",
+    "device_id",
+    "service_reference_variant",
+    "return_type",
+    "other_device_id",
+    "connection_method",
+    "fault_reason",
+    "user_ref_datetime",
+    "user_ref_id",
+    "incident_reference",
+    "additional_information",
+    "smi_status_at_return",
+    "status",
+)
+AUDIT_CSV_COLUMNS: tuple[str, ...] = (
+    "id",
+    "received_at",
+    "channel",
+    "endpoint",
+    "request_id",
+    "originator",
+    "service_reference_variant",
+    "device_id",
+    "code",
+    "accepted",
+    "reason",
+    "http_status",
+    "body_sha256",
+    "body_bytes",
+    "return_id",
+)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _show_time(moment: datetime | None) -> str:
+    value = _utc(moment)
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _sub_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+class _Counter:
+    """RequestID counters for desk entries: nanosecond time, strictly rising in this process."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            self._last = max(time.time_ns(), self._last + 1)
+            return self._last
+
+
+class StaffGate:
+    """Lets a request in only with a live desk session (pure ASGI middleware).
+
+    Pages answer an anonymous visitor with a redirect to the sign-in page;
+    data (CSV, JSON API, or a client asking for JSON) with 401. The staff name
+    goes into ``request.state.staff``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        sessions: sessionmaker[Session],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.app = app
+        self.sessions = sessions
+        self.clock = clock
+
+    def _lookup(self, token: str) -> str | None:
+        with self.sessions() as session:
+            return accounts.staff_for_session(session, token, self.clock())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        session: dict[str, Any] = scope["session"]
+        token = session.get("sid")
+        staff = await run_in_threadpool(self._lookup, token) if isinstance(token, str) else None
+        if staff is None and token is not None:
+            session.pop("sid", None)  # revoked or expired: drop it from the cookie
+        scope.setdefault("state", {})["staff"] = staff
+        sub = _sub_path(scope)
+        if staff is not None or sub in _PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        response: Response
+        if _wants_data(sub, request.headers.get("accept", "")):
+            response = JSONResponse(
+                {"error": "sign in required", "hint": "Sign in at /desk/login first."},
+                status_code=401,
+            )
+        else:
+            target = f"{scope.get('root_path', '')}/login"
+            if request.method == "GET":
+                here = sub + (f"?{request.url.query}" if request.url.query else "")
+                target += f"?next={quote(here, safe='')}"
+            response = RedirectResponse(target, status_code=303)
+        await response(scope, receive, send)
+
+
+def _wants_data(sub: str, accept: str) -> bool:
+    if sub.startswith("/api/") or sub.endswith(".csv"):
+        return True
+    first = accept.split(",")[0].strip().lower()
+    return first.startswith("application/json") or first.startswith("text/csv")
+
+
+class SecurityHeaders:
+    """Strict headers on every desk response: no framing, no foreign content, no caching."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", _CSP)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Referrer-Policy", "same-origin")
+                headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _csrf_token(request: Request) -> str:
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+async def _checked_form(request: Request) -> dict[str, str]:
+    """The URL-encoded form of a POST, after its CSRF token has been checked.
+
+    Read with a size cap and a field cap; a missing or wrong token is 403 and
+    nothing is done.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/x-www-form-urlencoded":
+        raise HTTPException(415, "Send the form as application/x-www-form-urlencoded.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_FORM_BYTES:
+            raise HTTPException(413, f"The form is larger than {_MAX_FORM_BYTES} bytes.")
+        chunks.append(chunk)
+    try:
+        pairs = parse_qsl(
+            b"".join(chunks).decode("utf-8"),
+            keep_blank_values=True,
+            max_num_fields=_MAX_FORM_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "The form could not be read (UTF-8, URL-encoded).") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        form.setdefault(name, value)
+    sent = form.get("csrf_token", "")
+    expected = request.session.get("csrf")
+    if not isinstance(expected, str) or not hmac.compare_digest(
+        sent.encode("utf-8"), expected.encode("utf-8")
+    ):
+        log.warning("desk POST %s refused: CSRF token missing or wrong", request.url.path)
+        raise HTTPException(
+            403, "The form's security token is missing or out of date; reload the page and retry."
+        )
+    return form
+
+
+def _csv_cell(value: object) -> object:
+    """Plain values; text that a spreadsheet would run as a formula gets a leading quote."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        moment = _utc(value)
+        assert moment is not None
+        return moment.isoformat()
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def _csv_response(
+    name: str, columns: Sequence[str], rows: Iterable[object], now: datetime
+) -> Response:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(getattr(row, column)) for column in columns])
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    return Response(
+        out.getvalue(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{name}-{stamp}.csv"'},
+    )
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("hubreturns.desk", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["when"] = _show_time
+    return Jinja2Templates(env=env)
+
+
+def _session_secret(settings: Settings) -> str:
+    if settings.session_secret:
+        return settings.session_secret
+    log.warning(
+        "session_secret is not set: Service Desk sessions use a random key of this process "
+        "and end when it restarts; set HUBRETURNS_SESSION_SECRET (required with --workers > 1)"
+    )
+    return secrets.token_urlsafe(32)
+
+
+def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
+    """The desk sub-application (mount it at ``/desk``)."""
+    templates = _templates()
+    sessions = processor.sessions
+    clock = processor.clock
+    next_counter = _Counter()
+    css = (resources.files("hubreturns.desk") / "static" / "desk.css").read_bytes()
+
+    def render(
+        request: Request, name: str, context: Mapping[str, Any], status_code: int = 200
+    ) -> Response:
+        base = {
+            "prefix": request.scope.get("root_path", ""),
+            "staff": getattr(request.state, "staff", None),
+            "csrf_token": _csrf_token(request),
+            "code_info": CODE_INFO,
+        }
+        return templates.TemplateResponse(
+            request, name, {**base, **context}, status_code=status_code
+        )
+
+    def prefix(request: Request) -> str:
+        return str(request.scope.get("root_path", ""))
+
+    def staff_of(request: Request) -> str:
+        staff = request.state.staff
+        assert isinstance(staff, str)
+        return staff
+
+    # -- sign-in ---------------------------------------------------------------------
+
+    async def login_page(request: Request) -> Response:
+        if request.state.staff is not None:
+            return RedirectResponse(f"{prefix(request)}/", status_code=303)
+        return render(
+            request,
+            "login.html",
+            {
+                "next": request.query_params.get("next", ""),
+                "error": None,
+                "name": "",
+                "signed_out": request.query_params.get("signed_out") == "1",
+            },
+        )
+
+    async def login(request: Request) -> Response:
+        form = await _checked_form(request)
+        name = form.get("name", "").strip()
+        password = form.get("password", "")
+        wanted = form.get("next", "")
+
+        def attempt() -> str | None:
+            now = clock()
+            with sessions.begin() as session:
+                staff = accounts.check_password(session, name, password, now)
+                if staff is None:
+                    return None
+                return accounts.start_session(session, staff.name, now)
+
+        token = await run_in_threadpool(attempt)
+        if token is None:
+            log.warning("desk sign-in refused for %r", name[:64])
+            return render(
+                request,
+                "login.html",
+                {
+                    "next": wanted,
+                    "error": "Wrong name or password, or the account is disabled.",
+                    "name": name,
+                    "signed_out": False,
+                },
+                status_code=401,
+            )
+        log.info("desk sign-in: %s", name)
+        request.session.clear()  # a fresh session: nothing from before sign-in survives
+        request.session["sid"] = token
+        request.session["csrf"] = secrets.token_urlsafe(32)
+        target = wanted if _SAFE_NEXT.fullmatch(wanted) and wanted != "/login" else "/"
+        return RedirectResponse(f"{prefix(request)}{target}", status_code=303)
+
+    async def logout(request: Request) -> Response:
+        await _checked_form(request)
+        token = request.session.get("sid")
+
+        def end() -> None:
+            with sessions.begin() as session:
+                accounts.end_session(session, str(token), clock())
+
+        await run_in_threadpool(end)
+        log.info("desk sign-out: %s", request.state.staff)
+        request.session.clear()
+        return RedirectResponse(f"{prefix(request)}/login?signed_out=1", status_code=303)
+
+    async def stylesheet(_: Request) -> Response:
+        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    # -- hub look-up -----------------------------------------------------------------
+
+    async def hub(request: Request) -> Response:
+        typed = request.query_params.get("device_id", "").strip()
+        context: dict[str, Any] = {"device_id": typed, "error": None, "hub": None}
+        if not typed:
+            return render(request, "hub.html", context)
+        try:
+            device_id = eui(typed)
+        except ValueError:
+            context["error"] = (
+                f"Device ID {typed!r} is not an EUI-64; write it as 00-DB-12-34-56-78-90-A2."
+            )
+            return render(request, "hub.html", context, status_code=422)
+
+        def read() -> Any:
+            with sessions() as session:
+                return hub_view(session, device_id, clock())
+
+        view = await run_in_threadpool(read)
+        if view is None:
+            context["error"] = f"Device {device_id} is not in the Smart Metering Inventory."
+            return render(request, "hub.html", context, status_code=404)
+        context.update(device_id=device_id, hub=view)
+        return render(request, "hub.html", context)
+
+    async def hub_api(request: Request) -> Response:
+        try:
+            device_id = eui(request.path_params["device_id"])
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+
+        def read() -> Any:
+            with sessions() as session:
+                return hub_view(session, device_id, clock())
+
+        view = await run_in_threadpool(read)
+        if view is None:
+            return JSONResponse({"error": f"{device_id} is not in the inventory"}, 404)
+        return JSONResponse(
+            {
+                "device_id": view.device_id,
+                "device_type": view.device_type,
+                "smi_status": view.smi_status,
+                "gpf_id": view.gpf_id,
+                "open_return_id": view.open_return_id,
+                "responsible_suppliers": [
+                    {"user_id": p.user_id, "role": p.role, "name": p.name, "status": p.status}
+                    for p in view.suppliers
+                ],
+                "appointed_rsas": [
+                    {
+                        "user_id": a.rsa.user_id,
+                        "name": a.rsa.name,
+                        "status": a.rsa.status,
+                        "appointed_by": a.supplier_id,
+                    }
+                    for a in view.appointed
+                ],
+                "returns": [
+                    {
+                        "id": r.id,
+                        "channel": r.channel,
+                        "request_id": r.request_id,
+                        "originator": r.originator,
+                        "role": r.role,
+                        "received_at": _csv_cell(r.received_at),
+                        "status": r.status,
+                    }
+                    for r in view.returns
+                ],
+            }
+        )
+
+    # -- logging a return ------------------------------------------------------------
+
+    def form_page(
+        request: Request,
+        values: Mapping[str, str],
+        *,
+        errors: Mapping[str, str] | None = None,
+        outcome: Outcome | None = None,
+        status_code: int = 200,
+    ) -> Response:
+        def read() -> Any:
+            with sessions() as session:
+                return service_users(session)
+
+        users = read()
+        return render(
+            request,
+            "return_form.html",
+            {
+                "values": {name: values.get(name, "") for name in forms.RETURN_FIELDS},
+                "errors": errors or {},
+                "outcome": outcome,
+                "users": users,
+                "return_types": forms.RETURN_TYPES,
+                "connection_methods": [m.value for m in ConnectionMethod],
+                "fault_reasons": [r.value for r in FaultReason],
+            },
+            status_code=status_code,
+        )
+
+    async def new_return_page(request: Request) -> Response:
+        values = {name: request.query_params.get(name, "") for name in forms.RETURN_FIELDS}
+        return await run_in_threadpool(form_page, request, values)
+
+    async def new_return(request: Request) -> Response:
+        form = await _checked_form(request)
+        staff = staff_of(request)
+        request_value, errors = forms.read_return_form(
+            form, target=processor.access_control_broker, counter=next_counter()
+        )
+        if request_value is None:
+            return await run_in_threadpool(form_page, request, form, errors=errors, status_code=422)
+        outcome = await run_in_threadpool(processor.handle_desk, request_value, entered_by=staff)
+        log.info(
+            "desk return by %s for %s on %s: %s",
+            staff,
+            request_value.originator,
+            request_value.device_id,
+            outcome.code.value,
+        )
+        kept: Mapping[str, str] = {} if outcome.accepted else form
+        response = await run_in_threadpool(
+            form_page, request, kept, outcome=outcome, status_code=outcome.http_status
+        )
+        response.headers["X-DUIS-Response-Code"] = outcome.code.value
+        return response
+
+    # -- browsing ----------------------------------------------------------------------
+
+    async def returns_page(request: Request) -> Response:
+        query = dict(request.query_params)
+        where, errors = forms.parse_return_filter(query)
+
+        def read() -> Sequence[ReturnRecord]:
+            with sessions() as session:
+                return Repository(session).returns(where)
+
+        rows = await run_in_threadpool(read)
+        return render(
+            request,
+            "returns.html",
+            {
+                "query": query,
+                "errors": errors,
+                "rows": rows,
+                "roles": forms.FORM_ROLES,
+                "channels": [c.value for c in Channel],
+                "csv_query": request.url.query,
+            },
+            status_code=422 if errors else 200,
+        )
+
+    async def returns_csv(request: Request) -> Response:
+        where, errors = forms.parse_return_filter(dict(request.query_params), export=True)
+        if errors:
+            return JSONResponse({"errors": errors}, status_code=422)
+
+        def read() -> Sequence[ReturnRecord]:
+            with sessions() as session:
+                return Repository(session).returns(where)
+
+        rows = await run_in_threadpool(read)
+        return _csv_response("returns", RETURN_CSV_COLUMNS, rows, clock())
+
+    async def return_detail(request: Request) -> Response:
+        raw = request.path_params["return_id"]
+
+        def read() -> ReturnRecord | None:
+            with sessions() as session:
+                return session.get(ReturnRecord, raw)
+
+        record = await run_in_threadpool(read)
+        if record is None:
+            raise HTTPException(404, f"No return {raw} is recorded.")
+        return render(request, "return_detail.html", {"record": record})
+
+    def read_audit(query: forms.AuditQuery) -> Sequence[AuditEntry]:
+        with sessions() as session:
+            return Repository(session).audit(
+                originator=query.originator,
+                code=query.code,
+                accepted=query.accepted,
+                limit=query.limit,
+            )
+
+    async def audit_page(request: Request) -> Response:
+        query = dict(request.query_params)
+        audit_query, errors = forms.parse_audit_query(query)
+        rows = await run_in_threadpool(read_audit, audit_query)
+        return render(
+            request,
+            "audit.html",
+            {
+                "query": query,
+                "errors": errors,
+                "rows": rows,
+                "codes": forms.AUDIT_CODES,
+                "csv_query": request.url.query,
+            },
+            status_code=422 if errors else 200,
+        )
+
+    async def audit_csv(request: Request) -> Response:
+        audit_query, errors = forms.parse_audit_query(dict(request.query_params), export=True)
+        if errors:
+            return JSONResponse({"errors": errors}, status_code=422)
+        rows = await run_in_threadpool(read_audit, audit_query)
+        return _csv_response("audit", AUDIT_CSV_COLUMNS, rows, clock())
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if _wants_data(_sub_path(request.scope), request.headers.get("accept", "")):
+            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        return render(
+            request,
+            "error.html",
+            {"status": exc.status_code, "detail": exc.detail},
+            status_code=exc.status_code,
+        )
+
+    routes = [
+        Route("/", hub, methods=["GET"], name="home"),
+        Route("/login", login_page, methods=["GET"], name="login_page"),
+        Route("/login", login, methods=["POST"], name="login"),
+        Route("/logout", logout, methods=["POST"], name="logout"),
+        Route("/desk.css", stylesheet, methods=["GET"], name="css"),
+        Route("/hub", hub, methods=["GET"], name="hub"),
+        Route("/api/hubs/{device_id}", hub_api, methods=["GET"], name="hub_api"),
+        Route("/returns/new", new_return_page, methods=["GET"], name="new_return_page"),
+        Route("/returns/new", new_return, methods=["POST"], name="new_return"),
+        Route("/returns", returns_page, methods=["GET"], name="returns"),
+        Route("/returns.csv", returns_csv, methods=["GET"], name="returns_csv"),
+        Route("/returns/{return_id:int}", return_detail, methods=["GET"], name="return"),
+        Route("/audit", audit_page, methods=["GET"], name="audit"),
+        Route("/audit.csv", audit_csv, methods=["GET"], name="audit_csv"),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(
+                SessionMiddleware,
+                secret_key=_session_secret(settings),
+                session_cookie=COOKIE_NAME,
+                max_age=int(accounts.SESSION_LIFETIME.total_seconds()),
+                path="/desk",
+                same_site="strict",
+            ),
+            Middleware(StaffGate, sessions=sessions, clock=clock),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )

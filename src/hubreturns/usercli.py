@@ -1,11 +1,416 @@
-"""The Service User's commands (issue 4): submit, sign, verify, testpack."""
+"""The Service User's commands (issue 4): submit, sign, verify, testpack.
+
+Thin shells over ``hubreturns.submission`` and ``hubreturns.testpack``. Exit
+status: 0 = accepted / verified / all passed; 1 = the service refused, a
+response did not verify, or a scenario failed; 2 = a usage problem (printed as
+``error:`` + ``hint:``, nothing sent); 130 = interrupted (Ctrl-C).
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from typer.core import TyperGroup
+
+from hubreturns.codes import CODE_INFO
+from hubreturns.config import DEFAULT_ACB
+from hubreturns.errors import Rejection
+from hubreturns.model import RequestId, eui
+from hubreturns.submission import (
+    COLUMNS,
+    ClientError,
+    CounterStore,
+    InvalidFields,
+    InvalidReturnsFile,
+    SubmitResult,
+    Submitter,
+    default_dcc_certificates,
+    default_state_dir,
+    load_certificates,
+    load_signer,
+    read_returns_csv,
+    request_from_values,
+    run_bulk,
+    sign_document,
+    verify_document,
+)
+from hubreturns.testpack import PackError, ScenarioOutcome, run_pack, write_pack
 
 __all__ = ["register_cli"]
 
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _usage(message: str, hint: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}\n[yellow]hint:[/yellow] {hint}")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _dcc(paths: list[Path] | None) -> list[Any]:
+    try:
+        return load_certificates(paths) if paths else default_dcc_certificates()
+    except ClientError as exc:
+        _usage(str(exc), exc.hint)
+
+
+KeyOption = Annotated[Path, typer.Option("--key", help="Your XML-signing private key (PEM).")]
+CertOption = Annotated[
+    Path, typer.Option("--cert", help="Your XML-signing certificate (PEM, OU 87).")
+]
+DccOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--dcc-cert",
+        help="DCC response-signing certificate(s) (PEM); default: the DCC test DSP certificates.",
+    ),
+]
+
+
+_OPTION_OF = {
+    "variant": "--variant",
+    "device_id": "--device",
+    "return_type": "--return-type",
+    "other_device_id": "--other-device",
+    "connection_method": "--connection-method",
+    "fault_reason": "--fault-reason",
+    "user_ref_datetime": "--user-ref-datetime",
+    "user_ref_id": "--user-ref-id",
+    "incident_reference": "--incident-reference",
+    "additional_information": "--additional-information",
+}
+
+
+def _print_result(result: SubmitResult) -> None:
+    colour = "green" if result.ok else "red"
+    console.print(f"request  {result.request_id}")
+    if result.code is None:
+        console.print(f"[{colour}]FAILED[/{colour}]  {result.detail}")
+    else:
+        status = f" (HTTP {result.http_status})" if result.http_status is not None else ""
+        console.print(f"[{colour}]{result.code.value}[/{colour}]  {result.meaning}{status}")
+    if not result.ok:
+        console.print(f"hint     {result.hint}")
+
+
+def submit(
+    key: KeyOption,
+    cert: CertOption,
+    url: Annotated[str, typer.Option(help="Service base URL (…/api/v1/serviceD is added).")],
+    variant: Annotated[
+        str | None, typer.Option(help="8.14.3 (fault) or 8.14.4 (no fault).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="DeviceID: the hub's CHF.")] = None,
+    return_type: Annotated[
+        str | None, typer.Option(help="CHFFaultReturnType / CHFNoFaultReturnType text.")
+    ] = None,
+    other_device: Annotated[str | None, typer.Option(help="8.14.3: the hub's GPF.")] = None,
+    connection_method: Annotated[
+        str | None, typer.Option(help="8.14.3: Hot-shoe, Cradle or ESME.")
+    ] = None,
+    fault_reason: Annotated[str | None, typer.Option(help="8.14.3: CHFFaultReason.")] = None,
+    user_ref_datetime: Annotated[str | None, typer.Option(help="xs:dateTime.")] = None,
+    user_ref_id: Annotated[str | None, typer.Option(help="Your reference (≤ 25).")] = None,
+    incident_reference: Annotated[str | None, typer.Option(help="≤ 15 characters.")] = None,
+    additional_information: Annotated[str | None, typer.Option(help="≤ 200 characters.")] = None,
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="Bulk: a CSV of returns (see README).")
+    ] = None,
+    results: Annotated[
+        Path | None, typer.Option(help="Bulk: results CSV (row,request_id,code,meaning).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Bulk: requests in flight.")] = 4,
+    retries: Annotated[
+        int, typer.Option(min=0, help="Resends after E21 caused by our own concurrent requests.")
+    ] = 3,
+    dcc_cert: DccOption = None,
+    target: Annotated[str, typer.Option(help="RequestID target (the DCC ACB).")] = DEFAULT_ACB,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help="Counter state folder (default $HUBRETURNS_STATE_DIR or XDG state)."),
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 30.0,
+) -> None:
+    """Sign and send 8.14.3 / 8.14.4 returns; verify and explain the DCC's answer."""
+    try:
+        signer = load_signer(key, cert)
+        target_eui = eui(target)
+    except ClientError as exc:
+        _usage(str(exc), exc.hint)
+    except ValueError as exc:
+        _usage(f"--target: {exc}", "The target is the DCC ACB EUI, e.g. " + DEFAULT_ACB)
+    dcc = _dcc(dcc_cert)
+    counters = CounterStore(state_dir or default_state_dir())
+    fields = {
+        "variant": variant,
+        "device_id": device,
+        "return_type": return_type,
+        "other_device_id": other_device,
+        "connection_method": connection_method,
+        "fault_reason": fault_reason,
+        "user_ref_datetime": user_ref_datetime,
+        "user_ref_id": user_ref_id,
+        "incident_reference": incident_reference,
+        "additional_information": additional_information,
+    }
+    if csv_file is not None:
+        given = [_OPTION_OF[k] for k, v in fields.items() if v]
+        if given:
+            _usage(
+                f"--csv cannot be combined with {', '.join(given)}", "Put the values in the CSV."
+            )
+        if results is None:
+            _usage("--csv needs --results OUT.csv", "Name a file for the per-row results.")
+        _bulk(
+            csv_file, results, concurrency, signer, dcc, counters, url, target_eui, retries, timeout
+        )
+        return
+    try:  # check before a counter is spent
+        request_from_values(
+            fields, RequestId(originator=signer.originator, target=target_eui, counter=0)
+        )
+    except InvalidFields as exc:
+        _usage(
+            "the return is not valid: " + "; ".join(str(p) for p in exc.problems),
+            "Options mirror the CSV columns: " + ", ".join(COLUMNS) + ".",
+        )
+    with httpx.Client(timeout=timeout) as http:
+        submitter = Submitter(
+            url=url,
+            signer=signer,
+            dcc_certificates=dcc,
+            counters=counters,
+            target=target_eui,
+            http=http,
+            retries=retries,
+        )
+        try:
+            result = submitter.submit(fields)
+        except ClientError as exc:
+            _usage(str(exc), exc.hint)
+    _print_result(result)
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _bulk(
+    csv_file: Path,
+    results_path: Path,
+    concurrency: int,
+    signer: Any,
+    dcc: list[Any],
+    counters: CounterStore,
+    url: str,
+    target: str,
+    retries: int,
+    timeout: float,
+) -> None:
+    try:
+        rows = read_returns_csv(csv_file.read_bytes())
+    except OSError as exc:
+        _usage(f"cannot read {csv_file}: {exc.strerror}", "Check the path.")
+    except InvalidReturnsFile as exc:
+        err.print(f"[red]error:[/red] {csv_file}: {exc}")
+        err.print("[yellow]hint:[/yellow] fix the listed lines; columns: " + ",".join(COLUMNS))
+        raise typer.Exit(EXIT_USAGE) from None
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    interrupted = False
+    try:
+        with (
+            httpx.Client(timeout=timeout, limits=limits) as http,
+            results_path.open("w", encoding="utf-8", newline="") as out,
+            Progress(
+                TextColumn("sending"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("[red]{task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                console=console,
+            ) as progress,
+        ):
+            task = progress.add_task("returns", total=len(rows), failed=0)
+            submitter = Submitter(
+                url=url,
+                signer=signer,
+                dcc_certificates=dcc,
+                counters=counters,
+                target=target,
+                http=http,
+                retries=retries,
+            )
+            failed = 0
+
+            def advance(_row: Any, result: SubmitResult) -> None:
+                nonlocal failed
+                failed += not result.ok
+                progress.update(task, advance=1, failed=failed)
+
+            summary = run_bulk(
+                rows, submitter.submit, out, concurrency=concurrency, on_result=advance
+            )
+            interrupted = summary.interrupted
+    except OSError as exc:
+        _usage(f"cannot write {results_path}: {exc.strerror}", "Check the path and permissions.")
+    except ClientError as exc:
+        _usage(str(exc), exc.hint)
+    table = Table(
+        "code", "meaning", "rows", title=f"{csv_file}: {summary.done} of {summary.total} sent"
+    )
+    for code, count in sorted(summary.by_code.items()):
+        meaning = next((i.meaning for c, i in CODE_INFO.items() if c.value == code), code)
+        table.add_row(code, meaning, str(count))
+    console.print(table)
+    console.print(f"results in {results_path}")
+    if interrupted:
+        err.print(
+            f"[yellow]interrupted[/yellow]: {summary.done} of {summary.total} rows done and "
+            f"recorded in {results_path}; the rest were not sent"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if summary.failed:
+        err.print(f"[red]{summary.failed} of {summary.total} rows were not accepted[/red]")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def sign_cmd(
+    document: Annotated[Path, typer.Argument(help="Unsigned sr:Request XML.")],
+    key: KeyOption,
+    cert: CertOption,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")
+    ] = None,
+) -> None:
+    """Sign an unsigned request document with the SMKI XML-signing profile."""
+    try:
+        signer = load_signer(key, cert)
+        signed = sign_document(document.read_bytes(), signer.key, signer.certificate)
+    except OSError as exc:
+        _usage(f"cannot read {document}: {exc.strerror}", "Check the path.")
+    except ClientError as exc:
+        _usage(str(exc), exc.hint)
+    if out is None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(signed)
+        sys.stdout.buffer.flush()
+        return
+    out.write_bytes(signed)
+    err.print(f"signed {document} -> {out} as {signer.originator}")
+
+
+def verify_cmd(
+    document: Annotated[Path, typer.Argument(help="Signed request (or response) XML.")],
+    cert: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--cert",
+            help="Certificate(s) that may have signed it (PEM); for --as-response the "
+            "default is the DCC test DSP certificates.",
+        ),
+    ] = None,
+    as_response: Annotated[
+        bool, typer.Option("--as-response", help="The file is a DCC sr:Response.")
+    ] = False,
+) -> None:
+    """Check a signed document with the exact profile the service uses; print OK or why not."""
+    if not cert and not as_response:
+        _usage("--cert is required for a request", "Give the sender's certificate (PEM).")
+    certificates = _dcc(cert)
+    try:
+        data = document.read_bytes()
+    except OSError as exc:
+        _usage(f"cannot read {document}: {exc.strerror}", "Check the path.")
+    try:
+        verified = verify_document(data, certificates, as_response=as_response)
+    except Rejection as exc:
+        console.print(f"[red]FAILED[/red] {exc.code.value}: {exc.message}")
+        console.print(f"hint: {exc.hint}")
+        raise typer.Exit(EXIT_FAILED) from None
+    signer = verified.signer
+    console.print(
+        f"[green]OK[/green] {document}: signed by {signer.eui or '-'} "
+        f"(issuer {signer.issuer}, serial {signer.serial}); RequestID {verified.request_id}"
+    )
+
+
+class _DefaultWrite(TyperGroup):
+    """``hubreturns testpack OUT/`` means ``hubreturns testpack write OUT/``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # typer's vendored Context
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["write", *args]
+        return super().parse_args(ctx, args)
+
+
+testpack_app = typer.Typer(
+    cls=_DefaultWrite,
+    no_args_is_help=True,
+    help="Conformance test pack: `testpack OUT/` writes one, `testpack run OUT/ --url` runs it.",
+)
+
+
+@testpack_app.command("write")
+def write_pack_cmd(
+    out: Annotated[Path, typer.Argument(help="New or empty folder for the pack.")],
+    force: Annotated[bool, typer.Option(help="Replace a non-empty folder.")] = False,
+) -> None:
+    """Write signed requests, expected codes and the data to load (see its README)."""
+    try:
+        count = write_pack(out, force=force)
+    except PackError as exc:
+        _usage(str(exc), exc.hint)
+    console.print(f"[green]wrote {count} scenarios[/green] to {out}/")
+    console.print(
+        f"[bold]load {out}/load/ (users, certs, appointments, devices) into the service "
+        f"first[/bold], then: hubreturns testpack run {out} --url URL"
+    )
+
+
+@testpack_app.command("run")
+def run_pack_cmd(
+    pack: Annotated[Path, typer.Argument(help="A folder written by `hubreturns testpack`.")],
+    url: Annotated[str, typer.Option(help="Service base URL.")],
+    dcc_cert: DccOption = None,
+    timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 30.0,
+) -> None:
+    """Send every scenario in manifest order; pass/fail per scenario and a summary."""
+    dcc = _dcc(dcc_cert)
+
+    def show(outcome: ScenarioOutcome) -> None:
+        verdict = "[green]pass[/green]" if outcome.passed else "[red]FAIL[/red]"
+        got = outcome.received if outcome.verified else f"{outcome.received} (unverified)"
+        name = outcome.folder.removeprefix("scenarios/")
+        line = f"{verdict} {name}: expected {outcome.expected}, got {got}"
+        if outcome.detail:
+            line += f" - {outcome.detail}"
+        console.print(line)
+
+    try:
+        outcomes = run_pack(pack, url, dcc, on_outcome=show, timeout=timeout)
+    except PackError as exc:
+        _usage(str(exc), exc.hint)
+    passed = sum(o.passed for o in outcomes)
+    colour = "green" if passed == len(outcomes) else "red"
+    console.print(f"[{colour}]{passed}/{len(outcomes)} scenarios passed[/{colour}]")
+    if passed != len(outcomes):
+        raise typer.Exit(EXIT_FAILED)
+
 
 def register_cli(app: typer.Typer) -> None:
-    return None
+    """Add submit, sign, verify and testpack to the main app (idempotent)."""
+    if any(getattr(c, "name", None) == "submit" for c in app.registered_commands):
+        return
+    app.command("submit")(submit)
+    app.command("sign")(sign_cmd)
+    app.command("verify")(verify_cmd)
+    app.add_typer(testpack_app, name="testpack")

@@ -1,0 +1,801 @@
+"""The Service User's client: build, sign, send and read 8.14.3 / 8.14.4 requests.
+
+The pieces a Supplier's or RSA's developer needs, without any printing:
+
+* ``request_from_values`` turns command-line options or one CSV row (columns
+  ``COLUMNS``, mirroring the request body) into a checked ``ReturnRequest``;
+  ``read_returns_csv`` reads a whole file and reports every bad row with its
+  line number before anything is sent.
+* ``CounterStore`` hands out RequestID counters from a small JSON state file
+  per originator, under an ``fcntl.flock`` lock, persisted with fsync *before*
+  the request leaves, so a counter is never used twice, across restarts and
+  concurrent processes.
+* ``Submitter`` signs, POSTs, verifies the DCC's signed response and returns a
+  ``SubmitResult``; ``run_bulk`` sends many rows with bounded concurrency and
+  writes each result as soon as it is known, so an interrupted run keeps what
+  was done.
+* ``sign_document`` / ``verify_document`` back ``hubreturns sign`` / ``verify``.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Final, TextIO
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
+from lxml import etree
+
+from hubreturns.client import read_response
+from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.config import DEFAULT_ACB, packaged_pki
+from hubreturns.errors import EnvelopeRejection, Rejection, SignatureRejection
+from hubreturns.model import (
+    COUNTER_MAX,
+    ConnectionMethod,
+    Endpoint,
+    FaultReason,
+    FaultReturnType,
+    NoFaultReturnType,
+    RequestId,
+    ReturnKind,
+    ReturnRequest,
+    eui,
+)
+from hubreturns.pki import load_credential
+from hubreturns.policy import DSP_RESPONSE_POLICY, REQUEST_POLICY
+from hubreturns.wire import envelope, signature
+from hubreturns.wire.certificate import SigningCertificate, load_pem_files
+from hubreturns.wire.request import build_request, sign_request
+
+__all__ = [
+    "COLUMNS",
+    "FAULT_ONLY_COLUMNS",
+    "BulkSummary",
+    "ClientError",
+    "CounterStore",
+    "CsvRow",
+    "FieldProblem",
+    "InvalidFields",
+    "InvalidReturnsFile",
+    "Signer",
+    "SubmitResult",
+    "Submitter",
+    "default_dcc_certificates",
+    "default_state_dir",
+    "load_certificates",
+    "load_signer",
+    "read_returns_csv",
+    "request_from_values",
+    "run_bulk",
+    "service_url",
+    "sign_document",
+    "verify_document",
+]
+
+#: CSV columns (and ``submit`` options), in the order of the request body.
+COLUMNS: Final = (
+    "variant",
+    "device_id",
+    "return_type",
+    "other_device_id",
+    "connection_method",
+    "fault_reason",
+    "user_ref_datetime",
+    "user_ref_id",
+    "incident_reference",
+    "additional_information",
+)
+#: Columns that only 8.14.3 CHFFaultReturn has (must be empty for 8.14.4).
+FAULT_ONLY_COLUMNS: Final = frozenset({"other_device_id", "connection_method", "fault_reason"})
+
+_SR = f"{{{envelope.SR_NS}}}"
+_DS = f"{{{envelope.DS_NS}}}"
+
+
+class ClientError(Exception):
+    """A problem on the client's side, with an actionable ``hint``."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# ------------------------------------------------------------------ request values
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One unusable value: which column and why."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class InvalidFields(ValueError):
+    """The values do not make a valid request; ``problems`` lists every one."""
+
+    def __init__(self, problems: Sequence[FieldProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(str(p) for p in self.problems))
+
+
+def _choice(text: str, allowed: Iterable[str], column: str, problems: list[FieldProblem]) -> str:
+    """The allowed value equal to ``text`` ignoring case, else a problem listing them."""
+    options = list(allowed)
+    for option in options:
+        if option.casefold() == text.casefold():
+            return option
+    problems.append(FieldProblem(column, f"{text!r} is not one of: {' | '.join(options)}"))
+    return options[0]
+
+
+def request_from_values(values: Mapping[str, str | None], request_id: RequestId) -> ReturnRequest:
+    """A checked 8.14.3 / 8.14.4 request from column values (empty or None = absent).
+
+    Checks everything the DUIS 5.4 schema checks, so a request built here is
+    never refused as E31; raises ``InvalidFields`` listing every problem.
+    """
+    problems: list[FieldProblem] = []
+    cell = {name: (values.get(name) or "").strip() for name in COLUMNS}
+    unknown = sorted(set(values) - set(COLUMNS))
+    problems.extend(FieldProblem(name, "is not a known column") for name in unknown)
+
+    kind = ReturnKind.FAULT
+    if not cell["variant"]:
+        problems.append(FieldProblem("variant", "is empty; expected 8.14.3 or 8.14.4"))
+    else:
+        try:
+            kind = ReturnKind.from_variant(cell["variant"])
+        except ValueError:
+            problems.append(FieldProblem("variant", f"{cell['variant']!r} is not 8.14.3 or 8.14.4"))
+    fault = kind is ReturnKind.FAULT
+
+    def eui_of(column: str) -> str | None:
+        if not cell[column]:
+            return None
+        try:
+            return eui(cell[column])
+        except ValueError as exc:
+            problems.append(FieldProblem(column, str(exc)))
+            return None
+
+    device = eui_of("device_id")
+    if not cell["device_id"]:
+        problems.append(FieldProblem("device_id", "is empty; expected the hub's CHF Device ID"))
+    types = [t.value for t in (FaultReturnType if fault else NoFaultReturnType)]
+    return_type = types[0]
+    if not cell["return_type"]:
+        problems.append(FieldProblem("return_type", f"is empty; one of: {' | '.join(types)}"))
+    else:
+        return_type = _choice(cell["return_type"], types, "return_type", problems)
+
+    other: str | None = None
+    connection: ConnectionMethod | None = None
+    reason: FaultReason | None = None
+    if fault:
+        other = eui_of("other_device_id")
+        for column, enum_type in (
+            ("connection_method", ConnectionMethod),
+            ("fault_reason", FaultReason),
+        ):
+            choices = [m.value for m in enum_type]
+            if not cell[column]:
+                problems.append(
+                    FieldProblem(column, f"is empty; 8.14.3 needs one of: {' | '.join(choices)}")
+                )
+                continue
+            chosen = _choice(cell[column], choices, column, problems)
+            if column == "connection_method":
+                connection = ConnectionMethod(chosen)
+            else:
+                reason = FaultReason(chosen)
+        if not cell["other_device_id"]:
+            problems.append(
+                FieldProblem("other_device_id", "is empty; 8.14.3 needs the hub's GPF Device ID")
+            )
+    else:
+        problems.extend(
+            FieldProblem(column, "must be empty for 8.14.4 (it is an 8.14.3 field)")
+            for column in sorted(FAULT_ONLY_COLUMNS)
+            if cell[column]
+        )
+
+    if cell["user_ref_datetime"]:
+        try:
+            datetime.fromisoformat(cell["user_ref_datetime"].replace("Z", "+00:00"))
+            if "T" not in cell["user_ref_datetime"]:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                FieldProblem(
+                    "user_ref_datetime",
+                    f"{cell['user_ref_datetime']!r} is not an xs:dateTime "
+                    "(e.g. 2026-03-01T09:30:00Z)",
+                )
+            )
+    for column, limit in (
+        ("user_ref_id", 25),
+        ("incident_reference", 15),
+        ("additional_information", 200),
+    ):
+        if len(cell[column]) > limit:
+            problems.append(
+                FieldProblem(column, f"has {len(cell[column])} characters; at most {limit}")
+            )
+    if problems:
+        raise InvalidFields(problems)
+    assert device is not None
+    request = ReturnRequest(
+        request_id=request_id,
+        command_variant=8,
+        service_reference="8.14",
+        kind=kind,
+        device_id=device,
+        return_type=return_type,
+        user_ref_datetime=cell["user_ref_datetime"] or None,
+        user_ref_id=cell["user_ref_id"] or None,
+        incident_reference=cell["incident_reference"] or None,
+        additional_information=cell["additional_information"] or None,
+        other_device_id=other,
+        connection_method=connection,
+        fault_reason=reason,
+    )
+    try:  # the belt to the braces above: the schema has the last word
+        envelope.validate(build_request(request))
+    except EnvelopeRejection as exc:
+        raise InvalidFields([FieldProblem("request", exc.message)]) from None
+    return request
+
+
+@dataclass(frozen=True, slots=True)
+class CsvRow:
+    """One data row of a returns CSV; ``line`` is its line in the file (header = 1)."""
+
+    line: int
+    values: Mapping[str, str]
+
+
+class InvalidReturnsFile(ValueError):
+    """A returns CSV with bad rows; ``problems`` are ``(line, message)``; nothing was sent."""
+
+    def __init__(self, problems: Sequence[tuple[int, str]]) -> None:
+        self.problems = sorted(problems)
+        super().__init__(
+            f"{len(self.problems)} problem(s); nothing was sent:\n"
+            + "\n".join(f"  line {line}, {message}" for line, message in self.problems)
+        )
+
+
+def read_returns_csv(data: bytes | str) -> list[CsvRow]:
+    """Every row of a returns CSV, each checked as a request; all problems at once.
+
+    The first non-blank line is the header: exactly the ``COLUMNS``, any order.
+    Blank lines are skipped, cells are stripped, UTF-8 with or without BOM.
+    """
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise InvalidReturnsFile([(line, "file: is not valid UTF-8")]) from None
+    else:
+        text = data.removeprefix("\ufeff")
+    problems: list[tuple[int, str]] = []
+    rows: list[CsvRow] = []
+    header: list[str] | None = None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    previous_end = 0
+    probe = RequestId(originator=DEFAULT_ACB, target=DEFAULT_ACB, counter=0)
+    try:
+        for raw in reader:
+            line, previous_end = previous_end + 1, reader.line_num
+            cells = [c.strip() for c in raw]
+            if not any(cells):
+                continue
+            if header is None:
+                header = cells
+                missing = [c for c in COLUMNS if c not in header]
+                extra = [c for c in header if c not in COLUMNS]
+                if missing or extra or len(set(header)) != len(header):
+                    raise InvalidReturnsFile(
+                        [
+                            (
+                                line,
+                                f"header: expected the columns {','.join(COLUMNS)} "
+                                f"(missing {missing or 'none'}, unknown {extra or 'none'})",
+                            )
+                        ]
+                    )
+                continue
+            if len(cells) != len(header):
+                problems.append(
+                    (line, f"row: has {len(cells)} fields, the header has {len(header)}")
+                )
+                continue
+            values = dict(zip(header, cells, strict=True))
+            try:
+                request_from_values(values, probe)
+            except InvalidFields as exc:
+                problems.extend((line, str(p)) for p in exc.problems)
+                continue
+            rows.append(CsvRow(line, values))
+    except csv.Error as exc:
+        problems.append((reader.line_num or 1, f"file: not readable CSV ({exc})"))
+    if header is None:
+        problems.append((1, f"file: is empty; expected the header {','.join(COLUMNS)}"))
+    if problems:
+        raise InvalidReturnsFile(problems)
+    return rows
+
+
+# ----------------------------------------------------------------------- counters
+
+
+def default_state_dir() -> Path:
+    """``$HUBRETURNS_STATE_DIR``, else ``$XDG_STATE_HOME/hubreturns`` (~/.local/state)."""
+    if os.environ.get("HUBRETURNS_STATE_DIR"):
+        return Path(os.environ["HUBRETURNS_STATE_DIR"]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base).expanduser() / "hubreturns"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class CounterStore:
+    """Next RequestID counter per originator: ``counter-<EUI>.json`` in ``folder``.
+
+    ``allocate`` takes an exclusive ``flock`` on a sibling ``.lock`` file, reads
+    the last counter handed out, writes the next one to a temporary file,
+    fsyncs it, renames it over the state file and fsyncs the folder, and only
+    then returns the counter: a crash after that may waste a counter, never
+    reuse one. A fresh state starts at the current time in milliseconds, so a
+    lost or new state file does not collide with counters an earlier run used.
+    """
+
+    def __init__(self, folder: Path, clock_ms: Callable[[], int] = _now_ms) -> None:
+        self.folder = folder
+        self._clock_ms = clock_ms
+
+    def path(self, originator: str) -> Path:
+        return self.folder / f"counter-{eui(originator).replace('-', '')}.json"
+
+    @contextmanager
+    def _locked(self, originator: str) -> Iterator[Path]:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            state = self.path(originator)
+            fd = os.open(state.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ClientError(
+                f"cannot use the counter state folder {self.folder}: {exc.strerror}",
+                "Give a writable folder with --state-dir (or $HUBRETURNS_STATE_DIR).",
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield state
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def last(self, originator: str) -> int | None:
+        """The last counter handed out for ``originator``, or None for a fresh state."""
+        state = self.path(originator)
+        try:
+            data = json.loads(state.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ClientError(
+                f"counter state {state} is unreadable ({exc})",
+                "Restore it, or delete it to restart from the current time in milliseconds.",
+            ) from None
+        value = data.get("last_counter") if isinstance(data, dict) else None
+        if not isinstance(value, int) or not 0 <= value <= COUNTER_MAX:
+            raise ClientError(
+                f"counter state {state} has no valid last_counter",
+                "Restore it, or delete it to restart from the current time in milliseconds.",
+            )
+        return value
+
+    def allocate(self, originator: str) -> int:
+        """A counter never handed out before for ``originator``, durably recorded."""
+        with self._locked(originator) as state:
+            last = self.last(originator)
+            counter = self._clock_ms() if last is None else last + 1
+            if counter > COUNTER_MAX:
+                raise ClientError(
+                    f"the RequestID counter of {originator} is exhausted",
+                    "Counters are 64-bit; this should never happen. Check the state file.",
+                )
+            temporary = state.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+            payload = json.dumps({"originator": eui(originator), "last_counter": counter})
+            with open(temporary, "w", encoding="utf-8") as out:
+                out.write(payload + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, state)
+            directory = os.open(self.folder, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return counter
+
+
+# --------------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Signer:
+    """A Service User's signing key with its certificate and the User ID it names."""
+
+    key: ec.EllipticCurvePrivateKey
+    certificate: SigningCertificate
+    originator: str
+
+
+def load_signer(key_path: Path, cert_path: Path) -> Signer:
+    """Read the key and certificate PEM files; the originator is the certificate's EUI."""
+    try:
+        credential = load_credential(key_path, cert_path)
+    except OSError as exc:
+        raise ClientError(
+            f"cannot read {exc.filename}: {exc.strerror}",
+            "Give the PEM files of your XML-signing key (--key) and certificate (--cert).",
+        ) from None
+    except ValueError as exc:
+        raise ClientError(
+            f"unusable key/certificate: {exc}",
+            "--key must be the unencrypted EC (P-256) key of the certificate in --cert.",
+        ) from None
+    certificate = SigningCertificate.from_x509(credential.certificate)
+    if certificate.eui is None:
+        raise ClientError(
+            f"{cert_path} has no x500UniqueIdentifier (User ID)",
+            "Use your DUIS XML-signing certificate (subject OU 87 with your User ID).",
+        )
+    return Signer(credential.key, certificate, certificate.eui)
+
+
+def load_certificates(paths: Iterable[Path]) -> list[SigningCertificate]:
+    """Certificates from PEM files or folders, for checking signatures."""
+    found: list[SigningCertificate] = []
+    for path in paths:
+        try:
+            for _file, certs in load_pem_files(path):
+                found.extend(certs)
+        except (OSError, ValueError) as exc:
+            raise ClientError(
+                f"cannot read certificates from {path}: {exc}", "Give PEM certificate files."
+            ) from None
+    if not found:
+        raise ClientError(
+            "no certificate found in " + ", ".join(str(p) for p in paths),
+            "Give PEM files containing -----BEGIN CERTIFICATE-----.",
+        )
+    return found
+
+
+def default_dcc_certificates() -> list[SigningCertificate]:
+    """The packaged DCC *test* DSP certificates (what this service signs with by default)."""
+    return load_certificates(sorted(packaged_pki().glob("dsp-xml-sign-*.cert.pem")))
+
+
+def service_url(base: str, endpoint: Endpoint = Endpoint.NON_DEVICE) -> str:
+    """``base`` + ``/api/v1/<endpoint>``, unless ``base`` already names an endpoint."""
+    trimmed = base.rstrip("/")
+    if "/api/v1/" in trimmed:
+        return trimmed
+    return f"{trimmed}/api/v1/{endpoint.value}"
+
+
+# ------------------------------------------------------------------------ sending
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubmitResult:
+    """What became of one request: the verified code, or why there is none."""
+
+    request_id: str
+    code: ResponseCode | None
+    http_status: int | None = None
+    detail: str = ""
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.code is ResponseCode.I99
+
+    @property
+    def meaning(self) -> str:
+        return CODE_INFO[self.code].meaning if self.code is not None else self.detail
+
+    @property
+    def hint(self) -> str:
+        if self.code is not None:
+            return CODE_INFO[self.code].hint
+        return "Check the URL and --dcc-cert; nothing verified came back, so resend later."
+
+
+class Submitter:
+    """Signs, sends and checks requests for one Service User.
+
+    ``retries`` covers one case only: E21 from our *own* concurrent requests
+    (a higher counter overtook this one on the way); nothing was recorded, so
+    the request is rebuilt with a fresh counter and sent again.
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        signer: Signer,
+        dcc_certificates: Sequence[SigningCertificate],
+        counters: CounterStore,
+        target: str = DEFAULT_ACB,
+        http: httpx.Client,
+        retries: int = 3,
+    ) -> None:
+        self.url = service_url(url)
+        self.signer = signer
+        self.dcc_certificates = list(dcc_certificates)
+        self.counters = counters
+        self.target = eui(target)
+        self.http = http
+        self.retries = retries
+
+    def submit(self, values: Mapping[str, str | None]) -> SubmitResult:
+        """Allocate a counter, sign, POST, verify the response; never raises for the wire."""
+        attempt = 0
+        while True:
+            attempt += 1
+            counter = self.counters.allocate(self.signer.originator)
+            request_id = RequestId(
+                originator=self.signer.originator, target=self.target, counter=counter
+            )
+            request = request_from_values(values, request_id)
+            result = self.send(
+                sign_request(request, self.signer.key, self.signer.certificate),
+                str(request_id),
+            )
+            result = SubmitResult(
+                request_id=result.request_id,
+                code=result.code,
+                http_status=result.http_status,
+                detail=result.detail,
+                attempts=attempt,
+            )
+            if result.code is not ResponseCode.E21 or attempt > self.retries:
+                return result
+
+    def send(self, body: bytes, request_id: str) -> SubmitResult:
+        """POST signed bytes and read the verified response code."""
+        try:
+            reply = self.http.post(
+                self.url, content=body, headers={"content-type": "application/xml"}
+            )
+        except httpx.HTTPError as exc:
+            return SubmitResult(
+                request_id=request_id, code=None, detail=f"no response: {exc or type(exc).__name__}"
+            )
+        try:
+            read = read_response(reply.content, self.dcc_certificates)
+        except Rejection as exc:
+            claimed = reply.headers.get("x-duis-response-code", "?")
+            return SubmitResult(
+                request_id=request_id,
+                code=None,
+                http_status=reply.status_code,
+                detail=f"response (claiming {claimed}) did not verify: {exc.message}",
+            )
+        if read.request_id is not None and read.request_id != request_id:
+            return SubmitResult(
+                request_id=request_id,
+                code=None,
+                http_status=reply.status_code,
+                detail=f"response is for {read.request_id}, not this request",
+            )
+        return SubmitResult(request_id=request_id, code=read.code, http_status=reply.status_code)
+
+
+# -------------------------------------------------------------------------- bulk
+
+RESULT_COLUMNS: Final = ("row", "request_id", "code", "meaning")
+
+
+@dataclass(slots=True)
+class BulkSummary:
+    """Counts per code (or ``"no response"``) and whether the run was interrupted."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    by_code: dict[str, int] = field(default_factory=dict)
+    interrupted: bool = False
+
+    def add(self, result: SubmitResult) -> None:
+        self.done += 1
+        self.failed += not result.ok
+        key = result.code.value if result.code is not None else "no response"
+        self.by_code[key] = self.by_code.get(key, 0) + 1
+
+
+def run_bulk(
+    rows: Sequence[CsvRow],
+    submit: Callable[[Mapping[str, str]], SubmitResult],
+    results: TextIO,
+    *,
+    concurrency: int,
+    on_result: Callable[[CsvRow, SubmitResult], None] | None = None,
+) -> BulkSummary:
+    """Send every row with at most ``concurrency`` in flight; write results as they come.
+
+    Each result is written and flushed (and fsynced) to ``results`` the moment
+    it is known. On ``KeyboardInterrupt`` no further row starts; rows already in
+    flight are waited for and recorded (they were sent), then the summary comes
+    back with ``interrupted`` set. A row whose sender was interrupted itself is
+    not recorded, since it was not done.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    writer = csv.writer(results)
+    writer.writerow(RESULT_COLUMNS)
+    results.flush()
+    summary = BulkSummary(total=len(rows))
+
+    def record(row: CsvRow, result: SubmitResult) -> None:
+        writer.writerow((row.line, result.request_id, result.code or "", result.meaning))
+        results.flush()
+        with suppress(OSError, io.UnsupportedOperation):  # e.g. a StringIO: nothing to sync
+            os.fsync(results.fileno())
+        summary.add(result)
+        if on_result is not None:
+            on_result(row, result)
+
+    pending = iter(rows)
+    in_flight: dict[Future[SubmitResult], CsvRow] = {}
+    executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="submit")
+    try:
+        try:
+            for row in pending:
+                in_flight[executor.submit(submit, row.values)] = row
+                if len(in_flight) >= concurrency:
+                    break
+            while in_flight:
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    row = in_flight.pop(future)
+                    record(row, future.result())  # re-raises an interrupt from the sender
+                    following = next(pending, None)
+                    if following is not None:
+                        in_flight[executor.submit(submit, following.values)] = following
+        except KeyboardInterrupt:
+            summary.interrupted = True
+            for future, row in list(in_flight.items()):
+                if future.cancel():
+                    continue
+                try:
+                    record(row, future.result())
+                except KeyboardInterrupt:
+                    continue
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return summary
+
+
+# ------------------------------------------------------------------- sign / verify
+
+
+def _compact(root: etree._Element) -> None:
+    """Drop whitespace-only text between elements (DCC checks the compact form)."""
+    for element in root.iter():
+        if len(element) and element.text is not None and not element.text.strip():
+            element.text = None
+        if element.tail is not None and not element.tail.strip():
+            element.tail = None
+
+
+def sign_document(data: bytes, key: ec.EllipticCurvePrivateKey, cert: SigningCertificate) -> bytes:
+    """Sign an unsigned ``sr:Request`` document (compacted first) with the SMKI profile.
+
+    Refuses an already signed document, a schema-invalid one, and one whose
+    RequestID originator is not the certificate's User ID (the service would
+    answer E43).
+    """
+    try:
+        root = envelope.parse(data, REQUEST_POLICY)
+    except EnvelopeRejection as exc:
+        raise ClientError(
+            f"not a request document: {exc.message}", CODE_INFO[exc.code].hint
+        ) from None
+    if next(root.iter(f"{_DS}Signature"), None) is not None:
+        raise ClientError(
+            "the document is already signed",
+            "Sign the unsigned document (re-signing would nest signatures); "
+            "check an existing signature with `hubreturns verify`.",
+        )
+    _compact(root)
+    try:
+        envelope.validate(root)
+    except EnvelopeRejection as exc:
+        raise ClientError(
+            f"the document is not valid DUIS 5.4: {exc.message}", CODE_INFO[exc.code].hint
+        ) from None
+    text = root.findtext(f"{_SR}Header/{_SR}RequestID") or ""
+    try:
+        originator = RequestId.parse(text).originator
+    except ValueError as exc:
+        raise ClientError(str(exc), "RequestID must be ORIGINATOR:TARGET:COUNTER.") from None
+    if cert.eui != originator:
+        raise ClientError(
+            f"the RequestID originator {originator} is not the certificate's User ID {cert.eui}",
+            "Sign with the certificate of the originator (the service would answer E43).",
+        )
+    return signature.sign(root, key, cert)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A document whose signature checked out, and the certificate that made it."""
+
+    signer: SigningCertificate
+    request_id: str | None
+
+
+def verify_document(
+    data: bytes,
+    certificates: Sequence[SigningCertificate],
+    *,
+    as_response: bool = False,
+    now: datetime | None = None,
+) -> Verified:
+    """Check a signed request (or DCC response) with the exact profile, as the service does.
+
+    Raises ``Rejection`` naming the code the service would answer: E30/E31 for
+    the document, E40–E42 for the signature, E43 when a request's originator
+    is not the signer.
+    """
+    policy = DSP_RESPONSE_POLICY if as_response else REQUEST_POLICY
+    known = {c.key: c for c in certificates}
+    root = envelope.parse(data, policy)
+    expected = f"{_SR}Response" if as_response else f"{_SR}Request"
+    if root.tag != expected:
+        raise EnvelopeRejection(
+            ResponseCode.E31,
+            f"the root element is {etree.QName(root).localname}, "
+            f"expected {etree.QName(expected).localname}"
+            + ("" if as_response else " (use --as-response for a DCC response)"),
+        )
+    signer = signature.verify(
+        root, lambda issuer, serial: known.get((issuer, serial)), policy, now or datetime.now(UTC)
+    )
+    request_id = root.findtext(f"{_SR}Header/{_SR}RequestID")
+    if not as_response:
+        envelope.validate(root)
+        try:
+            originator = RequestId.parse(request_id or "").originator
+        except ValueError as exc:
+            raise EnvelopeRejection(ResponseCode.E31, str(exc)) from None
+        if signer.eui != originator:
+            raise SignatureRejection(
+                ResponseCode.E43,
+                f"signed by {signer.eui}'s certificate, but the originator is {originator}",
+            )
+    return Verified(signer, request_id)

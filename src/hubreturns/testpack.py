@@ -1,0 +1,867 @@
+"""The conformance test pack: signed requests with expected codes, and the data they need.
+
+``write_pack`` creates a folder a Service User can run against any endpoint
+(this service or another): every success and error outcome of 8.14.3 and
+8.14.4 for IS, GS and RSA senders, each scenario in a folder of its own with
+the users / appointments / devices CSVs and certificates to load into the
+service under test, the signed ``request.xml`` and ``expected.json``.
+``run_pack`` sends them in manifest order and checks each signed response.
+
+The pack is single-use by design: an accepted request cannot be accepted
+twice (replay counter) and a returned hub stays returned. So every pack gets
+hubs of its own (random Device IDs) and RequestID counters starting at the
+time it was written in milliseconds, above anything a clock-based client sent
+before; write a new pack to run again.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+from lxml import etree
+
+from hubreturns.client import read_response
+from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.config import DEFAULT_ACB, packaged_pki
+from hubreturns.demo import SCENARIOS as DEMO_SCENARIOS
+from hubreturns.demo import Tamper
+from hubreturns.errors import Rejection
+from hubreturns.model import (
+    ConnectionMethod,
+    Endpoint,
+    FaultReason,
+    FaultReturnType,
+    NoFaultReturnType,
+    RequestId,
+    ReturnKind,
+    ReturnRequest,
+)
+from hubreturns.pki import Credential, DemoCA, load_credential, write_credential
+from hubreturns.wire.certificate import SigningCertificate
+from hubreturns.wire.request import build_request, sign_request
+from hubreturns.wire.signature import sign
+
+__all__ = [
+    "FORMAT",
+    "PackError",
+    "PackScenario",
+    "ScenarioOutcome",
+    "pack_scenarios",
+    "run_pack",
+    "write_pack",
+]
+
+#: manifest.json ``format``; bump when the layout changes.
+FORMAT: Final = 1
+
+# The three senders use DCC's public test SMKI credentials (package data), so a
+# DCC-like test service that already holds those certificates recognises them.
+IS, GS, RSA = "90-B3-D5-1F-30-01-00-00", "90-B3-D5-1F-30-02-00-00", "00-DB-12-34-56-78-00-04"
+RSA_UNAPPOINTED, ED = "00-DB-12-34-56-78-00-05", "00-DB-12-34-56-78-00-06"
+GS_SUSPENDED, UNREGISTERED = "00-DB-12-34-56-78-00-07", "00-DB-12-34-56-78-00-08"
+IS_SUSPENDED, RSA_SUSPENDED = "00-DB-12-34-56-78-00-0A", "00-DB-12-34-56-78-00-0B"
+WRONG_TARGET: Final = "00-DB-12-34-56-78-FF-FF"
+
+#: user_id -> (role, name, status, shipped test-pki stem or None = generated per pack)
+_USERS: Final[dict[str, tuple[str, str, str, str | None]]] = {
+    IS: ("IS", "Pack Import Supplier", "active", "xml-sign-90B3D51F30010000-ds"),
+    GS: ("GS", "Pack Gas Supplier", "active", "xml-sign-90B3D51F30020000-ds"),
+    RSA: ("RSA", "Pack Agent (appointed by the IS)", "active", "xml-sign-00DB123456780004-ds"),
+    RSA_UNAPPOINTED: ("RSA", "Pack Agent (appointed by nobody)", "active", None),
+    ED: ("ED", "Pack Electricity Distributor", "active", None),
+    IS_SUSPENDED: ("IS", "Pack Suspended Import Supplier", "suspended", None),
+    GS_SUSPENDED: ("GS", "Pack Suspended Gas Supplier", "suspended", None),
+    RSA_SUSPENDED: ("RSA", "Pack Suspended Agent (appointed by the IS)", "suspended", None),
+}
+#: RSA -> the Suppliers that have confirmed it.
+_APPOINTED_BY: Final = {RSA: (IS,), RSA_SUSPENDED: (IS,)}
+_ROLE_SENDERS: Final = {"IS": IS, "GS": GS, "RSA": RSA}
+_SUSPENDED: Final = {"IS": IS_SUSPENDED, "GS": GS_SUSPENDED, "RSA": RSA_SUSPENDED}
+_KINDS: Final = (ReturnKind.FAULT, ReturnKind.NO_FAULT)
+
+# Hubs by name: (SMI status, responsible supplier); each has a GPF "<name>-gpf".
+_HUBS: Final = {
+    **{
+        f"accept-{r}-{k.variant}": ("Pending", GS if r == "GS" else IS)
+        for r in _ROLE_SENDERS
+        for k in _KINDS
+    },
+    **{
+        f"commissioned-{r}-{k.variant}": ("Commissioned", GS if r == "GS" else IS)
+        for r in ("IS", "GS")
+        for k in _KINDS
+    },
+    "spare-is": ("Pending", IS),
+    "spare-gs": ("Pending", GS),
+    "installed-is": ("Commissioned", IS),
+}
+_TAMPERED_REF: Final = "pack-tampered"
+
+
+class PackError(Exception):
+    """The pack cannot be written or read; ``hint`` says what to do."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PackScenario:
+    """One request of the pack and the code the SECMP0039 rules call for."""
+
+    slug: str
+    description: str
+    role: str
+    sender: str
+    expected: ResponseCode
+    device: str  # hub name, "esme" or "unknown"
+    kind: ReturnKind
+    signer: str | None = None  # credential name when not the sender's own
+    endpoint: Endpoint = Endpoint.NON_DEVICE
+    target: str = DEFAULT_ACB
+    command_variant: int = 8
+    wrong_gpf: bool = False
+    tamper: Tamper = Tamper.NONE
+    depends_on: str | None = None  # slug that must have run (and been accepted) first
+
+
+def _slug(role: str, kind: ReturnKind, what: str) -> str:
+    return f"{role.lower()}-{kind.variant}-{what}"
+
+
+def pack_scenarios() -> list[PackScenario]:
+    """Every outcome, in the order they must run: acceptances first, then their
+    replays and duplicates, then the refusals (E100, "try again later", cannot
+    be provoked by a client and is not in the pack)."""
+    out: list[PackScenario] = []
+
+    def add(role: str, kind: ReturnKind, what: str, description: str, **kw: Any) -> None:
+        kw.setdefault("sender", _ROLE_SENDERS.get(role, IS))
+        out.append(
+            PackScenario(
+                slug=_slug(role, kind, what),
+                description=f"{role} {kind.variant}: {description}",
+                role=role,
+                kind=kind,
+                **kw,
+            )
+        )
+
+    each = [(role, kind) for role in _ROLE_SENDERS for kind in _KINDS]
+    for role, kind in each:
+        add(
+            role,
+            kind,
+            "accepted",
+            "return of a Pending hub it may return",
+            expected=ResponseCode.I99,
+            device=f"accept-{role}-{kind.variant}",
+        )
+    for role, kind in each[:4]:
+        add(
+            role,
+            kind,
+            "accepted-commissioned",
+            "Supplier returns its Commissioned hub (any SMI status)",
+            expected=ResponseCode.I99,
+            device=f"commissioned-{role}-{kind.variant}",
+        )
+    for role, kind in each:
+        accepted = _slug(role, kind, "accepted")
+        add(
+            role,
+            kind,
+            "replay",
+            "exact copy of the accepted request",
+            expected=ResponseCode.E21,
+            device=f"accept-{role}-{kind.variant}",
+            tamper=Tamper.REPLAY,
+            depends_on=accepted,
+        )
+        add(
+            role,
+            kind,
+            "already-returned",
+            "new request for the hub it just returned",
+            expected=ResponseCode.E44,
+            device=f"accept-{role}-{kind.variant}",
+            depends_on=accepted,
+        )
+    spare = {"IS": "spare-is", "GS": "spare-gs", "RSA": "spare-is"}
+    for role, kind in each:
+        hub = spare[role]
+        add(
+            role,
+            kind,
+            "suspended",
+            "sender's User ID is suspended",
+            expected=ResponseCode.E3,
+            sender=_SUSPENDED[role],
+            device=hub,
+        )
+        add(
+            role,
+            kind,
+            "wrong-target",
+            "RequestID target is not the ACB",
+            expected=ResponseCode.E20,
+            device=hub,
+            target=WRONG_TARGET,
+        )
+        add(
+            role,
+            kind,
+            "command-variant-1",
+            "CommandVariant 1",
+            expected=ResponseCode.E12,
+            device=hub,
+            command_variant=1,
+        )
+        add(
+            role,
+            kind,
+            "send-command-endpoint",
+            "sent to /api/v1/serviceS",
+            expected=ResponseCode.E13,
+            device=hub,
+            endpoint=Endpoint.SEND_COMMAND,
+        )
+        add(
+            role,
+            kind,
+            "unknown-device",
+            "DeviceID not in the inventory",
+            expected=ResponseCode.E19,
+            device="unknown",
+        )
+        add(
+            role,
+            kind,
+            "esme",
+            "DeviceID is an ESME, not a CHF",
+            expected=ResponseCode.E11,
+            device="esme",
+        )
+        if kind is ReturnKind.FAULT:
+            add(
+                role,
+                kind,
+                "wrong-gpf",
+                "OtherDeviceID is another hub's GPF",
+                expected=ResponseCode.E45,
+                device=hub,
+                wrong_gpf=True,
+            )
+        add(
+            role,
+            kind,
+            "body-changed",
+            "body changed after signing",
+            expected=ResponseCode.E40,
+            device=hub,
+            tamper=Tamper.BODY_AFTER_SIGNING,
+        )
+        add(
+            role,
+            kind,
+            "unsigned",
+            "no signature",
+            expected=ResponseCode.E40,
+            device=hub,
+            tamper=Tamper.UNSIGNED,
+        )
+        add(
+            role,
+            kind,
+            "unknown-certificate",
+            "certificate not in the SMKI repository",
+            expected=ResponseCode.E41,
+            device=hub,
+            signer=f"{role.lower()}-unloaded",
+        )
+        add(
+            role,
+            kind,
+            "expired-certificate",
+            "expired certificate",
+            expected=ResponseCode.E42,
+            device=hub,
+            signer=f"{role.lower()}-expired",
+        )
+        add(
+            role,
+            kind,
+            "other-users-certificate",
+            "signed with another user's certificate",
+            expected=ResponseCode.E43,
+            device=hub,
+            signer=GS if role == "IS" else IS,
+        )
+        add(
+            role,
+            kind,
+            "doctype",
+            "DOCTYPE with an external entity",
+            expected=ResponseCode.E30,
+            device=hub,
+            tamper=Tamper.DOCTYPE,
+        )
+        add(
+            role,
+            kind,
+            "schema-invalid",
+            "DeviceID is not an EUI-64 (schema)",
+            expected=ResponseCode.E31,
+            device=hub,
+            tamper=Tamper.SCHEMA,
+        )
+    for kind in _KINDS:
+        add(
+            "IS",
+            kind,
+            "not-responsible",
+            "hub of another Supplier (GS)",
+            expected=ResponseCode.E4,
+            device="spare-gs",
+        )
+        add(
+            "GS",
+            kind,
+            "not-responsible",
+            "hub of another Supplier (IS)",
+            expected=ResponseCode.E4,
+            device="spare-is",
+        )
+        add(
+            "RSA",
+            kind,
+            "unappointed",
+            "RSA appointed by nobody",
+            expected=ResponseCode.E4,
+            sender=RSA_UNAPPOINTED,
+            device="spare-is",
+        )
+        add(
+            "RSA",
+            kind,
+            "supplier-not-responsible",
+            "RSA appointed by the IS, hub of the GS only",
+            expected=ResponseCode.E4,
+            device="spare-gs",
+        )
+        add(
+            "RSA",
+            kind,
+            "installed-hub",
+            "RSA, hub Commissioned (not Pending)",
+            expected=ResponseCode.E5,
+            device="installed-is",
+        )
+        add(
+            "ED",
+            kind,
+            "ineligible-role",
+            "ED User ID sends a return",
+            expected=ResponseCode.E2,
+            sender=ED,
+            device="spare-is",
+        )
+        add(
+            "unregistered",
+            kind,
+            "unknown-user",
+            "originator is not a registered User ID",
+            expected=ResponseCode.E1,
+            sender=UNREGISTERED,
+            device="spare-is",
+        )
+    add(
+        "IS",
+        ReturnKind.FAULT,
+        "not-xml",
+        "body is not XML",
+        expected=ResponseCode.E30,
+        device="spare-is",
+        tamper=Tamper.NOT_XML,
+    )
+    slugs = [s.slug for s in out]
+    assert len(set(slugs)) == len(slugs), "scenario slugs must be unique"
+    missing = {s.expected for s in DEMO_SCENARIOS} - {s.expected for s in out}
+    assert not missing, f"the pack misses demo outcomes {missing}"
+    return out
+
+
+# ------------------------------------------------------------------------- the world
+
+
+@dataclass(slots=True)
+class _World:
+    """The pack's hubs (unique per pack) and every credential, by name."""
+
+    tag: str
+    hubs: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (CHF, GPF)
+    credentials: dict[str, Credential] = field(default_factory=dict)
+    valid_from: str = ""
+
+    @property
+    def esme(self) -> str:
+        return f"00-DB-{self.tag}-F0-01"
+
+    @property
+    def unknown(self) -> str:
+        return f"00-DB-{self.tag}-FE-02"
+
+    def chf(self, device: str) -> str:
+        if device == "esme":
+            return self.esme
+        if device == "unknown":
+            return self.unknown
+        return self.hubs[device][0]
+
+    def gpf(self, device: str) -> str:
+        return self.hubs.get(device, self.hubs["spare-is"])[1]
+
+
+def _build_world(now: datetime) -> _World:
+    raw = secrets.token_bytes(4)
+    world = _World(tag="-".join(f"{b:02X}" for b in raw))
+    for n, name in enumerate(_HUBS):
+        base = f"00-DB-{world.tag}-{n:02X}"
+        world.hubs[name] = (f"{base}-02", f"{base}-00")
+    world.valid_from = (now - timedelta(days=30)).date().isoformat()
+    ca = DemoCA.generate()
+    shipped = packaged_pki()
+    for user_id, (_role, _name, _status, stem) in _USERS.items():
+        world.credentials[user_id] = (
+            load_credential(shipped / f"{stem}.key.pem", shipped / f"{stem}.cert.pem")
+            if stem is not None
+            else ca.issue_xml_signing(user_id)
+        )
+    world.credentials[UNREGISTERED] = ca.issue_xml_signing(UNREGISTERED)
+    for role, user_id in _ROLE_SENDERS.items():
+        world.credentials[f"{role.lower()}-unloaded"] = ca.issue_xml_signing(user_id)
+        world.credentials[f"{role.lower()}-expired"] = ca.issue_xml_signing(
+            user_id, not_before=now - timedelta(days=400), not_after=now - timedelta(days=35)
+        )
+    return world
+
+
+def _stem(credential_name: str) -> str:
+    return (
+        credential_name.replace("-", "").lower() if ":" not in credential_name else credential_name
+    )
+
+
+def _csv(header: str, rows: list[str]) -> str:
+    return header + "\n" + "".join(f"{r}\n" for r in rows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Data:
+    users: frozenset[str]
+    devices: frozenset[str]  # hub names, "esme"
+    credentials: frozenset[str]  # certificates to load
+
+
+def _data(sc: PackScenario) -> _Data:
+    users: set[str] = set()
+    if sc.sender in _USERS:
+        users.add(sc.sender)
+    for supplier in _APPOINTED_BY.get(sc.sender, ()):
+        users.add(supplier)
+    devices: set[str] = set()
+    if sc.device == "esme":
+        devices.add("esme")
+        users.add(IS)
+    elif sc.device != "unknown":
+        devices.add(sc.device)
+        users.add(_HUBS[sc.device][1])
+    signer = sc.signer or sc.sender
+    credentials = set() if signer.endswith("-unloaded") else {signer}
+    return _Data(frozenset(users), frozenset(devices), frozenset(credentials))
+
+
+def _user_rows(users: frozenset[str]) -> list[str]:
+    return [f"{u},{_USERS[u][0]},{_USERS[u][1]},{_USERS[u][2]}" for u in sorted(users)]
+
+
+def _appointment_rows(world: _World, users: frozenset[str]) -> list[str]:
+    return [
+        f"{rsa},{supplier},{world.valid_from},"
+        for rsa in sorted(users)
+        for supplier in _APPOINTED_BY.get(rsa, ())
+    ]
+
+
+def _device_rows(world: _World, devices: frozenset[str]) -> list[str]:
+    rows = []
+    for name in sorted(devices):
+        if name == "esme":
+            rows.append(f"{world.esme},ESME,Commissioned,{IS},")
+            continue
+        status, supplier = _HUBS[name]
+        chf, gpf = world.hubs[name]
+        rows.append(f"{chf},CHF,{status},{supplier},{gpf}")
+        rows.append(f"{gpf},GPF,{status},,")
+    return rows
+
+
+_USERS_HEADER = "user_id,role,name,status"
+_APPOINTMENTS_HEADER = "rsa_user_id,supplier_user_id,valid_from,valid_to"
+_DEVICES_HEADER = "device_id,device_type,smi_status,responsible_suppliers,gpf_id"
+
+
+def _write_data(folder: Path, world: _World, data: _Data) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "users.csv").write_text(_csv(_USERS_HEADER, _user_rows(data.users)), "utf-8")
+    (folder / "appointments.csv").write_text(
+        _csv(_APPOINTMENTS_HEADER, _appointment_rows(world, data.users)), "utf-8"
+    )
+    (folder / "devices.csv").write_text(
+        _csv(_DEVICES_HEADER, _device_rows(world, data.devices)), "utf-8"
+    )
+    certs = folder / "certs"
+    certs.mkdir(exist_ok=True)
+    for name in sorted(data.credentials):
+        (certs / f"{_stem(name)}.cert.pem").write_bytes(world.credentials[name].cert_pem)
+
+
+# ---------------------------------------------------------------------- requests
+
+
+def _request(world: _World, sc: PackScenario, counter: int) -> ReturnRequest:
+    fault = sc.kind is ReturnKind.FAULT
+    gpf = world.gpf("installed-is") if sc.wrong_gpf else world.gpf(sc.device)
+    return ReturnRequest(
+        request_id=RequestId(originator=sc.sender, target=sc.target, counter=counter),
+        command_variant=sc.command_variant,
+        service_reference="8.14",
+        kind=sc.kind,
+        device_id=world.chf(sc.device),
+        return_type=(FaultReturnType.PRE_INSTALL if fault else NoFaultReturnType.GENERAL).value,
+        other_device_id=gpf if fault else None,
+        connection_method=ConnectionMethod.HOT_SHOE if fault else None,
+        fault_reason=FaultReason.DAMAGED_CASE if fault else None,
+        user_ref_id=f"pack-{counter}",
+    )
+
+
+def _body(world: _World, sc: PackScenario, request: ReturnRequest) -> bytes:
+    credential = world.credentials[sc.signer or sc.sender]
+    cert = SigningCertificate.from_x509(credential.certificate)
+    if sc.tamper is Tamper.NOT_XML:
+        return b"this is not XML"
+    if sc.tamper is Tamper.UNSIGNED:
+        return etree.tostring(build_request(request), xml_declaration=True, encoding="UTF-8")
+    if sc.tamper is Tamper.SCHEMA:
+        root = build_request(request)
+        device = root.find(".//{*}DeviceID")
+        assert device is not None
+        device.text = "not-an-eui"
+        return sign(root, credential.key, cert)
+    signed = sign_request(request, credential.key, cert)
+    if sc.tamper is Tamper.DOCTYPE:
+        prolog = b'<!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        return signed.replace(b"?>", b"?>" + prolog, 1)
+    if sc.tamper is Tamper.BODY_AFTER_SIGNING:
+        original = f">{request.user_ref_id}<".encode()
+        assert original in signed
+        return signed.replace(original, f">{_TAMPERED_REF}<".encode())
+    return signed
+
+
+_README: Final = """\
+# hubreturns conformance test pack
+
+Written {written} (pack {tag}) by `hubreturns testpack`. {count} scenarios cover
+every success and error outcome of DUIS 8.14.3 CHFFaultReturn and 8.14.4
+CHFNoFaultReturn for IS, GS and RSA senders (SECMP0039). E100 ("try again
+later") cannot be provoked by a client and is not in the pack.
+
+## 1. Load the data FIRST
+
+The service under test must hold this pack's users, SMKI certificates, RSA
+appointments and devices **before** any request is sent. Load, in this order,
+either everything at once from `load/`:
+
+```bash
+hubreturns load users        load/users.csv
+hubreturns load certs        load/certs
+hubreturns load appointments load/appointments.csv
+hubreturns load devices      load/devices.csv
+```
+
+or each scenario's own `users.csv`, `certs/`, `appointments.csv` and
+`devices.csv` (the same rows, split per scenario; any subset of scenarios can
+be loaded and run on its own, as long as a scenario's `depends_on` runs too).
+For another implementation, load the same CSVs and PEM files with its tools.
+
+## 2. Run
+
+```bash
+hubreturns testpack run {folder} --url http://127.0.0.1:8080
+```
+
+sends each `scenarios/*/request.xml` in `manifest.json` order to the
+endpoint in its `expected.json` (`/api/v1/serviceD`, or serviceS for the
+wrong-endpoint scenarios), verifies the signed response with the DCC
+certificate (`--dcc-cert`, default the DCC test DSP certificates) and compares
+the code with `expected_code`. Exit status 0 only when every scenario passes.
+
+## Single use
+
+A pack can pass once per service: accepted requests cannot be accepted again
+(RequestID counters, starting at {base}, the time of writing in ms) and
+returned hubs stay returned (every pack has hubs of its own, `00-DB-{tag}-…`).
+Write a new pack to run again. Scenarios that replay or re-return a hub list
+the acceptance they need in `depends_on`. The pack assumes the service's data
+for the pack's users and hubs is exactly what `load/` says.
+
+## Contents
+
+- `manifest.json`: format, scenario folders in run order, expected codes
+- `scenarios/NNN-<role>-<variant>-<case>/`: `request.xml` (signed bytes, send as
+  they are), `expected.json`, and the data to load
+- `load/`: the union of all scenarios' data
+- `credentials/`: every key and certificate used, including ones that must
+  NOT be loaded (`*unloaded*`: the unknown-certificate scenarios). These are
+  test keys: never use them anywhere else.
+"""
+
+
+def write_pack(folder: Path, *, now: datetime | None = None, force: bool = False) -> int:
+    """Write the pack into ``folder`` (empty or new); returns the number of scenarios."""
+    moment = now or datetime.now(UTC)
+    if folder.exists() and any(folder.iterdir()):
+        if not force:
+            raise PackError(
+                f"{folder} is not empty", "Give a new or empty folder, or --force to replace it."
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    world = _build_world(moment)
+    base = int(moment.timestamp() * 1000)
+    scenarios = pack_scenarios()
+    counters: dict[str, int] = {}
+    bodies: dict[str, bytes] = {}
+    manifest: list[dict[str, Any]] = []
+    everything = _Data(frozenset(), frozenset(), frozenset())
+    width = len(str(len(scenarios)))
+    for n, sc in enumerate(scenarios, 1):
+        name = f"{n:0{width}d}-{sc.slug}"
+        where = folder / "scenarios" / name
+        data = _data(sc)
+        everything = _Data(
+            everything.users | data.users,
+            everything.devices | data.devices,
+            everything.credentials | data.credentials,
+        )
+        _write_data(where, world, data)
+        if sc.tamper is Tamper.REPLAY:
+            assert sc.depends_on is not None
+            body = bodies[sc.depends_on]
+            request_id = RequestId.parse(etree.fromstring(body).findtext(".//{*}RequestID") or "")
+        else:
+            counters[sc.sender] = counters.get(sc.sender, base - 1) + 1
+            request = _request(world, sc, counters[sc.sender])
+            body = _body(world, sc, request)
+            request_id = request.request_id
+        bodies[sc.slug] = body
+        (where / "request.xml").write_bytes(body)
+        expected = {
+            "scenario": sc.slug,
+            "description": sc.description,
+            "role": sc.role,
+            "variant": sc.kind.variant,
+            "sender": sc.sender,
+            "signed_with": _stem(sc.signer or sc.sender),
+            "request_id": str(request_id),
+            "endpoint": f"/api/v1/{sc.endpoint.value}",
+            "expected_code": sc.expected.value,
+            "expected_meaning": CODE_INFO[sc.expected].meaning,
+            "depends_on": sc.depends_on,
+        }
+        (where / "expected.json").write_text(json.dumps(expected, indent=2) + "\n", "utf-8")
+        manifest.append({"folder": f"scenarios/{name}", "expected_code": sc.expected.value})
+    _write_data(folder / "load", world, everything)
+    credentials = folder / "credentials"
+    for cred_name, credential in sorted(world.credentials.items()):
+        write_credential(credential, credentials, _stem(cred_name))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "pack": world.tag,
+                "written_at": moment.isoformat(timespec="seconds"),
+                "counter_base": base,
+                "codes": sorted({s.expected.value for s in scenarios}),
+                "scenarios": manifest,
+            },
+            indent=2,
+        )
+        + "\n",
+        "utf-8",
+    )
+    (folder / "README.md").write_text(
+        _README.format(
+            written=moment.isoformat(timespec="seconds"),
+            tag=world.tag,
+            count=len(scenarios),
+            folder=folder,
+            base=base,
+        ),
+        "utf-8",
+    )
+    return len(scenarios)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScenarioOutcome:
+    """One scenario's run: what was expected, what verified response came back."""
+
+    folder: str
+    description: str
+    expected: str
+    received: str
+    http_status: int | None
+    verified: bool
+    detail: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.verified and self.received == self.expected
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PackError(f"cannot read {path}: {exc}", "Write the pack again.") from None
+    if not isinstance(data, dict):
+        raise PackError(f"{path} is not a JSON object", "Write the pack again.")
+    return data
+
+
+def _scenario_folders(pack: Path) -> list[str]:
+    manifest = _read_json(pack / "manifest.json")
+    if manifest.get("format") != FORMAT:
+        raise PackError(
+            f"{pack}/manifest.json has format {manifest.get('format')!r}, expected {FORMAT}",
+            "Write the pack with this version of hubreturns.",
+        )
+    entries = manifest.get("scenarios")
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("folder"), str) for e in entries
+    ):
+        raise PackError(f"{pack}/manifest.json lists no scenarios", "Write the pack again.")
+    return [str(e["folder"]) for e in entries]
+
+
+def _run_one(
+    pack: Path, name: str, client: httpx.Client, url: str, dcc: list[SigningCertificate]
+) -> ScenarioOutcome:
+    from hubreturns.submission import service_url
+
+    where = pack / name
+    try:
+        expected = _read_json(where / "expected.json")
+        body = (where / "request.xml").read_bytes()
+        endpoint = Endpoint(str(expected["endpoint"]).rsplit("/", 1)[-1])
+        code = str(expected["expected_code"])
+        description = str(expected.get("description", ""))
+    except (PackError, OSError, KeyError, ValueError) as exc:
+        return ScenarioOutcome(
+            folder=name,
+            description="",
+            expected="?",
+            received="-",
+            http_status=None,
+            verified=False,
+            detail=f"scenario unreadable: {exc}",
+        )
+    try:
+        reply = client.post(
+            service_url(url, endpoint), content=body, headers={"content-type": "application/xml"}
+        )
+    except httpx.HTTPError as exc:
+        return ScenarioOutcome(
+            folder=name,
+            description=description,
+            expected=code,
+            received="-",
+            http_status=None,
+            verified=False,
+            detail=f"no response: {exc}",
+        )
+    try:
+        read = read_response(reply.content, dcc)
+    except Rejection as exc:
+        return ScenarioOutcome(
+            folder=name,
+            description=description,
+            expected=code,
+            received=reply.headers.get("x-duis-response-code", "?"),
+            http_status=reply.status_code,
+            verified=False,
+            detail=f"response did not verify: {exc.message}",
+        )
+    return ScenarioOutcome(
+        folder=name,
+        description=description,
+        expected=code,
+        received=read.code.value,
+        http_status=reply.status_code,
+        verified=True,
+    )
+
+
+def run_pack(
+    pack: Path,
+    url: str,
+    dcc_certificates: list[SigningCertificate],
+    *,
+    on_outcome: Callable[[ScenarioOutcome], None] | None = None,
+    timeout: float = 30.0,
+) -> list[ScenarioOutcome]:
+    """Send every scenario in manifest order; an unlisted scenario folder fails the run."""
+    folders = _scenario_folders(pack)
+    present = (
+        {f"scenarios/{p.name}" for p in (pack / "scenarios").iterdir() if p.is_dir()}
+        if (pack / "scenarios").is_dir()
+        else set()
+    )
+    outcomes: list[ScenarioOutcome] = []
+
+    def emit(outcome: ScenarioOutcome) -> None:
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    with httpx.Client(timeout=timeout) as client:
+        for name in folders:
+            emit(_run_one(pack, name, client, url, dcc_certificates))
+    for name in sorted(present - set(folders)):
+        emit(
+            ScenarioOutcome(
+                folder=name,
+                description="",
+                expected="-",
+                received="-",
+                http_status=None,
+                verified=False,
+                detail="folder is not listed in manifest.json",
+            )
+        )
+    return outcomes

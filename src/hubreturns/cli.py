@@ -260,6 +260,7 @@ def serve(
         LOG_LEVEL_ENV,
         configure_logging,
         prepare_multiprocess_dir,
+        reap_dead_workers,
     )
 
     if given:
@@ -293,6 +294,8 @@ def serve(
     finally:
         if owned is not None:
             shutil.rmtree(owned, ignore_errors=True)
+        elif given:
+            reap_dead_workers(Path(given))  # every worker has stopped by now
 
 
 @app.command()

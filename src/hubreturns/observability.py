@@ -75,6 +75,7 @@ __all__ = [
     "json_handler",
     "metrics_for",
     "prepare_multiprocess_dir",
+    "reap_dead_workers",
     "routes",
 ]
 
@@ -205,6 +206,9 @@ class Metrics:
         """The Prometheus text format: this registry, or every worker's files."""
         if self.registry is not None:
             return bytes(generate_latest(self.registry))
+        folder = os.environ.get(MULTIPROC_ENV)
+        if folder:
+            reap_dead_workers(Path(folder))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return bytes(generate_latest(registry))
@@ -243,7 +247,8 @@ def metrics_for(processor: Processor) -> Metrics:
         if _multiprocess():
             if _process_metrics is None:
                 _process_metrics = Metrics(None)
-                # Drop this worker's live gauge files when it exits normally.
+                # Drop this worker's live gauge files when it exits normally; a worker
+                # stopped by a signal is reaped by the next scrape or by ``serve``.
                 atexit.register(multiprocess.mark_process_dead, os.getpid())
             metrics = _process_metrics
         else:
@@ -252,6 +257,36 @@ def metrics_for(processor: Processor) -> Metrics:
         processor.observers.append(metrics.observe)
         processor.observers.append(_log_outcome)
         return metrics
+
+
+def reap_dead_workers(folder: Path) -> list[int]:
+    """``mark_process_dead`` for every worker whose live-gauge file outlived it.
+
+    uvicorn stops a worker with SIGTERM and re-raises it after shutdown, so
+    exit hooks do not run, and a crashed worker runs none either; without this
+    the requests-in-progress gauge would keep the dead worker's last value.
+    Counters and histograms of dead workers are kept: they are totals.
+    """
+    dead: list[int] = []
+    for path in folder.glob("gauge_live*_*.db"):
+        pid_text = path.stem.rsplit("_", 1)[-1]
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
+            dead.append(pid)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def prepare_multiprocess_dir(folder: Path) -> Path:
@@ -376,8 +411,9 @@ def _log_outcome(outcome: Outcome) -> None:
         },
     )
     ctx = _context.get()
-    if ctx is not None and outcome.request_id is not None:
-        ctx.request_id = str(outcome.request_id)
+    if ctx is not None:  # for the access line, written later on the event loop
+        if outcome.request_id is not None:
+            ctx.request_id = str(outcome.request_id)
         ctx.extra["code"] = outcome.code.value
 
 

@@ -1,0 +1,204 @@
+"""Section 4: end to end over real HTTP on loopback, with a separate load generator.
+
+The service runs as ``hubreturns serve --workers N`` (a subprocess, as in
+production); load comes from another process: wrk with benchmarks/wrk/duis.lua
+for throughput at saturation (closed loop, 32 connections), and
+benchmarks/loadgen.py for latency at fixed offered loads (open loop,
+constant rate). Traffic is the mixed 80/20 stream of pre-signed requests with
+unique counters; the database is reset before each run so the counters are
+fresh again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks.common import Section, pg_available, pg_bench_url, sqlite_url
+from benchmarks.loadgen import write_bodies
+from benchmarks.world import build_world, mixed_bodies, populate, reset
+from hubreturns.serving import free_port
+
+__all__ = ["end_to_end", "serve"]
+
+_ROOT = Path(__file__).resolve().parent.parent
+_LUA = Path(__file__).resolve().parent / "wrk" / "duis.lua"
+
+
+@contextmanager
+def serve(url: str, workers: int, folder: Path) -> Iterator[str]:
+    """``hubreturns serve`` on a free loopback port until the block ends; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "HUBRETURNS_DATABASE_URL": url}
+    env.pop("HUBRETURNS_CONFIG", None)
+    command = [
+        str(Path(sys.executable).with_name("hubreturns")),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    log = (folder / f"serve-{workers}.log").open("wb")
+    process = subprocess.Popen(command, env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"hubreturns serve exited; see {log.name}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("hubreturns serve did not become healthy within 60 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _wrk(base: str, bodies: Path, seconds: float, connections: int) -> dict[str, Any]:
+    wrk = shutil.which("wrk")
+    assert wrk is not None
+    done = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(_LUA),
+            base,
+            "--",
+            str(bodies),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK-JSON "):
+            result: dict[str, Any] = json.loads(line.removeprefix("WRK-JSON "))
+            result["rate"] = result["requests"] / (result["duration_us"] / 1e6)
+            return result
+    raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+
+
+def _loadgen(base: str, bodies: Path, rate: float, seconds: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.loadgen",
+            f"{base}/api/v1/serviceD",
+            str(bodies),
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=_ROOT,
+    )
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def end_to_end(
+    folder: Path,
+    *,
+    saturation_seconds: float,
+    rate_seconds: float,
+    rates: list[int],
+    workers: list[int],
+    ceiling: float | None,
+    cores: int,
+) -> Section:
+    section = Section("4. end to end over HTTP (loopback, separate load generator)")
+    have_wrk = shutil.which("wrk") is not None
+    count = int(max(saturation_seconds * 4000, max(rates, default=0) * rate_seconds) * 1.2) + 400
+    hubs = count + 1000
+    world = build_world(1000)
+    bodies_file = folder / "bodies.bin"
+    write_bodies(bodies_file, [b.data for b in mixed_bodies(world, count, hubs=hubs)])
+    engines = [("SQLite", sqlite_url(folder, "http.db"))]
+    if pg_available():
+        engines.append(("PostgreSQL", pg_bench_url()))
+    else:
+        section.skipped = "PostgreSQL unreachable: only SQLite measured"
+    runs: list[dict[str, Any]] = []
+    for engine, url in engines:
+        populate(url, world, hubs)
+        for n in workers:
+            with serve(url, n, folder) as base:
+                label = f"{engine}, {n} worker{'s' if n > 1 else ''}"
+                if have_wrk:
+                    reset(url)
+                    sat = _wrk(base, bodies_file, saturation_seconds, 32)
+                    accepted = sat["codes"].get("I99", 0) / (sat["duration_us"] / 1e6)
+                    section.add(
+                        f"{label}: saturation (wrk, 32 conns)",
+                        sat["rate"],
+                        "req/s",
+                        baseline="end-to-end / crypto ceiling (all cores)",
+                        ratio=sat["rate"] / (ceiling * cores) if ceiling else None,
+                        note=f"accepted {accepted:.0f}/s; p50 {sat['p50_us'] / 1000:.1f} ms, "
+                        f"p99 {sat['p99_us'] / 1000:.1f} ms; codes {sat['codes']}"
+                        + (f"; socket errors {sat['errors']}" if sat["errors"] else "")
+                        + (f"; WRAPPED {sat['wrapped']}" if sat["wrapped"] else ""),
+                    )
+                    section.add(
+                        f"{label}: accepted, durably committed",
+                        accepted,
+                        "req/s",
+                        baseline="target 2,000/s",
+                        ratio=accepted / 2000,
+                    )
+                    runs.append({"engine": engine, "workers": n, "kind": "saturation", **sat})
+                for rate in rates:
+                    reset(url)
+                    result = _loadgen(base, bodies_file, rate, rate_seconds)
+                    section.add(
+                        f"{label}: {rate} req/s offered",
+                        result["p99_ms"],
+                        "ms p99",
+                        baseline="p99 / 50 ms target",
+                        ratio=result["p99_ms"] / 50,
+                        note=f"achieved {result['achieved_rate']:.0f}/s, "
+                        f"p50 {result['p50_ms']:.1f} ms, max {result['max_ms']:.0f} ms; "
+                        f"generator CPU {result['generator_cpu_share']:.0%} of a core, "
+                        f"lag {result['generator_max_lag_ms']:.1f} ms"
+                        + (f"; errors {result['errors']}" if result["errors"] else ""),
+                    )
+                    runs.append({"engine": engine, "workers": n, "kind": "rate", **result})
+    if not have_wrk:
+        section.add(
+            "saturation", float("nan"), "req/s", note="wrk not installed (apt-get install wrk)"
+        )
+    section.data["runs"] = runs
+    return section

@@ -45,8 +45,8 @@ from hubreturns.testpack import PackError, ScenarioOutcome, run_pack, write_pack
 
 __all__ = ["register_cli"]
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -393,7 +393,7 @@ def run_pack_cmd(
         line = f"{verdict} {name}: expected {outcome.expected}, got {got}"
         if outcome.detail:
             line += f" - {outcome.detail}"
-        console.print(line)
+        console.print(line, soft_wrap=True)
 
     try:
         outcomes = run_pack(pack, url, dcc, on_outcome=show, timeout=timeout)

@@ -77,6 +77,15 @@ class Settings:
             ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{self.signing_key} is not an EC private key; DUIS signs with P-256")
+        if (
+            cert.public_key is None
+            or cert.public_key.public_numbers() != key.public_key().public_numbers()
+        ):
+            # Responses signed with a key their certificate does not hold verify nowhere.
+            raise ConfigError(
+                f"signing_key {self.signing_key} does not belong to signing_cert "
+                f"{self.signing_cert}; set both to the same DCC credential"
+            )
         return ResponseSigner(key, cert)
 
 
@@ -85,6 +94,9 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(str(value)).expanduser()
     if name == "max_body_bytes":
         try:
+            # int() would turn TOML true into 1 and 1.5 into 1; only whole numbers count.
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
             number = int(value)
         except (TypeError, ValueError):
             raise ConfigError(
@@ -98,7 +110,9 @@ def _coerce(name: str, value: Any) -> Any:
             return eui(str(value))
         except ValueError as exc:
             raise ConfigError(f"acb_eui: {exc}") from None
-    return str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
 
 
 def load_settings(

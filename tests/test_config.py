@@ -1,0 +1,184 @@
+"""Settings: defaults < TOML file < HUBRETURNS_* environment, and helpful errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from hubreturns.config import ConfigError, Settings, load_settings, packaged_pki
+from hubreturns.policy import REQUEST_POLICY
+
+DSP = "dsp-xml-sign-90B3D51F30000002-ds"
+
+
+@pytest.fixture(autouse=True)
+def _no_local_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run from an empty folder so a developer's ./hubreturns.toml is never read."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+def toml(tmp_path: Path, text: str, name: str = "settings.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings(environ={})
+    assert settings == Settings()
+    assert settings.database_url == "sqlite:///hubreturns.db"
+    assert settings.acb_eui == "90-B3-D5-1F-30-00-00-02"
+    assert settings.max_body_bytes == 65536
+    assert settings.signing_key == packaged_pki() / f"{DSP}.key.pem"
+    assert settings.signing_cert == packaged_pki() / f"{DSP}.cert.pem"
+    assert settings.session_secret is None
+    assert settings.operator_token is None
+    assert settings.tariff_file is None
+    assert settings.policy().max_body_bytes == REQUEST_POLICY.max_body_bytes == 65536
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    path = toml(
+        tmp_path,
+        'database_url = "postgresql+psycopg://h@db/h"\n'
+        'signing_key = "~/dsp.key.pem"\n'
+        'acb_eui = "90-b3-d5-1f-30-00-00-09"\n'
+        "max_body_bytes = 1024\n",
+    )
+    settings = load_settings(path, environ={})
+    assert settings.database_url == "postgresql+psycopg://h@db/h"
+    assert settings.signing_key == Path("~/dsp.key.pem").expanduser()
+    assert settings.acb_eui == "90-B3-D5-1F-30-00-00-09"
+    assert settings.max_body_bytes == 1024
+    assert settings.policy().max_body_bytes == 1024
+    assert settings.signing_cert == Settings().signing_cert
+
+
+def test_toml_may_use_a_hubreturns_table(tmp_path: Path) -> None:
+    path = toml(tmp_path, '[hubreturns]\ndatabase_url = "sqlite:///x.db"\n')
+    assert load_settings(path, environ={}).database_url == "sqlite:///x.db"
+
+
+def test_file_is_found_by_environment_and_in_the_working_folder(tmp_path: Path) -> None:
+    path = toml(tmp_path, "max_body_bytes = 2048\n")
+    assert load_settings(environ={"HUBRETURNS_CONFIG": str(path)}).max_body_bytes == 2048
+    Path("hubreturns.toml").write_text("max_body_bytes = 4096\n", encoding="utf-8")
+    assert load_settings(environ={}).max_body_bytes == 4096
+    # an explicit file wins over both
+    assert load_settings(path, environ={"HUBRETURNS_CONFIG": "nowhere.toml"}).max_body_bytes == 2048
+
+
+def test_environment_overrides_toml(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'database_url = "sqlite:///file.db"\nmax_body_bytes = 1024\n')
+    settings = load_settings(
+        path,
+        environ={
+            "HUBRETURNS_DATABASE_URL": "sqlite:///env.db",
+            "HUBRETURNS_MAX_BODY_BYTES": "2048",
+            "HUBRETURNS_OPERATOR_TOKEN": "s3cret",
+            "HUBRETURNS_TARIFF_FILE": "/etc/hubreturns/tariff.toml",
+            "UNRELATED": "ignored",
+        },
+    )
+    assert settings.database_url == "sqlite:///env.db"
+    assert settings.max_body_bytes == 2048
+    assert settings.operator_token == "s3cret"
+    assert settings.tariff_file == Path("/etc/hubreturns/tariff.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ('max_body_bytes = "lots"\n', ["max_body_bytes", "whole number", "'lots'"]),
+        ("max_body_bytes = 0\n", ["max_body_bytes must be positive"]),
+        ("max_body_bytes = -5\n", ["max_body_bytes must be positive"]),
+        ("max_body_bytes = true\n", ["max_body_bytes", "whole number"]),
+        ("max_body_bytes = 1.5\n", ["max_body_bytes", "whole number"]),
+        ('acb_eui = "ACB"\n', ["acb_eui"]),
+        ("database_url = 5\n", ["database_url", "string"]),
+        (
+            'colour = "blue"\ndatabse_url = "x"\n',
+            ["unknown setting", "colour", "databse_url", "known:"],
+        ),
+        ("database_url = [\n", ["not valid TOML"]),
+    ],
+    ids=[
+        "body-not-number",
+        "body-zero",
+        "body-negative",
+        "body-bool",
+        "body-fraction",
+        "acb",
+        "url-not-string",
+        "unknown-keys",
+        "bad-toml",
+    ],
+)
+def test_bad_file_values_give_a_helpful_error(
+    tmp_path: Path, text: str, fragments: list[str]
+) -> None:
+    path = toml(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ={})
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("HUBRETURNS_MAX_BODY_BYTES", "64k", "max_body_bytes must be a whole number"),
+        ("HUBRETURNS_ACB_EUI", "90-B3", "acb_eui"),
+    ],
+)
+def test_bad_environment_values_give_a_helpful_error(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(environ={name: value})
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "absent.toml", environ={})
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(environ={"HUBRETURNS_CONFIG": str(tmp_path / "absent.toml")})
+
+
+def test_signer_loads_the_packaged_dsp_key() -> None:
+    signer = Settings().signer()
+    assert signer.certificate.eui == "90-B3-D5-1F-30-00-00-02"
+    assert "89" in signer.certificate.organisational_units
+    assert signer.key.public_key().public_numbers() == (
+        signer.certificate.public_key.public_numbers()  # type: ignore[union-attr]
+    )
+
+
+def test_signer_errors_name_the_settings(tmp_path: Path) -> None:
+    missing = Settings(signing_key=tmp_path / "absent.pem")
+    with pytest.raises(ConfigError, match="HUBRETURNS_SIGNING_KEY"):
+        missing.signer()
+    swapped = Settings(signing_key=Settings().signing_cert)
+    with pytest.raises(ConfigError, match="signing_key"):
+        swapped.signer()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_path = tmp_path / "rsa.key.pem"
+    rsa_path.write_bytes(
+        rsa_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(ConfigError, match="not an EC private key"):
+        Settings(signing_key=rsa_path).signer()
+
+
+def test_signer_refuses_a_key_that_does_not_match_the_certificate() -> None:
+    other = packaged_pki() / "xml-sign-90B3D51F30010000-ds.key.pem"
+    with pytest.raises(ConfigError, match="does not belong to signing_cert"):
+        Settings(signing_key=other).signer()

@@ -193,6 +193,16 @@ class Processor:
                 echo.service_reference_variant,
                 audit,
             )
+        except SQLAlchemyError as exc:
+            # The certificate lookup needs the database: unavailable, not a refusal.
+            log.error("database error while authenticating, nothing recorded: %s", exc)
+            echo = envelope.peek_header(root)
+            return self._respond(
+                Decision(ResponseCode.E100, "database unavailable; nothing was recorded"),
+                echo.request_id,
+                echo.service_reference_variant,
+                None,
+            )
         return self._decide_and_record(
             request, endpoint=endpoint, raw=body, entered_by=None, audit=audit, check_counter=True
         )

@@ -7,6 +7,7 @@ Every answerable request gets a signed DUIS response.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -24,9 +25,18 @@ from hubreturns.model import Endpoint
 from hubreturns.processing import Outcome, Processor
 from hubreturns.store.db import make_engine, make_sessionmaker
 
-__all__ = ["XMLResponse", "app_from_environment", "create_app", "processor_from_settings"]
+__all__ = [
+    "BODY_READ_TIMEOUT_SECONDS",
+    "XMLResponse",
+    "app_from_environment",
+    "create_app",
+    "processor_from_settings",
+]
 
 _XML_TYPES = ("application/xml", "text/xml")
+
+#: A client must deliver its whole body within this many seconds (slowloris guard).
+BODY_READ_TIMEOUT_SECONDS = 10.0
 
 
 class XMLResponse(Response):
@@ -66,7 +76,12 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def create_app(processor: Processor, settings: Settings | None = None) -> Starlette:
+def create_app(
+    processor: Processor,
+    settings: Settings | None = None,
+    *,
+    body_timeout: float = BODY_READ_TIMEOUT_SECONDS,
+) -> Starlette:
     from hubreturns.extensions import feature_routes
 
     settings = settings or Settings()
@@ -89,7 +104,20 @@ def create_app(processor: Processor, settings: Settings | None = None) -> Starle
             response = _respond(outcome)
             response.status_code = 415
             return response
-        body = await _read_capped(request, limit)
+        try:
+            body = await asyncio.wait_for(_read_capped(request, limit), body_timeout)
+        except TimeoutError:
+            # A trickling client holds no worker thread, but must not hold a socket forever.
+            outcome = await run_in_threadpool(
+                processor.reject_unreadable,
+                ResponseCode.E30,
+                f"body not received within {body_timeout:g} s",
+                endpoint.value,
+            )
+            response = _respond(outcome)
+            response.status_code = 408
+            response.headers["connection"] = "close"
+            return response
         if body is None:
             outcome = await run_in_threadpool(
                 processor.reject_unreadable,

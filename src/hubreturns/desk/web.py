@@ -248,7 +248,7 @@ async def _checked_form(request: Request) -> dict[str, str]:
     nothing is done.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/x-www-form-urlencoded":
+    if content_type not in ("", "application/x-www-form-urlencoded"):
         raise HTTPException(415, "Send the form as application/x-www-form-urlencoded.")
     chunks: list[bytes] = []
     size = 0

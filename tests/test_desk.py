@@ -1,0 +1,525 @@
+"""The Service Desk web channel, through real HTTP on SQLite and PostgreSQL.
+
+Staff accounts are made with the CLI (``hubreturns desk add-user``), pages are
+driven with httpx exactly as a browser posts forms, and every outcome is
+checked in the database.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.routing import Mount, Route
+from typer.testing import CliRunner
+
+from hubreturns.cli import CliError, app
+from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.config import Settings
+from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED
+from hubreturns.desk import routes as desk_routes
+from hubreturns.desk.web import AUDIT_CSV_COLUMNS, RETURN_CSV_COLUMNS
+from hubreturns.extensions import register_commands
+from hubreturns.processing import Processor
+from hubreturns.store.models import AuditEntry, ReturnRecord
+
+if not any(group.name == "desk" for group in app.registered_groups):
+    register_commands(app)
+
+PASSWORD = "correct horse battery staple"
+HUB_PENDING, GPF_PENDING = "00-DB-12-34-56-78-90-A2", "00-DB-12-34-56-78-90-A0"
+HUB_INSTALLED, GPF_INSTALLED = "00-DB-12-34-56-78-90-D2", "00-DB-12-34-56-78-90-D0"
+HUB_RSA_PENDING = "00-DB-12-34-56-78-90-C2"
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+runner = CliRunner()
+
+
+def cli(settings: Settings, *args: str, stdin: str | None = None) -> tuple[int, str, object]:
+    result = runner.invoke(
+        app, list(args), input=stdin, env={"HUBRETURNS_DATABASE_URL": settings.database_url}
+    )
+    return result.exit_code, result.output, result.exception
+
+
+@dataclass(frozen=True)
+class Desk:
+    url: str
+    client: httpx.Client
+    sessions: sessionmaker[Session]
+    settings: Settings
+
+    def csrf(self, path: str = "/desk/returns/new") -> str:
+        page = self.client.get(path)
+        assert page.status_code == 200, page.text
+        match = _CSRF.search(page.text)
+        assert match is not None
+        return match.group(1)
+
+    def log_return(self, **fields: str) -> httpx.Response:
+        data = {"csrf_token": self.csrf(), **fields}
+        return self.client.post("/desk/returns/new", data=data)
+
+    def counts(self) -> tuple[int, int]:
+        with self.sessions() as session:
+            returns = session.scalar(select(func.count()).select_from(ReturnRecord))
+            audit = session.scalar(select(func.count()).select_from(AuditEntry))
+        return int(returns or 0), int(audit or 0)
+
+
+def sign_in(client: httpx.Client, name: str, password: str) -> httpx.Response:
+    page = client.get("/desk/login")
+    match = _CSRF.search(page.text)
+    assert match is not None
+    return client.post(
+        "/desk/login", data={"csrf_token": match.group(1), "name": name, "password": password}
+    )
+
+
+def fault(originator: str, device: str, gpf: str, **extra: str) -> dict[str, str]:
+    return {
+        "originator": originator,
+        "device_id": device,
+        "return_type": "Fault identified prior to installation",
+        "other_device_id": gpf,
+        "connection_method": "Hot-shoe",
+        "fault_reason": "Damaged case",
+        **extra,
+    }
+
+
+@pytest.fixture
+def staff(settings: Settings, server: str) -> str:
+    code, output, _ = cli(settings, "desk", "add-user", "alice", "--password-stdin", stdin=PASSWORD)
+    assert code == 0, output
+    return "alice"
+
+
+@pytest.fixture
+def desk(
+    server: str, staff: str, seeded: sessionmaker[Session], settings: Settings
+) -> Iterator[Desk]:
+    with httpx.Client(base_url=server, timeout=30) as client:
+        response = sign_in(client, staff, PASSWORD)
+        assert response.status_code == 303, response.text
+        yield Desk(server, client, seeded, settings)
+
+
+def _concrete(path: str) -> str:
+    return path.replace("{device_id}", HUB_PENDING).replace("{return_id:int}", "1")
+
+
+def test_every_desk_route_is_closed_without_signing_in(
+    server: str, processor: Processor, settings: Settings, seeded: sessionmaker[Session]
+) -> None:
+    (mount,) = [r for r in desk_routes(processor, settings) if isinstance(r, Mount)]
+    checked = 0
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for route in mount.routes:
+            assert isinstance(route, Route)
+            for method in sorted(route.methods or ()):
+                if method == "HEAD" or route.path in ("/login", "/desk.css"):
+                    continue
+                url = "/desk" + _concrete(route.path)
+                if method == "POST":
+                    response = client.post(url, data={"device_id": HUB_PENDING})
+                else:
+                    response = client.request(method, url)
+                data = route.path.endswith(".csv") or route.path.startswith("/api/")
+                if data:
+                    assert response.status_code == 401, url
+                    assert response.json()["error"] == "sign in required"
+                else:
+                    assert response.status_code == 303, (method, url)
+                    assert response.headers["location"].startswith("/desk/login")
+                checked += 1
+        # a page asked for as JSON, and an unknown path, are closed too
+        assert client.get("/desk/hub", headers={"accept": "application/json"}).status_code == 401
+        assert client.get("/desk/no-such-page").status_code == 303
+        assert client.get("/desk").headers["location"] == "/desk/"
+        assert client.get("/desk/login").status_code == 200
+    assert checked == 11  # every route but the sign-in page and the style sheet
+    with seeded() as session:
+        assert session.scalar(select(func.count()).select_from(AuditEntry)) == 0
+
+
+def test_redirect_to_sign_in_comes_back_to_the_page(staff: str, server: str) -> None:
+    with httpx.Client(base_url=server, timeout=30) as client:
+        first = client.get(f"/desk/hub?device_id={HUB_PENDING}")
+        assert first.status_code == 303
+        page = client.get(first.headers["location"])
+        token = _CSRF.search(page.text)
+        assert token is not None
+        wanted = re.search(r'name="next" value="([^"]*)"', page.text)
+        assert wanted is not None
+        response = client.post(
+            "/desk/login",
+            data={
+                "csrf_token": token.group(1),
+                "name": staff,
+                "password": PASSWORD,
+                "next": wanted.group(1),
+            },
+        )
+        assert response.headers["location"] == f"/desk/hub?device_id={HUB_PENDING}"
+        # an off-site "next" is ignored
+        client.post("/desk/logout", data={"csrf_token": _token(client)})
+        page = client.get("/desk/login")
+        token = _CSRF.search(page.text)
+        assert token is not None
+        response = client.post(
+            "/desk/login",
+            data={
+                "csrf_token": token.group(1),
+                "name": staff,
+                "password": PASSWORD,
+                "next": "//evil.example/",
+            },
+        )
+        assert response.headers["location"] == "/desk/"
+
+
+def _token(client: httpx.Client) -> str:
+    match = _CSRF.search(client.get("/desk/hub").text)
+    assert match is not None
+    return match.group(1)
+
+
+def test_wrong_password_and_unknown_name_are_refused(staff: str, server: str) -> None:
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for name, password in ((staff, "wrong password!!"), ("mallory", PASSWORD), ("", "")):
+            response = sign_in(client, name, password)
+            assert response.status_code == 401
+            assert "Wrong name or password" in response.text
+            assert client.get("/desk/hub").status_code == 303
+        # the right password without the form's CSRF token does not sign in either
+        response = client.post("/desk/login", data={"name": staff, "password": PASSWORD})
+        assert response.status_code == 403
+        assert client.get("/desk/hub").status_code == 303
+        assert sign_in(client, staff, PASSWORD).status_code == 303
+        assert client.get("/desk/hub").status_code == 200
+
+
+def test_disabling_an_account_ends_its_session(desk: Desk, staff: str) -> None:
+    assert desk.client.get("/desk/hub").status_code == 200
+    code, output, _ = cli(desk.settings, "desk", "disable", staff)
+    assert code == 0, output
+    assert desk.client.get("/desk/hub").status_code == 303
+    assert sign_in(desk.client, staff, PASSWORD).status_code == 401
+    code, output, _ = cli(desk.settings, "desk", "enable", staff)
+    assert code == 0, output
+    assert sign_in(desk.client, staff, PASSWORD).status_code == 303
+
+
+def test_post_without_the_right_csrf_token_is_403_and_records_nothing(desk: Desk) -> None:
+    for token in (None, "", "forged-token", desk.csrf()[:-1]):
+        data = fault(IS, HUB_PENDING, GPF_PENDING)
+        if token is not None:
+            data["csrf_token"] = token
+        response = desk.client.post("/desk/returns/new", data=data)
+        assert response.status_code == 403, token
+        assert "security token" in response.text
+        assert desk.counts() == (0, 0)
+        # sign-out without the token does not sign out
+        logout = desk.client.post(
+            "/desk/logout", data={} if token is None else {"csrf_token": token}
+        )
+        assert logout.status_code == 403
+        assert desk.client.get("/desk/hub").status_code == 200
+
+
+def test_is_return_on_a_pending_hub_is_accepted_and_recorded_as_servicedesk(
+    desk: Desk, staff: str
+) -> None:
+    response = desk.log_return(**fault(IS, HUB_PENDING.lower(), GPF_PENDING, user_ref_id="T-1"))
+    assert response.status_code == 200
+    assert response.headers["x-duis-response-code"] == "I99"
+    assert 'id="outcome-code">I99<' in response.text
+    assert CODE_INFO[ResponseCode.I99].meaning in response.text
+    with desk.sessions() as session:
+        (record,) = session.scalars(select(ReturnRecord)).all()
+        (entry,) = session.scalars(select(AuditEntry)).all()
+    assert record.channel == "servicedesk"
+    assert record.entered_by == staff
+    assert record.originator == IS
+    assert record.on_behalf_of == IS
+    assert record.role == "IS"
+    assert record.device_id == HUB_PENDING
+    assert record.service_reference_variant == "8.14.3"
+    assert record.fault_reason == "Damaged case"
+    assert record.user_ref_id == "T-1"
+    assert record.request_id.startswith(f"SD:{IS}:{desk.settings.acb_eui}:")
+    assert record.request_xml is None
+    assert (entry.channel, entry.code, entry.accepted, entry.return_id) == (
+        "servicedesk",
+        "I99",
+        True,
+        record.id,
+    )
+    assert f"entered by {staff}" in entry.reason
+    assert f"/desk/returns/{record.id}" in response.text
+    detail = desk.client.get(f"/desk/returns/{record.id}")
+    assert 'id="detail-channel">servicedesk<' in detail.text
+    assert f'id="detail-entered-by">{staff}<' in detail.text
+
+
+def test_rsa_on_an_installed_hub_gets_e5_and_nothing_but_an_audit_row(desk: Desk) -> None:
+    response = desk.log_return(**fault(RSA, HUB_INSTALLED, GPF_INSTALLED))
+    assert response.status_code == CODE_INFO[ResponseCode.E5].http_status
+    assert response.headers["x-duis-response-code"] == "E5"
+    info = CODE_INFO[ResponseCode.E5]
+    assert 'id="outcome-code">E5<' in response.text
+    assert info.meaning in response.text
+    assert info.hint.split(";")[0] in response.text
+    # the refused entry stays in the form so staff can correct it
+    assert f'value="{HUB_INSTALLED}"' in response.text
+    assert desk.counts() == (0, 1)
+    with desk.sessions() as session:
+        (entry,) = session.scalars(select(AuditEntry)).all()
+    assert (entry.code, entry.accepted, entry.channel, entry.originator) == (
+        "E5",
+        False,
+        "servicedesk",
+        RSA,
+    )
+
+
+_SAME_AS_DUIS = [
+    (RSA, HUB_RSA_PENDING, ResponseCode.I99),
+    (RSA_UNAPPOINTED, HUB_PENDING, ResponseCode.E4),
+    (GS, HUB_PENDING, ResponseCode.E4),
+    ("00-DB-12-34-56-78-00-06", HUB_PENDING, ResponseCode.E2),
+    ("00-DB-12-34-56-78-00-08", HUB_PENDING, ResponseCode.E1),
+    (IS, "00-DB-12-34-56-78-90-99", ResponseCode.E19),
+    (IS, "00-DB-12-34-56-78-90-A1", ResponseCode.E11),
+]
+
+
+def test_desk_gets_the_same_codes_as_duis(desk: Desk) -> None:
+    recorded = 0
+    for number, (originator, device, expected) in enumerate(_SAME_AS_DUIS, 1):
+        gpf = device[:-1] + "0"
+        response = desk.log_return(**fault(originator, device, gpf))
+        assert response.headers["x-duis-response-code"] == expected.value, (originator, device)
+        assert response.status_code == CODE_INFO[expected].http_status
+        assert CODE_INFO[expected].meaning in response.text
+        recorded += expected.accepted
+        assert desk.counts() == (recorded, number)
+    # an 8.14.4 no-fault return, then the same hub again: E44
+    for expected in (ResponseCode.I99, ResponseCode.E44):
+        response = desk.log_return(
+            originator=GS, device_id="00-DB-12-34-56-78-90-E2", return_type="Lost or Stolen Hub"
+        )
+        assert response.headers["x-duis-response-code"] == expected.value
+    with desk.sessions() as session:
+        record = session.scalars(select(ReturnRecord).order_by(ReturnRecord.id.desc())).first()
+    assert record is not None
+    assert record.service_reference_variant == "8.14.4"
+    assert record.other_device_id is None
+    assert record.fault_reason is None
+
+
+_FORM_ERRORS: list[tuple[dict[str, str], str, str]] = [
+    ({"device_id": "00-DB-12-34-56-78-90"}, "device_id", "is not an EUI-64"),
+    ({"originator": "not-an-eui"}, "originator", "is not an EUI-64"),
+    ({"device_id": ""}, "device_id", "Device ID is required."),
+    ({"other_device_id": "zz"}, "other_device_id", "is not an EUI-64"),
+    ({"return_type": "Dropped it"}, "return_type", "is not an 8.14.3 or 8.14.4 return type"),
+    ({"return_type": ""}, "return_type", "Return type is required."),
+    ({"fault_reason": "Spilled tea"}, "fault_reason", "is not a fault reason"),
+    ({"connection_method": ""}, "connection_method", "is required for an 8.14.3"),
+    ({"incident_reference": "X" * 16}, "incident_reference", "At most 15 characters"),
+    ({"user_ref_datetime": "yesterday"}, "user_ref_datetime", "is not a date and time"),
+]
+
+
+def test_form_errors_are_shown_in_place_and_nothing_is_written(desk: Desk) -> None:
+    for fields, field, message in _FORM_ERRORS:
+        response = desk.log_return(**{**fault(IS, HUB_PENDING, GPF_PENDING), **fields})
+        assert response.status_code == 422, fields
+        error = re.search(rf'id="error-{field}"[^>]*>([^<]*)<', response.text)
+        assert error is not None, fields
+        assert message in error.group(1).replace("&#39;", "'")
+        assert 'id="form-errors"' in response.text
+        assert "x-duis-response-code" not in response.headers
+        # what was typed is shown again, to be corrected
+        typed = fields[field]
+        if typed and field not in ("return_type", "fault_reason", "connection_method"):
+            assert f'value="{typed}"' in response.text
+    assert desk.counts() == (0, 0)
+
+
+def test_everything_typed_is_escaped_and_pages_are_hardened(desk: Desk) -> None:
+    attack = "<script>alert(1)</script>"
+    response = desk.log_return(**fault(IS, HUB_PENDING, GPF_PENDING, additional_information=attack))
+    assert response.headers["x-duis-response-code"] == "I99"
+    with desk.sessions() as session:
+        (record,) = session.scalars(select(ReturnRecord)).all()
+    detail = desk.client.get(f"/desk/returns/{record.id}").text
+    assert attack not in detail
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in detail
+    refused = desk.log_return(**fault(attack, HUB_PENDING, GPF_PENDING))
+    assert attack not in refused.text
+    page = desk.client.get("/desk/hub")
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    with httpx.Client(base_url=desk.url, timeout=30) as fresh:
+        cookie = sign_in(fresh, "alice", PASSWORD).headers["set-cookie"].lower()
+    assert "httponly" in cookie
+    assert "samesite=strict" in cookie
+    assert "path=/desk" in cookie
+
+
+def test_hub_look_up_shows_type_status_suppliers_rsas_and_history(desk: Desk) -> None:
+    page = desk.client.get("/desk/hub", params={"device_id": HUB_RSA_PENDING.lower()})
+    assert page.status_code == 200
+    assert 'id="hub-type">CHF<' in page.text
+    assert ">Pending<" in page.text
+    suppliers = page.text.split('id="suppliers"')[1].split("</table>")[0]
+    assert IS in suppliers
+    assert "Demo Import Supplier" in suppliers
+    rsas = page.text.split('id="rsas"')[1].split("</table>")[0]
+    assert RSA in rsas
+    assert RSA_UNAPPOINTED not in rsas
+    assert "No return recorded for this hub." in page.text
+    assert (
+        desk.log_return(**fault(RSA, HUB_RSA_PENDING, "00-DB-12-34-56-78-90-C0")).headers[
+            "x-duis-response-code"
+        ]
+        == "I99"
+    )
+    page = desk.client.get("/desk/hub", params={"device_id": HUB_RSA_PENDING})
+    history = page.text.split('id="history"')[1].split("</table>")[0]
+    assert "servicedesk" in history
+    assert RSA in history
+    api = desk.client.get(f"/desk/api/hubs/{HUB_RSA_PENDING}").json()
+    assert api["smi_status"] == "Pending"
+    assert [s["user_id"] for s in api["responsible_suppliers"]] == [IS]
+    assert [(a["user_id"], a["appointed_by"]) for a in api["appointed_rsas"]] == [(RSA, IS)]
+    assert api["returns"][0]["channel"] == "servicedesk"
+    # errors in place
+    bad = desk.client.get("/desk/hub", params={"device_id": "00-DB-12"})
+    assert bad.status_code == 422
+    assert 'id="lookup-error"' in bad.text
+    assert "is not an EUI-64" in bad.text
+    missing = desk.client.get("/desk/hub", params={"device_id": "00-DB-12-34-56-78-90-99"})
+    assert missing.status_code == 404
+    assert "is not in the Smart Metering Inventory" in missing.text
+
+
+def _csv(response: httpx.Response) -> list[dict[str, str]]:
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    return list(csv.DictReader(io.StringIO(response.text)))
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def test_csv_exports_match_the_database(desk: Desk) -> None:
+    desk.log_return(**fault(IS, HUB_PENDING, GPF_PENDING, additional_information="=1+1"))
+    desk.log_return(**fault(RSA, HUB_INSTALLED, GPF_INSTALLED))
+    desk.log_return(
+        originator=GS, device_id="00-DB-12-34-56-78-90-E2", return_type="Lost or Stolen Hub"
+    )
+    returns = _csv(desk.client.get("/desk/returns.csv"))
+    audit = _csv(desk.client.get("/desk/audit.csv"))
+    with desk.sessions() as session:
+        records = session.scalars(select(ReturnRecord).order_by(ReturnRecord.id.desc())).all()
+        entries = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc())).all()
+    assert len(returns) == len(records) == 2
+    assert len(audit) == len(entries) == 3
+    assert list(returns[0]) == list(RETURN_CSV_COLUMNS)
+    assert list(audit[0]) == list(AUDIT_CSV_COLUMNS)
+    for row, record in zip(returns, records, strict=True):
+        for column in RETURN_CSV_COLUMNS:
+            value = getattr(record, column)
+            if column == "received_at":
+                assert row[column].startswith(value.isoformat()[:19])
+            elif column == "additional_information" and value == "=1+1":
+                assert row[column] == "'=1+1"  # never a live spreadsheet formula
+            else:
+                assert row[column] == _cell(value), column
+    for row, entry in zip(audit, entries, strict=True):
+        for column in AUDIT_CSV_COLUMNS:
+            value = getattr(entry, column)
+            if column == "received_at":
+                assert row[column].startswith(value.isoformat()[:19])
+            else:
+                assert row[column] == _cell(value), column
+    # filters apply to the export as to the page
+    refused = _csv(desk.client.get("/desk/audit.csv", params={"outcome": "refused"}))
+    assert [r["code"] for r in refused] == ["E5"]
+    by_gs = _csv(desk.client.get("/desk/returns.csv", params={"originator": GS}))
+    assert [r["originator"] for r in by_gs] == [GS]
+    bad = desk.client.get("/desk/returns.csv", params={"device_id": "nope"})
+    assert bad.status_code == 422
+
+
+def test_browse_and_filter_returns_and_audit(desk: Desk) -> None:
+    desk.log_return(**fault(IS, HUB_PENDING, GPF_PENDING))
+    desk.log_return(**fault(RSA, HUB_INSTALLED, GPF_INSTALLED))
+    listing = desk.client.get("/desk/returns", params={"channel": "servicedesk", "role": "IS"})
+    assert listing.status_code == 200
+    assert HUB_PENDING in listing.text
+    none = desk.client.get("/desk/returns", params={"channel": "duis"})
+    assert HUB_PENDING not in none.text.split('id="returns"')[1]
+    bad = desk.client.get("/desk/returns", params={"role": "ED", "since": "soon"})
+    assert bad.status_code == 422
+    assert "&#39;ED&#39; is not one of IS, GS, RSA" in bad.text
+    assert "is not a date" in bad.text
+    audit = desk.client.get("/desk/audit", params={"code": "E5"})
+    table = audit.text.split('id="audit"')[1]
+    assert "E5" in table
+    assert "I99" not in table
+    assert desk.client.get("/desk/audit", params={"code": "E999"}).status_code == 422
+
+
+def test_logout_ends_the_session_even_for_a_copied_cookie(desk: Desk) -> None:
+    cookies = dict(desk.client.cookies)
+    assert cookies
+    response = desk.client.post("/desk/logout", data={"csrf_token": _token(desk.client)})
+    assert response.status_code == 303
+    assert response.headers["location"] == "/desk/login?signed_out=1"
+    assert desk.client.get("/desk/hub").status_code == 303
+    with httpx.Client(base_url=desk.url, timeout=30, cookies=cookies) as replay:
+        assert replay.get("/desk/hub").status_code == 303
+        assert replay.get("/desk/returns.csv").status_code == 401
+
+
+def test_cli_manages_staff_accounts(settings: Settings, staff: str) -> None:
+    code, output, _ = cli(settings, "desk", "list-users")
+    assert code == 0
+    assert staff in output
+    assert "active" in output
+    code, _, error = cli(settings, "desk", "add-user", staff, "--password-stdin", stdin=PASSWORD)
+    assert code != 0
+    assert isinstance(error, CliError)
+    assert "already exists" in str(error)
+    code, _, error = cli(settings, "desk", "add-user", "bob", "--password-stdin", stdin="short")
+    assert code != 0
+    assert isinstance(error, CliError)
+    assert "fewer than 12" in str(error)
+    code, _, error = cli(
+        settings, "desk", "add-user", "bad name!", "--password-stdin", stdin=PASSWORD
+    )
+    assert code != 0
+    assert isinstance(error, CliError)
+    code, _, error = cli(settings, "desk", "disable", "nobody")
+    assert code != 0
+    assert isinstance(error, CliError)
+    assert "no staff account" in str(error)
+    code, output, _ = cli(settings, "desk", "add-user", "carol", stdin=f"{PASSWORD}\n{PASSWORD}\n")
+    assert code == 0, output
+    code, output, _ = cli(settings, "desk", "list-users")
+    assert "carol" in output

@@ -1,4 +1,10 @@
-"""Hub logistics (issue 5): orders, deliveries, return lifecycle, consignments, charges, reports."""
+"""Hub logistics (issue 5): orders, deliveries, return lifecycle, consignments, charges, reports.
+
+Pure modules (``values``, ``orders``, ``lifecycle``, ``consignments``,
+``charges``) hold every rule; ``operations.Logistics`` applies them to the
+database one transaction at a time; ``cli`` and ``api`` are the two shells.
+The tables (``models``) are created by migration 0002.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import typer
 from starlette.routing import BaseRoute
+
+from hubreturns.logistics import models as models  # register the tables on Base
 
 if TYPE_CHECKING:
     from hubreturns.config import Settings
@@ -15,8 +23,17 @@ __all__ = ["register_cli", "routes"]
 
 
 def routes(processor: Processor, settings: Settings) -> list[BaseRoute]:
-    return []
+    """The operator API under ``/api/ops/``, on the processor's database."""
+    from hubreturns.logistics import api
+    from hubreturns.logistics.charges import load_tariff
+    from hubreturns.logistics.operations import Logistics
+
+    logistics = Logistics(processor.sessions, load_tariff(settings.tariff_file))
+    return api.routes(logistics, settings)
 
 
 def register_cli(app: typer.Typer) -> None:
-    return None
+    """``orders``, ``consignments``, ``lifecycle``, ``charges`` and ``report``."""
+    from hubreturns.logistics import cli
+
+    cli.register(app)

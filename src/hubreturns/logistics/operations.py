@@ -1,0 +1,690 @@
+"""The logistics operations over the store: one transaction per call, all or nothing.
+
+Each public method opens its own transaction (``sessions.begin()``), checks
+everything first with the pure modules (``values``, ``orders``,
+``lifecycle``, ``consignments``, ``charges``) and raises ``LogisticsError``
+before any write, so a refused call leaves the database as it was. Races
+between two operators are settled by conditional updates (``WHERE status =
+…``), as in the core. The CLI and the HTTP API are thin shells over this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from hubreturns.logistics.charges import (
+    Charge,
+    ChargeFacts,
+    ChargeSummary,
+    Tariff,
+    price,
+    summarise,
+)
+from hubreturns.logistics.consignments import (
+    MonthlyPlan,
+    PlanItem,
+    group_consignments,
+    plan_month,
+)
+from hubreturns.logistics.errors import Conflict, Invalid, NotFound
+from hubreturns.logistics.lifecycle import ReturnStatus, Step, TestOutcome, next_status
+from hubreturns.logistics.models import (
+    Consignment,
+    DeliveredHub,
+    HubDelivery,
+    HubOrder,
+    ReturnEvent,
+    ReturnProgress,
+)
+from hubreturns.logistics.orders import check_delivery, parse_delivery
+from hubreturns.logistics.values import OrderRequest, Period, check_location, month_of
+from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
+from hubreturns.store.models import Device, ReturnRecord, User
+from hubreturns.store.repository import Repository
+
+__all__ = [
+    "ConsignmentView",
+    "DeliveryView",
+    "Logistics",
+    "OrderView",
+    "ProgressCallback",
+    "ReturnView",
+]
+
+#: Called as work advances: (what, done, total).
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back; everything stored is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderView:
+    id: int
+    supplier: str
+    placed_by: str
+    placed_by_role: str
+    quantity: int
+    delivered: int
+    hub_variant: str
+    delivery_location: str
+    requested_month: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryView:
+    id: int
+    order_id: int
+    hubs: int
+    order_delivered: int
+    order_quantity: int
+    device_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsignmentView:
+    id: int
+    party: str
+    collection_location: str
+    month: str
+    status: str
+    return_ids: tuple[int, ...]
+    created_at: datetime
+    collected_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReturnView:
+    id: int
+    device_id: str
+    originator: str
+    role: str
+    on_behalf_of: str
+    service_reference_variant: str
+    return_type: str
+    fault_reason: str | None
+    status: str
+    notified_at: datetime
+    collection_location: str | None
+    consignment_id: int | None
+    collected_at: datetime | None
+    received_at: datetime | None
+    tested_at: datetime | None
+    test_outcome: str | None
+    closed_at: datetime | None
+    charge_rule: str
+    charge: Decimal
+    charge_provisional: bool
+    hub_open_return_id: int | None
+
+
+class Logistics:
+    """Orders, deliveries, consignments, lifecycle steps and charges over one database."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        tariff: Tariff,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.sessions = sessions
+        self.tariff = tariff
+        self.clock = clock
+
+    # -- orders and deliveries -----------------------------------------------------
+
+    def create_order(self, order: OrderRequest) -> OrderView:
+        """Record an order for a Supplier, placed by it or by an RSA it appoints now."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            supplier = session.get(User, order.supplier)
+            if supplier is None or supplier.role not in (Role.IS.value, Role.GS.value):
+                raise Invalid(
+                    f"supplier: {order.supplier} is not a registered IS or GS user",
+                    "Orders are for an Import or Gas Supplier; load the user first.",
+                    field="supplier",
+                )
+            if supplier.status != UserStatus.ACTIVE.value:
+                raise Conflict(
+                    f"supplier: {order.supplier} is {supplier.status}",
+                    "A suspended Supplier cannot order hubs; contact the DCC Service Desk.",
+                    field="supplier",
+                )
+            placer = session.get(User, order.placed_by)
+            if placer is None:
+                raise Invalid(
+                    f"placed_by: {order.placed_by} is not a registered user",
+                    "Give the Supplier itself or an RSA it has appointed.",
+                    field="placed_by",
+                )
+            if placer.user_id != supplier.user_id:
+                if placer.role != Role.RSA.value:
+                    raise Invalid(
+                        f"placed_by: {placer.user_id} has role {placer.role}; only the "
+                        "Supplier or its RSA may order",
+                        "Leave placed_by out for the Supplier's own order.",
+                        field="placed_by",
+                    )
+                if placer.status != UserStatus.ACTIVE.value:
+                    raise Conflict(
+                        f"placed_by: RSA {placer.user_id} is {placer.status}",
+                        "A suspended RSA cannot order hubs.",
+                        field="placed_by",
+                    )
+                if supplier.user_id not in Repository(session).appointed_by(placer.user_id, now):
+                    raise Conflict(
+                        f"placed_by: RSA {placer.user_id} is not currently appointed by "
+                        f"{supplier.user_id}",
+                        "The Supplier must confirm the RSA first (`hubreturns appoint`).",
+                        field="placed_by",
+                    )
+            row = HubOrder(
+                supplier_user_id=supplier.user_id,
+                placed_by=placer.user_id,
+                placed_by_role=placer.role,
+                quantity=order.quantity,
+                hub_variant=order.hub_variant,
+                delivery_location=order.delivery_location,
+                requested_month=order.requested_month,
+                created_at=now,
+            )
+            session.add(row)
+            session.flush()
+            return self._order_view(session, row)
+
+    def orders(self, supplier: str | None = None) -> list[OrderView]:
+        with self.sessions() as session:
+            query = select(HubOrder).order_by(HubOrder.id)
+            if supplier is not None:
+                query = query.where(HubOrder.supplier_user_id == supplier)
+            return [self._order_view(session, row) for row in session.scalars(query)]
+
+    def order(self, order_id: int) -> OrderView:
+        with self.sessions() as session:
+            return self._order_view(session, self._get_order(session, order_id))
+
+    def deliver(
+        self,
+        order_id: int,
+        data: str | bytes,
+        *,
+        source: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> DeliveryView:
+        """Load a delivery CSV against an order: every hub or none.
+
+        Delivered hubs enter the inventory as a CHF and its GPF, SMI status
+        Pending, with the ordering Supplier responsible.
+        """
+        rows = parse_delivery(data)
+        now = self.clock()
+        with self.sessions.begin() as session:
+            order = self._get_order(session, order_id)
+            delivered = self._delivered(session, order_id)
+            ids = [value for row in rows for value in (row.chf_id, row.gpf_id)]
+            known: dict[str, str] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                for device_id in session.scalars(
+                    select(Device.device_id).where(Device.device_id.in_(chunk))
+                ):
+                    known[device_id] = "in the Smart Metering Inventory"
+                for device_id, other_order in session.execute(
+                    select(DeliveredHub.device_id, DeliveredHub.order_id).where(
+                        DeliveredHub.device_id.in_(chunk)
+                    )
+                ):
+                    known.setdefault(device_id, f"delivered for order {other_order}")
+                for gpf_id, other_order in session.execute(
+                    select(DeliveredHub.gpf_id, DeliveredHub.order_id).where(
+                        DeliveredHub.gpf_id.in_(chunk)
+                    )
+                ):
+                    known.setdefault(gpf_id, f"delivered for order {other_order}")
+            check_delivery(
+                order_id=order_id,
+                quantity=order.quantity,
+                already_delivered=delivered,
+                rows=rows,
+                known=known,
+            )
+            delivery = HubDelivery(
+                order_id=order_id, hub_count=len(rows), source=source, delivered_at=now
+            )
+            session.add(delivery)
+            session.flush()
+            repo = Repository(session)
+            for done, row in enumerate(rows, 1):
+                repo.upsert_device(
+                    device_id=row.gpf_id,
+                    device_type=DeviceType.GPF,
+                    smi_status=SmiStatus.PENDING,
+                    responsible_suppliers=[order.supplier_user_id],
+                    gpf_id=None,
+                    now=now,
+                )
+                repo.upsert_device(
+                    device_id=row.chf_id,
+                    device_type=DeviceType.CHF,
+                    smi_status=SmiStatus.PENDING,
+                    responsible_suppliers=[order.supplier_user_id],
+                    gpf_id=row.gpf_id,
+                    now=now,
+                )
+                session.add(
+                    DeliveredHub(
+                        device_id=row.chf_id,
+                        gpf_id=row.gpf_id,
+                        delivery_id=delivery.id,
+                        order_id=order_id,
+                    )
+                )
+                if progress is not None:
+                    progress("loading hubs", done, len(rows))
+            session.flush()
+            return DeliveryView(
+                id=delivery.id,
+                order_id=order_id,
+                hubs=len(rows),
+                order_delivered=delivered + len(rows),
+                order_quantity=order.quantity,
+                device_ids=tuple(row.chf_id for row in rows),
+            )
+
+    # -- consignments ----------------------------------------------------------------
+
+    def locate(self, return_id: int, location: str) -> ReturnView:
+        """Set where a notified return is to be collected from."""
+        place = check_location(location, "location")
+        with self.sessions.begin() as session:
+            record = self._get_return(session, return_id)
+            if record.status != ReturnStatus.NOTIFIED.value:
+                raise Conflict(
+                    f"return {return_id} is {record.status}; only a notified return can be "
+                    "given a collection location",
+                    "The location is fixed once the hub is collected.",
+                    field="location",
+                )
+            progress_row = self._progress(session, return_id)
+            if progress_row.consignment_id is not None:
+                raise Conflict(
+                    f"return {return_id} is already in consignment {progress_row.consignment_id}",
+                    "Collect that consignment or leave the location as it is.",
+                    field="location",
+                )
+            progress_row.collection_location = place
+            session.flush()
+            return self._return_view(session, record)
+
+    def plan(self, month: str, default_location: str | None = None) -> MonthlyPlan:
+        """The month's uncollected returns as one shipment per location (read-only)."""
+        with self.sessions() as session:
+            items = self._pending_items(session, month, default_location)
+        return plan_month(month, items, self.tariff.shipment)
+
+    def create_consignments(
+        self,
+        month: str,
+        default_location: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[ConsignmentView]:
+        """Group the month's notified, unconsigned returns by party and location."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            items = self._pending_items(session, month, default_location)
+            if not items:
+                raise Conflict(
+                    f"no notified returns from {month} are waiting for a consignment",
+                    "Check the month (returns are grouped by the month they were notified).",
+                    field="month",
+                )
+            groups = group_consignments(items)
+            created = []
+            for done, ((party, location), return_ids) in enumerate(groups.items(), 1):
+                consignment = Consignment(
+                    party=party,
+                    collection_location=location,
+                    month=month,
+                    status="planned",
+                    created_at=now,
+                )
+                session.add(consignment)
+                session.flush()
+                for return_id in return_ids:
+                    row = self._progress(session, return_id)
+                    row.collection_location = location
+                    row.consignment_id = consignment.id
+                session.flush()
+                created.append(self._consignment_view(session, consignment))
+                if progress is not None:
+                    progress("creating consignments", done, len(groups))
+            return created
+
+    def consignments(
+        self, period: Period | None = None, status: str | None = None
+    ) -> list[ConsignmentView]:
+        with self.sessions() as session:
+            query = select(Consignment).order_by(Consignment.id)
+            if period is not None:
+                query = query.where(
+                    Consignment.created_at >= period.start, Consignment.created_at < period.end
+                )
+            if status is not None:
+                query = query.where(Consignment.status == status)
+            return [self._consignment_view(session, c) for c in session.scalars(query)]
+
+    def consignment(self, consignment_id: int) -> ConsignmentView:
+        with self.sessions() as session:
+            return self._consignment_view(session, self._get_consignment(session, consignment_id))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def collect(self, consignment_id: int, actor: str) -> ConsignmentView:
+        """Step *collect* for every return of the consignment, together."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            consignment = self._get_consignment(session, consignment_id)
+            if consignment.status != "planned":
+                raise Conflict(
+                    f"consignment {consignment_id} is already {consignment.status}",
+                    "Each consignment is collected once; see `hubreturns consignments list`.",
+                    field="consignment",
+                )
+            return_ids = self._consignment_returns(session, consignment_id)
+            for return_id in return_ids:
+                record = self._get_return(session, return_id)
+                self._step(session, record, Step.COLLECT, actor, now)
+                self._progress(session, return_id).collected_at = now
+            consignment.status = "collected"
+            consignment.collected_at = now
+            session.flush()
+            return self._consignment_view(session, consignment)
+
+    def receive(self, return_id: int, actor: str) -> ReturnView:
+        """Step *receive*: the hub arrived at the DCC."""
+        return self._single_step(return_id, Step.RECEIVE, actor)
+
+    def test(self, return_id: int, outcome: TestOutcome, actor: str) -> ReturnView:
+        """Step *test*: record fault confirmed / no fault found."""
+        return self._single_step(return_id, Step.TEST, actor, outcome=outcome)
+
+    def close(self, return_id: int, actor: str) -> ReturnView:
+        """Step *close*: releases the hub (``devices.open_return_id`` back to NULL)."""
+        return self._single_step(return_id, Step.CLOSE, actor)
+
+    def return_view(self, return_id: int) -> ReturnView:
+        with self.sessions() as session:
+            return self._return_view(session, self._get_return(session, return_id))
+
+    def _single_step(
+        self, return_id: int, step: Step, actor: str, *, outcome: TestOutcome | None = None
+    ) -> ReturnView:
+        now = self.clock()
+        with self.sessions.begin() as session:
+            record = self._get_return(session, return_id)
+            self._step(session, record, step, actor, now)
+            row = self._progress(session, return_id)
+            if step is Step.RECEIVE:
+                row.received_at = now
+            elif step is Step.TEST:
+                assert outcome is not None
+                row.tested_at = now
+                row.test_outcome = outcome.value
+            elif step is Step.CLOSE:
+                row.closed_at = now
+                session.execute(
+                    update(Device)
+                    .where(Device.device_id == record.device_id, Device.open_return_id == return_id)
+                    .values(open_return_id=None, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            session.flush()
+            session.expire_all()
+            return self._return_view(session, self._get_return(session, return_id))
+
+    def _step(
+        self, session: Session, record: ReturnRecord, step: Step, actor: str, now: datetime
+    ) -> None:
+        """Apply one table transition with a conditional write (a lost race is a Conflict)."""
+        current = record.status
+        new = next_status(record.id, current, step)
+        result = session.execute(
+            update(ReturnRecord)
+            .where(ReturnRecord.id == record.id, ReturnRecord.status == current)
+            .values(status=new.value)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise Conflict(
+                f"return {record.id} changed while this step ran",
+                "Look at the return again and repeat the step if it is still due.",
+            )
+        session.add(
+            ReturnEvent(
+                return_id=record.id,
+                step=step.value,
+                from_status=current,
+                to_status=new.value,
+                actor=actor[:100],
+                at=now,
+            )
+        )
+
+    # -- charges ---------------------------------------------------------------------
+
+    def priced_returns(self, period: Period) -> list[tuple[ReturnRecord, str | None, Charge]]:
+        """Every return notified in ``period`` with its test outcome and charge."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ReturnRecord, ReturnProgress.test_outcome)
+                .outerjoin(ReturnProgress, ReturnProgress.return_id == ReturnRecord.id)
+                .where(
+                    ReturnRecord.received_at >= period.start,
+                    ReturnRecord.received_at < period.end,
+                )
+                .order_by(ReturnRecord.id)
+            ).all()
+            return [(record, outcome, self._price(record, outcome)) for record, outcome in rows]
+
+    def charges(self, period: Period) -> list[ChargeSummary]:
+        """Charges per charged party (the Supplier the return was made for) and month."""
+        return summarise(
+            (record.on_behalf_of, month_of(_aware(record.received_at) or self.clock()), charge)
+            for record, _outcome, charge in self.priced_returns(period)
+        )
+
+    def _price(self, record: ReturnRecord, outcome: str | None) -> Charge:
+        return price(
+            ChargeFacts(
+                variant=record.service_reference_variant,
+                return_type=record.return_type,
+                fault_reason=record.fault_reason,
+                test_outcome=TestOutcome(outcome) if outcome else None,
+            ),
+            self.tariff,
+        )
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _get_order(self, session: Session, order_id: int) -> HubOrder:
+        row = session.get(HubOrder, order_id)
+        if row is None:
+            raise NotFound(
+                f"order {order_id} does not exist",
+                "List orders with `hubreturns orders list`; record one with `orders add`.",
+                field="order",
+            )
+        return row
+
+    def _get_return(self, session: Session, return_id: int) -> ReturnRecord:
+        row = session.get(ReturnRecord, return_id)
+        if row is None:
+            raise NotFound(
+                f"return {return_id} does not exist",
+                "Find return ids with `hubreturns returns`.",
+                field="return",
+            )
+        return row
+
+    def _get_consignment(self, session: Session, consignment_id: int) -> Consignment:
+        row = session.get(Consignment, consignment_id)
+        if row is None:
+            raise NotFound(
+                f"consignment {consignment_id} does not exist",
+                "List consignments with `hubreturns consignments list`.",
+                field="consignment",
+            )
+        return row
+
+    def _progress(self, session: Session, return_id: int) -> ReturnProgress:
+        row = session.get(ReturnProgress, return_id)
+        if row is None:
+            row = ReturnProgress(return_id=return_id)
+            session.add(row)
+            session.flush()
+        return row
+
+    def _delivered(self, session: Session, order_id: int) -> int:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(DeliveredHub)
+                .where(DeliveredHub.order_id == order_id)
+            )
+            or 0
+        )
+
+    def _order_view(self, session: Session, row: HubOrder) -> OrderView:
+        return OrderView(
+            id=row.id,
+            supplier=row.supplier_user_id,
+            placed_by=row.placed_by,
+            placed_by_role=row.placed_by_role,
+            quantity=row.quantity,
+            delivered=self._delivered(session, row.id),
+            hub_variant=row.hub_variant,
+            delivery_location=row.delivery_location,
+            requested_month=row.requested_month,
+            created_at=_aware(row.created_at) or row.created_at,
+        )
+
+    def _consignment_returns(self, session: Session, consignment_id: int) -> tuple[int, ...]:
+        return tuple(
+            session.scalars(
+                select(ReturnProgress.return_id)
+                .where(ReturnProgress.consignment_id == consignment_id)
+                .order_by(ReturnProgress.return_id)
+            )
+        )
+
+    def _consignment_view(self, session: Session, row: Consignment) -> ConsignmentView:
+        return ConsignmentView(
+            id=row.id,
+            party=row.party,
+            collection_location=row.collection_location,
+            month=row.month,
+            status=row.status,
+            return_ids=self._consignment_returns(session, row.id),
+            created_at=_aware(row.created_at) or row.created_at,
+            collected_at=_aware(row.collected_at),
+        )
+
+    def _pending_items(
+        self, session: Session, month: str, default_location: str | None
+    ) -> list[PlanItem]:
+        """Notified, unconsigned returns of ``month`` with their collection location.
+
+        The location is the one set with ``locate``, else the delivery location
+        of the order the hub came in, else ``default_location``.
+        """
+        period = Period.of_month(month)
+        fallback = (
+            check_location(default_location, "default_location")
+            if default_location is not None
+            else None
+        )
+        rows = session.execute(
+            select(
+                ReturnRecord.id,
+                ReturnRecord.originator,
+                ReturnRecord.device_id,
+                ReturnProgress.collection_location,
+                HubOrder.delivery_location,
+            )
+            .outerjoin(ReturnProgress, ReturnProgress.return_id == ReturnRecord.id)
+            .outerjoin(DeliveredHub, DeliveredHub.device_id == ReturnRecord.device_id)
+            .outerjoin(HubOrder, HubOrder.id == DeliveredHub.order_id)
+            .where(
+                ReturnRecord.status == ReturnStatus.NOTIFIED.value,
+                ReturnProgress.consignment_id.is_(None),
+                ReturnRecord.received_at >= period.start,
+                ReturnRecord.received_at < period.end,
+            )
+            .order_by(ReturnRecord.id)
+        ).all()
+        items: list[PlanItem] = []
+        unlocated: list[int] = []
+        for return_id, party, device_id, located, delivered_to in rows:
+            location = located or delivered_to or fallback
+            if location is None:
+                unlocated.append(return_id)
+                continue
+            items.append(
+                PlanItem(return_id=return_id, party=party, location=location, device_id=device_id)
+            )
+        if unlocated:
+            shown = ", ".join(str(i) for i in unlocated[:20])
+            raise Invalid(
+                f"default_location: {len(unlocated)} return(s) have no known collection "
+                f"location (return ids {shown}{' …' if len(unlocated) > 20 else ''})",
+                "Set each with `hubreturns lifecycle locate RETURN_ID LOCATION`, or give "
+                "--default-location for all of them.",
+                field="default_location",
+            )
+        return items
+
+    def _return_view(self, session: Session, record: ReturnRecord) -> ReturnView:
+        progress = session.get(ReturnProgress, record.id)
+        outcome = progress.test_outcome if progress is not None else None
+        charge = self._price(record, outcome)
+        device = session.get(Device, record.device_id)
+        return ReturnView(
+            id=record.id,
+            device_id=record.device_id,
+            originator=record.originator,
+            role=record.role,
+            on_behalf_of=record.on_behalf_of,
+            service_reference_variant=record.service_reference_variant,
+            return_type=record.return_type,
+            fault_reason=record.fault_reason,
+            status=record.status,
+            notified_at=_aware(record.received_at) or record.received_at,
+            collection_location=progress.collection_location if progress else None,
+            consignment_id=progress.consignment_id if progress else None,
+            collected_at=_aware(progress.collected_at) if progress else None,
+            received_at=_aware(progress.received_at) if progress else None,
+            tested_at=_aware(progress.tested_at) if progress else None,
+            test_outcome=outcome,
+            closed_at=_aware(progress.closed_at) if progress else None,
+            charge_rule=charge.rule,
+            charge=charge.amount,
+            charge_provisional=charge.provisional,
+            hub_open_return_id=device.open_return_id if device is not None else None,
+        )

@@ -42,8 +42,8 @@ from hubreturns.store.db import make_engine, make_sessionmaker
 
 __all__ = ["register"]
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = Annotated[
     Path | None,

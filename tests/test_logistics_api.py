@@ -1,0 +1,256 @@
+"""The operator API (/api/ops) over real HTTP: authentication, OpenAPI, the lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.routing import Mount, Route
+
+from hubreturns.config import DEFAULT_ACB, Settings
+from hubreturns.demo import IS, DemoWorld
+from hubreturns.logistics.api import PREFIX, schema_of
+from hubreturns.logistics.models import DeliveredHub, HubOrder
+from hubreturns.logistics.operations import OrderView, ReturnView
+from hubreturns.model import (
+    ConnectionMethod,
+    FaultReason,
+    FaultReturnType,
+    RequestId,
+    ReturnKind,
+    ReturnRequest,
+)
+from hubreturns.processing import Processor
+from hubreturns.service import create_app
+from hubreturns.serving import running_server
+from hubreturns.store.models import Device
+from hubreturns.wire.certificate import SigningCertificate
+from hubreturns.wire.request import sign_request
+
+TOKEN = "test-operator-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CHF, GPF = "00-DB-12-34-56-78-D1-01", "00-DB-12-34-56-78-D1-00"
+ORDER = {
+    "supplier": IS,
+    "quantity": 2,
+    "hub_variant": "SM WAN variant: dual band",
+    "delivery_location": "Cardiff store",
+    "requested_month": "2027-01",
+}
+
+
+@pytest.fixture
+def ops_settings(settings: Settings) -> Settings:
+    return replace(settings, operator_token=TOKEN)
+
+
+@pytest.fixture
+def ops(processor: Processor, ops_settings: Settings) -> Iterator[httpx.Client]:
+    """A client of the service started with an operator token."""
+    with (
+        running_server(create_app(processor, ops_settings)) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+    ):
+        yield client
+
+
+def order_count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(HubOrder)) or 0)
+
+
+def test_api_is_closed_when_no_token_is_configured(
+    http: httpx.Client, seeded: sessionmaker[Session]
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer x"}, {"Authorization": "Bearer None"}):
+        reply = http.post(f"{PREFIX}/orders", json=ORDER, headers=headers)
+        assert reply.status_code == 401
+        assert "operator_token" in reply.json()["hint"]
+        assert reply.headers["www-authenticate"].startswith("Bearer")
+    assert http.get(f"{PREFIX}/openapi.json").status_code == 401
+    assert order_count(seeded) == 0
+
+
+WRONG_CREDENTIALS = (
+    {},
+    {"Authorization": "Bearer wrong-token"},
+    {"Authorization": f"Bearer {TOKEN}x"},
+    {"Authorization": f"Basic {TOKEN}"},
+    {"Authorization": TOKEN},
+)
+
+
+def test_api_refuses_missing_or_wrong_token(
+    ops: httpx.Client, seeded: sessionmaker[Session]
+) -> None:
+    for headers in WRONG_CREDENTIALS:
+        reply = ops.post(f"{PREFIX}/orders", json=ORDER, headers=headers)
+        assert reply.status_code == 401, headers
+        assert reply.json()["error"] == "operator authentication required"
+        assert ops.get(f"{PREFIX}/returns/1", headers=headers).status_code == 401
+        assert ops.get(f"{PREFIX}/openapi.json", headers=headers).status_code == 401
+    assert order_count(seeded) == 0
+    assert ops.get(f"{PREFIX}/orders", headers=AUTH).json() == []
+
+
+def _ops_routes(processor: Processor, settings: Settings) -> list[Route]:
+    app = create_app(processor, settings)
+    mounts = [r for r in app.routes if isinstance(r, Mount) and r.path == PREFIX]
+    assert len(mounts) == 1
+    routes = [r for r in mounts[0].routes if isinstance(r, Route)]
+    assert len(routes) == len(mounts[0].routes)
+    return routes
+
+
+def test_openapi_documents_every_route_and_nothing_else(
+    ops: httpx.Client, processor: Processor, ops_settings: Settings
+) -> None:
+    reply = ops.get(f"{PREFIX}/openapi.json", headers=AUTH)
+    assert reply.status_code == 200
+    document = reply.json()
+    assert document["openapi"].startswith("3.1")
+    served = {
+        (PREFIX + route.path_format, method.lower())
+        for route in _ops_routes(processor, ops_settings)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    documented = {
+        (path, method) for path, operations in document["paths"].items() for method in operations
+    }
+    assert served == documented
+    assert len(served) >= 17
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            assert operation["summary"]
+            assert "401" in operation["responses"]
+    order_response = document["paths"][f"{PREFIX}/orders"]["post"]["responses"]["201"]
+    assert order_response["content"]["application/json"]["schema"] == schema_of(OrderView)
+
+
+def _duis_body(world: DemoWorld, counter: int) -> bytes:
+    request = ReturnRequest(
+        request_id=RequestId(originator=IS, target=DEFAULT_ACB, counter=counter),
+        command_variant=8,
+        service_reference="8.14",
+        kind=ReturnKind.FAULT,
+        device_id=CHF,
+        return_type=FaultReturnType.POST_INSTALL.value,
+        other_device_id=GPF,
+        connection_method=ConnectionMethod.CRADLE,
+        fault_reason=FaultReason.LED,
+    )
+    credential = world.credentials[IS]
+    return sign_request(
+        request, credential.key, SigningCertificate.from_x509(credential.certificate)
+    )
+
+
+def test_api_order_to_close(
+    ops: httpx.Client, seeded: sessionmaker[Session], world: DemoWorld
+) -> None:
+    created = ops.post(f"{PREFIX}/orders", json=ORDER, headers=AUTH)
+    assert created.status_code == 201, created.text
+    order = created.json()
+    assert set(order) == set(schema_of(OrderView)["properties"])
+    assert (order["supplier"], order["quantity"], order["delivered"]) == (IS, 2, 0)
+
+    bad = ops.post(f"{PREFIX}/orders", json=ORDER | {"quantity": "two"}, headers=AUTH)
+    assert bad.status_code == 422
+    assert bad.json()["field"] == "quantity"
+    assert ops.post(f"{PREFIX}/orders", content=b"{", headers=AUTH).status_code == 422
+    assert order_count(seeded) == 1
+
+    csv_body = f"chf_device_id,gpf_device_id\n{CHF},{GPF}\n"
+    missing = ops.post(f"{PREFIX}/orders/404/deliveries", content=csv_body, headers=AUTH)
+    assert missing.status_code == 404
+    duplicated = ops.post(
+        f"{PREFIX}/orders/{order['id']}/deliveries",
+        content=csv_body + f"{CHF},00-DB-12-34-56-78-D2-00\n",
+        headers=AUTH,
+    )
+    assert duplicated.status_code == 422
+    assert duplicated.json()["problems"][0] == {
+        "line": 3,
+        "field": "chf_device_id",
+        "message": f"{CHF} already appears on line 2 (chf_device_id); "
+        "each Device ID is delivered once",
+    }
+    with seeded() as session:
+        assert session.get(Device, CHF) is None
+        assert session.scalar(select(func.count()).select_from(DeliveredHub)) == 0
+
+    delivered = ops.post(
+        f"{PREFIX}/orders/{order['id']}/deliveries?source=d1.csv", content=csv_body, headers=AUTH
+    )
+    assert delivered.status_code == 201, delivered.text
+    assert delivered.json()["order_delivered"] == 1
+
+    reply = ops.post(
+        "/api/v1/serviceD",
+        content=_duis_body(world, 1),
+        headers={"content-type": "application/xml"},
+    )
+    assert reply.headers["x-duis-response-code"] == "I99"
+    with seeded() as session:
+        hub = session.get(Device, CHF)
+        assert hub is not None
+        return_id = hub.open_return_id
+    assert return_id is not None
+
+    month = datetime.now(UTC).strftime("%Y-%m")
+    plan = ops.get(f"{PREFIX}/consignments/plan", params={"month": month}, headers=AUTH)
+    assert plan.status_code == 200
+    assert plan.json()["shipments"][0]["location"] == "Cardiff store"
+    assert ops.get(f"{PREFIX}/consignments/plan", headers=AUTH).json()["field"] == "month"
+
+    early = ops.post(f"{PREFIX}/returns/{return_id}/receive", headers=AUTH)
+    assert early.status_code == 409
+    assert "cannot be received" in early.json()["error"]
+
+    consignments = ops.post(f"{PREFIX}/consignments", json={"month": month}, headers=AUTH)
+    assert consignments.status_code == 201, consignments.text
+    (consignment,) = consignments.json()
+    assert consignment["return_ids"] == [return_id]
+    collected = ops.post(f"{PREFIX}/consignments/{consignment['id']}/collect", headers=AUTH)
+    assert collected.json()["status"] == "collected"
+    assert ops.post(f"{PREFIX}/returns/{return_id}/receive", headers=AUTH).status_code == 200
+    wrong = ops.post(f"{PREFIX}/returns/{return_id}/test", json={"outcome": "meh"}, headers=AUTH)
+    assert wrong.status_code == 422
+    assert wrong.json()["field"] == "outcome"
+    tested = ops.post(
+        f"{PREFIX}/returns/{return_id}/test", json={"outcome": "fault_confirmed"}, headers=AUTH
+    )
+    assert tested.json()["charge"] == "30.87"
+    assert tested.json()["charge_provisional"] is False
+    closed = ops.post(f"{PREFIX}/returns/{return_id}/close", headers=AUTH).json()
+    assert set(closed) == set(schema_of(ReturnView)["properties"])
+    assert (closed["status"], closed["hub_open_return_id"]) == ("closed", None)
+    assert ops.post(f"{PREFIX}/returns/{return_id}/close", headers=AUTH).status_code == 409
+
+    again = ops.post(
+        "/api/v1/serviceD",
+        content=_duis_body(world, 2),
+        headers={"content-type": "application/xml"},
+    )
+    assert again.headers["x-duis-response-code"] == "I99"
+
+    today = datetime.now(UTC).date().isoformat()
+    charges = ops.get(f"{PREFIX}/charges", params={"from": today, "to": today}, headers=AUTH)
+    assert [(c["party"], c["returns"], c["total"]) for c in charges.json()] == [
+        (IS, 2, "61.74")  # 30.87 tested + 30.87 provisional (LED fault)
+    ]
+    report = ops.get(f"{PREFIX}/report", params={"from": today, "to": today}, headers=AUTH)
+    totals = {r["key"]: r for r in report.json()["rows"] if r["section"] == "totals"}
+    assert totals["returns"]["count"] == 2
+    assert totals["consignments"]["count"] == 1
+    assert ops.get(f"{PREFIX}/lifecycle", headers=AUTH).json()[0] == {
+        "from": "notified",
+        "step": "collect",
+        "to": "collected",
+    }

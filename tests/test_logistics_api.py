@@ -76,7 +76,7 @@ def test_api_is_closed_when_no_token_is_configured(
     assert order_count(seeded) == 0
 
 
-WRONG_CREDENTIALS = (
+WRONG_CREDENTIALS: tuple[dict[str, str], ...] = (
     {},
     {"Authorization": "Bearer wrong-token"},
     {"Authorization": f"Bearer {TOKEN}x"},

@@ -321,3 +321,38 @@ def test_summary_per_party_and_month() -> None:
     ]
     assert out[0].counts[TariffItem.REDEPLOYABLE] == 1
     assert out[0].counts[TariffItem.NO_FAULT_FOUND] == 1
+
+
+# -- README stays in step with the tables ----------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text.split("## Hub logistics", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_charges_table_is_the_rule_table() -> None:
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in _readme_section().splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip().isdigit()
+    ]
+    assert [(int(r[0]), r[1]) for r in rows] == [
+        (n, rule.name) for n, rule in enumerate(CHARGE_RULES, 1)
+    ]
+    for row, rule in zip(rows, CHARGE_RULES, strict=True):
+        amount = sum((DEFAULT_TARIFF.prices[i] for i in rule.items), Decimal("0"))
+        assert row[3] == f"£{amount:.2f}"
+        assert row[2] == (" + ".join(f"`{i.value}`" for i in rule.items) or "nothing")
+
+
+def test_readme_lifecycle_table_is_the_transition_table() -> None:
+    statuses = {s.value for s in ReturnStatus}
+    rows = {
+        tuple(cell.strip() for cell in line.strip("|").split("|")[:3])
+        for line in _readme_section().splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip() in statuses
+    }
+    assert rows == {(s.value, step.value, new.value) for (s, step), new in TRANSITIONS.items()}

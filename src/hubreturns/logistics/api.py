@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, is_dataclass
@@ -23,6 +24,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, Final, Union, get_args, get_origin, get_type_hints
 
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -56,6 +58,8 @@ __all__ = [
     "routes",
     "to_json",
 ]
+
+log = logging.getLogger("hubreturns.logistics.api")
 
 PREFIX: Final = "/api/ops"
 #: Largest request body (a delivery CSV of ~100 000 hubs fits).
@@ -715,6 +719,23 @@ def routes(logistics: Logistics, settings: Settings) -> list[BaseRoute]:
                 result = await run_in_threadpool(spec.handler, logistics, call)
             except LogisticsError as exc:
                 return JSONResponse(exc.as_json(), status_code=exc.status)
+            except IntegrityError:
+                return JSONResponse(
+                    {
+                        "error": "the data changed while this call ran; nothing was written",
+                        "hint": "Look again and repeat the call if it is still needed.",
+                    },
+                    status_code=409,
+                )
+            except SQLAlchemyError:
+                log.exception("operator API: database error in %s", spec.name)
+                return JSONResponse(
+                    {
+                        "error": "database unavailable; nothing was written",
+                        "hint": "Repeat the call later.",
+                    },
+                    status_code=503,
+                )
             return JSONResponse(to_json(result), status_code=spec.status)
 
         return endpoint

@@ -235,7 +235,9 @@ class Logistics:
         rows = parse_delivery(data)
         now = self.clock()
         with self.sessions.begin() as session:
-            order = self._get_order(session, order_id)
+            # Row lock on PostgreSQL (SQLite's BEGIN IMMEDIATE already serialises):
+            # two deliveries against one order cannot both pass the quantity check.
+            order = self._get_order(session, order_id, lock=True)
             delivered = self._delivered(session, order_id)
             ids = [value for row in rows for value in (row.chf_id, row.gpf_id)]
             known: dict[str, str] = {}
@@ -368,9 +370,21 @@ class Logistics:
                 session.add(consignment)
                 session.flush()
                 for return_id in return_ids:
-                    row = self._progress(session, return_id)
-                    row.collection_location = location
-                    row.consignment_id = consignment.id
+                    self._progress(session, return_id)
+                    claimed = session.execute(
+                        update(ReturnProgress)
+                        .where(
+                            ReturnProgress.return_id == return_id,
+                            ReturnProgress.consignment_id.is_(None),
+                        )
+                        .values(collection_location=location, consignment_id=consignment.id)
+                        .execution_options(synchronize_session=False)
+                    )
+                    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                        raise Conflict(
+                            f"return {return_id} was put in another consignment meanwhile",
+                            "Run the command again; it takes only returns still waiting.",
+                        )
                 session.flush()
                 created.append(self._consignment_view(session, consignment))
                 if progress is not None:
@@ -523,8 +537,8 @@ class Logistics:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _get_order(self, session: Session, order_id: int) -> HubOrder:
-        row = session.get(HubOrder, order_id)
+    def _get_order(self, session: Session, order_id: int, *, lock: bool = False) -> HubOrder:
+        row = session.get(HubOrder, order_id, with_for_update=lock)
         if row is None:
             raise NotFound(
                 f"order {order_id} does not exist",

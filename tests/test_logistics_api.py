@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -254,3 +255,28 @@ def test_api_order_to_close(
         "step": "collect",
         "to": "collected",
     }
+
+
+def test_simultaneous_deliveries_cannot_over_deliver(
+    ops: httpx.Client, seeded: sessionmaker[Session]
+) -> None:
+    order = ops.post(f"{PREFIX}/orders", json=ORDER, headers=AUTH).json()  # quantity 2
+    files = [
+        "chf_device_id,gpf_device_id\n"
+        + "".join(f"00-DB-12-34-56-78-E{n}-{i}1,00-DB-12-34-56-78-E{n}-{i}0\n" for i in (1, 2))
+        for n in (1, 2)
+    ]
+    url = f"{PREFIX}/orders/{order['id']}/deliveries"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        replies = list(
+            pool.map(
+                lambda body: httpx.post(
+                    str(ops.base_url) + url, content=body, headers=AUTH, timeout=30
+                ),
+                files,
+            )
+        )
+    assert sorted(r.status_code for r in replies) == [201, 409]
+    with seeded() as session:
+        assert session.scalar(select(func.count()).select_from(DeliveredHub)) == 2
+    assert ops.get(f"{PREFIX}/orders/{order['id']}", headers=AUTH).json()["delivered"] == 2

@@ -12,6 +12,7 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -497,7 +498,7 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(desk: Desk) -> None:
         assert replay.get("/desk/returns.csv").status_code == 401
 
 
-def test_cli_manages_staff_accounts(settings: Settings, staff: str) -> None:
+def test_cli_manages_staff_accounts(settings: Settings, staff: str, tmp_path: Path) -> None:
     code, output, _ = cli(settings, "desk", "list-users")
     assert code == 0
     assert staff in output
@@ -523,3 +524,9 @@ def test_cli_manages_staff_accounts(settings: Settings, staff: str) -> None:
     assert code == 0, output
     code, output, _ = cli(settings, "desk", "list-users")
     assert "carol" in output
+    # a database that was never initialised: an error with a hint, not a traceback
+    empty = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    code, _, error = cli(empty, "desk", "list-users")
+    assert code != 0
+    assert isinstance(error, CliError)
+    assert "hubreturns init" in error.hint

@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from hubreturns.config import load_settings
@@ -45,11 +46,18 @@ def _fail(error: accounts.AccountError) -> NoReturn:
 
 @contextmanager
 def _transaction(config: Path | None) -> Iterator[Session]:
+    from hubreturns.cli import CliError
+
     settings = load_settings(config)
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine).begin() as session:
             yield session
+    except SQLAlchemyError as exc:
+        raise CliError(
+            f"database error: {str(exc).splitlines()[0][:200]}",
+            "Run `hubreturns init` to create or migrate the database, and check database_url.",
+        ) from None
     finally:
         engine.dispose()
 

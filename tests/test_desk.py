@@ -12,6 +12,7 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -25,7 +26,9 @@ from hubreturns.cli import CliError, app
 from hubreturns.codes import CODE_INFO, ResponseCode
 from hubreturns.config import Settings
 from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED
+from hubreturns.desk import accounts
 from hubreturns.desk import routes as desk_routes
+from hubreturns.desk.models import DeskSession, StaffAccount
 from hubreturns.desk.web import AUDIT_CSV_COLUMNS, RETURN_CSV_COLUMNS
 from hubreturns.extensions import register_commands
 from hubreturns.processing import Processor
@@ -530,3 +533,33 @@ def test_cli_manages_staff_accounts(settings: Settings, staff: str, tmp_path: Pa
     assert code != 0
     assert isinstance(error, CliError)
     assert "hubreturns init" in error.hint
+
+
+def test_sessions_end_after_their_lifetime_and_passwords_are_argon2id(
+    sessions: sessionmaker[Session],
+) -> None:
+    now = datetime.now(UTC)
+    with sessions.begin() as session:
+        accounts.add_staff(session, "dora", PASSWORD, now)
+        token = accounts.start_session(session, "dora", now)
+    with sessions() as session:
+        stored = session.get(StaffAccount, "dora")
+        assert stored is not None
+        assert stored.password_hash.startswith("$argon2id$")
+        assert PASSWORD not in stored.password_hash
+        assert session.scalar(select(DeskSession.token_sha256)) != token
+        lifetime = accounts.SESSION_LIFETIME
+        assert accounts.staff_for_session(session, token, now + lifetime / 2) == "dora"
+        assert accounts.staff_for_session(session, token, now + lifetime) is None
+        assert accounts.staff_for_session(session, token + "x", now) is None
+
+
+def test_oversized_or_non_form_posts_are_refused(desk: Desk) -> None:
+    token = desk.csrf()
+    big = desk.client.post(
+        "/desk/returns/new", data={"csrf_token": token, "additional_information": "x" * 20_000}
+    )
+    assert big.status_code == 413
+    as_json = desk.client.post("/desk/returns/new", json={"csrf_token": token})
+    assert as_json.status_code == 415
+    assert desk.counts() == (0, 0)

@@ -130,7 +130,9 @@ def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, ti
         writer.writerow(headers)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
         return
-    table = Table(*headers, title=title)
+    table = Table(title=title)
+    for header in headers:
+        table.add_column(header, overflow="fold")  # never hide part of an ID
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
@@ -165,6 +167,10 @@ def _consignment_rows(found: Sequence[ConsignmentView]) -> list[Sequence[object]
         for c in found
     ]
 
+
+#: Narrow column headings for the terminal (CSV keeps the tariff keys).
+_SHORT_ITEMS = ("redepl.", "fault", "damage", "NFF")
+assert len(_SHORT_ITEMS) == len(TariffItem)
 
 _CONSIGNMENT_HEADERS = ("id", "party", "location", "month", "status", "hubs", "returns")
 
@@ -410,7 +416,12 @@ def register(app: typer.Typer) -> None:
             summaries = logistics.charges(Period.parse(first, last))
             source = logistics.tariff.source
         _emit(
-            ("party", "month", "returns", "provisional", *(i.value for i in TariffItem), "total £"),
+            (
+                ("party", "month", "returns", "provisional", *(i.value for i in TariffItem))
+                if as_csv
+                else ("party", "month", "returns", "prov.", *_SHORT_ITEMS)
+            )
+            + ("total £",),
             [
                 (
                     s.party,
@@ -473,6 +484,7 @@ def _write_atomically(path: Path, text: str) -> None:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+        os.chmod(temporary, 0o644)  # a report is for reading; mkstemp makes it 0600
         os.replace(temporary, path)
     except OSError as exc:
         err.print(f"[red]error:[/red] cannot write {path}: {exc.strerror}", highlight=False)

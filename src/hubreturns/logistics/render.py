@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from rich.console import Group
 from rich.table import Table
 
@@ -41,7 +42,9 @@ def to_rich(report: Report) -> Group:
     tables = []
     for name, title in REPORT_SECTIONS:
         rows = report.section(name)
-        table = Table("key", "detail", "count", "amount (£)", title=title, title_justify="left")
+        table = Table(title=title, title_justify="left")
+        for header in ("key", "detail", "count", "amount (£)"):
+            table.add_column(header, overflow="fold")
         for row in rows:
             table.add_row(
                 row.key, row.detail, str(row.count), "" if row.amount is None else str(row.amount)
@@ -62,6 +65,8 @@ def chart_png(title: str, rows: Sequence[ReportRow], *, amounts: bool = False) -
     axes.barh(labels[::-1], values[::-1], color="#2f6f8f")
     axes.set_title(title, fontsize=11)
     axes.set_xlabel("£" if amounts else "count")
+    if not amounts:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not rows:
         axes.text(0.5, 0.5, "nothing in this period", ha="center", va="center")
     figure.tight_layout()

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -280,6 +280,13 @@ def serve(
     console.print(
         f"serving on http://{host}:{port} with {workers} worker(s), {settings.database_url}"
     )
+    import inspect
+
+    extra: dict[str, Any] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # uvicorn >= 0.36 kills a worker not ready within 5 s; on a loaded host the
+        # imports alone can take longer, and the worker would be restarted forever.
+        extra["timeout_worker_healthcheck"] = 120
     try:
         uvicorn.run(
             "hubreturns.service:app_from_environment",
@@ -290,6 +297,7 @@ def serve(
             log_level=log_level.lower(),
             log_config=None,  # uvicorn logs through our JSON handler
             access_log=False,  # hubreturns.http writes the access lines
+            **extra,
         )
     finally:
         if owned is not None:

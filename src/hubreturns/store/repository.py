@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Select, String, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -78,6 +79,36 @@ class ReturnFilter:
     limit: int = 100
 
 
+def _facts_statement() -> Select[*tuple[Any, ...]]:
+    """User, replay counter, device and its suppliers in one statement (built once)."""
+    k = select(
+        bindparam("originator", type_=String(23)).label("originator"),
+        bindparam("device_id", type_=String(23)).label("device_id"),
+    ).subquery("k")
+    return (
+        select(
+            User.user_id,
+            User.role,
+            User.status,
+            ReplayCounter.last_counter,
+            Device.device_id.label("found_device"),
+            Device.device_type,
+            Device.smi_status,
+            Device.gpf_id,
+            Device.open_return_id,
+            DeviceSupplier.supplier_user_id,
+        )
+        .select_from(k)
+        .outerjoin(User, User.user_id == k.c.originator)
+        .outerjoin(ReplayCounter, ReplayCounter.originator == k.c.originator)
+        .outerjoin(Device, Device.device_id == k.c.device_id)
+        .outerjoin(DeviceSupplier, DeviceSupplier.device_id == Device.device_id)
+    )
+
+
+_FACTS = _facts_statement()
+
+
 class Repository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -137,18 +168,40 @@ class Repository:
         now: datetime,
         check_counter: bool = True,
     ) -> Facts:
-        user = self.user(request.originator)
-        # Read the device before the counter: at READ COMMITTED each SELECT sees
-        # a fresh snapshot, and an accepted request commits its hub claim and
-        # counter together, so a claim seen here implies its counter is seen
-        # below (an identical concurrent request then gets E21, not E44).
-        device = self.device(request.device_id)
+        # One statement, one round trip, one snapshot: user, counter, device and
+        # its suppliers are read together. At READ COMMITTED an accepted request
+        # commits its hub claim and counter together, so a claim seen here comes
+        # with its counter (an identical concurrent request gets E21, not E44).
+        rows = self.session.execute(
+            _FACTS, {"originator": request.originator, "device_id": request.device_id}
+        ).all()
+        first = rows[0]
+        user = (
+            UserFacts(user_id=first.user_id, role=Role(first.role), status=UserStatus(first.status))
+            if first.user_id is not None
+            else None
+        )
+        device = (
+            DeviceFacts(
+                device_id=first.found_device,
+                device_type=DeviceType(first.device_type),
+                smi_status=SmiStatus(first.smi_status),
+                responsible_suppliers=frozenset(
+                    r.supplier_user_id for r in rows if r.supplier_user_id is not None
+                ),
+                gpf_id=first.gpf_id,
+                has_open_return=first.open_return_id is not None,
+            )
+            if first.found_device is not None
+            else None
+        )
+        counter = first.last_counter
         return Facts(
             request=request,
             endpoint=endpoint,
             access_control_broker=access_control_broker,
             user=user,
-            last_counter=self.last_counter(request.originator) if check_counter else None,
+            last_counter=int(counter) if check_counter and counter is not None else None,
             device=device,
             appointed_by=(
                 self.appointed_by(user.user_id, now)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, String, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import Insert, Select, String, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -107,6 +107,45 @@ def _facts_statement() -> Select[*tuple[Any, ...]]:
 
 
 _FACTS = _facts_statement()
+
+#: The hub claim: set ``open_return_id`` only where it is still NULL.
+_CLAIM = (
+    update(Device)
+    .where(
+        Device.device_id == bindparam("b_device", type_=String(23)),
+        Device.open_return_id.is_(None),
+    )
+    .values(
+        open_return_id=bindparam("b_return", type_=Device.__table__.c.open_return_id.type),
+        updated_at=bindparam("b_now", type_=Device.__table__.c.updated_at.type),
+    )
+    .execution_options(synchronize_session=False)
+)
+
+_ADVANCE: dict[str, Insert] = {}
+
+
+def _advance_statement(dialect: str) -> Insert:
+    """The conditional counter advance for ``dialect``, built once per dialect."""
+    statement = _ADVANCE.get(dialect)
+    if statement is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        columns = ReplayCounter.__table__.c
+        values = insert(ReplayCounter).values(
+            originator=bindparam("b_originator", type_=columns.originator.type),
+            last_counter=bindparam("b_counter", type_=columns.last_counter.type),
+            updated_at=bindparam("b_now", type_=columns.updated_at.type),
+        )
+        statement = values.on_conflict_do_update(
+            index_elements=[ReplayCounter.originator],
+            set_={
+                "last_counter": values.excluded.last_counter,
+                "updated_at": values.excluded.updated_at,
+            },
+            where=ReplayCounter.last_counter < values.excluded.last_counter,
+        ).returning(ReplayCounter.originator)
+        _ADVANCE[dialect] = statement
+    return statement
 
 
 class Repository:
@@ -214,31 +253,14 @@ class Repository:
 
     def advance_counter(self, originator: str, counter: int, now: datetime) -> bool:
         """Move the originator's counter up to ``counter``; False if it is not higher."""
-        insert = (
-            postgresql.insert
-            if self.session.get_bind().dialect.name == "postgresql"
-            else sqlite.insert
-        )
-        values = insert(ReplayCounter).values(
-            originator=originator, last_counter=counter_text(counter), updated_at=now
-        )
-        stmt = values.on_conflict_do_update(
-            index_elements=[ReplayCounter.originator],
-            set_={
-                "last_counter": values.excluded.last_counter,
-                "updated_at": values.excluded.updated_at,
-            },
-            where=ReplayCounter.last_counter < values.excluded.last_counter,
-        ).returning(ReplayCounter.originator)
-        return self.session.execute(stmt).first() is not None
+        statement = _advance_statement(self.session.get_bind().dialect.name)
+        parameters = {"b_originator": originator, "b_counter": counter_text(counter), "b_now": now}
+        return self.session.execute(statement, parameters).first() is not None
 
     def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
         """Mark the hub as having an open return; False if it already has one."""
         result = self.session.execute(
-            update(Device)
-            .where(Device.device_id == device_id, Device.open_return_id.is_(None))
-            .values(open_return_id=return_id, updated_at=now)
-            .execution_options(synchronize_session=False)
+            _CLAIM, {"b_device": device_id, "b_return": return_id, "b_now": now}
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 

@@ -193,7 +193,12 @@ def end_to_end(
                         f"p50 {result['p50_ms']:.1f} ms, max {result['max_ms']:.0f} ms; "
                         f"generator CPU {result['generator_cpu_share']:.0%} of a core, "
                         f"lag {result['generator_max_lag_ms']:.1f} ms"
-                        + (f"; errors {result['errors']}" if result["errors"] else ""),
+                        + (f"; errors {result['errors']}" if result["errors"] else "")
+                        + (
+                            f"; {result['unanswered']} unanswered at the cut-off"
+                            if result["unanswered"]
+                            else ""
+                        ),
                     )
                     runs.append({"engine": engine, "workers": n, "kind": "rate", **result})
     if not have_wrk:

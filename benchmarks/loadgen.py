@@ -6,7 +6,9 @@
 from the *intended* send time, so a stalled server shows up in the tail
 instead of silently lowering the offered load (no coordinated omission).
 Requests go over ``--connections`` keep-alive connections; a request waits for
-a free one, and that wait counts as latency.
+a free one, and that wait counts as latency. The run is bounded: whatever is
+unanswered ``max(5, seconds)`` after the last send is cut off, counted as
+``unanswered`` and enters the percentiles at its latency so far.
 
 It prints one JSON line: requests, achieved rate, p50/p90/p99/max latency,
 response codes, and its own CPU use and scheduling lag, which show whether
@@ -111,8 +113,15 @@ async def _run(
         queue.put_nowait((i, intended))
     for _ in tasks:
         queue.put_nowait(None)
-    await asyncio.gather(*tasks)
+    # Bounded: a server far below the offered load would otherwise take minutes to drain.
+    _done, pending = await asyncio.wait(tasks, timeout=max(5.0, seconds))
+    for task in pending:
+        task.cancel()
+    unanswered = total - len(latencies)
     elapsed = time.perf_counter() - start
+    # Unanswered requests count at the cut-off: a lower bound on their latency.
+    cutoff = time.perf_counter()
+    latencies.extend(cutoff - (start + i / rate) for i in range(total - unanswered, total))
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     latencies.sort()
@@ -124,9 +133,10 @@ async def _run(
 
     return {
         "offered_rate": rate,
-        "requests": len(latencies),
+        "requests": total - unanswered,
+        "unanswered": unanswered,
         "seconds": elapsed,
-        "achieved_rate": len(latencies) / elapsed,
+        "achieved_rate": (total - unanswered) / elapsed,
         "p50_ms": pct(0.50),
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),

@@ -377,8 +377,8 @@ def check(url: str, told: list[Told], *, crashed: bool = False) -> Report:
         if record.request_id not in told_i99 and record.request_id not in unanswered:
             problems.append(f"return {record.id} ({record.request_id}) was never acknowledged")
     for device_id, open_id in open_returns:
-        record = record_by_id.get(open_id)
-        if record is None or record.device_id != device_id:
+        owner = record_by_id.get(open_id)
+        if owner is None or owner.device_id != device_id:
             problems.append(f"device {device_id} points at return {open_id} of another device")
     stored_max: dict[str, int] = {}
     for record in returns:

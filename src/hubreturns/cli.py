@@ -73,7 +73,8 @@ def fail(message: str, hint: str) -> NoReturn:
 
 def _settings(config: Path | None) -> Settings:
     if config is not None:
-        os.environ["HUBRETURNS_CONFIG"] = str(config)
+        # Worker processes (serve --workers N) read the same file through the environment.
+        os.environ["HUBRETURNS_CONFIG"] = str(config.resolve())
     return load_settings(config)
 
 

@@ -106,7 +106,12 @@ def test_wrong_content_type_is_415_with_a_signed_e30_and_an_audit_row(
     assert reply.status_code == 415
     assert code_of(reply, world) == "E30"
     (row,) = audit_rows(seeded)
-    assert (row.code, row.accepted, row.endpoint) == ("E30", False, "serviceD")
+    assert (row.code, row.accepted, row.endpoint, row.http_status) == (
+        "E30",
+        False,
+        "serviceD",
+        415,
+    )
     assert "content type" in row.reason
     with seeded() as session:
         assert Repository(session).counts()["returns"] == 0
@@ -134,7 +139,7 @@ def test_body_over_the_limit_with_content_length_is_413(
     assert reply.status_code == 413
     assert code_of(reply, world) == "E30"
     (row,) = audit_rows(seeded)
-    assert row.code == "E30"
+    assert (row.code, row.http_status) == ("E30", 413)
     assert "limit" in row.reason
     with seeded() as session:
         assert Repository(session).counts()["returns"] == 0
@@ -155,7 +160,7 @@ def test_body_over_the_limit_while_streaming_is_413(
     assert reply.status_code == 413
     assert code_of(reply, world) == "E30"
     (row,) = audit_rows(seeded)
-    assert row.code == "E30"
+    assert (row.code, row.http_status) == ("E30", 413)
     with seeded() as session:
         assert Repository(session).counts()["returns"] == 0
 

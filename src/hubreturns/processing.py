@@ -226,11 +226,16 @@ class Processor:
         )
         return self._finish(outcome, started, Channel.SERVICE_DESK, None)
 
-    def reject_unreadable(self, code: ResponseCode, reason: str, endpoint: str | None) -> Outcome:
-        """A request refused before its body could be read (size, content type)."""
+    def reject_unreadable(self, reason: str, endpoint: str | None, *, http_status: int) -> Outcome:
+        """A request refused (E30) before its body could be read: content type, size, time.
+
+        ``http_status`` (415, 413, 408) is what the client is sent and what the audit keeps.
+        """
         started = time.perf_counter()
         audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
-        outcome = self._refuse(code, reason, None, "8.14.3", audit)
+        outcome = self._refuse(
+            ResponseCode.E30, reason, None, "8.14.3", audit, http_status=http_status
+        )
         return self._finish(outcome, started, Channel.DUIS, endpoint)
 
     def _finish(
@@ -377,7 +382,9 @@ class Processor:
         request_id: RequestId | None,
         variant: str,
         audit: dict[str, object],
+        http_status: int | None = None,
     ) -> Outcome:
+        status = http_status or info(code).http_status
         try:
             with self.sessions.begin() as session:
                 Repository(session).add_audit(
@@ -386,7 +393,7 @@ class Processor:
                         code=code.value,
                         accepted=False,
                         reason=reason,
-                        http_status=info(code).http_status,
+                        http_status=status,
                         request_id=str(request_id) if request_id else None,
                         originator=request_id.originator if request_id else None,
                         service_reference_variant=variant,
@@ -395,7 +402,8 @@ class Processor:
         except SQLAlchemyError as exc:
             # The refusal stands; only its audit row is lost, and the log says so.
             log.error("database error, audit row for refused request not written: %s", exc)
-        return self._respond(Decision(code, reason), request_id, variant, None)
+        outcome = self._respond(Decision(code, reason), request_id, variant, None)
+        return replace(outcome, http_status=status)
 
     def _unavailable(self, request: ReturnRequest) -> Outcome:
         return self._respond(

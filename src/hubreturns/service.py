@@ -19,7 +19,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hubreturns.codes import ResponseCode
 from hubreturns.config import Settings
 from hubreturns.model import Endpoint
 from hubreturns.processing import Outcome, Processor
@@ -93,41 +92,27 @@ def create_app(
         except ValueError:
             return JSONResponse({"error": f"no DUIS endpoint {name}"}, status_code=404)
         limit = processor.policy.max_body_bytes
+
+        async def refuse_unread(reason: str, status: int) -> Response:
+            outcome = await run_in_threadpool(
+                processor.reject_unreadable, reason, endpoint.value, http_status=status
+            )
+            return _respond(outcome)
+
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in _XML_TYPES:
-            outcome = await run_in_threadpool(
-                processor.reject_unreadable,
-                ResponseCode.E30,
-                f"content type {content_type or 'none'} is not application/xml",
-                endpoint.value,
+            return await refuse_unread(
+                f"content type {content_type or 'none'} is not application/xml", 415
             )
-            response = _respond(outcome)
-            response.status_code = 415
-            return response
         try:
             body = await asyncio.wait_for(_read_capped(request, limit), body_timeout)
         except TimeoutError:
             # A trickling client holds no worker thread, but must not hold a socket forever.
-            outcome = await run_in_threadpool(
-                processor.reject_unreadable,
-                ResponseCode.E30,
-                f"body not received within {body_timeout:g} s",
-                endpoint.value,
-            )
-            response = _respond(outcome)
-            response.status_code = 408
+            response = await refuse_unread(f"body not received within {body_timeout:g} s", 408)
             response.headers["connection"] = "close"
             return response
         if body is None:
-            outcome = await run_in_threadpool(
-                processor.reject_unreadable,
-                ResponseCode.E30,
-                f"body over the {limit}-byte limit",
-                endpoint.value,
-            )
-            response = _respond(outcome)
-            response.status_code = 413
-            return response
+            return await refuse_unread(f"body over the {limit}-byte limit", 413)
         outcome = await run_in_threadpool(processor.handle_duis, body, endpoint)
         return _respond(outcome)
 

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -28,7 +29,6 @@ from hubreturns.errors import Rejection, SignatureRejection
 from hubreturns.model import Channel, Endpoint, RequestId, ReturnRequest
 from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import Decision, decide
-from hubreturns.store.models import ReturnRecord
 from hubreturns.store.repository import AuditFields, Repository
 from hubreturns.wire import envelope, signature
 from hubreturns.wire.certificate import SigningCertificate
@@ -154,6 +154,15 @@ class Processor:
         self.access_control_broker = access_control_broker
         self.clock = clock
         self.certificates = CertificateCache(sessions)
+        # SQLite has one writer at a time. Threads of this process queue on a
+        # lock instead of in SQLite's busy handler, which sleeps in growing
+        # steps and wastes most of the time under contention.
+        bind = sessions.kw.get("bind")
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock()
+            if bind is not None and bind.dialect.name == "sqlite"
+            else nullcontext()
+        )
         self.observers: list[Observer] = []
 
     # -- channels -------------------------------------------------------------------
@@ -266,56 +275,71 @@ class Processor:
         audit: dict[str, object],
         check_counter: bool,
     ) -> Outcome:
+        """Facts, decision and writes in one transaction; a lost race is re-recorded.
+
+        The race checks (counter advance, hub claim) are conditional writes. If
+        one loses to a concurrent request the whole transaction is rolled back
+        and the refusal (E21 / E44) is recorded in a fresh one, so an accepted
+        request's four writes are all-or-nothing without savepoints.
+        """
         now = audit["received_at"]
         assert isinstance(now, datetime)
         channel = audit["channel"]
         assert isinstance(channel, Channel)
+        record_id = _record_request_id(request, channel)
+        reason_suffix = f"; entered by {entered_by}" if entered_by else ""
+
+        def audit_fields(decision: Decision, return_id: int | None) -> AuditFields:
+            return AuditFields(
+                **audit,  # type: ignore[arg-type]
+                code=decision.code.value,
+                accepted=decision.accepted,
+                reason=decision.reason + reason_suffix,
+                http_status=info(decision.code).http_status,
+                request_id=record_id,
+                originator=request.originator,
+                service_reference_variant=request.kind.variant,
+                device_id=request.device_id,
+                return_id=return_id,
+            )
+
         try:
-            with self.sessions.begin() as session:
-                repo = Repository(session)
-                facts = repo.facts(
-                    request,
-                    endpoint=endpoint,
-                    access_control_broker=self.access_control_broker,
-                    now=now,
-                    check_counter=check_counter,
-                )
-                decision = decide(facts)
-                role = facts.user.role.value if facts.user is not None else None
-                return_id: int | None = None
-                if decision.accepted:
-                    assert facts.user is not None and facts.device is not None
-                    decision, return_id = self._accept(
-                        repo,
+            with self._write_lock, self.sessions() as session:
+                with session.begin():
+                    repo = Repository(session)
+                    facts = repo.facts(
                         request,
-                        decision,
-                        channel,
-                        now,
-                        raw,
-                        entered_by,
-                        facts.user.role.value,
-                        facts.device.smi_status.value,
-                        check_counter,
+                        endpoint=endpoint,
+                        access_control_broker=self.access_control_broker,
+                        now=now,
+                        check_counter=check_counter,
                     )
-                code_info = info(decision.code)
-                repo.add_audit(
-                    AuditFields(
-                        **audit,  # type: ignore[arg-type]
-                        code=decision.code.value,
-                        accepted=decision.accepted,
-                        reason=(
-                            f"{decision.reason}; entered by {entered_by}"
-                            if entered_by
-                            else decision.reason
-                        ),
-                        http_status=code_info.http_status,
-                        request_id=_record_request_id(request, channel),
-                        originator=request.originator,
-                        service_reference_variant=request.kind.variant,
-                        device_id=request.device_id,
-                        return_id=return_id,
-                    )
-                )
+                    decision = decide(facts)
+                    role = facts.user.role.value if facts.user is not None else None
+                    return_id: int | None = None
+                    lost: Decision | None = None
+                    if decision.accepted:
+                        assert facts.device is not None
+                        return_id, lost = self._accept(
+                            repo,
+                            request,
+                            decision,
+                            channel,
+                            now,
+                            raw,
+                            entered_by,
+                            role,
+                            facts.device.smi_status.value,
+                            check_counter,
+                        )
+                    if lost is None:
+                        repo.add_audit(audit_fields(decision, return_id))
+                    else:
+                        session.rollback()
+                if lost is not None:
+                    decision, return_id = lost, None
+                    with session.begin():
+                        Repository(session).add_audit(audit_fields(decision, None))
         except SQLAlchemyError as exc:
             log.error("database error, request %s not recorded: %s", request.request_id, exc)
             return self._unavailable(request)
@@ -330,48 +354,44 @@ class Processor:
         now: datetime,
         raw: bytes | None,
         entered_by: str | None,
-        role: str,
+        role: str | None,
         smi_status: str,
         check_counter: bool,
-    ) -> tuple[Decision, int | None]:
-        """The accepted-request writes, inside a savepoint so a lost race undoes them."""
-        savepoint = repo.session.begin_nested()
+    ) -> tuple[int | None, Decision | None]:
+        """The accepted-request writes: (return id, None), or (None, the race it lost)."""
         if check_counter and not repo.advance_counter(
             request.originator, request.request_id.counter, now
         ):
-            savepoint.rollback()
-            return Decision(ResponseCode.E21, "counter already used (concurrent request)"), None
-        record = repo.add_return(
-            ReturnRecord(
-                request_id=_record_request_id(request, channel),
-                channel=channel.value,
-                originator=request.originator,
-                role=role,
-                on_behalf_of=decision.on_behalf_of,
-                entered_by=entered_by,
-                device_id=request.device_id,
-                service_reference_variant=request.kind.variant,
-                return_type=request.return_type,
-                other_device_id=request.other_device_id,
-                connection_method=(
+            return None, Decision(ResponseCode.E21, "counter already used (concurrent request)")
+        return_id = repo.add_return(
+            {
+                "request_id": _record_request_id(request, channel),
+                "channel": channel.value,
+                "originator": request.originator,
+                "role": role,
+                "on_behalf_of": decision.on_behalf_of,
+                "entered_by": entered_by,
+                "device_id": request.device_id,
+                "service_reference_variant": request.kind.variant,
+                "return_type": request.return_type,
+                "other_device_id": request.other_device_id,
+                "connection_method": (
                     request.connection_method.value if request.connection_method else None
                 ),
-                fault_reason=request.fault_reason.value if request.fault_reason else None,
-                user_ref_datetime=request.user_ref_datetime,
-                user_ref_id=request.user_ref_id,
-                incident_reference=request.incident_reference,
-                additional_information=request.additional_information,
-                smi_status_at_return=smi_status,
-                status="notified",
-                received_at=now,
-                request_xml=raw,
-            )
+                "fault_reason": request.fault_reason.value if request.fault_reason else None,
+                "user_ref_datetime": request.user_ref_datetime,
+                "user_ref_id": request.user_ref_id,
+                "incident_reference": request.incident_reference,
+                "additional_information": request.additional_information,
+                "smi_status_at_return": smi_status,
+                "status": "notified",
+                "received_at": now,
+                "request_xml": raw,
+            }
         )
-        if not repo.claim_device(request.device_id, record.id, now):
-            savepoint.rollback()
-            return Decision(ResponseCode.E44, "hub already has an open return (concurrent)"), None
-        savepoint.commit()
-        return decision, record.id
+        if not repo.claim_device(request.device_id, return_id, now):
+            return None, Decision(ResponseCode.E44, "hub already has an open return (concurrent)")
+        return return_id, None
 
     # -- responses ------------------------------------------------------------------
 
@@ -386,7 +406,7 @@ class Processor:
     ) -> Outcome:
         status = http_status or info(code).http_status
         try:
-            with self.sessions.begin() as session:
+            with self._write_lock, self.sessions.begin() as session:
                 Repository(session).add_audit(
                     AuditFields(
                         **audit,  # type: ignore[arg-type]

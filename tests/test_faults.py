@@ -22,12 +22,13 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import PG_URL, pg_or_skip
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
 from hubreturns.client import read_response
 from hubreturns.config import Settings
 from hubreturns.demo import SCENARIOS, DemoWorld, scenario_bodies, seed
+from hubreturns.model import Endpoint
 from hubreturns.processing import Processor
 from hubreturns.service import create_app, processor_from_settings
 from hubreturns.serving import running_server
@@ -361,3 +362,46 @@ def _database(engine_name: str, tmp_path: Path) -> Iterator[str]:
     else:
         with _pg_schema() as url:
             yield url
+
+
+# ------------------------------------------------------------------ disk full
+
+
+def test_full_sqlite_database_is_refused_with_e100_and_service_resumes(
+    tmp_path: Path, world: DemoWorld
+) -> None:
+    """SQLite's ``max_page_count`` makes the file "full" (SQLITE_FULL, as a full disk does)."""
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    processor = _seeded_processor(url, world)
+    engine = processor.sessions.kw["bind"]
+    cap: dict[str, int | None] = {"pages": None}
+
+    @event.listens_for(engine, "begin")
+    def _cap(connection: Connection) -> None:
+        if cap["pages"] is not None:
+            connection.exec_driver_sql(f"PRAGMA max_page_count = {cap['pages']}")
+
+    unknown_hub = next(s for s in SCENARIOS if s.name == "Device not in inventory")
+    with engine.connect() as conn:
+        cap["pages"] = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+    answers: list[str] = []
+    for counter in range(1, 400):
+        ((_, body),) = scenario_bodies(world, [unknown_hub], first_counter=counter)
+        outcome = processor.handle_duis(body, Endpoint.NON_DEVICE)
+        answers.append(outcome.code.value)
+        if outcome.code.value == "E100":
+            assert outcome.http_status == 503
+            break
+    assert answers[-1] == "E100", "the capped database never filled up"
+    assert set(answers[:-1]) <= {"E19"}
+    refused_stored = len(answers) - 1
+    assert _counts(url) == (0, refused_stored)  # every E19 has its audit row, the E100 none
+
+    ((_, accepted),) = scenario_bodies(world, [IS_PENDING], first_counter=10_000)
+    full = processor.handle_duis(accepted, Endpoint.NON_DEVICE)
+    assert (full.code.value, full.http_status) == ("E100", 503)
+    assert _counts(url) == (0, refused_stored)  # nothing acknowledged, nothing stored
+
+    cap["pages"] = 1_073_741_823  # space again: the same request, resent, is accepted
+    assert processor.handle_duis(accepted, Endpoint.NON_DEVICE).code.value == "I99"
+    assert _counts(url) == (1, refused_stored + 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import secrets
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -331,7 +332,11 @@ def demo(
     out.mkdir(parents=True)
     now = _now()
     world = build_world(out, now=now)
-    settings = Settings(database_url=f"sqlite:///{out / 'hubreturns-demo.db'}")
+    settings = Settings(
+        database_url=f"sqlite:///{out / 'hubreturns-demo.db'}",
+        # One process for one run: a fresh desk session key is exactly right here.
+        session_secret=secrets.token_hex(32),
+    )
     processor = processor_from_settings(settings)
     bind = processor.sessions.kw["bind"]
     migrate(bind)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -538,34 +539,28 @@ class Logistics:
     # -- helpers -----------------------------------------------------------------------
 
     def _get_order(self, session: Session, order_id: int, *, lock: bool = False) -> HubOrder:
-        row = session.get(HubOrder, order_id, with_for_update=lock)
-        if row is None:
-            raise NotFound(
-                f"order {order_id} does not exist",
-                "List orders with `hubreturns orders list`; record one with `orders add`.",
-                field="order",
-            )
-        return row
+        return _get_or_not_found(
+            session,
+            HubOrder,
+            order_id,
+            "order",
+            "List orders with `hubreturns orders list`; record one with `orders add`.",
+            lock=lock,
+        )
 
     def _get_return(self, session: Session, return_id: int) -> ReturnRecord:
-        row = session.get(ReturnRecord, return_id)
-        if row is None:
-            raise NotFound(
-                f"return {return_id} does not exist",
-                "Find return ids with `hubreturns returns`.",
-                field="return",
-            )
-        return row
+        return _get_or_not_found(
+            session, ReturnRecord, return_id, "return", "Find return ids with `hubreturns returns`."
+        )
 
     def _get_consignment(self, session: Session, consignment_id: int) -> Consignment:
-        row = session.get(Consignment, consignment_id)
-        if row is None:
-            raise NotFound(
-                f"consignment {consignment_id} does not exist",
-                "List consignments with `hubreturns consignments list`.",
-                field="consignment",
-            )
-        return row
+        return _get_or_not_found(
+            session,
+            Consignment,
+            consignment_id,
+            "consignment",
+            "List consignments with `hubreturns consignments list`.",
+        )
 
     def _progress(self, session: Session, return_id: int) -> ReturnProgress:
         row = session.get(ReturnProgress, return_id)
@@ -702,3 +697,16 @@ class Logistics:
             charge_provisional=charge.provisional,
             hub_open_return_id=device.open_return_id if device is not None else None,
         )
+
+
+_Row = TypeVar("_Row")
+
+
+def _get_or_not_found(
+    session: Session, model: type[_Row], key: int, noun: str, hint: str, *, lock: bool = False
+) -> _Row:
+    """The row with primary key ``key``, or ``NotFound`` naming the ``noun`` and a next step."""
+    row = session.get(model, key, with_for_update=lock)
+    if row is None:
+        raise NotFound(f"{noun} {key} does not exist", hint, field=noun)
+    return row

@@ -105,17 +105,21 @@ def list_users(config: ConfigOption = None) -> None:
     console.print(table)
 
 
+def _set_active(name: str, active: bool, config: Path | None) -> None:
+    try:
+        with _transaction(config) as session:
+            accounts.set_active(session, name, active, datetime.now(UTC))
+    except accounts.AccountError as exc:
+        _fail(exc)
+
+
 @desk_app.command("disable")
 def disable(
     name: Annotated[str, typer.Argument(help="Staff sign-in name.")],
     config: ConfigOption = None,
 ) -> None:
     """Disable an account; its open sessions end at once."""
-    try:
-        with _transaction(config) as session:
-            accounts.set_active(session, name, False, datetime.now(UTC))
-    except accounts.AccountError as exc:
-        _fail(exc)
+    _set_active(name, False, config)
     console.print(f"[yellow]staff account disabled[/yellow]: {name}")
 
 
@@ -125,9 +129,5 @@ def enable(
     config: ConfigOption = None,
 ) -> None:
     """Re-enable a disabled account (it signs in again with its old password)."""
-    try:
-        with _transaction(config) as session:
-            accounts.set_active(session, name, True, datetime.now(UTC))
-    except accounts.AccountError as exc:
-        _fail(exc)
+    _set_active(name, True, config)
     console.print(f"[green]staff account enabled[/green]: {name}")

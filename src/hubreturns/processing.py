@@ -4,18 +4,20 @@
 adds the edges: certificate lookups, the decision's facts, and the one
 transaction in which an accepted return advances the replay counter, is
 recorded, claims the hub and writes its audit row. A refusal writes the audit
-row only. Both channels (DUIS and the Service Desk) go through
-``Processor._decide_and_record`` so one rule set serves both.
+row only. Transactions are run by the group ``Committer``, which shares one
+commit among the requests that arrive together; nothing is answered before
+its transaction has committed. Both channels (DUIS and the Service Desk)
+record through ``_RecordReturn`` so one rule set serves both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -25,11 +27,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import ResponseCode, info
+from hubreturns.committer import Committer, Contended, FunctionJob
 from hubreturns.errors import Rejection, SignatureRejection
 from hubreturns.model import Channel, Endpoint, RequestId, ReturnRequest
 from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import Decision, decide
-from hubreturns.store.repository import AuditFields, Repository
+from hubreturns.store.db import reading
+from hubreturns.store.repository import AuditFields, Ledger
 from hubreturns.wire import envelope, signature
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.response import ResponseSigner, build_response
@@ -108,6 +112,10 @@ class Outcome:
 Observer = Callable[[Outcome], None]
 
 
+class _NotCached(Exception):
+    """The certificate is not in the cache; the lookup needs the database."""
+
+
 class CertificateCache:
     """Certificates by (issuer, serial), read through to the store, kept ``ttl`` seconds.
 
@@ -126,19 +134,170 @@ class CertificateCache:
         entry = self._entries.get(key)
         if entry is not None and entry[0] > time.monotonic():
             return entry[1]
-        with self._sessions() as session:
-            cert = Repository(session).certificate(issuer, serial)
+        engine = self._sessions.kw["bind"]
+        with reading(engine) as connection, connection.begin():
+            cert = Ledger(connection).certificate(issuer, serial)
         if cert is not None:
             with self._lock:
                 self._entries[key] = (time.monotonic() + self._ttl, cert)
         return cert
+
+    def cached(self, issuer: str, serial: int) -> SigningCertificate | None:
+        """The certificate if cached and fresh; raises ``_NotCached`` rather than read the store."""
+        entry = self._entries.get((issuer, serial))
+        if entry is None or entry[0] <= time.monotonic():
+            raise _NotCached
+        return entry[1]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    decision: Decision
+    return_id: int | None
+    role: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _RecordReturn:
+    """Facts, decision and writes for one authenticated request (a committer job).
+
+    The race checks (counter advance, hub claim) are conditional writes. If
+    one loses to a concurrent request the job raises ``Contended``: the
+    transaction is rolled back and the refusal (E21 / E44) is recorded in a
+    fresh one, so an accepted request's four writes are all-or-nothing.
+    """
+
+    request: ReturnRequest
+    endpoint: Endpoint
+    access_control_broker: str
+    raw: bytes | None
+    entered_by: str | None
+    audit: dict[str, object]
+    check_counter: bool
+
+    @property
+    def channel(self) -> Channel:
+        channel = self.audit["channel"]
+        assert isinstance(channel, Channel)
+        return channel
+
+    @property
+    def now(self) -> datetime:
+        now = self.audit["received_at"]
+        assert isinstance(now, datetime)
+        return now
+
+    def run(self, ledger: Ledger) -> _Recorded:
+        request = self.request
+        facts = ledger.facts(
+            request,
+            endpoint=self.endpoint,
+            access_control_broker=self.access_control_broker,
+            now=self.now,
+            check_counter=self.check_counter,
+        )
+        decision = decide(facts)
+        role = facts.user.role.value if facts.user is not None else None
+        return_id: int | None = None
+        if decision.accepted:
+            assert facts.device is not None
+            return_id = self._accept(ledger, decision, role, facts.device.smi_status.value)
+        ledger.add_audit(self._audit_fields(decision, return_id))
+        return _Recorded(decision, return_id, role)
+
+    def after_race(self, ledger: Ledger, race: Contended) -> _Recorded:
+        recorded = race.detail
+        assert isinstance(recorded, _Recorded)
+        ledger.add_audit(self._audit_fields(recorded.decision, None))
+        return recorded
+
+    def _accept(self, ledger: Ledger, decision: Decision, role: str | None, smi: str) -> int:
+        """The accepted-request writes; returns the new return's id or raises ``Contended``."""
+        request, now = self.request, self.now
+        if self.check_counter and not ledger.advance_counter(
+            request.originator, request.request_id.counter, now
+        ):
+            lost = Decision(ResponseCode.E21, "counter already used (concurrent request)")
+            raise Contended(_Recorded(lost, None, role))
+        return_id = ledger.add_return(
+            {
+                "request_id": _record_request_id(request, self.channel),
+                "channel": self.channel.value,
+                "originator": request.originator,
+                "role": role,
+                "on_behalf_of": decision.on_behalf_of,
+                "entered_by": self.entered_by,
+                "device_id": request.device_id,
+                "service_reference_variant": request.kind.variant,
+                "return_type": request.return_type,
+                "other_device_id": request.other_device_id,
+                "connection_method": (
+                    request.connection_method.value if request.connection_method else None
+                ),
+                "fault_reason": request.fault_reason.value if request.fault_reason else None,
+                "user_ref_datetime": request.user_ref_datetime,
+                "user_ref_id": request.user_ref_id,
+                "incident_reference": request.incident_reference,
+                "additional_information": request.additional_information,
+                "smi_status_at_return": smi,
+                "status": "notified",
+                "received_at": now,
+                "request_xml": self.raw,
+            }
+        )
+        if not ledger.claim_device(request.device_id, return_id, now):
+            lost = Decision(ResponseCode.E44, "hub already has an open return (concurrent)")
+            raise Contended(_Recorded(lost, None, role))
+        return return_id
+
+    def _audit_fields(self, decision: Decision, return_id: int | None) -> AuditFields:
+        request = self.request
+        suffix = f"; entered by {self.entered_by}" if self.entered_by else ""
+        return AuditFields(
+            **self.audit,  # type: ignore[arg-type]
+            code=decision.code.value,
+            accepted=decision.accepted,
+            reason=decision.reason + suffix,
+            http_status=info(decision.code).http_status,
+            request_id=_record_request_id(request, self.channel),
+            originator=request.originator,
+            service_reference_variant=request.kind.variant,
+            device_id=request.device_id,
+            return_id=return_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A request refused before any facts were read: only its audit row is written."""
+
+    code: ResponseCode
+    reason: str
+    request_id: RequestId | None
+    variant: str
+    http_status: int
+    fields: AuditFields
+
+    def job(self) -> FunctionJob[None]:
+        return FunctionJob(lambda ledger: ledger.add_audit(self.fields))
+
+
+#: What the database-free first half of a DUIS request leaves for the second.
+_Prepared = _RecordReturn | _Refused | Outcome
+
+
 class Processor:
+    """The request path for both channels.
+
+    The database-free half (parse, schema, signature, identity, and the signed
+    answer) runs in the caller's thread, or on the event loop in
+    ``handle_duis_async``; the database half runs in the group ``Committer``.
+    """
+
     def __init__(
         self,
         sessions: sessionmaker[Session],
@@ -154,16 +313,12 @@ class Processor:
         self.access_control_broker = access_control_broker
         self.clock = clock
         self.certificates = CertificateCache(sessions)
-        # SQLite has one writer at a time. Threads of this process queue on a
-        # lock instead of in SQLite's busy handler, which sleeps in growing
-        # steps and wastes most of the time under contention.
-        bind = sessions.kw.get("bind")
-        self._write_lock: AbstractContextManager[object] = (
-            threading.Lock()
-            if bind is not None and bind.dialect.name == "sqlite"
-            else nullcontext()
-        )
+        self.committer = Committer(sessions)
         self.observers: list[Observer] = []
+
+    def close(self) -> None:
+        """Let queued writes finish and stop the committer thread."""
+        self.committer.close()
 
     # -- channels -------------------------------------------------------------------
 
@@ -172,15 +327,79 @@ class Processor:
         started = time.perf_counter()
         token = current_request_id.set(None)
         try:
-            return self._finish(
-                self._handle_duis(body, endpoint), started, Channel.DUIS, endpoint.value
-            )
+            prepared = self._prepare(body, endpoint, self.certificates)
+            if not isinstance(prepared, Outcome):
+                prepared = self._conclude(prepared, *self._run(prepared))
+            return self._finish(prepared, started, Channel.DUIS, endpoint.value)
         finally:
             current_request_id.reset(token)
 
-    def _handle_duis(self, body: bytes, endpoint: Endpoint) -> Outcome:
+    async def handle_duis_async(self, body: bytes, endpoint: Endpoint) -> Outcome:
+        """``handle_duis`` for an event loop: CPU work inline, database work off the loop.
+
+        Parsing, checking and signing are CPU-bound and short, so they run on
+        the loop rather than paying a thread hand-off each; the writes go to the
+        committer thread and are awaited. A certificate not yet cached needs a
+        database read, so that rare request is handled in a worker thread.
+        """
+        started = time.perf_counter()
+        token = current_request_id.set(None)
+        try:
+            try:
+                prepared = self._prepare(body, endpoint, self.certificates.cached)
+            except _NotCached:
+                prepared = await asyncio.to_thread(self._prepare, body, endpoint, self.certificates)
+            if not isinstance(prepared, Outcome):
+                job = prepared if isinstance(prepared, _RecordReturn) else prepared.job()
+                try:
+                    result = await asyncio.wrap_future(self.committer.submit(job))
+                except SQLAlchemyError as exc:
+                    prepared = self._conclude(prepared, None, exc)
+                else:
+                    prepared = self._conclude(prepared, result, None)
+            return self._finish(prepared, started, Channel.DUIS, endpoint.value)
+        finally:
+            current_request_id.reset(token)
+
+    def handle_desk(self, request: ReturnRequest, *, entered_by: str) -> Outcome:
+        """A return logged by Service Desk staff for a named Service User.
+
+        The same facts and rules as DUIS apply; there is no signature and no
+        replay counter (the desk entry is authenticated by the staff sign-in).
+        """
+        started = time.perf_counter()
+        job = _RecordReturn(
+            request=request,
+            endpoint=Endpoint.NON_DEVICE,
+            access_control_broker=self.access_control_broker,
+            raw=None,
+            entered_by=entered_by,
+            audit={"received_at": self.clock(), "channel": Channel.SERVICE_DESK, "endpoint": None},
+            check_counter=False,
+        )
+        outcome = self._conclude(job, *self._run(job))
+        return self._finish(outcome, started, Channel.SERVICE_DESK, None)
+
+    def reject_unreadable(self, reason: str, endpoint: str | None, *, http_status: int) -> Outcome:
+        """A request refused (E30) before its body could be read: content type, size, time.
+
+        ``http_status`` (415, 413, 408) is what the client is sent and what the audit keeps.
+        """
+        started = time.perf_counter()
+        audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
+        refused = self._refusal(
+            ResponseCode.E30, reason, None, "8.14.3", audit, http_status=http_status
+        )
+        outcome = self._conclude(refused, *self._run(refused))
+        return self._finish(outcome, started, Channel.DUIS, endpoint)
+
+    # -- the first half: no database ------------------------------------------------
+
+    def _prepare(
+        self, body: bytes, endpoint: Endpoint, lookup: signature.CertificateLookup
+    ) -> _Prepared:
         now = self.clock()
-        audit = {
+        audit: dict[str, object] = {
             "received_at": now,
             "channel": Channel.DUIS,
             "endpoint": endpoint.value,
@@ -192,10 +411,10 @@ class Processor:
             root = envelope.parse(body, self.policy)
             echoed = envelope.peek_header(root).request_id
             current_request_id.set(str(echoed) if echoed is not None else None)
-            request = authenticate_document(root, self.certificates, self.policy, now)
+            request = authenticate_document(root, lookup, self.policy, now)
         except Rejection as refusal:
             echo = envelope.peek_header(root)
-            return self._refuse(
+            return self._refusal(
                 refusal.code,
                 refusal.message,
                 echo.request_id,
@@ -212,40 +431,73 @@ class Processor:
                 echo.service_reference_variant,
                 None,
             )
-        return self._decide_and_record(
-            request, endpoint=endpoint, raw=body, entered_by=None, audit=audit, check_counter=True
-        )
-
-    def handle_desk(self, request: ReturnRequest, *, entered_by: str) -> Outcome:
-        """A return logged by Service Desk staff for a named Service User.
-
-        The same facts and rules as DUIS apply; there is no signature and no
-        replay counter (the desk entry is authenticated by the staff sign-in).
-        """
-        started = time.perf_counter()
-        now = self.clock()
-        audit = {"received_at": now, "channel": Channel.SERVICE_DESK, "endpoint": None}
-        outcome = self._decide_and_record(
-            request,
-            endpoint=Endpoint.NON_DEVICE,
-            raw=None,
-            entered_by=entered_by,
+        return _RecordReturn(
+            request=request,
+            endpoint=endpoint,
+            access_control_broker=self.access_control_broker,
+            raw=body,
+            entered_by=None,
             audit=audit,
-            check_counter=False,
+            check_counter=True,
         )
-        return self._finish(outcome, started, Channel.SERVICE_DESK, None)
 
-    def reject_unreadable(self, reason: str, endpoint: str | None, *, http_status: int) -> Outcome:
-        """A request refused (E30) before its body could be read: content type, size, time.
-
-        ``http_status`` (415, 413, 408) is what the client is sent and what the audit keeps.
-        """
-        started = time.perf_counter()
-        audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
-        outcome = self._refuse(
-            ResponseCode.E30, reason, None, "8.14.3", audit, http_status=http_status
+    def _refusal(
+        self,
+        code: ResponseCode,
+        reason: str,
+        request_id: RequestId | None,
+        variant: str,
+        audit: dict[str, object],
+        http_status: int | None = None,
+    ) -> _Refused:
+        status = http_status or info(code).http_status
+        fields = AuditFields(
+            **audit,  # type: ignore[arg-type]
+            code=code.value,
+            accepted=False,
+            reason=reason,
+            http_status=status,
+            request_id=str(request_id) if request_id else None,
+            originator=request_id.originator if request_id else None,
+            service_reference_variant=variant,
         )
-        return self._finish(outcome, started, Channel.DUIS, endpoint)
+        return _Refused(code, reason, request_id, variant, status, fields)
+
+    # -- the second half: the committer, then the signed answer ----------------------
+
+    def _run(self, prepared: _RecordReturn | _Refused) -> tuple[object, SQLAlchemyError | None]:
+        job = prepared if isinstance(prepared, _RecordReturn) else prepared.job()
+        try:
+            return self.committer.run(job), None
+        except SQLAlchemyError as exc:
+            return None, exc
+
+    def _conclude(
+        self, prepared: _RecordReturn | _Refused, result: object, error: SQLAlchemyError | None
+    ) -> Outcome:
+        if isinstance(prepared, _Refused):
+            if error is not None:
+                # The refusal stands; only its audit row is lost, and the log says so.
+                log.error("database error, audit row for refused request not written: %s", error)
+            outcome = self._respond(
+                Decision(prepared.code, prepared.reason),
+                prepared.request_id,
+                prepared.variant,
+                None,
+            )
+            return replace(outcome, http_status=prepared.http_status)
+        request = prepared.request
+        if error is not None:
+            log.error("database error, request %s not recorded: %s", request.request_id, error)
+            return self._unavailable(request)
+        assert isinstance(result, _Recorded)
+        return self._respond(
+            result.decision,
+            request.request_id,
+            request.kind.variant,
+            result.return_id,
+            result.role,
+        )
 
     def _finish(
         self, outcome: Outcome, started: float, channel: Channel, endpoint: str | None
@@ -263,167 +515,7 @@ class Processor:
                 log.exception("outcome observer failed")
         return final
 
-    # -- the one transaction ------------------------------------------------------
-
-    def _decide_and_record(
-        self,
-        request: ReturnRequest,
-        *,
-        endpoint: Endpoint,
-        raw: bytes | None,
-        entered_by: str | None,
-        audit: dict[str, object],
-        check_counter: bool,
-    ) -> Outcome:
-        """Facts, decision and writes in one transaction; a lost race is re-recorded.
-
-        The race checks (counter advance, hub claim) are conditional writes. If
-        one loses to a concurrent request the whole transaction is rolled back
-        and the refusal (E21 / E44) is recorded in a fresh one, so an accepted
-        request's four writes are all-or-nothing without savepoints.
-        """
-        now = audit["received_at"]
-        assert isinstance(now, datetime)
-        channel = audit["channel"]
-        assert isinstance(channel, Channel)
-        record_id = _record_request_id(request, channel)
-        reason_suffix = f"; entered by {entered_by}" if entered_by else ""
-
-        def audit_fields(decision: Decision, return_id: int | None) -> AuditFields:
-            return AuditFields(
-                **audit,  # type: ignore[arg-type]
-                code=decision.code.value,
-                accepted=decision.accepted,
-                reason=decision.reason + reason_suffix,
-                http_status=info(decision.code).http_status,
-                request_id=record_id,
-                originator=request.originator,
-                service_reference_variant=request.kind.variant,
-                device_id=request.device_id,
-                return_id=return_id,
-            )
-
-        try:
-            with self._write_lock, self.sessions() as session:
-                with session.begin():
-                    repo = Repository(session)
-                    facts = repo.facts(
-                        request,
-                        endpoint=endpoint,
-                        access_control_broker=self.access_control_broker,
-                        now=now,
-                        check_counter=check_counter,
-                    )
-                    decision = decide(facts)
-                    role = facts.user.role.value if facts.user is not None else None
-                    return_id: int | None = None
-                    lost: Decision | None = None
-                    if decision.accepted:
-                        assert facts.device is not None
-                        return_id, lost = self._accept(
-                            repo,
-                            request,
-                            decision,
-                            channel,
-                            now,
-                            raw,
-                            entered_by,
-                            role,
-                            facts.device.smi_status.value,
-                            check_counter,
-                        )
-                    if lost is None:
-                        repo.add_audit(audit_fields(decision, return_id))
-                    else:
-                        session.rollback()
-                if lost is not None:
-                    decision, return_id = lost, None
-                    with session.begin():
-                        Repository(session).add_audit(audit_fields(decision, None))
-        except SQLAlchemyError as exc:
-            log.error("database error, request %s not recorded: %s", request.request_id, exc)
-            return self._unavailable(request)
-        return self._respond(decision, request.request_id, request.kind.variant, return_id, role)
-
-    def _accept(
-        self,
-        repo: Repository,
-        request: ReturnRequest,
-        decision: Decision,
-        channel: Channel,
-        now: datetime,
-        raw: bytes | None,
-        entered_by: str | None,
-        role: str | None,
-        smi_status: str,
-        check_counter: bool,
-    ) -> tuple[int | None, Decision | None]:
-        """The accepted-request writes: (return id, None), or (None, the race it lost)."""
-        if check_counter and not repo.advance_counter(
-            request.originator, request.request_id.counter, now
-        ):
-            return None, Decision(ResponseCode.E21, "counter already used (concurrent request)")
-        return_id = repo.add_return(
-            {
-                "request_id": _record_request_id(request, channel),
-                "channel": channel.value,
-                "originator": request.originator,
-                "role": role,
-                "on_behalf_of": decision.on_behalf_of,
-                "entered_by": entered_by,
-                "device_id": request.device_id,
-                "service_reference_variant": request.kind.variant,
-                "return_type": request.return_type,
-                "other_device_id": request.other_device_id,
-                "connection_method": (
-                    request.connection_method.value if request.connection_method else None
-                ),
-                "fault_reason": request.fault_reason.value if request.fault_reason else None,
-                "user_ref_datetime": request.user_ref_datetime,
-                "user_ref_id": request.user_ref_id,
-                "incident_reference": request.incident_reference,
-                "additional_information": request.additional_information,
-                "smi_status_at_return": smi_status,
-                "status": "notified",
-                "received_at": now,
-                "request_xml": raw,
-            }
-        )
-        if not repo.claim_device(request.device_id, return_id, now):
-            return None, Decision(ResponseCode.E44, "hub already has an open return (concurrent)")
-        return return_id, None
-
     # -- responses ------------------------------------------------------------------
-
-    def _refuse(
-        self,
-        code: ResponseCode,
-        reason: str,
-        request_id: RequestId | None,
-        variant: str,
-        audit: dict[str, object],
-        http_status: int | None = None,
-    ) -> Outcome:
-        status = http_status or info(code).http_status
-        try:
-            with self._write_lock, self.sessions.begin() as session:
-                Repository(session).add_audit(
-                    AuditFields(
-                        **audit,  # type: ignore[arg-type]
-                        code=code.value,
-                        accepted=False,
-                        reason=reason,
-                        http_status=status,
-                        request_id=str(request_id) if request_id else None,
-                        originator=request_id.originator if request_id else None,
-                        service_reference_variant=variant,
-                    )
-                )
-        except SQLAlchemyError as exc:
-            # The refusal stands; only its audit row is lost, and the log says so.
-            log.error("database error, audit row for refused request not written: %s", exc)
-        outcome = self._respond(Decision(code, reason), request_id, variant, None)
-        return replace(outcome, http_status=status)
 
     def _unavailable(self, request: ReturnRequest) -> Outcome:
         return self._respond(

@@ -1,7 +1,8 @@
 """The HTTP edge: DUIS endpoints and health, on Starlette.
 
 The handlers only move bytes: the body is read with a cap while streaming, the
-content type is checked, and ``Processor`` does the rest in a worker thread.
+content type is checked, and ``Processor`` does the rest: the CPU-bound checks
+and signing on the event loop, the database writes in its committer thread.
 Every answerable request gets a signed DUIS response.
 """
 
@@ -113,11 +114,11 @@ def create_app(
             return response
         if body is None:
             return await refuse_unread(f"body over the {limit}-byte limit", 413)
-        outcome = await run_in_threadpool(processor.handle_duis, body, endpoint)
-        return _respond(outcome)
+        return _respond(await processor.handle_duis_async(body, endpoint))
 
     async def healthz(_: Request) -> Response:
         def probe() -> bool:
+            # A write transaction on purpose: ready means able to record returns.
             with processor.sessions() as session:
                 session.execute(text("SELECT 1"))
             return True
@@ -131,6 +132,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
+        await asyncio.to_thread(processor.close)
         bind = processor.sessions.kw.get("bind")
         if bind is not None:
             bind.dispose()

@@ -9,16 +9,20 @@ READ COMMITTED; the repository's conditional writes make races safe there.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from importlib import resources
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "migrate"]
+__all__ = ["make_engine", "make_sessionmaker", "migrate", "reading", "writer_lock"]
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000, **kwargs: Any) -> Engine:
@@ -45,9 +49,25 @@ def make_engine(url: str, *, busy_timeout_ms: int = 30_000, **kwargs: Any) -> En
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only connection (``reading``) must not take the write lock.
+        if connection.get_execution_options().get(_READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_READ_ONLY = "hubreturns_read_only"
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reads only: on SQLite its transactions do not queue for the write lock.
+
+    Use as a context manager; a write through it on SQLite may fail with
+    "database is locked" instead of waiting, which is the point.
+    """
+    return engine.connect().execution_options(**{_READ_ONLY: True})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -63,3 +83,65 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+
+
+_writer_locks: dict[str, AbstractContextManager[object]] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def writer_lock(engine: Engine) -> AbstractContextManager[object]:
+    """A lock to hold around a write transaction: one writer at a time, without polling.
+
+    SQLite admits one writer per database file. Left to itself, a writer that
+    finds the file locked sleeps in its busy handler in growing steps (up to
+    100 ms), so under contention most of the time is spent asleep. Writers of
+    this process queue on a thread lock instead, and writers in other processes
+    (``serve --workers N``) on an ``flock`` of a file beside the database, which
+    the kernel hands over the moment it is released. PostgreSQL needs neither:
+    its row locks and our conditional writes settle races, so this is a no-op.
+    """
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    database = engine.url.database or ""
+    with _writer_locks_guard:
+        lock = _writer_locks.get(database)
+        if lock is None:
+            lock = _writer_locks[database] = _SQLiteWriterLock(database)
+        return lock
+
+
+class _SQLiteWriterLock:
+    """A thread lock, plus an advisory file lock when the database is a file."""
+
+    def __init__(self, database: str) -> None:
+        self._thread_lock = threading.Lock()
+        in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+        self._path = None if in_memory else f"{os.path.abspath(database)}-writer.lock"
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> object:
+        self._thread_lock.acquire()
+        try:
+            if self._path is not None:
+                fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._path is not None and self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _descriptor(self) -> int:
+        # A forked child must not share its parent's open file description:
+        # flock would then treat the two processes as one holder.
+        if self._fd is None or self._pid != os.getpid():
+            assert self._path is not None
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+        return self._fd

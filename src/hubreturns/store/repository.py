@@ -30,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from hubreturns.model import (
@@ -55,7 +56,7 @@ from hubreturns.store.models import (
 )
 from hubreturns.wire.certificate import SigningCertificate
 
-__all__ = ["AuditFields", "Repository", "ReturnFilter"]
+__all__ = ["AuditFields", "Ledger", "Repository", "ReturnFilter"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,6 +137,28 @@ _CLAIM = (
 
 _ADVANCE: dict[str, Insert] = {}
 
+#: Suppliers (active IS/GS) whose appointment of an RSA is valid at a moment.
+_APPOINTED_BY = (
+    select(Appointment.supplier_user_id)
+    .join(User, User.user_id == Appointment.supplier_user_id)
+    .where(
+        Appointment.rsa_user_id == bindparam("b_rsa", type_=String(23)),
+        Appointment.revoked_at.is_(None),
+        Appointment.valid_from <= bindparam("b_now", type_=Appointment.__table__.c.valid_from.type),
+        or_(
+            Appointment.valid_to.is_(None),
+            Appointment.valid_to > bindparam("b_now", type_=Appointment.__table__.c.valid_to.type),
+        ),
+        User.status == UserStatus.ACTIVE.value,
+        User.role.in_([Role.IS.value, Role.GS.value]),
+    )
+)
+
+_CERTIFICATE_PEM = select(Certificate.pem).where(
+    Certificate.issuer == bindparam("b_issuer", type_=Certificate.__table__.c.issuer.type),
+    Certificate.serial == bindparam("b_serial", type_=Certificate.__table__.c.serial.type),
+)
+
 _ADD_RETURN = insert(ReturnRecord).returning(ReturnRecord.id)
 _ADD_AUDIT = insert(AuditEntry)
 _AUDIT_COLUMNS = tuple(c.name for c in AuditEntry.__table__.c if c.name != "id")
@@ -164,55 +187,41 @@ def _advance_statement(dialect: str) -> Insert:
     return statement
 
 
-class Repository:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+class Ledger:
+    """The request path's statements, over one Connection whose transaction the caller owns.
+
+    Plain Core execution on a Connection skips the ORM's statement and
+    unit-of-work processing, which cost more than the SQL itself; the group
+    committer (``hubreturns.committer``) runs many requests' ledgers in one
+    transaction. ``Repository`` exposes the same calls over a Session.
+    """
+
+    __slots__ = ("_audit", "connection", "defer_audit")
+
+    def __init__(self, connection: Connection, *, defer_audit: bool = False) -> None:
+        self.connection = connection
+        #: Keep audit rows until ``flush`` and insert them in one executemany.
+        self.defer_audit = defer_audit
+        self._audit: list[dict[str, Any]] = []
+
+    def flush(self) -> None:
+        """Write the deferred audit rows (before the transaction commits)."""
+        if self._audit:
+            rows, self._audit = self._audit, []
+            self.connection.execute(_ADD_AUDIT, rows)
+
+    def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
+        pem = self.connection.execute(
+            _CERTIFICATE_PEM, {"b_issuer": issuer, "b_serial": str(serial)}
+        ).scalar()
+        return SigningCertificate.from_pem(pem.encode()) if pem is not None else None
 
     # -- facts for the decision -------------------------------------------------
 
-    def user(self, user_id: str) -> UserFacts | None:
-        row = self.session.get(User, user_id)
-        if row is None:
-            return None
-        return UserFacts(user_id=row.user_id, role=Role(row.role), status=UserStatus(row.status))
-
-    def device(self, device_id: str) -> DeviceFacts | None:
-        row = self.session.get(Device, device_id)
-        if row is None:
-            return None
-        suppliers = self.session.scalars(
-            select(DeviceSupplier.supplier_user_id).where(DeviceSupplier.device_id == device_id)
-        ).all()
-        return DeviceFacts(
-            device_id=row.device_id,
-            device_type=DeviceType(row.device_type),
-            smi_status=SmiStatus(row.smi_status),
-            responsible_suppliers=frozenset(suppliers),
-            gpf_id=row.gpf_id,
-            has_open_return=row.open_return_id is not None,
-        )
-
     def appointed_by(self, rsa_user_id: str, now: datetime) -> frozenset[str]:
         """Active Suppliers whose appointment of this RSA is valid at ``now``."""
-        rows = self.session.connection().execute(
-            select(Appointment.supplier_user_id)
-            .join(User, User.user_id == Appointment.supplier_user_id)
-            .where(
-                Appointment.rsa_user_id == rsa_user_id,
-                Appointment.revoked_at.is_(None),
-                Appointment.valid_from <= now,
-                or_(Appointment.valid_to.is_(None), Appointment.valid_to > now),
-                User.status == UserStatus.ACTIVE.value,
-                User.role.in_([Role.IS.value, Role.GS.value]),
-            )
-        )
+        rows = self.connection.execute(_APPOINTED_BY, {"b_rsa": rsa_user_id, "b_now": now})
         return frozenset(rows.scalars())
-
-    def last_counter(self, originator: str) -> int | None:
-        text = self.session.scalar(
-            select(ReplayCounter.last_counter).where(ReplayCounter.originator == originator)
-        )
-        return int(text) if text is not None else None
 
     def facts(
         self,
@@ -227,11 +236,9 @@ class Repository:
         # its suppliers are read together. At READ COMMITTED an accepted request
         # commits its hub claim and counter together, so a claim seen here comes
         # with its counter (an identical concurrent request gets E21, not E44).
-        rows = (
-            self.session.connection()
-            .execute(_FACTS, {"originator": request.originator, "device_id": request.device_id})
-            .all()
-        )
+        rows = self.connection.execute(
+            _FACTS, {"originator": request.originator, "device_id": request.device_id}
+        ).all()
         first = rows[0]
         user = (
             UserFacts(user_id=first.user_id, role=Role(first.role), status=UserStatus(first.status))
@@ -269,38 +276,108 @@ class Repository:
 
     # -- the accepted-request writes --------------------------------------------
 
-    # The request path's statements run on the session's Connection: plain Core
-    # execution skips the ORM's statement and unit-of-work processing, which
-    # cost more than the SQL itself (see README, Performance).
-
     def advance_counter(self, originator: str, counter: int, now: datetime) -> bool:
         """Move the originator's counter up to ``counter``; False if it is not higher."""
-        connection = self.session.connection()
-        statement = _advance_statement(connection.dialect.name)
+        statement = _advance_statement(self.connection.dialect.name)
         parameters = {"b_originator": originator, "b_counter": counter_text(counter), "b_now": now}
-        return connection.execute(statement, parameters).first() is not None
+        return self.connection.execute(statement, parameters).first() is not None
 
     def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
         """Mark the hub as having an open return; False if it already has one."""
-        result = self.session.connection().execute(
+        result = self.connection.execute(
             _CLAIM, {"b_device": device_id, "b_return": return_id, "b_now": now}
         )
         return result.rowcount == 1
 
     def add_return(self, values: Mapping[str, Any]) -> int:
         """Insert one ``returns`` row (column name -> value); returns its id."""
-        return int(self.session.connection().execute(_ADD_RETURN, values).scalar_one())
+        return int(self.connection.execute(_ADD_RETURN, values).scalar_one())
 
     def add_audit(self, fields: AuditFields) -> None:
         values = {name: getattr(fields, name) for name in _AUDIT_COLUMNS}
         values["channel"] = fields.channel.value
-        self.session.connection().execute(_ADD_AUDIT, values)
+        if self.defer_audit:
+            self._audit.append(values)
+        else:
+            self.connection.execute(_ADD_AUDIT, values)
+
+
+class Repository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    @property
+    def ledger(self) -> Ledger:
+        """The request path's statements on this session's connection."""
+        return Ledger(self.session.connection())
+
+    # -- facts for the decision -------------------------------------------------
+
+    def user(self, user_id: str) -> UserFacts | None:
+        row = self.session.get(User, user_id)
+        if row is None:
+            return None
+        return UserFacts(user_id=row.user_id, role=Role(row.role), status=UserStatus(row.status))
+
+    def device(self, device_id: str) -> DeviceFacts | None:
+        row = self.session.get(Device, device_id)
+        if row is None:
+            return None
+        suppliers = self.session.scalars(
+            select(DeviceSupplier.supplier_user_id).where(DeviceSupplier.device_id == device_id)
+        ).all()
+        return DeviceFacts(
+            device_id=row.device_id,
+            device_type=DeviceType(row.device_type),
+            smi_status=SmiStatus(row.smi_status),
+            responsible_suppliers=frozenset(suppliers),
+            gpf_id=row.gpf_id,
+            has_open_return=row.open_return_id is not None,
+        )
+
+    def appointed_by(self, rsa_user_id: str, now: datetime) -> frozenset[str]:
+        """Active Suppliers whose appointment of this RSA is valid at ``now``."""
+        return self.ledger.appointed_by(rsa_user_id, now)
+
+    def last_counter(self, originator: str) -> int | None:
+        text = self.session.scalar(
+            select(ReplayCounter.last_counter).where(ReplayCounter.originator == originator)
+        )
+        return int(text) if text is not None else None
+
+    def facts(
+        self,
+        request: ReturnRequest,
+        *,
+        endpoint: Endpoint,
+        access_control_broker: str,
+        now: datetime,
+        check_counter: bool = True,
+    ) -> Facts:
+        return self.ledger.facts(
+            request,
+            endpoint=endpoint,
+            access_control_broker=access_control_broker,
+            now=now,
+            check_counter=check_counter,
+        )
+
+    def advance_counter(self, originator: str, counter: int, now: datetime) -> bool:
+        return self.ledger.advance_counter(originator, counter, now)
+
+    def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
+        return self.ledger.claim_device(device_id, return_id, now)
+
+    def add_return(self, values: Mapping[str, Any]) -> int:
+        return self.ledger.add_return(values)
+
+    def add_audit(self, fields: AuditFields) -> None:
+        self.ledger.add_audit(fields)
 
     # -- the SMKI repository ------------------------------------------------------
 
     def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
-        row = self.session.get(Certificate, (issuer, str(serial)))
-        return SigningCertificate.from_pem(row.pem.encode()) if row is not None else None
+        return self.ledger.certificate(issuer, serial)
 
     def upsert_certificates(self, certs: Iterable[SigningCertificate], now: datetime) -> int:
         count = 0

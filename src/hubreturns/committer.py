@@ -1,0 +1,206 @@
+"""Group commit: many requests' writes in one transaction, one durable flush.
+
+An acknowledged return must survive a crash, so nothing is answered before its
+transaction has committed, and a commit costs a flush to disk (SQLite with
+``synchronous=FULL``, PostgreSQL's WAL). One commit per request caps the
+service at the disk's flush rate and makes every request wait for its own.
+The ``Committer`` is one thread per process that takes every job queued while
+the previous batch was committing and runs them in order in one transaction:
+each job sees the writes of the jobs before it, the batch commits once, and
+only then is any of them answered. Under light load a batch holds one job and
+nothing waits; under heavy load batches grow and the flush is shared.
+
+A job's conditional writes can still lose a race against another process
+(PostgreSQL, several workers). The job says so by raising ``Contended``: the
+batch is rolled back and each of its jobs is run again alone, where a lost race
+is recorded as the refusal it is. Any other failure of one job is handled the
+same way, so one bad job cannot sink its neighbours; a database that is
+unavailable fails the whole batch at once (each caller answers E100) instead of
+being retried job by job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hubreturns.store.db import writer_lock
+from hubreturns.store.repository import Ledger
+
+__all__ = ["Committer", "Contended", "FunctionJob", "Job"]
+
+log = logging.getLogger("hubreturns.committer")
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+
+#: Errors that mean the database, not the job, is at fault: the batch fails as a whole.
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError)
+
+
+class Contended(Exception):
+    """A conditional write lost a race; ``detail`` is what the job needs to record it."""
+
+    def __init__(self, detail: object) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class Job(Protocol[T_co]):
+    """Work for one request, run inside a transaction the committer owns."""
+
+    def run(self, ledger: Ledger) -> T_co:
+        """Read and write through ``ledger``; raise ``Contended`` on a lost race."""
+        ...
+
+    def after_race(self, ledger: Ledger, race: Contended) -> T_co:
+        """Record the lost race, in a fresh transaction of this job's own."""
+        ...
+
+
+@dataclass(slots=True)
+class _Item(Generic[T]):
+    job: Job[T]
+    future: Future[T]
+
+
+class Committer:
+    """One writer thread per process; see the module docstring.
+
+    The engine is read from ``sessions`` for every batch, so a sessionmaker
+    re-bound after construction (tests do this) is honoured.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], *, max_batch: int = 256) -> None:
+        self._sessions = sessions
+        self._max_batch = max_batch
+        self._queue: deque[_Item[object]] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        #: Batches committed and jobs in them, since start (for metrics and benchmarks).
+        self.batches = 0
+        self.jobs = 0
+
+    # -- callers -----------------------------------------------------------------------
+
+    def submit(self, job: Job[T]) -> Future[T]:
+        """Queue ``job``; its future resolves once its transaction has committed."""
+        future: Future[T] = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the committer is closing")
+            self._queue.append(_Item(job, future))  # type: ignore[arg-type]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="hubreturns-committer", daemon=True
+                )
+                self._thread.start()
+            self._ready.notify()
+        return future
+
+    def run(self, job: Job[T]) -> T:
+        """Submit ``job`` and wait for it (for synchronous callers)."""
+        return self.submit(job).result()
+
+    def close(self) -> None:
+        """Finish the queued jobs and stop the thread (a later ``submit`` starts it again)."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        with self._ready:
+            self._closed = False
+            self._thread = None
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _take(self) -> list[_Item[object]] | None:
+        with self._ready:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._ready.wait()
+            count = min(len(self._queue), self._max_batch)
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _serve(self) -> None:
+        while (batch := self._take()) is not None:
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # never leave a caller waiting
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _engine(self) -> Engine:
+        engine = self._sessions.kw.get("bind")
+        assert isinstance(engine, Engine), "the sessionmaker has no engine bound"
+        return engine
+
+    def _commit(self, batch: list[_Item[object]]) -> None:
+        if len(batch) == 1:
+            self._alone(batch[0])
+            return
+        engine = self._engine()
+        try:
+            with writer_lock(engine), engine.connect() as connection, connection.begin():
+                ledger = Ledger(connection, defer_audit=True)
+                results = [item.job.run(ledger) for item in batch]
+                ledger.flush()
+        except _UNAVAILABLE as exc:
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        except Exception as exc:  # Contended, or one job's own failure
+            log.debug("batch of %d rolled back (%s); running its jobs one by one", len(batch), exc)
+            for item in batch:
+                self._alone(item)
+            return
+        self.batches += 1
+        self.jobs += len(batch)
+        for item, result in zip(batch, results, strict=True):
+            item.future.set_result(result)
+
+    def _alone(self, item: _Item[object]) -> None:
+        engine = self._engine()
+        try:
+            with writer_lock(engine), engine.connect() as connection:
+                try:
+                    with connection.begin():
+                        result = item.job.run(Ledger(connection))
+                except Contended as race:
+                    with connection.begin():
+                        result = item.job.after_race(Ledger(connection), race)
+        except Exception as exc:
+            item.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.jobs += 1
+        item.future.set_result(result)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionJob(Generic[T]):
+    """A job that cannot race (a refusal's audit row, say), from one function."""
+
+    function: Callable[[Ledger], T]
+
+    def run(self, ledger: Ledger) -> T:
+        return self.function(ledger)
+
+    def after_race(self, ledger: Ledger, race: Contended) -> T:
+        raise AssertionError("a plain write does not race") from race

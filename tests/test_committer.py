@@ -1,0 +1,229 @@
+"""The group committer: shared commits, nothing answered before its commit, and
+failures that stay with the job that caused them (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from hubreturns.committer import Committer, Contended, FunctionJob
+from hubreturns.model import Channel
+from hubreturns.store.db import make_engine, writer_lock
+from hubreturns.store.models import AuditEntry
+from hubreturns.store.repository import AuditFields, Ledger
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def _audit(reason: str) -> AuditFields:
+    return AuditFields(
+        received_at=NOW,
+        channel=Channel.DUIS,
+        code="E30",
+        accepted=False,
+        reason=reason,
+        http_status=400,
+    )
+
+
+def _write(reason: str) -> FunctionJob[str]:
+    def run(ledger: Ledger) -> str:
+        ledger.add_audit(_audit(reason))
+        return reason
+
+    return FunctionJob(run)
+
+
+def _reasons(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return sorted(connection.scalars(select(AuditEntry.reason)))
+
+
+class _Gate:
+    """A job that holds the committer thread until opened, so later jobs queue up."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.open = threading.Event()
+
+    def run(self, ledger: Ledger) -> str:
+        self.entered.set()
+        assert self.open.wait(30)
+        ledger.add_audit(_audit("gate"))
+        return "gate"
+
+    def after_race(self, ledger: Ledger, race: Contended) -> str:
+        raise AssertionError("no race here")
+
+
+def _queue_behind_gate(committer: Committer, jobs: list[object]) -> list[Future[object]]:
+    gate = _Gate()
+    first = committer.submit(gate)
+    assert gate.entered.wait(30)
+    futures = [committer.submit(job) for job in jobs]  # type: ignore[arg-type]
+    gate.open.set()
+    assert first.result(30) == "gate"
+    return futures
+
+
+def test_jobs_queued_together_share_one_commit(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    committer = Committer(sessions)
+    before = committer.batches
+    futures = _queue_behind_gate(committer, [_write(f"r{i:03}") for i in range(100)])
+    assert [f.result(30) for f in futures] == [f"r{i:03}" for i in range(100)]
+    # The gate's own commit, then all hundred in one transaction.
+    assert committer.batches - before == 2
+    assert _reasons(engine) == sorted(["gate", *(f"r{i:03}" for i in range(100))])
+    committer.close()
+
+
+def test_an_answer_comes_only_after_its_commit(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    committer = Committer(sessions)
+    for n in range(5):
+        assert committer.run(_write(f"w{n}")) == f"w{n}"
+        # Seen from another connection the moment the caller has its answer.
+        assert f"w{n}" in _reasons(engine)
+    committer.close()
+
+
+class _Racer:
+    """Writes a row, then loses a race the first time it runs in a batch."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, ledger: Ledger) -> str:
+        self.runs += 1
+        ledger.add_audit(_audit(f"racer-run-{self.runs}"))
+        raise Contended("lost")
+
+    def after_race(self, ledger: Ledger, race: Contended) -> str:
+        ledger.add_audit(_audit(f"racer-refused-{race.detail}"))
+        return "refused"
+
+
+def test_a_lost_race_reruns_the_batch_alone_and_records_the_refusal(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    committer = Committer(sessions)
+    racer = _Racer()
+    futures = _queue_behind_gate(committer, [_write("before"), racer, _write("after")])
+    assert [f.result(30) for f in futures] == ["before", "refused", "after"]
+    # The batch's writes were rolled back once and redone one job at a time: each
+    # neighbour's row exists once, the racer's own writes never, its refusal once.
+    assert racer.runs == 2
+    assert _reasons(engine) == ["after", "before", "gate", "racer-refused-lost"]
+    committer.close()
+
+
+def test_one_failing_job_does_not_sink_its_neighbours(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    def broken(ledger: Ledger) -> str:
+        ledger.add_audit(_audit("broken"))
+        raise ValueError("a bug in one job")
+
+    committer = Committer(sessions)
+    futures = _queue_behind_gate(committer, [_write("a"), FunctionJob(broken), _write("b")])
+    assert futures[0].result(30) == "a"
+    with pytest.raises(ValueError, match="a bug in one job"):
+        futures[1].result(30)
+    assert futures[2].result(30) == "b"
+    assert _reasons(engine) == ["a", "b", "gate"]
+    committer.close()
+
+
+def test_an_unavailable_database_fails_the_batch_at_once(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    calls: list[str] = []
+
+    def away(ledger: Ledger) -> str:
+        calls.append("away")
+        raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    def counted(reason: str) -> FunctionJob[str]:
+        def run(ledger: Ledger) -> str:
+            calls.append(reason)
+            ledger.add_audit(_audit(reason))
+            return reason
+
+        return FunctionJob(run)
+
+    committer = Committer(sessions)
+    futures = _queue_behind_gate(committer, [counted("x"), FunctionJob(away), counted("y")])
+    for future in futures:
+        with pytest.raises(OperationalError):
+            future.result(30)
+    # Not retried job by job: an outage must not cost each waiting request a timeout.
+    assert calls == ["x", "away"]
+    assert _reasons(engine) == ["gate"]
+    committer.close()
+
+
+def test_close_finishes_queued_work_and_a_later_submit_restarts(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    committer = Committer(sessions)
+    futures = [committer.submit(_write(f"c{n}")) for n in range(20)]
+    committer.close()
+    assert all(f.done() for f in futures)
+    assert committer.run(_write("again")) == "again"
+    committer.close()
+    assert len(_reasons(engine)) == 21
+
+
+def test_sqlite_writers_in_other_processes_queue_on_the_lock_file(tmp_path: Path) -> None:
+    database = tmp_path / "locked.db"
+    engine = make_engine(f"sqlite:///{database}")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "sys.stdin.readline()\n",
+            f"{database}-writer.lock",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        acquired = threading.Event()
+
+        def write() -> None:
+            with writer_lock(engine):
+                acquired.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        assert not acquired.wait(0.5), "took the writer lock another process holds"
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert acquired.wait(30), "the lock was not handed over when released"
+        thread.join(30)
+    finally:
+        holder.stdin.close()
+        holder.stdout.close()
+        holder.kill()
+        holder.wait()
+        engine.dispose()

@@ -156,6 +156,47 @@ def test_document_without_xml_declaration_is_accepted() -> None:
     assert accept(fault_request(declaration=False)).kind is ReturnKind.FAULT
 
 
+def test_read_request_takes_the_first_of_repeated_children() -> None:
+    # Schema validation refuses repeats; read_request on its own still picks the
+    # first, as ElementTree's find() does, in the header and in the body.
+    data = fault_request(counter=5, additional_information="first").replace(
+        b"</sr:RequestID>",
+        f"</sr:RequestID><sr:RequestID>{SUPPLIER}:{ACB}:6</sr:RequestID>".encode(),
+    )
+    data = data.replace(
+        b"</sr:CHFFaultReturn>",
+        b"<sr:AdditionalInformation>second</sr:AdditionalInformation></sr:CHFFaultReturn>",
+    )
+    request = read_request(parse(data, REQUEST_POLICY))
+    assert request.request_id.counter == 5
+    assert request.additional_information == "first"
+
+
+def test_read_request_reads_an_empty_element_as_empty_text() -> None:
+    data = fault_request(user_ref_id="@@").replace(b">@@<", b"><")
+    request = read_request(parse(data, REQUEST_POLICY))
+    assert request.user_ref_id == ""
+    assert request.incident_reference is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        request_xml(body="").replace(b"<sr:Body></sr:Body>", b""),
+        request_xml(body=""),
+        request_xml(body=fault_body())
+        .replace(b"<sr:Header>", b"<sr:Head>")
+        .replace(b"</sr:Header>", b"</sr:Head>"),
+    ],
+    ids=["no body", "empty body", "no header"],
+)
+def test_read_request_without_header_or_body_is_e31(data: bytes) -> None:
+    with pytest.raises(EnvelopeRejection) as caught:
+        read_request(parse(data, REQUEST_POLICY))
+    assert caught.value.code is E31
+    assert caught.value.message == "sr:Header and one sr:Body child are required"
+
+
 def test_body_exactly_at_the_size_limit_is_parsed() -> None:
     data = fault_request()
     policy = replace(REQUEST_POLICY, max_body_bytes=len(data))

@@ -6,16 +6,18 @@ import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from lxml import etree
 from wire_helpers import ACB, DSP_SIGNER, SUPPLIER, load_signer, pki_store, xmlsec_verify
 
 from hubreturns.codes import ResponseCode
 from hubreturns.errors import SignatureRejection
-from hubreturns.model import RequestId
+from hubreturns.model import COUNTER_MAX, RequestId
 from hubreturns.policy import DSP_RESPONSE_POLICY, REQUEST_POLICY
 from hubreturns.wire.envelope import SR_NS, parse, schema
 from hubreturns.wire.response import ResponseSigner, build_response, format_datetime
-from hubreturns.wire.signature import verify
+from hubreturns.wire.signature import sign, verify
 
 _SR = f"{{{SR_NS}}}"
 MOMENT = datetime(2025, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
@@ -149,4 +151,145 @@ def test_response_verifies_with_xmlsec1(
     signer: ResponseSigner, request_id: RequestId | None
 ) -> None:
     done = xmlsec_verify(build(signer, request_id=request_id), signer.certificate)
+    assert done.returncode == 0, done.stderr
+
+
+# -- the template against an lxml-built reference ------------------------------------------
+
+
+def reference_response(
+    *,
+    request_id: RequestId | None,
+    code: ResponseCode,
+    service_reference: str,
+    service_reference_variant: str,
+    now: datetime,
+    signer: ResponseSigner,
+) -> bytes:
+    """The response built as an lxml tree and signed by ``sign``: what the template must write."""
+    root = etree.Element(f"{_SR}Response", nsmap={"sr": SR_NS}, schemaVersion="5.4")
+    head = etree.SubElement(root, f"{_SR}Header")
+    if request_id is not None:
+        etree.SubElement(head, f"{_SR}RequestID").text = str(request_id)
+        etree.SubElement(head, f"{_SR}ResponseID").text = request_id.response_id()
+    etree.SubElement(head, f"{_SR}ResponseCode").text = code.value
+    etree.SubElement(head, f"{_SR}ResponseDateTime").text = format_datetime(now)
+    message = etree.SubElement(etree.SubElement(root, f"{_SR}Body"), f"{_SR}ResponseMessage")
+    etree.SubElement(message, f"{_SR}ServiceReference").text = service_reference
+    etree.SubElement(message, f"{_SR}ServiceReferenceVariant").text = service_reference_variant
+    return sign(root, signer.key, signer.certificate)
+
+
+_SIGNATURE_VALUE = re.compile(rb"<ds:SignatureValue>[A-Za-z0-9+/]{86}==</ds:SignatureValue>")
+
+
+def without_signature_value(data: bytes) -> bytes:
+    """``data`` with its one (randomised) ECDSA SignatureValue blanked out."""
+    blanked, count = _SIGNATURE_VALUE.subn(b"<ds:SignatureValue/>", data)
+    assert count == 1, data
+    return blanked
+
+
+def assert_same_as_reference(
+    signer: ResponseSigner,
+    *,
+    request_id: RequestId | None = REQUEST_ID,
+    code: ResponseCode = ResponseCode.I99,
+    variant: str = "8.14.3",
+    now: datetime = MOMENT,
+    reference: str = "8.14",
+) -> bytes:
+    """Template output equals the lxml reference byte for byte, bar the ECDSA randomness."""
+    data, expected = (
+        make(
+            request_id=request_id,
+            code=code,
+            service_reference=reference,
+            service_reference_variant=variant,
+            now=now,
+            signer=signer,
+        )
+        for make in (build_response, reference_response)
+    )
+    # Everything that is signed (the document, DigestValue, SignedInfo) is identical;
+    # ECDSA draws a fresh nonce per signature, so SignatureValue is checked by verifying.
+    assert without_signature_value(data) == without_signature_value(expected)
+    root = parse(data, DSP_RESPONSE_POLICY)
+    assert verify(root, pki_store(), DSP_RESPONSE_POLICY, datetime.now(UTC)) == signer.certificate
+    return data
+
+
+euis = st.binary(min_size=8, max_size=8).map(lambda raw: "-".join(f"{b:02X}" for b in raw))
+request_ids = st.none() | st.builds(
+    RequestId, originator=euis, target=euis, counter=st.integers(0, COUNTER_MAX)
+)
+offsets = st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23))
+moments = st.datetimes(
+    min_value=datetime(1970, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.just(UTC) | st.builds(timezone, offsets),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    request_id=request_ids,
+    code=st.sampled_from(list(ResponseCode)),
+    variant=st.sampled_from(["8.14.3", "8.14.4"]),
+    moment=moments,
+)
+def test_template_matches_the_lxml_reference_and_is_schema_valid(
+    signer: ResponseSigner,
+    request_id: RequestId | None,
+    code: ResponseCode,
+    variant: str,
+    moment: datetime,
+) -> None:
+    data = assert_same_as_reference(
+        signer, request_id=request_id, code=code, variant=variant, now=moment
+    )
+    assert schema().validate(parse(data, DSP_RESPONSE_POLICY)), schema().error_log
+
+
+#: Text needing escapes (markup, quotes, CR/LF/TAB), non-ASCII, and characters XML refuses.
+_AWKWARD = st.sampled_from(list("&<>\"'\r\n\t ]]=é€\U0001f600\x00\x01\x0b\x1f\ufffe\uffff\x7f\x85"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(_AWKWARD | st.characters(), max_size=12))
+def test_any_text_is_escaped_exactly_as_lxml_writes_it(signer: ResponseSigner, text: str) -> None:
+    try:
+        reference_response(
+            request_id=REQUEST_ID,
+            code=ResponseCode.I99,
+            service_reference=text,
+            service_reference_variant=text,
+            now=MOMENT,
+            signer=signer,
+        )
+    except ValueError:
+        # lxml refuses characters outside XML 1.0; so does the template.
+        with pytest.raises(ValueError, match="XML does not allow"):
+            build(signer, variant=text)
+        return
+    assert_same_as_reference(signer, reference=text, variant=text)
+
+
+@pytest.mark.parametrize("bad", ["\x00", "a\x0bb", "\ud800", "\uffff"])
+def test_text_xml_cannot_carry_is_refused(signer: ResponseSigner, bad: str) -> None:
+    with pytest.raises(ValueError, match="XML does not allow"):
+        build(signer, variant=bad)
+
+
+def test_escaped_text_verifies_with_xmlsec1(signer: ResponseSigner) -> None:
+    # The digest covers our own C14N of escaped text (CR is &#xD; there, &#13; in
+    # the document): an independent implementation must compute the same.
+    data = build(signer, variant="a&b<c>d\r\ne\"f'g\u00e9")
+    assert b"a&amp;b&lt;c&gt;d&#13;\ne\"f'g\xc3\xa9<" in data
+    root = parse(data, DSP_RESPONSE_POLICY)
+    assert root.findtext(f"{_SR}Body/{_SR}ResponseMessage/{_SR}ServiceReferenceVariant") == (
+        "a&b<c>d\r\ne\"f'g\u00e9"
+    )
+    assert verify(root, pki_store(), DSP_RESPONSE_POLICY, datetime.now(UTC)).eui == ACB
+    done = xmlsec_verify(data, signer.certificate)
     assert done.returncode == 0, done.stderr

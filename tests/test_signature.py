@@ -506,6 +506,26 @@ E40_CASES: dict[str, tuple[Mutation, str]] = {
         _text(f"{ISSUER_SERIAL}/ds:X509SerialNumber", "9" * 50),
         "X509SerialNumber must be a decimal integer",
     ),
+    # Text-bearing leaves hold text only: an element inside one is refused by
+    # shape, before any value is read from it.
+    "element inside DigestValue": (
+        _append(f"{REFERENCE}/ds:DigestValue", "<ds:DigestValue>AAAA</ds:DigestValue>"),
+        "ds:DigestValue must contain [], found ['DigestValue']",
+    ),
+    "element inside SignatureValue": (
+        _append("ds:Signature/ds:SignatureValue", "<ds:X509SKI>AAAA</ds:X509SKI>"),
+        "ds:SignatureValue must contain [], found ['X509SKI']",
+    ),
+    "element inside X509IssuerName": (
+        _append(f"{ISSUER_SERIAL}/ds:X509IssuerName", "<ds:KeyName>z1</ds:KeyName>"),
+        "ds:X509IssuerName must contain [], found ['KeyName']",
+    ),
+    "element inside X509SerialNumber": (
+        _append(
+            f"{ISSUER_SERIAL}/ds:X509SerialNumber", "<ds:X509SerialNumber>1</ds:X509SerialNumber>"
+        ),
+        "ds:X509SerialNumber must contain [], found ['X509SerialNumber']",
+    ),
 }
 
 
@@ -524,6 +544,48 @@ def test_profile_violations_are_refused_with_e40(
     assert rejection.code is E40
     assert fragment in rejection.message
     assert rejection.http_status == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "found"),
+    [
+        (SIGNED_INFO, "found ['?', 'CanonicalizationMethod', 'SignatureMethod', 'Reference']"),
+        (f"{REFERENCE}/ds:DigestValue", "ds:DigestValue must contain [], found ['?']"),
+        (f"{ISSUER_SERIAL}/ds:X509SerialNumber", "ds:X509SerialNumber must contain [], found"),
+    ],
+    ids=["SignedInfo", "DigestValue", "X509SerialNumber"],
+)
+@pytest.mark.parametrize(
+    "node",
+    [etree.Comment(" c "), etree.ProcessingInstruction("pi", "x")],
+    ids=["comment", "PI"],
+)
+def test_comment_or_pi_in_the_signature_is_refused_even_without_parse(
+    signed: bytes, path: str, found: str, node: etree._Element
+) -> None:
+    # parse() refuses these; verify() must not rely on it (C14N would drop a
+    # comment, so the signed bytes would differ from the text we read).
+    root = plain_parse(signed)
+    ds(root, path).insert(0, copy.copy(node))
+    with pytest.raises(SignatureRejection) as caught:
+        verify(root, pki_store(), REQUEST_POLICY, now())
+    assert caught.value.code is E40
+    assert found in caught.value.message
+
+
+def test_several_defects_are_all_refused_with_e40(signed: bytes) -> None:
+    # Whichever defect is named first, the answer is E40 and names a real one.
+    def many(root: etree._Element) -> None:
+        _attr("ds:Signature", "Id", "sig")(root)
+        _attr(f"{SIGNED_INFO}/ds:SignatureMethod", "Algorithm", INC_C14N)(root)
+        _append("ds:Signature/ds:KeyInfo", "<ds:KeyName>z1</ds:KeyName>")(root)
+
+    rejection = refused(mutate(signed, many))
+    assert rejection.code is E40
+    assert rejection.message in (
+        "ds:KeyInfo must contain ['X509Data'], found ['X509Data', 'KeyName']",
+        "ds:Signature has attributes {'Id': 'sig'}, expected {}",
+    )
 
 
 # ------------------------------------------------------------------ XSW

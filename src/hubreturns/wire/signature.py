@@ -9,7 +9,9 @@ checks that shape before any cryptography runs:
 * ``KeyInfo`` = one ``X509Data`` with one ``X509IssuerSerial`` and nothing
   else: the key always comes from our own certificate store, never from the
   document;
-* ``SignatureValue`` = raw ``r||s`` (64 bytes for P-256).
+* ``SignatureValue`` = raw ``r||s`` (64 bytes for P-256);
+* the text-bearing elements (DigestValue, SignatureValue, X509IssuerName,
+  X509SerialNumber) hold text only, and no comment or PI appears anywhere.
 
 Because the one reference is the whole document, what the rules later read is
 exactly what was signed: there is nothing outside the signed content to wrap.
@@ -38,13 +40,16 @@ from hubreturns.policy import Algorithm, SecurityPolicy
 from hubreturns.wire.certificate import SigningCertificate, normalize_issuer
 from hubreturns.wire.envelope import DS_NS
 
-__all__ = ["CertificateLookup", "sign", "verify"]
+__all__ = ["CertificateLookup", "sign", "signature_value", "verify"]
 
 #: Finds a certificate in our own store by (normalised issuer, serial).
 CertificateLookup = Callable[[str, int], SigningCertificate | None]
 
 _DS = f"{{{DS_NS}}}"
+_SIGNATURE_TAG = f"{_DS}Signature"
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+#: One shared instance: the algorithm object holds no state.
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 def _bad(message: str) -> SignatureRejection:
@@ -60,22 +65,80 @@ def _children(element: etree._Element, *names: str) -> list[etree._Element]:
     return found
 
 
-def _attributes(element: etree._Element, **expected: str) -> None:
-    found: dict[str, str] = {str(k): str(v) for k, v in element.attrib.items()}
+#: The one admitted ds:Signature tree, element by element in document order:
+#: local name and number of children. A preorder listing with child counts
+#: determines a tree exactly, so comparing two flat lists checks the whole
+#: shape in one pass (no text-bearing leaf may hold an element either).
+_PROFILE_TREE = (
+    ("Signature", 3),
+    ("SignedInfo", 3),
+    ("CanonicalizationMethod", 0),
+    ("SignatureMethod", 0),
+    ("Reference", 3),
+    ("Transforms", 1),
+    ("Transform", 0),
+    ("DigestMethod", 0),
+    ("DigestValue", 0),
+    ("SignatureValue", 0),
+    ("KeyInfo", 1),
+    ("X509Data", 1),
+    ("X509IssuerSerial", 2),
+    ("X509IssuerName", 0),
+    ("X509SerialNumber", 0),
+)
+_PROFILE_TAGS = [f"{_DS}{name}" for name, _ in _PROFILE_TREE]
+_PROFILE_ARITY = [arity for _, arity in _PROFILE_TREE]
+
+
+def _profile_elements(signature: etree._Element) -> list[etree._Element]:
+    """The Signature's elements in document order, if its tree is the profile's; else E40."""
+    # iter() also yields comments and PIs: their tags are not strings, so they never match.
+    found = list(signature.iter())
+    if [e.tag for e in found] != _PROFILE_TAGS or [len(e) for e in found] != _PROFILE_ARITY:
+        _explain_shape(signature)
+        raise _bad("ds:Signature does not have the profile's shape")  # fail closed regardless
+    return found
+
+
+def _explain_shape(signature: etree._Element) -> None:
+    """Raise E40 naming the first element whose children differ from the profile."""
+    signed_info, signature_value, key_info = _children(
+        signature, "SignedInfo", "SignatureValue", "KeyInfo"
+    )
+    c14n, method, reference = _children(
+        signed_info, "CanonicalizationMethod", "SignatureMethod", "Reference"
+    )
+    _children(c14n)
+    _children(method)
+    transforms, digest_method, digest_value = _children(
+        reference, "Transforms", "DigestMethod", "DigestValue"
+    )
+    (transform,) = _children(transforms, "Transform")
+    for leaf in (transform, digest_method, digest_value, signature_value):
+        _children(leaf)
+    (x509_data,) = _children(key_info, "X509Data")
+    (issuer_serial,) = _children(x509_data, "X509IssuerSerial")
+    for leaf in _children(issuer_serial, "X509IssuerName", "X509SerialNumber"):
+        _children(leaf)
+
+
+def _attributes(element: etree._Element, expected: list[tuple[str, str]]) -> None:
+    """The element's attributes must be exactly ``expected`` (at most one here)."""
+    # Attribute names are unique, so with at most one expected pair list
+    # equality is set equality; namespaced names read "{ns}name" and differ.
+    found = element.items()
     if found != expected:
         name = etree.QName(element).localname
-        raise _bad(f"ds:{name} has attributes {found}, expected {expected}")
-
-
-def _algorithm(element: etree._Element, allowed: Algorithm) -> None:
-    _children(element)
-    _attributes(element, Algorithm=allowed.value)
+        shown = {str(k): str(v) for k, v in found}
+        wanted = {k: str(v) for k, v in expected}
+        raise _bad(f"ds:{name} has attributes {shown}, expected {wanted}")
 
 
 def _b64(element: etree._Element, length: int, what: str) -> bytes:
     text = "".join((element.text or "").split())
     try:
-        value = base64.b64decode(text, validate=True)
+        # What base64.b64decode(validate=True) does, without its wrappers.
+        value = binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _bad(f"{what} is not base64") from None
     if len(value) != length:
@@ -127,7 +190,7 @@ def verify(
     certificate is not one allowed to sign (OU, curve, validity at ``now``).
     The caller still checks that the certificate belongs to the originator.
     """
-    signatures = list(root.iter(f"{_DS}Signature"))
+    signatures = list(root.iter(_SIGNATURE_TAG))
     if not signatures:
         raise _bad("the request is not signed (no ds:Signature)")
     if len(signatures) > 1:
@@ -135,27 +198,32 @@ def verify(
     signature = signatures[0]
     if signature.getparent() is not root or root[-1] is not signature:
         raise _bad("ds:Signature must be the last child of the root element")
-    _attributes(signature)
-    signed_info, signature_value, key_info = _children(
-        signature, "SignedInfo", "SignatureValue", "KeyInfo"
-    )
-    _attributes(signed_info)
-    c14n, method, reference = _children(
-        signed_info, "CanonicalizationMethod", "SignatureMethod", "Reference"
-    )
-    _algorithm(c14n, policy.canonicalization)
-    _algorithm(method, policy.signature_method)
-    _attributes(reference, URI="")
-    transforms, digest_method, digest_value = _children(
-        reference, "Transforms", "DigestMethod", "DigestValue"
-    )
-    (transform,) = _children(transforms, "Transform")
-    _algorithm(transform, policy.transform)
-    _algorithm(digest_method, policy.digest_method)
-    _attributes(signature_value)
-    (x509_data,) = _children(key_info, "X509Data")
-    (issuer_serial,) = _children(x509_data, "X509IssuerSerial")
-    issuer_name, serial_number = _children(issuer_serial, "X509IssuerName", "X509SerialNumber")
+    (
+        _,  # the Signature itself
+        signed_info,
+        c14n,
+        method,
+        reference,
+        _transforms,
+        transform,
+        digest_method,
+        digest_value,
+        signature_value,
+        _key_info,
+        _x509_data,
+        _issuer_serial,
+        issuer_name,
+        serial_number,
+    ) = _profile_elements(signature)
+    # ``policy`` algorithms are StrEnums: each compares equal to its URI string.
+    _attributes(signature, [])
+    _attributes(signed_info, [])
+    _attributes(c14n, [("Algorithm", policy.canonicalization)])
+    _attributes(method, [("Algorithm", policy.signature_method)])
+    _attributes(reference, [("URI", "")])
+    _attributes(transform, [("Algorithm", policy.transform)])
+    _attributes(digest_method, [("Algorithm", policy.digest_method)])
+    _attributes(signature_value, [])
 
     expected_digest = _b64(digest_value, 32, "DigestValue")
     raw_signature = _b64(signature_value, 64, "SignatureValue")
@@ -185,9 +253,7 @@ def verify(
     if _enveloped_digest(root, signature) != expected_digest:
         raise _bad("DigestValue does not match the document (the signed content was changed)")
     try:
-        certificate.public_key.verify(
-            encode_dss_signature(r, s), signed_bytes, ec.ECDSA(hashes.SHA256())
-        )
+        certificate.public_key.verify(encode_dss_signature(r, s), signed_bytes, _ECDSA_SHA256)
     except InvalidSignature:
         raise _bad("SignatureValue does not verify with the named certificate") from None
     return certificate
@@ -228,7 +294,7 @@ def sign(
     etree.SubElement(transforms, f"{_DS}Transform", Algorithm=Algorithm.ENVELOPED.value)
     etree.SubElement(reference, f"{_DS}DigestMethod", Algorithm=Algorithm.SHA256.value)
     digest_value = etree.SubElement(reference, f"{_DS}DigestValue")
-    signature_value = etree.SubElement(signature, f"{_DS}SignatureValue")
+    value = etree.SubElement(signature, f"{_DS}SignatureValue")
     key_info = etree.SubElement(signature, f"{_DS}KeyInfo")
     issuer_serial = etree.SubElement(
         etree.SubElement(key_info, f"{_DS}X509Data"), f"{_DS}X509IssuerSerial"
@@ -237,7 +303,11 @@ def sign(
     etree.SubElement(issuer_serial, f"{_DS}X509SerialNumber").text = str(certificate.serial)
 
     digest_value.text = base64.b64encode(digest).decode()
-    der = key.sign(_signed_info_bytes(signed_info), ec.ECDSA(hashes.SHA256()))
-    r, s = decode_dss_signature(der)
-    signature_value.text = base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode()
+    value.text = signature_value(key, _signed_info_bytes(signed_info))
     return etree.tostring(root.getroottree(), xml_declaration=True, encoding="UTF-8")
+
+
+def signature_value(key: ec.EllipticCurvePrivateKey, signed_info: bytes) -> str:
+    """SignatureValue text for canonical SignedInfo bytes: base64 of raw ``r||s``, not DER."""
+    r, s = decode_dss_signature(key.sign(signed_info, _ECDSA_SHA256))
+    return base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode()

@@ -288,7 +288,9 @@ def serve(
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
         # uvicorn >= 0.36 kills a worker not ready within 5 s; on a loaded host the
         # imports alone can take longer, and the worker would be restarted forever.
-        extra["timeout_worker_healthcheck"] = 120
+        # Not much longer, though: the supervisor also waits this long for the
+        # answer to a health ping that a worker killed mid-ping never sends.
+        extra["timeout_worker_healthcheck"] = 30
     try:
         uvicorn.run(
             "hubreturns.service:app_from_environment",

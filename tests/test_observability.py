@@ -205,23 +205,37 @@ def test_every_line_of_a_request_carries_its_request_id(
             by_exchange[line["http_request_id"]].append(line)
     assert set(by_exchange) == set(expected)
     for http_id, group in by_exchange.items():
-        assert {g["logger"] for g in group} >= {
-            "hubreturns.requests",
-            "hubreturns.http",
-            "tests.inside",
-        }, http_id
+        assert {g["logger"] for g in group} == {"hubreturns.http", "tests.inside"}, http_id
         assert {g["request_id"] for g in group} == {expected[http_id]}, group
     # Requests that could be read carry a RequestID; unreadable XML has none.
     assert sum(v is None for v in expected.values()) == 2  # "Not XML" and the DOCTYPE
-    outcome_lines = [g for g in lines if g["logger"] == "hubreturns.requests"]
-    assert collections.Counter(g["code"] for g in outcome_lines) == collections.Counter(
-        s.expected.value for s in SCENARIOS
-    )
-    assert all(g["elapsed_seconds"] >= 0 and "role" in g for g in outcome_lines)
+    # One line per exchange: the access line carries the outcome.
+    assert _count(lines, "hubreturns.requests") == 0
     access_lines = [g for g in lines if g["logger"] == "hubreturns.http"]
     assert collections.Counter(g["code"] for g in access_lines) == collections.Counter(
         s.expected.value for s in SCENARIOS
     )
+    for g in access_lines:
+        assert g["processing_seconds"] >= 0
+        assert g["elapsed_seconds"] >= g["processing_seconds"]
+        assert {"role", "reason", "channel", "service_reference_variant"} <= set(g)
+        assert g["message"].endswith(f"{g['code']}: {g['reason']}")
+
+
+def test_outside_http_each_outcome_gets_a_line_of_its_own(
+    processor: Processor, world: DemoWorld, json_lines: io.StringIO
+) -> None:
+    create_app(processor)  # hooks the metrics and the outcome log into the processor
+    bodies = list(scenario_bodies(world))
+    for scenario, body in bodies:
+        processor.handle_duis(body, scenario.endpoint)
+    lines = _lines_once(json_lines, lambda ls: _count(ls, "hubreturns.requests") == len(bodies))
+    outcomes = [g for g in lines if g["logger"] == "hubreturns.requests"]
+    assert collections.Counter(g["code"] for g in outcomes) == collections.Counter(
+        s.expected.value for s in SCENARIOS
+    )
+    assert all(g["http_request_id"] is None and g["http_status"] >= 200 for g in outcomes)
+    assert _count(lines, "hubreturns.http") == 0
 
 
 def test_a_generated_http_request_id_when_the_client_sends_none_or_junk(
@@ -404,7 +418,7 @@ def test_serve_with_two_workers_reports_service_wide_totals(
             server.wait()
             raise AssertionError("serve did not stop within 120 s of SIGINT") from None
     lines = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
-    outcomes = [ln for ln in lines if ln["logger"] == "hubreturns.requests"]
+    outcomes = [ln for ln in lines if ln["logger"] == "hubreturns.http" and "code" in ln]
     assert len(outcomes) == sent
     assert {ln["request_id"] for ln in outcomes} == {
         str(scenario_request(unknown_hub, counter).request_id) for counter in range(1, sent + 1)

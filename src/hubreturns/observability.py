@@ -396,29 +396,36 @@ def configure_logging_from_environment() -> None:
 
 
 def _log_outcome(outcome: Outcome) -> None:
-    """Processor observer: one info line per final outcome."""
+    """Processor observer: the outcome's fields, on one ``info`` line.
+
+    Inside an HTTP exchange the fields go on the exchange's access line
+    (written on the event loop once the response is out), so each request
+    costs one line; outside one (the library, the CLI) they get a line of
+    their own from ``hubreturns.requests``.
+    """
+    fields = {
+        "request_id": str(outcome.request_id) if outcome.request_id is not None else None,
+        "code": outcome.code.value,
+        "reason": outcome.reason,
+        "role": outcome.role,
+        "channel": outcome.channel.value,
+        "endpoint": outcome.endpoint,
+        "service_reference_variant": outcome.service_reference_variant,
+        "processing_seconds": round(outcome.elapsed_seconds, 6),
+    }
+    ctx = _context.get()
+    if ctx is not None:
+        if outcome.request_id is not None:
+            ctx.request_id = fields["request_id"]  # type: ignore[assignment]
+        ctx.extra.update(fields)
+        return
     outcome_log.info(
         "%s %s: %s",
         outcome.channel.value,
         outcome.code.value,
         outcome.reason,
-        extra={
-            "request_id": str(outcome.request_id) if outcome.request_id is not None else None,
-            "code": outcome.code.value,
-            "reason": outcome.reason,
-            "role": outcome.role,
-            "channel": outcome.channel.value,
-            "endpoint": outcome.endpoint,
-            "service_reference_variant": outcome.service_reference_variant,
-            "http_status": outcome.http_status,
-            "elapsed_seconds": round(outcome.elapsed_seconds, 6),
-        },
+        extra={**fields, "http_status": outcome.http_status},
     )
-    ctx = _context.get()
-    if ctx is not None:  # for the access line, written later on the event loop
-        if outcome.request_id is not None:
-            ctx.request_id = str(outcome.request_id)
-        ctx.extra["code"] = outcome.code.value
 
 
 # -- HTTP ----------------------------------------------------------------------------
@@ -460,10 +467,11 @@ class RequestContextMiddleware:
                 method=scope["method"], route=template, status=str(status)
             ).observe(elapsed)
             http_log.info(
-                "%s %s %d",
+                "%s %s %d%s",
                 scope["method"],
                 scope["path"],
                 status,
+                f" {ctx.extra['code']}: {ctx.extra['reason']}" if "code" in ctx.extra else "",
                 extra={
                     "method": scope["method"],
                     "path": scope["path"],

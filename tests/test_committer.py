@@ -3,6 +3,8 @@ failures that stay with the job that caused them (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.committer import Committer, Contended, FunctionJob
 from hubreturns.model import Channel
-from hubreturns.store.db import make_engine, writer_lock
+from hubreturns.store.db import make_engine, make_sessionmaker, migrate, writer_lock
 from hubreturns.store.models import AuditEntry
 from hubreturns.store.repository import AuditFields, Ledger
 
@@ -227,3 +229,78 @@ def test_sqlite_writers_in_other_processes_queue_on_the_lock_file(tmp_path: Path
         holder.kill()
         holder.wait()
         engine.dispose()
+
+
+# -- on an event loop ------------------------------------------------------------------
+
+
+def test_jobs_of_one_loop_turn_share_one_commit(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    committer = Committer(sessions)
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(committer.run_async(_write(f"a{i:02}")) for i in range(40)))
+
+    before = committer.batches
+    assert asyncio.run(main()) == [f"a{i:02}" for i in range(40)]
+    assert _reasons(engine) == [f"a{i:02}" for i in range(40)]
+    if engine.dialect.name == "sqlite":
+        assert committer.batches - before == 1  # on the loop, one transaction
+    committer.close()
+
+
+def test_the_loop_never_waits_for_a_writer_lock_held_elsewhere(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
+    migrate(engine)
+    committer = Committer(make_sessionmaker(engine))
+    lock = writer_lock(engine)  # SQLite's; PostgreSQL has none to wait for
+
+    async def main() -> tuple[list[str], int]:
+        ticks = 0
+        lock.__enter__()  # another thread of this process is writing
+        try:
+            pending = asyncio.gather(*(committer.run_async(_write(f"h{i}")) for i in range(5)))
+            for _ in range(20):  # the loop keeps turning meanwhile
+                await asyncio.sleep(0.005)
+                ticks += 1
+            assert not pending.done()
+        finally:
+            lock.__exit__(None, None, None)
+        return await pending, ticks
+
+    results, ticks = asyncio.run(main())
+    assert results == [f"h{i}" for i in range(5)]
+    assert ticks == 20
+    assert _reasons(engine) == [f"h{i}" for i in range(5)]
+    committer.close()
+    engine.dispose()
+
+
+def test_a_database_locked_by_another_connection_does_not_block_the_loop(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'busy.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    committer = Committer(make_sessionmaker(engine))
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # a bulk load in another program, say
+
+    async def main() -> tuple[str, int]:
+        pending = asyncio.ensure_future(committer.run_async(_write("waited")))
+        ticks = 0
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not pending.done()
+        holder.execute("ROLLBACK")
+        return await pending, ticks
+
+    try:
+        assert asyncio.run(main()) == ("waited", 20)
+    finally:
+        holder.close()
+    assert _reasons(engine) == ["waited"]
+    committer.close()
+    engine.dispose()

@@ -352,7 +352,7 @@ class Processor:
             if not isinstance(prepared, Outcome):
                 job = prepared if isinstance(prepared, _RecordReturn) else prepared.job()
                 try:
-                    result = await asyncio.wrap_future(self.committer.submit(job))
+                    result = await self.committer.run_async(job)
                 except SQLAlchemyError as exc:
                     prepared = self._conclude(prepared, None, exc)
                 else:

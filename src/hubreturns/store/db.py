@@ -22,7 +22,14 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["make_engine", "make_sessionmaker", "migrate", "reading", "writer_lock"]
+__all__ = [
+    "SQLiteWriterLock",
+    "make_engine",
+    "make_sessionmaker",
+    "migrate",
+    "reading",
+    "writer_lock",
+]
 
 
 def make_engine(url: str, *, busy_timeout_ms: int = 30_000, **kwargs: Any) -> Engine:
@@ -106,11 +113,11 @@ def writer_lock(engine: Engine) -> AbstractContextManager[object]:
     with _writer_locks_guard:
         lock = _writer_locks.get(database)
         if lock is None:
-            lock = _writer_locks[database] = _SQLiteWriterLock(database)
+            lock = _writer_locks[database] = SQLiteWriterLock(database)
         return lock
 
 
-class _SQLiteWriterLock:
+class SQLiteWriterLock:
     """A thread lock, plus an advisory file lock when the database is a file."""
 
     def __init__(self, database: str) -> None:
@@ -120,22 +127,36 @@ class _SQLiteWriterLock:
         self._fd: int | None = None
         self._pid = 0
 
-    def __enter__(self) -> object:
-        self._thread_lock.acquire()
+    def acquire(self, *, blocking: bool = True) -> bool:
+        """Take the lock; without ``blocking``, False at once if anyone holds it."""
+        if not self._thread_lock.acquire(blocking=blocking):
+            return False
         try:
             if self._path is not None:
-                fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+                flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
+                try:
+                    fcntl.flock(self._descriptor(), flags)
+                except BlockingIOError:
+                    self._thread_lock.release()
+                    return False
         except BaseException:
             self._thread_lock.release()
             raise
-        return self
+        return True
 
-    def __exit__(self, *_exc: object) -> None:
+    def release(self) -> None:
         try:
             if self._path is not None and self._fd is not None:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+    def __enter__(self) -> object:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
 
     def _descriptor(self) -> int:
         # A forked child must not share its parent's open file description:

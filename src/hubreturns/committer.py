@@ -44,6 +44,10 @@ log = logging.getLogger("hubreturns.committer")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
+#: How long the event loop may wait for the writer lock held by a sibling worker's
+#: batch (a few milliseconds at most) before it hands its batch to the writer thread.
+_LOOP_LOCK_WAIT = 0.005
+
 #: Errors that mean the database, not the job, is at fault: the batch fails as a whole.
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError)
 
@@ -224,9 +228,10 @@ class Committer:
         one batch on the loop itself, at the end of that turn. Why: handing each
         request to the writer thread and back (wake-ups, GIL hand-offs between
         two busy threads) cost about 400 µs of CPU a request, several times
-        SQLite's own work and its commit. The loop never waits on a lock for
-        it, though: if another thread or process holds the writer lock, or
-        another connection the database, the batch goes to the writer thread.
+        SQLite's own work and its commit. The loop waits for the writer lock no
+        longer than ``_LOOP_LOCK_WAIT`` (a sibling worker's batch) and never for
+        another connection's hold on the database: then the batch goes to the
+        writer thread.
         PostgreSQL always goes to the thread, so the loop never waits on the
         network.
         """
@@ -248,7 +253,7 @@ class Committer:
         engine = self._engine()
         lock = writer_lock(engine)
         done = False
-        if isinstance(lock, SQLiteWriterLock) and lock.acquire(blocking=False):
+        if isinstance(lock, SQLiteWriterLock) and lock.acquire(timeout=_LOOP_LOCK_WAIT):
             try:
                 with engine.connect() as connection:
                     done = self._settle(connection, batch, at_once=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 from contextlib import AbstractContextManager, nullcontext
 from importlib import resources
 from typing import Any
@@ -127,22 +128,31 @@ class SQLiteWriterLock:
         self._fd: int | None = None
         self._pid = 0
 
-    def acquire(self, *, blocking: bool = True) -> bool:
-        """Take the lock; without ``blocking``, False at once if anyone holds it."""
-        if not self._thread_lock.acquire(blocking=blocking):
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock; with a ``timeout`` (seconds), False if it is not had by then."""
+        started = time.monotonic()
+        if not self._thread_lock.acquire(timeout=-1 if timeout is None else timeout):
             return False
         try:
-            if self._path is not None:
-                flags = fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB
+            if self._path is None:
+                return True
+            if timeout is None:
+                fcntl.flock(self._descriptor(), fcntl.LOCK_EX)
+                return True
+            # flock has no timeout: poll without blocking until the deadline.
+            deadline = started + timeout
+            while True:
                 try:
-                    fcntl.flock(self._descriptor(), flags)
+                    fcntl.flock(self._descriptor(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
                 except BlockingIOError:
-                    self._thread_lock.release()
-                    return False
+                    if time.monotonic() >= deadline:
+                        self._thread_lock.release()
+                        return False
+                    time.sleep(0.0002)
         except BaseException:
             self._thread_lock.release()
             raise
-        return True
 
     def release(self) -> None:
         try:

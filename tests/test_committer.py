@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hubreturns import committer as committer_module
 from hubreturns.committer import Committer, Contended, FunctionJob
 from hubreturns.model import Channel
 from hubreturns.store.db import make_engine, make_sessionmaker, migrate, writer_lock
@@ -302,5 +304,35 @@ def test_a_database_locked_by_another_connection_does_not_block_the_loop(
     finally:
         holder.close()
     assert _reasons(engine) == ["waited"]
+    committer.close()
+    engine.dispose()
+
+
+def test_sqlite_is_checkpointed_in_the_background_after_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    migrate(engine)
+    calls: list[Engine] = []
+    real = committer_module.checkpoint
+
+    def counted(target: Engine) -> None:
+        calls.append(target)
+        real(target)
+
+    monkeypatch.setattr(committer_module, "checkpoint", counted)
+    committer = Committer(make_sessionmaker(engine))
+    committer.run(_write("w"))
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert calls == [engine]  # once for the new commits, not again while idle
+    time.sleep(1.2)
+    assert len(calls) == 1
+    with engine.connect() as connection:
+        raw = connection.connection.driver_connection
+        assert raw is not None
+        busy, log_pages, done = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, log_pages) == (0, done)  # everything committed is in the file
     committer.close()
     engine.dispose()

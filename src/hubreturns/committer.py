@@ -34,7 +34,7 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.store.db import SQLiteWriterLock, writer_lock
+from hubreturns.store.db import SQLiteWriterLock, checkpoint, writer_lock
 from hubreturns.store.repository import Ledger
 
 __all__ = ["Committer", "Contended", "FunctionJob", "Job"]
@@ -92,6 +92,8 @@ class Committer:
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._checkpoints: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         #: Jobs queued on the event loop during its current turn (SQLite; ``run_async``).
         self._turn: list[_Item[object]] = []
         #: Batches committed and jobs in them, since start (for metrics and benchmarks).
@@ -103,6 +105,7 @@ class Committer:
     def submit(self, job: Job[T]) -> Future[T]:
         """Queue ``job``; its future resolves once its transaction has committed."""
         future: Future[T] = Future()
+        self._start_checkpoints()
         with self._ready:
             if self._closed:
                 raise RuntimeError("the committer is closing")
@@ -127,9 +130,39 @@ class Committer:
             thread = self._thread
         if thread is not None:
             thread.join()
+        checkpoints = self._checkpoints
+        if checkpoints is not None:
+            self._stop_checkpoints.set()
+            checkpoints.join()
+            self._stop_checkpoints.clear()
         with self._ready:
             self._closed = False
             self._thread = None
+            self._checkpoints = None
+
+    # -- SQLite checkpoints --------------------------------------------------------------
+
+    def _start_checkpoints(self) -> None:
+        if self._checkpoints is not None or self._engine().dialect.name != "sqlite":
+            return
+        with self._ready:
+            if self._checkpoints is None and not self._closed:
+                self._checkpoints = threading.Thread(
+                    target=self._checkpoint_loop, name="hubreturns-checkpoints", daemon=True
+                )
+                self._checkpoints.start()
+
+    def _checkpoint_loop(self) -> None:
+        """Every half second with new commits, a background checkpoint (``db.checkpoint``)."""
+        seen = self.jobs
+        while not self._stop_checkpoints.wait(0.5):
+            if self.jobs == seen:
+                continue
+            seen = self.jobs
+            try:
+                checkpoint(self._engine())
+            except Exception as exc:  # a later one will catch up; commits are unaffected
+                log.warning("background checkpoint failed: %s", exc)
 
     # -- the writer thread -------------------------------------------------------------
 
@@ -237,6 +270,7 @@ class Committer:
         """
         if self._engine().dialect.name != "sqlite":
             return await asyncio.wrap_future(self.submit(job))
+        self._start_checkpoints()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._turn.append(_Item(job, future))  # type: ignore[arg-type]

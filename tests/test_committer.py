@@ -247,8 +247,30 @@ def test_jobs_of_one_loop_turn_share_one_commit(
     before = committer.batches
     assert asyncio.run(main()) == [f"a{i:02}" for i in range(40)]
     assert _reasons(engine) == [f"a{i:02}" for i in range(40)]
-    if engine.dialect.name == "sqlite":
-        assert committer.batches - before == 1  # on the loop, one transaction
+    # One transaction: on the loop itself (SQLite) or handed to the thread together.
+    assert committer.batches - before == 1
+    committer.close()
+
+
+def test_on_a_loop_a_failing_job_fails_alone(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    def broken(ledger: Ledger) -> str:
+        ledger.add_audit(_audit("broken"))
+        raise ValueError("a bug in one job")
+
+    committer = Committer(sessions)
+
+    async def main() -> list[object]:
+        jobs = [_write("x"), FunctionJob(broken), _write("y")]
+        return await asyncio.gather(
+            *(committer.run_async(job) for job in jobs), return_exceptions=True
+        )
+
+    first, failed, last = asyncio.run(main())
+    assert (first, last) == ("x", "y")
+    assert isinstance(failed, ValueError)
+    assert _reasons(engine) == ["x", "y"]
     committer.close()
 
 

@@ -22,6 +22,7 @@ being retried job by job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -75,7 +76,7 @@ class Job(Protocol[T_co]):
 @dataclass(slots=True)
 class _Item(Generic[T]):
     job: Job[T]
-    future: Future[T] | asyncio.Future[T]
+    future: Future[T] | asyncio.Future[T] | _LoopResult
 
 
 class Committer:
@@ -94,8 +95,10 @@ class Committer:
         self._closed = False
         self._checkpoints: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
-        #: Jobs queued on the event loop during its current turn (SQLite; ``run_async``).
+        #: Jobs queued on the event loop during its current turn (``run_async``): run on
+        #: the loop (SQLite), or handed to the writer thread together (PostgreSQL).
         self._turn: list[_Item[object]] = []
+        self._turn_thread: list[_Item[object]] = []
         #: Batches committed and jobs in them, since start (for metrics and benchmarks).
         self.batches = 0
         self.jobs = 0
@@ -105,18 +108,22 @@ class Committer:
     def submit(self, job: Job[T]) -> Future[T]:
         """Queue ``job``; its future resolves once its transaction has committed."""
         future: Future[T] = Future()
+        self._enqueue([_Item(job, future)])  # type: ignore[arg-type]
+        return future
+
+    def _enqueue(self, items: list[_Item[object]]) -> None:
+        """Hand ``items`` to the writer thread, with one wake-up for all of them."""
         self._start_checkpoints()
         with self._ready:
             if self._closed:
                 raise RuntimeError("the committer is closing")
-            self._queue.append(_Item(job, future))  # type: ignore[arg-type]
+            self._queue.extend(items)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._serve, name="hubreturns-committer", daemon=True
                 )
                 self._thread.start()
             self._ready.notify()
-        return future
 
     def run(self, job: Job[T]) -> T:
         """Submit ``job`` and wait for it (for synchronous callers)."""
@@ -185,6 +192,8 @@ class Committer:
                         item.future.set_exception(exc)
                 if not isinstance(exc, Exception):
                     raise
+            finally:
+                _hand_back(batch)
 
     def _engine(self) -> Engine:
         engine = self._sessions.kw.get("bind")
@@ -268,15 +277,22 @@ class Committer:
         PostgreSQL always goes to the thread, so the loop never waits on the
         network.
         """
-        if self._engine().dialect.name != "sqlite":
-            return await asyncio.wrap_future(self.submit(job))
-        self._start_checkpoints()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
+        if self._engine().dialect.name != "sqlite":
+            self._turn_thread.append(_Item(job, _LoopResult(future, loop)))
+            if len(self._turn_thread) == 1:
+                loop.call_soon(self._end_of_turn_thread)
+            return await future
+        self._start_checkpoints()
         self._turn.append(_Item(job, future))  # type: ignore[arg-type]
         if len(self._turn) == 1:
             loop.call_soon(self._end_of_turn)
         return await future
+
+    def _end_of_turn_thread(self) -> None:
+        batch, self._turn_thread = self._turn_thread, []
+        self._enqueue(batch)
 
     def _end_of_turn(self) -> None:
         batch, self._turn = self._turn, []
@@ -299,22 +315,63 @@ class Committer:
             finally:
                 lock.release()
         if not done:  # contended: the writer thread waits for it instead
-            for item in batch:
-                _forward(self.submit(item.job), item.future)  # type: ignore[arg-type]
+            loop = asyncio.get_running_loop()
+            self._enqueue(
+                [
+                    _Item(item.job, _LoopResult(item.future, loop))  # type: ignore[arg-type]
+                    for item in batch
+                ]
+            )
 
 
-def _forward(source: Future[T], target: asyncio.Future[T]) -> None:
-    """Settle the loop's ``target`` as the writer thread settles ``source``."""
+class _LoopResult:
+    """An event loop's future as the writer thread sees it: the outcome is noted
+    there and delivered on the loop by ``_hand_back``, one call per batch.
 
-    def copy(done: asyncio.Future[T]) -> None:
-        if target.done():
-            return
-        if done.exception() is not None:
-            target.set_exception(done.exception())  # type: ignore[arg-type]
+    Why: ``asyncio.wrap_future`` wakes the loop once per request; a batch
+    needs one wake-up.
+    """
+
+    __slots__ = ("failed", "future", "loop", "outcome", "settled")
+
+    def __init__(self, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.future = future
+        self.loop = loop
+        self.outcome: Any = None
+        self.failed = False
+        self.settled = False
+
+    def done(self) -> bool:
+        return self.settled
+
+    def set_result(self, value: object) -> None:
+        self.outcome, self.failed, self.settled = value, False, True
+
+    def set_exception(self, error: BaseException) -> None:
+        self.outcome, self.failed, self.settled = error, True, True
+
+
+def _hand_back(batch: list[_Item[object]]) -> None:
+    """Deliver the outcomes of ``batch`` that belong to event loops, one call per loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_LoopResult]] = {}
+    for item in batch:
+        if isinstance(item.future, _LoopResult):
+            by_loop.setdefault(item.future.loop, []).append(item.future)
+    for loop, results in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_deliver, results)
+
+
+def _deliver(results: list[_LoopResult]) -> None:
+    for result in results:
+        if result.future.done():  # cancelled while it waited
+            continue
+        if not result.settled:
+            result.future.set_exception(RuntimeError("the committer stopped before this job"))
+        elif result.failed:
+            result.future.set_exception(result.outcome)
         else:
-            target.set_result(done.result())
-
-    asyncio.wrap_future(source).add_done_callback(copy)
+            result.future.set_result(result.outcome)
 
 
 def _begin(connection: Connection, *, at_once: bool) -> RootTransaction | None:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import ResponseCode, info
-from hubreturns.committer import Committer, Contended, FunctionJob
+from hubreturns.committer import Committer, Contended, FunctionJob, Job
 from hubreturns.errors import Rejection, SignatureRejection
 from hubreturns.model import Channel, Endpoint, RequestId, ReturnRequest
 from hubreturns.policy import SecurityPolicy
@@ -335,12 +335,13 @@ class Processor:
             current_request_id.reset(token)
 
     async def handle_duis_async(self, body: bytes, endpoint: Endpoint) -> Outcome:
-        """``handle_duis`` for an event loop: CPU work inline, database work off the loop.
+        """``handle_duis`` for an event loop: no thread hand-off on the common path.
 
         Parsing, checking and signing are CPU-bound and short, so they run on
-        the loop rather than paying a thread hand-off each; the writes go to the
-        committer thread and are awaited. A certificate not yet cached needs a
-        database read, so that rare request is handled in a worker thread.
+        the loop; the writes go to the committer and are awaited (on SQLite it
+        runs them on the loop at the end of its turn, on PostgreSQL in its
+        thread). A certificate not yet cached needs a database read, so that
+        rare request is prepared in a worker thread.
         """
         started = time.perf_counter()
         token = current_request_id.set(None)
@@ -350,9 +351,8 @@ class Processor:
             except _NotCached:
                 prepared = await asyncio.to_thread(self._prepare, body, endpoint, self.certificates)
             if not isinstance(prepared, Outcome):
-                job = prepared if isinstance(prepared, _RecordReturn) else prepared.job()
                 try:
-                    result = await self.committer.run_async(job)
+                    result = await self.committer.run_async(_job(prepared))
                 except SQLAlchemyError as exc:
                     prepared = self._conclude(prepared, None, exc)
                 else:
@@ -466,9 +466,8 @@ class Processor:
     # -- the second half: the committer, then the signed answer ----------------------
 
     def _run(self, prepared: _RecordReturn | _Refused) -> tuple[object, SQLAlchemyError | None]:
-        job = prepared if isinstance(prepared, _RecordReturn) else prepared.job()
         try:
-            return self.committer.run(job), None
+            return self.committer.run(_job(prepared)), None
         except SQLAlchemyError as exc:
             return None, exc
 
@@ -551,6 +550,11 @@ class Processor:
             response=response,
             role=role,
         )
+
+
+def _job(prepared: _RecordReturn | _Refused) -> Job[object]:
+    """What the committer runs for a prepared request."""
+    return prepared if isinstance(prepared, _RecordReturn) else prepared.job()
 
 
 def _record_request_id(request: ReturnRequest, channel: Channel) -> str:

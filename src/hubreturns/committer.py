@@ -8,12 +8,16 @@ The ``Committer`` is one thread per process that takes every job queued while
 the previous batch was committing and runs them in order in one transaction:
 each job sees the writes of the jobs before it, the batch commits once, and
 only then is any of them answered. Under light load a batch holds one job and
-nothing waits; under heavy load batches grow and the flush is shared.
+nothing waits; under heavy load batches grow and the flush is shared. The
+batch's ledger is a deferred one (``Ledger``): the jobs' facts are read in one
+statement and their writes sent in bulk, so a batch costs a few round trips to
+the database however many requests it holds.
 
 A job's conditional writes can still lose a race against another process
-(PostgreSQL, several workers). The job says so by raising ``Contended``: the
-batch is rolled back and each of its jobs is run again alone, where a lost race
-is recorded as the refusal it is. Any other failure of one job is handled the
+(PostgreSQL, several workers): the job says so by raising ``Contended``, or the
+batch's bulk write finds it (``WriteConflict``). The batch is rolled back and
+each of its jobs is run again alone, where a lost race is recorded as the
+refusal it is. Any other failure of one job is handled the
 same way, so one bad job cannot sink its neighbours; a database that is
 unavailable fails the whole batch at once (each caller answers E100) instead of
 being retried job by job.
@@ -62,7 +66,12 @@ class Contended(Exception):
 
 
 class Job(Protocol[T_co]):
-    """Work for one request, run inside a transaction the committer owns."""
+    """Work for one request, run inside a transaction the committer owns.
+
+    A job may also have a ``reads`` attribute, the ``FactsKey`` of the facts
+    it will ask the ledger for: the committer reads a batch's facts in one
+    statement (``Ledger.prefetch``) before running its jobs.
+    """
 
     def run(self, ledger: Ledger) -> T_co:
         """Read and write through ``ledger``; raise ``Contended`` on a lost race."""
@@ -228,14 +237,17 @@ class Committer:
             return False
         try:
             with transaction:
-                ledger = Ledger(connection, defer_audit=True)
+                ledger = Ledger(connection, deferred=True)
+                ledger.prefetch(
+                    key for item in batch if (key := getattr(item.job, "reads", None)) is not None
+                )
                 results = [item.job.run(ledger) for item in batch]
                 ledger.flush()
         except _UNAVAILABLE as exc:
             for item in batch:
                 item.future.set_exception(exc)
             return True
-        except Exception as exc:  # Contended, or one job's own failure
+        except Exception as exc:  # Contended, WriteConflict, or one job's own failure
             log.debug("batch of %d rolled back (%s); running its jobs one by one", len(batch), exc)
             for item in batch:
                 self._alone(connection, item)

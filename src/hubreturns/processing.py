@@ -33,7 +33,7 @@ from hubreturns.model import Channel, Endpoint, RequestId, ReturnRequest
 from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import Decision, decide
 from hubreturns.store.db import reading
-from hubreturns.store.repository import AuditFields, Ledger
+from hubreturns.store.repository import AuditFields, FactsKey, Ledger
 from hubreturns.wire import envelope, signature
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.response import ResponseSigner, build_response
@@ -178,6 +178,11 @@ class _RecordReturn:
     entered_by: str | None
     audit: dict[str, object]
     check_counter: bool
+
+    @property
+    def reads(self) -> FactsKey:
+        """The key of this job's facts, so the committer can read a batch's together."""
+        return (self.request.originator, self.request.device_id)
 
     @property
     def channel(self) -> Channel:

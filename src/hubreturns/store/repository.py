@@ -11,14 +11,19 @@ on PostgreSQL alike without table locks:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Integer,
     Select,
     String,
+    Subquery,
     and_,
     bindparam,
     delete,
@@ -57,7 +62,7 @@ from hubreturns.store.models import (
 )
 from hubreturns.wire.certificate import SigningCertificate
 
-__all__ = ["AuditFields", "Ledger", "Repository", "ReturnFilter"]
+__all__ = ["AuditFields", "FactsKey", "Ledger", "Repository", "ReturnFilter", "WriteConflict"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,31 +116,49 @@ class _Compiled:
     def __init__(self, statement: ClauseElement, keys: Sequence[str] | None = None) -> None:
         self.statement = statement
         self._keys = list(keys) if keys is not None else None
-        self._by_dialect: dict[str, tuple[str, tuple[tuple[str, Any], ...], bool]] = {}
+        self._by_dialect: dict[str, tuple[str, tuple[_Bind, ...], bool]] = {}
 
-    def form(self, dialect: Dialect) -> tuple[str, tuple[tuple[str, Any], ...], bool]:
-        """(SQL, ((parameter, bind processor or None), ...), positional) for ``dialect``."""
+    def form(self, dialect: Dialect) -> tuple[str, tuple[_Bind, ...], bool]:
+        """(SQL, ((parameter, bind processor or None, fixed value), ...), positional).
+
+        A parameter the statement fixed itself (a literal such as a JSON path)
+        has its value there; the others (``_GIVEN``) come from each execution.
+        """
         found = self._by_dialect.get(dialect.name)
         if found is None:
             compiled: Any = self.statement.compile(dialect=dialect, column_keys=self._keys)
             names = compiled.positiontup if compiled.positional else list(compiled.binds)
-            binds = tuple(
-                (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-                for name in names
-            )
-            found = (compiled.string, binds, bool(compiled.positional))
+            binds = []
+            for name in names:
+                bind = compiled.binds[name]
+                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+                fixed = _GIVEN if bind.required or bind.value is None else bind.value
+                binds.append((name, processor, fixed))
+            found = (compiled.string, tuple(binds), bool(compiled.positional))
             self._by_dialect[dialect.name] = found
         return found
 
 
-def _facts_statement() -> Select[*tuple[Any, ...]]:
-    """User, replay counter, device and its suppliers in one statement (built once)."""
-    k = select(
-        bindparam("originator", type_=String(23)).label("originator"),
-        bindparam("device_id", type_=String(23)).label("device_id"),
-    ).subquery("k")
+#: A compiled parameter: name, bind processor, and its fixed value or ``_GIVEN``.
+_Bind = tuple[str, Any, Any]
+#: Marks a parameter whose value each execution gives.
+_GIVEN: Any = object()
+
+
+#: What a request's facts are read by: (originator, device_id).
+FactsKey = tuple[str, str]
+
+
+def _facts_statement(keys: Subquery) -> Select[*tuple[Any, ...]]:
+    """User, replay counter, device and its suppliers for each row of ``keys``.
+
+    ``keys`` has the columns ``originator`` and ``device_id``: one row of bound
+    parameters for one request, or a table of them for a batch.
+    """
     return (
         select(
+            keys.c.originator.label("key_originator"),
+            keys.c.device_id.label("key_device"),
             User.user_id,
             User.role,
             User.status,
@@ -147,15 +170,70 @@ def _facts_statement() -> Select[*tuple[Any, ...]]:
             Device.open_return_id,
             DeviceSupplier.supplier_user_id,
         )
-        .select_from(k)
-        .outerjoin(User, User.user_id == k.c.originator)
-        .outerjoin(ReplayCounter, ReplayCounter.originator == k.c.originator)
-        .outerjoin(Device, Device.device_id == k.c.device_id)
+        .select_from(keys)
+        .outerjoin(User, User.user_id == keys.c.originator)
+        .outerjoin(ReplayCounter, ReplayCounter.originator == keys.c.originator)
+        .outerjoin(Device, Device.device_id == keys.c.device_id)
         .outerjoin(DeviceSupplier, DeviceSupplier.device_id == Device.device_id)
     )
 
 
-_FACTS = _Compiled(_facts_statement())
+_FACTS = _Compiled(
+    _facts_statement(
+        select(
+            bindparam("originator", type_=String(23)).label("originator"),
+            bindparam("device_id", type_=String(23)).label("device_id"),
+        ).subquery("k")
+    )
+)
+
+
+def _pg_keys() -> Subquery:
+    """A batch's keys on PostgreSQL: two arrays, unnested side by side."""
+    table = (
+        func.unnest(
+            bindparam("originators", type_=postgresql.ARRAY(String(23))),
+            bindparam("devices", type_=postgresql.ARRAY(String(23))),
+        )
+        .table_valued("originator", "device_id")
+        .render_derived(name="pairs")
+    )
+    return select(table.c.originator, table.c.device_id).subquery("k")
+
+
+def _sqlite_keys() -> Subquery:
+    """A batch's keys on SQLite: one JSON array of [originator, device_id] pairs."""
+    table = func.json_each(bindparam("pairs", type_=String())).table_valued("value")
+    return select(
+        func.json_extract(table.c.value, "$[0]").label("originator"),
+        func.json_extract(table.c.value, "$[1]").label("device_id"),
+    ).subquery("k")
+
+
+def _pg_pairs(keys: Sequence[FactsKey]) -> dict[str, Any]:
+    return {"originators": [k[0] for k in keys], "devices": [k[1] for k in keys]}
+
+
+def _sqlite_pairs(keys: Sequence[FactsKey]) -> dict[str, Any]:
+    return {"pairs": json.dumps(keys)}
+
+
+#: The batch form of ``_FACTS`` where the dialect can pass a table of keys as one
+#: parameter, with the function that builds that parameter; other dialects read
+#: a batch's facts one request at a time.
+_FACTS_MANY: dict[str, tuple[_Compiled, Callable[[Sequence[FactsKey]], dict[str, Any]]]] = {
+    "postgresql": (_Compiled(_facts_statement(_pg_keys())), _pg_pairs),
+    "sqlite": (_Compiled(_facts_statement(_sqlite_keys())), _sqlite_pairs),
+}
+
+#: ``n`` ids for new ``returns`` rows from the table's own sequence (PostgreSQL).
+_PG_RETURN_IDS = _Compiled(
+    select(func.nextval(func.pg_get_serial_sequence("returns", "id"))).select_from(
+        func.generate_series(1, bindparam("n", type_=Integer()))
+    )
+)
+#: The highest ``returns`` id so far (SQLite, inside the write transaction).
+_LAST_RETURN_ID = _Compiled(select(func.coalesce(func.max(ReturnRecord.id), 0)))
 
 #: The hub claim: set ``open_return_id`` only where it is still NULL.
 _CLAIM = _Compiled(
@@ -199,11 +277,17 @@ _CERTIFICATE_PEM = select(Certificate.pem).where(
 RETURN_COLUMNS = tuple(c.name for c in ReturnRecord.__table__.c if c.name != "id")
 _AUDIT_COLUMNS = tuple(c.name for c in AuditEntry.__table__.c if c.name != "id")
 _ADD_RETURN = _Compiled(insert(ReturnRecord).returning(ReturnRecord.id), RETURN_COLUMNS)
+#: A ``returns`` row whose id was reserved beforehand (a batch's deferred writes).
+_ADD_RETURN_WITH_ID = _Compiled(insert(ReturnRecord), ("id", *RETURN_COLUMNS))
 _ADD_AUDIT = _Compiled(insert(AuditEntry), _AUDIT_COLUMNS)
 
 
 def _advance_statement(dialect: str) -> _Compiled:
-    """The conditional counter advance for ``dialect``, built once per dialect."""
+    """The conditional counter advance for ``dialect``, built once per dialect.
+
+    It changes one row (inserted or moved up) or none (the counter is not
+    higher): the row count says which, for one request or summed over a batch.
+    """
     statement = _ADVANCE.get(dialect)
     if statement is None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -220,60 +304,118 @@ def _advance_statement(dialect: str) -> _Compiled:
                 "updated_at": values.excluded.updated_at,
             },
             where=ReplayCounter.last_counter < values.excluded.last_counter,
-        ).returning(ReplayCounter.originator)
+        )
         statement = _ADVANCE[dialect] = _Compiled(upsert)
     return statement
+
+
+class WriteConflict(Exception):
+    """A batch's deferred conditional write changed fewer rows than it was decided on.
+
+    Another process won a race for a counter or a hub between the batch's read
+    and its write. The batch must be rolled back and its requests decided again
+    one by one, where the loser is refused (the group committer does this).
+    """
 
 
 class Ledger:
     """The request path's statements, over one Connection whose transaction the caller owns.
 
     Plain Core execution on a Connection skips the ORM's statement and
-    unit-of-work processing, which cost more than the SQL itself; the group
-    committer (``hubreturns.committer``) runs many requests' ledgers in one
-    transaction. ``Repository`` exposes the same calls over a Session.
+    unit-of-work processing, which cost more than the SQL itself.
+    ``Repository`` exposes the same calls over a Session.
+
+    A ``deferred`` ledger serves a batch of requests in one transaction (the
+    group committer, ``hubreturns.committer``) with a constant number of
+    database round trips instead of several per request:
+
+    * ``prefetch`` reads every request's facts in one statement (on PostgreSQL
+      in the same round trip as the ids for the batch's new returns);
+    * the writes are queued and ``flush`` sends them as one ``executemany``
+      per statement (on PostgreSQL all in one pipeline), counters and hubs in
+      key order so that concurrent batches lock rows in the same order;
+    * the facts of a later request in the batch see the earlier requests'
+      counter advances and hub claims, the only facts a request changes, so
+      each request is decided as if the ones before it had been written;
+    * a conditional write that changes fewer rows than decided raises
+      ``WriteConflict``: another process won that race after the read.
     """
 
-    __slots__ = ("_audit", "_cursor", "connection", "defer_audit")
+    __slots__ = (
+        "_advances",
+        "_audit",
+        "_claimed",
+        "_claims",
+        "_counters",
+        "_cursor",
+        "_facts",
+        "_ids",
+        "_returns",
+        "connection",
+        "deferred",
+    )
 
-    def __init__(self, connection: Connection, *, defer_audit: bool = False) -> None:
+    def __init__(self, connection: Connection, *, deferred: bool = False) -> None:
         self.connection = connection
-        #: Keep audit rows until ``flush`` and insert them in one executemany.
-        self.defer_audit = defer_audit
-        self._audit: list[Mapping[str, Any]] = []
+        self.deferred = deferred
         self._cursor: Any = None
+        self._audit: list[Mapping[str, Any]] = []
+        #: Deferred mode: rows read by ``prefetch``, by key.
+        self._facts: dict[FactsKey, list[Any]] = {}
+        #: Deferred mode: return ids reserved for this batch, next first.
+        self._ids: deque[int] = deque()
+        #: Deferred mode: queued writes, and what they change in later facts.
+        self._advances: list[dict[str, Any]] = []
+        self._returns: list[dict[str, Any]] = []
+        self._claims: list[dict[str, Any]] = []
+        self._counters: dict[str, int] = {}
+        self._claimed: set[str] = set()
 
-    def flush(self) -> None:
-        """Write the deferred audit rows (before the transaction commits)."""
-        if self._audit:
-            rows, self._audit = self._audit, []
-            self._run(_ADD_AUDIT, rows, many=True)
+    # -- running statements -------------------------------------------------------
 
     def _run(self, statement: _Compiled, parameters: Any, *, many: bool = False) -> Any:
         """Execute on the DB-API cursor of this connection's transaction; see ``_Compiled``."""
+        return self._execute(self._raw_cursor(), statement, parameters, many=many)
+
+    def _raw_cursor(self) -> Any:
+        if self._cursor is None:
+            # Begins the SQLAlchemy transaction first, if it is not already begun.
+            self._cursor = self._driver().cursor()
+        return self._cursor
+
+    def _driver(self) -> Any:
+        return self.connection.connection.driver_connection
+
+    def _execute(
+        self, cursor: Any, statement: _Compiled, parameters: Any, *, many: bool = False
+    ) -> Any:
         dialect = self.connection.dialect
         sql, binds, positional = statement.form(dialect)
 
         def values(given: Mapping[str, Any]) -> Any:
-            converted = [
-                (name, convert(given[name]) if convert is not None else given[name])
-                for name, convert in binds
-            ]
+            converted = []
+            for name, convert, fixed in binds:
+                value = given[name] if fixed is _GIVEN else fixed
+                converted.append((name, convert(value) if convert is not None else value))
             return [v for _, v in converted] if positional else dict(converted)
 
-        if self._cursor is None:
-            # Begins the SQLAlchemy transaction first, if it is not already begun.
-            self._cursor = self.connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             if many:
-                self._cursor.executemany(sql, [values(row) for row in parameters])
+                cursor.executemany(sql, [values(row) for row in parameters])
             else:
-                self._cursor.execute(sql, values(parameters))
+                cursor.execute(sql, values(parameters))
         except dialect.loaded_dbapi.Error as exc:
             raise DBAPIError.instance(
                 sql, parameters, exc, dialect.loaded_dbapi.Error, dialect=dialect
             ) from exc
-        return self._cursor
+        return cursor
+
+    def _pipeline(self) -> AbstractContextManager[object]:
+        """PostgreSQL: the statements sent inside share one round trip (psycopg pipeline)."""
+        if self.connection.dialect.name == "postgresql":
+            pipeline: AbstractContextManager[object] = self._driver().pipeline()
+            return pipeline
+        return nullcontext()
 
     def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
         pem = self.connection.execute(
@@ -288,6 +430,28 @@ class Ledger:
         rows = self.connection.execute(_APPOINTED_BY, {"b_rsa": rsa_user_id, "b_now": now})
         return frozenset(rows.scalars())
 
+    def prefetch(self, keys: Iterable[FactsKey]) -> None:
+        """Deferred mode: read the facts of a batch's requests, and reserve their return ids.
+
+        A request whose key was not prefetched has its facts read when asked.
+        """
+        assert self.deferred, "prefetch serves a deferred (batch) ledger"
+        wanted = list(dict.fromkeys(keys))
+        batch_form = _FACTS_MANY.get(self.connection.dialect.name)
+        if not wanted or batch_form is None:
+            return
+        statement, parameters = batch_form
+        if self.connection.dialect.name == "postgresql":
+            facts, ids = self._driver().cursor(), self._driver().cursor()
+            with self._pipeline():
+                self._execute(facts, statement, parameters(wanted))
+                self._execute(ids, _PG_RETURN_IDS, {"n": len(wanted)})
+            self._ids.extend(int(row[0]) for row in ids.fetchall())
+        else:
+            facts = self._run(statement, parameters(wanted))
+        for row in facts.fetchall():
+            self._facts.setdefault((row[0], row[1]), []).append(row)
+
     def facts(
         self,
         request: ReturnRequest,
@@ -301,10 +465,13 @@ class Ledger:
         # its suppliers are read together. At READ COMMITTED an accepted request
         # commits its hub claim and counter together, so a claim seen here comes
         # with its counter (an identical concurrent request gets E21, not E44).
-        rows = self._run(
-            _FACTS, {"originator": request.originator, "device_id": request.device_id}
-        ).fetchall()
-        (user_id, role, status, counter, found, device_type, smi, gpf, open_return, _) = rows[0]
+        key = (request.originator, request.device_id)
+        rows = self._facts.get(key)
+        if rows is None:
+            rows = self._run(_FACTS, {"originator": key[0], "device_id": key[1]}).fetchall()
+        (_, _, user_id, role, status, counter, found, device_type, smi, gpf, open_return, _) = rows[
+            0
+        ]
         user = (
             UserFacts(user_id=user_id, role=Role(role), status=UserStatus(status))
             if user_id is not None
@@ -317,17 +484,21 @@ class Ledger:
                 smi_status=SmiStatus(smi),
                 responsible_suppliers=frozenset(r[-1] for r in rows if r[-1] is not None),
                 gpf_id=gpf,
-                has_open_return=open_return is not None,
+                has_open_return=open_return is not None or found in self._claimed,
             )
             if found is not None
             else None
         )
+        last_counter = int(counter) if counter is not None else None
+        queued = self._counters.get(request.originator)
+        if queued is not None and (last_counter is None or queued > last_counter):
+            last_counter = queued
         return Facts(
             request=request,
             endpoint=endpoint,
             access_control_broker=access_control_broker,
             user=user,
-            last_counter=int(counter) if check_counter and counter is not None else None,
+            last_counter=last_counter if check_counter else None,
             device=device,
             appointed_by=(
                 self.appointed_by(user.user_id, now)
@@ -339,27 +510,97 @@ class Ledger:
     # -- the accepted-request writes --------------------------------------------
 
     def advance_counter(self, originator: str, counter: int, now: datetime) -> bool:
-        """Move the originator's counter up to ``counter``; False if it is not higher."""
-        statement = _advance_statement(self.connection.dialect.name)
+        """Move the originator's counter up to ``counter``; False if it is not higher.
+
+        Deferred: queued, and True unless this batch has already gone as high;
+        ``flush`` checks it against the database.
+        """
         parameters = {"b_originator": originator, "b_counter": counter_text(counter), "b_now": now}
-        return self._run(statement, parameters).fetchone() is not None
+        if self.deferred:
+            if self._counters.get(originator, -1) >= counter:
+                return False
+            self._counters[originator] = counter
+            self._advances.append(parameters)
+            return True
+        statement = _advance_statement(self.connection.dialect.name)
+        return bool(self._run(statement, parameters).rowcount == 1)
 
     def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
-        """Mark the hub as having an open return; False if it already has one."""
-        cursor = self._run(_CLAIM, {"b_device": device_id, "b_return": return_id, "b_now": now})
-        return bool(cursor.rowcount == 1)
+        """Mark the hub as having an open return; False if it already has one.
+
+        Deferred: queued, and True unless this batch has already claimed it;
+        ``flush`` checks it against the database.
+        """
+        parameters = {"b_device": device_id, "b_return": return_id, "b_now": now}
+        if self.deferred:
+            if device_id in self._claimed:
+                return False
+            self._claimed.add(device_id)
+            self._claims.append(parameters)
+            return True
+        return bool(self._run(_CLAIM, parameters).rowcount == 1)
 
     def add_return(self, values: Mapping[str, Any]) -> int:
-        """Insert one ``returns`` row (column name -> value); returns its id."""
-        return int(self._run(_ADD_RETURN, values).fetchone()[0])
+        """Insert one ``returns`` row (column name -> value); returns its id.
+
+        Deferred: the id is one reserved for the batch, the row is queued.
+        """
+        if not self.deferred:
+            return int(self._run(_ADD_RETURN, values).fetchone()[0])
+        return_id = self._reserved_id()
+        self._returns.append({**values, "id": return_id})
+        return return_id
+
+    def _reserved_id(self) -> int:
+        if not self._ids:
+            if self.connection.dialect.name == "postgresql":
+                rows = self._run(_PG_RETURN_IDS, {"n": 1}).fetchall()
+                self._ids.extend(int(row[0]) for row in rows)
+            else:
+                # SQLite admits one writer, and this transaction is it: nobody
+                # else can take the ids above the highest one until it ends.
+                (last,) = self._run(_LAST_RETURN_ID, {}).fetchone()
+                taken = max([int(last), *(row["id"] for row in self._returns)])
+                self._ids.append(taken + 1)
+        return self._ids.popleft()
 
     def add_audit(self, fields: AuditFields) -> None:
         values = {name: getattr(fields, name) for name in _AUDIT_COLUMNS}
         values["channel"] = fields.channel.value
-        if self.defer_audit:
+        if self.deferred:
             self._audit.append(values)
         else:
             self._run(_ADD_AUDIT, values)
+
+    def flush(self) -> None:
+        """Deferred mode: write the queued rows (before the transaction commits).
+
+        Raises ``WriteConflict`` if a counter advance or a hub claim changed
+        fewer rows than were queued.
+        """
+        if not (self._advances or self._returns or self._claims or self._audit):
+            return
+        advances = sorted(self._advances, key=lambda p: (p["b_originator"], p["b_counter"]))
+        claims = sorted(self._claims, key=lambda p: p["b_device"])
+        returns, audit = self._returns, self._audit
+        self._advances, self._claims, self._returns, self._audit = [], [], [], []
+        driver = self._driver()
+        cursors: dict[str, Any] = {}
+        with self._pipeline():
+            for name, statement, rows in (
+                ("advances", _advance_statement(self.connection.dialect.name), advances),
+                ("returns", _ADD_RETURN_WITH_ID, returns),
+                ("claims", _CLAIM, claims),
+                ("audit", _ADD_AUDIT, audit),
+            ):
+                if rows:
+                    cursors[name] = self._execute(driver.cursor(), statement, rows, many=True)
+        for name, expected in (("advances", len(advances)), ("claims", len(claims))):
+            changed = cursors[name].rowcount if name in cursors else 0
+            if changed != expected:
+                raise WriteConflict(
+                    f"{name}: {changed} of {expected} rows changed; another process won a race"
+                )
 
 
 class Repository:

@@ -1,0 +1,228 @@
+"""A batch of requests in one transaction decides each one as if they had come one
+at a time (SQLite and PostgreSQL): the group committer reads a batch's facts in one
+statement and writes in bulk (``Ledger`` deferred mode), so a later request must
+still see the counters and hubs the earlier ones took."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from hubreturns.codes import ResponseCode
+from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, scenario_bodies
+from hubreturns.model import Endpoint, ReturnRequest
+from hubreturns.processing import Outcome, Processor
+from hubreturns.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
+from hubreturns.store.repository import Ledger, WriteConflict
+from hubreturns.wire.certificate import SigningCertificate
+
+
+def _warm_certificates(processor: Processor, world: DemoWorld) -> None:
+    """Cache every repository certificate, so no request needs a thread to look one up."""
+    for path in sorted(world.store_certificates.glob("*.pem")):
+        cert = SigningCertificate.from_pem(path.read_bytes())
+        processor.certificates(cert.issuer, cert.serial)
+
+
+def _together(processor: Processor, bodies: Iterable[tuple[bytes, Endpoint]]) -> list[Outcome]:
+    """Start every request in one turn of an event loop: their jobs share a batch."""
+
+    async def run() -> list[Outcome]:
+        return list(
+            await asyncio.gather(
+                *(processor.handle_duis_async(body, endpoint) for body, endpoint in bodies)
+            )
+        )
+
+    return asyncio.run(run())
+
+
+def _scenario(name: str) -> Scenario:
+    return next(s for s in SCENARIOS if s.name == name)
+
+
+def test_the_demo_scenarios_in_one_batch_get_the_codes_they_get_one_by_one(
+    processor: Processor, world: DemoWorld, seeded: sessionmaker[Session]
+) -> None:
+    _warm_certificates(processor, world)
+    bodies = list(scenario_bodies(world))
+    jobs, batches = processor.committer.jobs, processor.committer.batches
+    outcomes = _together(processor, [(body, s.endpoint) for s, body in bodies])
+    assert [(s.name, o.code.value) for (s, _), o in zip(bodies, outcomes, strict=True)] == [
+        (s.name, s.expected.value) for s in SCENARIOS
+    ]
+    # They really shared transactions: far fewer commits than requests.
+    assert processor.committer.jobs - jobs == len(SCENARIOS)
+    assert processor.committer.batches - batches <= 3
+
+    accepted = [o for o in outcomes if o.accepted]
+    with seeded() as session:
+        records = {r.id: r for r in session.scalars(select(ReturnRecord))}
+        assert sorted(records) == sorted(o.return_id for o in accepted)  # type: ignore[type-var]
+        for outcome in accepted:
+            assert outcome.return_id is not None
+            record = records[outcome.return_id]
+            assert record.request_id == str(outcome.request_id)
+            device = session.get(Device, record.device_id)
+            assert device is not None
+            assert device.open_return_id == record.id
+        audit = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+        assert sorted(a.code for a in audit) == sorted(s.expected.value for s in SCENARIOS)
+        assert {a.return_id for a in audit if a.accepted} == set(records)
+
+
+def test_a_replay_and_a_second_return_of_a_hub_in_the_same_batch_are_refused(
+    processor: Processor, world: DemoWorld, seeded: sessionmaker[Session]
+) -> None:
+    _warm_certificates(processor, world)
+    first = _scenario("IS fault return, Pending hub")
+    again = Scenario(
+        name="same hub, next counter",
+        sender=first.sender,
+        device=first.device,
+        expected=ResponseCode.E44,
+    )
+    (_, body), (_, second) = scenario_bodies(world, [first, again], first_counter=500)
+    batches = processor.committer.batches
+    outcomes = _together(processor, [(b, Endpoint.NON_DEVICE) for b in (body, body, second)])
+    assert [o.code for o in outcomes] == [ResponseCode.I99, ResponseCode.E21, ResponseCode.E44]
+    # Decided in the batch itself, not by rolling it back and going one by one.
+    assert processor.committer.batches - batches == 1
+    with seeded() as session:
+        records = session.scalars(select(ReturnRecord)).all()
+        assert [(r.device_id, r.request_id) for r in records] == [
+            (first.device, str(outcomes[0].request_id))
+        ]
+        counter = session.get(ReplayCounter, first.sender)
+        # The E44 request's counter was not spent: only accepted requests advance it.
+        assert counter is not None
+        assert int(counter.last_counter) == 500
+
+
+def test_counters_out_of_order_within_a_batch_refuse_the_lower_one(
+    processor: Processor, world: DemoWorld, seeded: sessionmaker[Session]
+) -> None:
+    _warm_certificates(processor, world)
+    first = _scenario("IS fault return, Pending hub")
+    other = _scenario("IS no-fault return, Commissioned hub")
+    assert first.sender == other.sender
+    (_, low), (_, high) = scenario_bodies(world, [first, other], first_counter=900)
+    batches = processor.committer.batches
+    outcomes = _together(processor, [(high, Endpoint.NON_DEVICE), (low, Endpoint.NON_DEVICE)])
+    assert [o.code for o in outcomes] == [ResponseCode.I99, ResponseCode.E21]
+    assert processor.committer.batches - batches == 1
+    with seeded() as session:
+        counter = session.get(ReplayCounter, first.sender)
+        assert counter is not None
+        assert int(counter.last_counter) == 901
+        assert [r.device_id for r in session.scalars(select(ReturnRecord))] == [other.device]
+
+
+def _request(world: DemoWorld, scenario: Scenario, counter: int) -> ReturnRequest:
+    from hubreturns.demo import scenario_request
+
+    return scenario_request(scenario, counter)
+
+
+#: Races between a batch's read and its write need a second writer, which SQLite
+#: never admits (one writer at a time): these run on PostgreSQL only.
+postgres_only = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
+
+@postgres_only
+@pytest.mark.parametrize("race", ["counter", "hub"])
+def test_a_race_lost_to_another_connection_after_the_read_raises_write_conflict(
+    engine: Engine, seeded: sessionmaker[Session], world: DemoWorld, race: str
+) -> None:
+    scenario = _scenario("IS fault return, Pending hub")
+    request = _request(world, scenario, 40)
+    now = datetime.now(UTC)
+    with engine.connect() as connection, connection.begin():
+        ledger = Ledger(connection, deferred=True)
+        ledger.prefetch([(request.originator, request.device_id)])
+        facts = ledger.facts(
+            request, endpoint=Endpoint.NON_DEVICE, access_control_broker="x", now=now
+        )
+        assert facts.last_counter is None
+        assert facts.device is not None
+        assert not facts.device.has_open_return
+        # Another worker commits its own acceptance in between.
+        with engine.begin() as other:
+            if race == "counter":
+                other.execute(
+                    text("INSERT INTO replay_counters VALUES (:o, :c, :t)"),
+                    {"o": request.originator, "c": f"{41:020d}", "t": now},
+                )
+            else:
+                other.execute(
+                    text("UPDATE devices SET open_return_id = -1 WHERE device_id = :d"),
+                    {"d": request.device_id},
+                )
+        assert ledger.advance_counter(request.originator, 40, now)
+        assert ledger.claim_device(request.device_id, ledger.add_return(_row(request, now)), now)
+        with pytest.raises(WriteConflict, match="advances" if race == "counter" else "claims"):
+            ledger.flush()
+
+
+def _row(request: ReturnRequest, now: datetime) -> dict[str, object]:
+    return {
+        "request_id": str(request.request_id),
+        "channel": "duis",
+        "originator": request.originator,
+        "role": "IS",
+        "on_behalf_of": request.originator,
+        "entered_by": None,
+        "device_id": request.device_id,
+        "service_reference_variant": request.kind.variant,
+        "return_type": request.return_type,
+        "other_device_id": None,
+        "connection_method": None,
+        "fault_reason": None,
+        "user_ref_datetime": None,
+        "user_ref_id": None,
+        "incident_reference": None,
+        "additional_information": None,
+        "smi_status_at_return": "Pending",
+        "status": "notified",
+        "received_at": now,
+        "request_xml": None,
+    }
+
+
+@postgres_only
+def test_a_race_lost_between_read_and_write_is_decided_again_alone(
+    processor: Processor, world: DemoWorld, seeded: sessionmaker[Session], engine: Engine
+) -> None:
+    """Through the committer: the lost race rolls the batch back and the loser gets E21."""
+    _warm_certificates(processor, world)
+    first = _scenario("IS fault return, Pending hub")
+    neighbour = _scenario("GS no-fault return, Pending hub")
+    (_, body), (_, other) = scenario_bodies(world, [first, neighbour], first_counter=70)
+    original = Ledger.prefetch
+
+    def prefetch_then_lose(self: Ledger, keys: Iterable[tuple[str, str]]) -> None:
+        original(self, keys)
+        with engine.begin() as connection:  # another worker, after our read
+            connection.execute(
+                text("INSERT INTO replay_counters VALUES (:o, :c, :t)"),
+                {"o": first.sender, "c": f"{70:020d}", "t": datetime.now(UTC)},
+            )
+        Ledger.prefetch = original  # type: ignore[method-assign]
+
+    Ledger.prefetch = prefetch_then_lose  # type: ignore[method-assign]
+    try:
+        outcomes = _together(processor, [(body, Endpoint.NON_DEVICE), (other, Endpoint.NON_DEVICE)])
+    finally:
+        Ledger.prefetch = original  # type: ignore[method-assign]
+    assert [o.code for o in outcomes] == [ResponseCode.E21, ResponseCode.I99]
+    with seeded() as session:
+        assert [r.originator for r in session.scalars(select(ReturnRecord))] == [neighbour.sender]
+        codes = sorted(a.code for a in session.scalars(select(AuditEntry)))
+        assert codes == ["E21", "I99"]

@@ -8,6 +8,8 @@ signature is checked with the DCC certificate; the database is read afterwards.
 from __future__ import annotations
 
 import hashlib
+import socket
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +34,7 @@ from hubreturns.demo import (
     scenario_request,
 )
 from hubreturns.loading import load_appointments, load_devices, load_users
+from hubreturns.processing import Processor
 from hubreturns.store.models import Appointment, AuditEntry, Device, ReplayCounter, ReturnRecord
 from hubreturns.store.repository import Repository
 from hubreturns.wire.certificate import SigningCertificate
@@ -125,6 +128,64 @@ def test_text_xml_with_charset_is_accepted(
         "/api/v1/serviceD", content=body, headers={"content-type": "text/xml; charset=utf-8"}
     )
     assert code_of(reply, world) == "I99"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_on_a_duis_endpoint_are_405_and_not_audited(
+    http: httpx.Client, seeded: sessionmaker[Session], method: str
+) -> None:
+    reply = http.request(method, "/api/v1/serviceD")
+    assert reply.status_code == 405
+    assert audit_rows(seeded) == []
+
+
+def test_a_client_that_leaves_mid_body_is_logged_and_nothing_is_recorded(
+    server: str,
+    http: httpx.Client,
+    world: DemoWorld,
+    seeded: sessionmaker[Session],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ((_, body),) = scenario_bodies(world, [_scenario("IS fault return, Pending hub")])
+    host, port = server.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/v1/serviceD HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with caplog.at_level("INFO", logger="hubreturns.http"):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(head.encode() + body[:200])
+        deadline = time.monotonic() + 10
+        while not any(getattr(r, "status", None) == 499 for r in caplog.records):
+            assert time.monotonic() < deadline, "no access line for the departed client"
+            time.sleep(0.02)
+    assert audit_rows(seeded) == []
+    assert code_of(post(http, body), world) == "I99"  # and the service goes on
+
+
+def test_an_unexpected_error_is_a_logged_500_and_the_service_goes_on(
+    http: httpx.Client,
+    world: DemoWorld,
+    processor: Processor,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ((_, body),) = scenario_bodies(world, [_scenario("IS fault return, Pending hub")])
+
+    async def broken(*_: object) -> object:
+        raise RuntimeError("a bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(processor, "handle_duis_async", broken)
+        with caplog.at_level("INFO"):
+            reply = post(http, body)
+    assert reply.status_code == 500
+    assert reply.headers["x-request-id"]
+    (failure,) = [r for r in caplog.records if r.name == "hubreturns.service"]
+    assert failure.exc_info is not None
+    assert "a bug" in str(failure.exc_info[1])
+    assert [r.status for r in caplog.records if r.name == "hubreturns.http"] == [500]
+    assert code_of(post(http, body), world) == "I99"
 
 
 def _oversized(world: DemoWorld) -> bytes:

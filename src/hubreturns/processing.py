@@ -391,12 +391,27 @@ class Processor:
         ``http_status`` (415, 413, 408) is what the client is sent and what the audit keeps.
         """
         started = time.perf_counter()
-        audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
-        refused = self._refusal(
-            ResponseCode.E30, reason, None, "8.14.3", audit, http_status=http_status
-        )
+        refused = self._unreadable(reason, endpoint, http_status)
         outcome = self._conclude(refused, *self._run(refused))
         return self._finish(outcome, started, Channel.DUIS, endpoint)
+
+    async def reject_unreadable_async(
+        self, reason: str, endpoint: str | None, *, http_status: int
+    ) -> Outcome:
+        """``reject_unreadable`` for an event loop (its audit row through ``run_async``)."""
+        started = time.perf_counter()
+        refused = self._unreadable(reason, endpoint, http_status)
+        try:
+            outcome = self._conclude(refused, await self.committer.run_async(refused.job()), None)
+        except SQLAlchemyError as exc:
+            outcome = self._conclude(refused, None, exc)
+        return self._finish(outcome, started, Channel.DUIS, endpoint)
+
+    def _unreadable(self, reason: str, endpoint: str | None, http_status: int) -> _Refused:
+        audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
+        return self._refusal(
+            ResponseCode.E30, reason, None, "8.14.3", audit, http_status=http_status
+        )
 
     # -- the first half: no database ------------------------------------------------
 
@@ -414,11 +429,9 @@ class Processor:
         root: etree._Element | None = None
         try:
             root = envelope.parse(body, self.policy)
-            echoed = envelope.peek_header(root).request_id
-            current_request_id.set(str(echoed) if echoed is not None else None)
             request = authenticate_document(root, lookup, self.policy, now)
         except Rejection as refusal:
-            echo = envelope.peek_header(root)
+            echo = self._echo(root)
             return self._refusal(
                 refusal.code,
                 refusal.message,
@@ -428,14 +441,15 @@ class Processor:
             )
         except SQLAlchemyError as exc:
             # The certificate lookup needs the database: unavailable, not a refusal.
+            echo = self._echo(root)
             log.error("database error while authenticating, nothing recorded: %s", exc)
-            echo = envelope.peek_header(root)
             return self._respond(
                 Decision(ResponseCode.E100, "database unavailable; nothing was recorded"),
                 echo.request_id,
                 echo.service_reference_variant,
                 None,
             )
+        current_request_id.set(str(request.request_id))
         return _RecordReturn(
             request=request,
             endpoint=endpoint,
@@ -445,6 +459,14 @@ class Processor:
             audit=audit,
             check_counter=True,
         )
+
+    @staticmethod
+    def _echo(root: etree._Element | None) -> envelope.HeaderEcho:
+        """The refused request's header as far as it can be read; its RequestID goes on
+        the log lines from here on (unverified: the request was refused)."""
+        echo = envelope.peek_header(root)
+        current_request_id.set(str(echo.request_id) if echo.request_id is not None else None)
+        return echo
 
     def _refusal(
         self,

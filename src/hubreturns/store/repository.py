@@ -350,6 +350,7 @@ class Ledger:
         "_cursor",
         "_facts",
         "_ids",
+        "_last_id",
         "_returns",
         "connection",
         "deferred",
@@ -364,6 +365,8 @@ class Ledger:
         self._facts: dict[FactsKey, list[Any]] = {}
         #: Deferred mode: return ids reserved for this batch, next first.
         self._ids: deque[int] = deque()
+        #: Deferred mode on SQLite: the last return id this batch has taken.
+        self._last_id: int | None = None
         #: Deferred mode: queued writes, and what they change in later facts.
         self._advances: list[dict[str, Any]] = []
         self._returns: list[dict[str, Any]] = []
@@ -552,17 +555,16 @@ class Ledger:
         return return_id
 
     def _reserved_id(self) -> int:
-        if not self._ids:
-            if self.connection.dialect.name == "postgresql":
-                rows = self._run(_PG_RETURN_IDS, {"n": 1}).fetchall()
-                self._ids.extend(int(row[0]) for row in rows)
-            else:
-                # SQLite admits one writer, and this transaction is it: nobody
-                # else can take the ids above the highest one until it ends.
-                (last,) = self._run(_LAST_RETURN_ID, {}).fetchone()
-                taken = max([int(last), *(row["id"] for row in self._returns)])
-                self._ids.append(taken + 1)
-        return self._ids.popleft()
+        if self._ids:
+            return self._ids.popleft()
+        if self.connection.dialect.name == "postgresql":
+            return int(self._run(_PG_RETURN_IDS, {"n": 1}).fetchone()[0])
+        # SQLite admits one writer, and this transaction is it: nobody else can
+        # take the ids above the highest one until it ends.
+        if self._last_id is None:
+            self._last_id = int(self._run(_LAST_RETURN_ID, {}).fetchone()[0])
+        self._last_id += 1
+        return self._last_id
 
     def add_audit(self, fields: AuditFields) -> None:
         values = {name: getattr(fields, name) for name in _AUDIT_COLUMNS}

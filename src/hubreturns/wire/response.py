@@ -37,8 +37,7 @@ __all__ = ["ResponseSigner", "build_response", "format_datetime"]
 
 def format_datetime(moment: datetime) -> str:
     """UTC with milliseconds and ``Z``, as DUIS ResponseDateTime is written."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,35 @@ def test_an_unavailable_database_fails_the_batch_at_once(
     committer.close()
 
 
+class _Deadlocked(Exception):
+    """What psycopg raises for a deadlock: an error carrying SQLSTATE 40P01."""
+
+    sqlstate = "40P01"
+
+
+def test_a_batch_the_server_rolled_back_is_run_again_job_by_job(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """A deadlock or serialization failure is a lost race, not an outage: no E100."""
+    runs: list[str] = []
+
+    def deadlocked_once(ledger: Ledger) -> str:
+        runs.append("victim")
+        if runs.count("victim") == 1:
+            raise OperationalError("UPDATE devices", {}, _Deadlocked("deadlock detected"))
+        ledger.add_audit(_audit("victim"))
+        return "victim"
+
+    committer = Committer(sessions)
+    futures = _queue_behind_gate(
+        committer, [_write("a"), FunctionJob(deadlocked_once), _write("b")]
+    )
+    assert [f.result(30) for f in futures] == ["a", "victim", "b"]
+    assert runs == ["victim", "victim"]
+    assert _reasons(engine) == ["a", "b", "gate", "victim"]
+    committer.close()
+
+
 def test_close_finishes_queued_work_and_a_later_submit_restarts(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:

@@ -236,18 +236,23 @@ class Committer:
         if transaction is None:
             return False
         try:
-            with transaction:
-                ledger = Ledger(connection, deferred=True)
-                ledger.prefetch(
-                    key for item in batch if (key := getattr(item.job, "reads", None)) is not None
-                )
-                results = [item.job.run(ledger) for item in batch]
-                ledger.flush()
-        except _UNAVAILABLE as exc:
-            for item in batch:
-                item.future.set_exception(exc)
-            return True
-        except Exception as exc:  # Contended, WriteConflict, or one job's own failure
+            try:
+                with transaction:
+                    ledger = Ledger(connection, deferred=True)
+                    ledger.prefetch(
+                        key
+                        for item in batch
+                        if (key := getattr(item.job, "reads", None)) is not None
+                    )
+                    results = [item.job.run(ledger) for item in batch]
+                    ledger.flush()
+            except _UNAVAILABLE as exc:
+                if not _rolled_back_by_the_server(exc):
+                    for item in batch:
+                        item.future.set_exception(exc)
+                    return True
+                raise
+        except Exception as exc:  # Contended, WriteConflict, a deadlock, or one job's own failure
             log.debug("batch of %d rolled back (%s); running its jobs one by one", len(batch), exc)
             for item in batch:
                 self._alone(connection, item)
@@ -384,6 +389,12 @@ def _deliver(results: list[_LoopResult]) -> None:
             result.future.set_exception(result.outcome)
         else:
             result.future.set_result(result.outcome)
+
+
+def _rolled_back_by_the_server(error: Exception) -> bool:
+    """A deadlock or serialization failure (SQLSTATE class 40): the batch lost to another
+    transaction and can be run again, unlike an outage."""
+    return str(getattr(getattr(error, "orig", None), "sqlstate", "") or "").startswith("40")
 
 
 def _begin(connection: Connection, *, at_once: bool) -> RootTransaction | None:

@@ -281,6 +281,52 @@ def test_jobs_of_one_loop_turn_share_one_commit(
     committer.close()
 
 
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
+    sessions: sessionmaker[Session], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's writer thread: a request noted as arriving joins the batch before it."""
+    monkeypatch.setattr(committer_module, "_GATHER_WAIT", 30.0)  # no timing in the test
+    committer = Committer(sessions)
+
+    async def main() -> list[str]:
+        first, second = committer.arrival(), committer.arrival()
+        early = asyncio.ensure_future(committer.run_async(_write("early"), first))
+        await asyncio.sleep(0.002)  # the early job is with the writer, which waits
+        late = asyncio.ensure_future(committer.run_async(_write("late"), second))
+        return [await early, await late]
+
+    before = committer.batches
+    assert asyncio.run(main()) == ["early", "late"]
+    assert committer.batches - before == 1
+    assert _reasons(engine) == ["early", "late"]
+    committer.close()
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_delays(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    committer = Committer(sessions)
+
+    async def main() -> tuple[str, str]:
+        alone = await committer.run_async(_write("alone"))  # nobody else on the way
+        lost = committer.arrival()  # a request that never brings its job
+        waited = await committer.run_async(_write("waited"))
+        lost.close()
+        lost.close()  # idempotent
+        return alone, waited
+
+    before = committer.batches
+    assert asyncio.run(main()) == ("alone", "waited")
+    assert committer.batches - before == 2
+    committer.close()
+
+
 def test_on_a_loop_a_failing_job_fails_alone(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -42,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hubreturns.store.db import SQLiteWriterLock, checkpoint, writer_lock
 from hubreturns.store.repository import Ledger
 
-__all__ = ["Committer", "Contended", "FunctionJob", "Job"]
+__all__ = ["Arrival", "Committer", "Contended", "FunctionJob", "Job"]
 
 log = logging.getLogger("hubreturns.committer")
 
@@ -52,6 +53,10 @@ T_co = TypeVar("T_co", covariant=True)
 #: How long the event loop may wait for the writer lock held by a sibling worker's
 #: batch (a few milliseconds at most) before it hands its batch to the writer thread.
 _LOOP_LOCK_WAIT = 0.005
+
+#: How long the writer thread holds a batch open for requests that have arrived but
+#: not yet brought their job (``Committer.arrival``): a bound on the latency it adds.
+_GATHER_WAIT = 0.010
 
 #: Errors that mean the database, not the job, is at fault: the batch fails as a whole.
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError)
@@ -108,11 +113,27 @@ class Committer:
         #: the loop (SQLite), or handed to the writer thread together (PostgreSQL).
         self._turn: list[_Item[object]] = []
         self._turn_thread: list[_Item[object]] = []
+        #: Requests that have arrived and will bring a job (``arrival``); changed on the
+        #: event loop only, read by the writer thread.
+        self._arriving = 0
         #: Batches committed and jobs in them, since start (for metrics and benchmarks).
         self.batches = 0
         self.jobs = 0
 
     # -- callers -----------------------------------------------------------------------
+
+    def arrival(self) -> Arrival:
+        """Note, on the event loop, a request that will bring a job for ``run_async``.
+
+        While such requests are on their way, the writer thread holds its next
+        batch open for them (up to ``_GATHER_WAIT``): under load a commit then
+        serves every request in flight instead of the few that happened to be
+        ready, and the per-commit cost of the database is shared more widely.
+        With nothing arriving, a batch goes at once. Close it once the job is
+        submitted or will not be (``run_async`` closes the one it is given).
+        """
+        self._arriving += 1
+        return Arrival(self)
 
     def submit(self, job: Job[T]) -> Future[T]:
         """Queue ``job``; its future resolves once its transaction has committed."""
@@ -188,6 +209,16 @@ class Committer:
                 if self._closed:
                     return None
                 self._ready.wait()
+            deadline = time.monotonic() + _GATHER_WAIT
+            while (
+                self._arriving + len(self._turn_thread) > 0
+                and len(self._queue) < self._max_batch
+                and not self._closed
+            ):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._ready.wait(left)
             count = min(len(self._queue), self._max_batch)
             return [self._queue.popleft() for _ in range(count)]
 
@@ -280,7 +311,7 @@ class Committer:
 
     # -- on the event loop (SQLite) ------------------------------------------------------
 
-    async def run_async(self, job: Job[T]) -> T:
+    async def run_async(self, job: Job[T], arrival: Arrival | None = None) -> T:
         """Run ``job`` for a coroutine; its transaction has committed when this returns.
 
         On SQLite the jobs queued during one turn of the event loop are run as
@@ -298,9 +329,13 @@ class Committer:
         future: asyncio.Future[T] = loop.create_future()
         if self._engine().dialect.name != "sqlite":
             self._turn_thread.append(_Item(job, _LoopResult(future, loop)))
+            if arrival is not None:
+                arrival.close()
             if len(self._turn_thread) == 1:
                 loop.call_soon(self._end_of_turn_thread)
             return await future
+        if arrival is not None:
+            arrival.close()
         self._start_checkpoints()
         self._turn.append(_Item(job, future))  # type: ignore[arg-type]
         if len(self._turn) == 1:
@@ -339,6 +374,20 @@ class Committer:
                     for item in batch
                 ]
             )
+
+
+class Arrival:
+    """A request on its way to the committer (``Committer.arrival``); ``close`` is idempotent."""
+
+    __slots__ = ("_committer",)
+
+    def __init__(self, committer: Committer) -> None:
+        self._committer: Committer | None = committer
+
+    def close(self) -> None:
+        if self._committer is not None:
+            self._committer._arriving -= 1
+            self._committer = None
 
 
 class _LoopResult:

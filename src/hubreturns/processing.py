@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import ResponseCode, info
-from hubreturns.committer import Committer, Contended, FunctionJob, Job
+from hubreturns.committer import Arrival, Committer, Contended, FunctionJob, Job
 from hubreturns.errors import Rejection, SignatureRejection
 from hubreturns.model import Channel, Endpoint, RequestId, ReturnRequest
 from hubreturns.policy import SecurityPolicy
@@ -339,7 +339,9 @@ class Processor:
         finally:
             current_request_id.reset(token)
 
-    async def handle_duis_async(self, body: bytes, endpoint: Endpoint) -> Outcome:
+    async def handle_duis_async(
+        self, body: bytes, endpoint: Endpoint, arrival: Arrival | None = None
+    ) -> Outcome:
         """``handle_duis`` for an event loop: no thread hand-off on the common path.
 
         Parsing, checking and signing are CPU-bound and short, so they run on
@@ -357,7 +359,7 @@ class Processor:
                 prepared = await asyncio.to_thread(self._prepare, body, endpoint, self.certificates)
             if not isinstance(prepared, Outcome):
                 try:
-                    result = await self.committer.run_async(_job(prepared))
+                    result = await self.committer.run_async(_job(prepared), arrival)
                 except SQLAlchemyError as exc:
                     prepared = self._conclude(prepared, None, exc)
                 else:
@@ -396,13 +398,14 @@ class Processor:
         return self._finish(outcome, started, Channel.DUIS, endpoint)
 
     async def reject_unreadable_async(
-        self, reason: str, endpoint: str | None, *, http_status: int
+        self, reason: str, endpoint: str | None, *, http_status: int, arrival: Arrival | None = None
     ) -> Outcome:
         """``reject_unreadable`` for an event loop (its audit row through ``run_async``)."""
         started = time.perf_counter()
         refused = self._unreadable(reason, endpoint, http_status)
         try:
-            outcome = self._conclude(refused, await self.committer.run_async(refused.job()), None)
+            await self.committer.run_async(refused.job(), arrival)
+            outcome = self._conclude(refused, None, None)
         except SQLAlchemyError as exc:
             outcome = self._conclude(refused, None, exc)
         return self._finish(outcome, started, Channel.DUIS, endpoint)

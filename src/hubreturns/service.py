@@ -107,17 +107,18 @@ class DuisEndpoint:
         from hubreturns.observability import Exchange
 
         exchange = Exchange(self.metrics, scope)
+        arrival = self.processor.committer.arrival()
         status = 500
         try:
             try:
                 body = await self._body(scope, receive)
             except _Unreadable as unread:
                 outcome = await self.processor.reject_unreadable_async(
-                    unread.reason, endpoint.value, http_status=unread.status
+                    unread.reason, endpoint.value, http_status=unread.status, arrival=arrival
                 )
                 close = unread.status == 408  # a trickling client must not keep the socket
             else:
-                outcome = await self.processor.handle_duis_async(body, endpoint)
+                outcome = await self.processor.handle_duis_async(body, endpoint, arrival)
                 close = False
             status = outcome.http_status
             headers = [
@@ -146,6 +147,7 @@ class DuisEndpoint:
                 )
                 await send({"type": "http.response.body", "body": b"Internal Server Error"})
         finally:
+            arrival.close()
             exchange.close(status, _DUIS_ROUTE)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -188,17 +189,67 @@ _FACTS = _Compiled(
 )
 
 
-def _pg_keys() -> Subquery:
-    """A batch's keys on PostgreSQL: two arrays, unnested side by side."""
-    table = (
+def _pg_facts_many() -> Select[*tuple[Any, ...]]:
+    """``_FACTS`` for a batch on PostgreSQL: two arrays of keys, each table looked up
+    by key in a fenced subquery.
+
+    ``OFFSET 0`` keeps the planner from turning the look-ups into joins, so the
+    plan is index look-ups per key whatever the tables' sizes and however many
+    keys a batch holds. That makes one plan right for every batch, and the
+    batch's transaction keeps it (``_GENERIC_PLANS``): left to choose, the
+    planner plans anew for each array size, which costs more than the read.
+    """
+    k = (
         func.unnest(
             bindparam("originators", type_=postgresql.ARRAY(String(23))),
             bindparam("devices", type_=postgresql.ARRAY(String(23))),
         )
         .table_valued("originator", "device_id")
-        .render_derived(name="pairs")
+        .render_derived(name="k")
     )
-    return select(table.c.originator, table.c.device_id).subquery("k")
+
+    def look_up(name: str, where: Any, *columns: Any) -> Any:
+        return select(*columns).where(where).offset(0).lateral(name)
+
+    user = look_up("u", User.user_id == k.c.originator, User.user_id, User.role, User.status)
+    counter = look_up("r", ReplayCounter.originator == k.c.originator, ReplayCounter.last_counter)
+    device = look_up(
+        "d",
+        Device.device_id == k.c.device_id,
+        Device.device_id,
+        Device.device_type,
+        Device.smi_status,
+        Device.gpf_id,
+        Device.open_return_id,
+    )
+    suppliers = look_up(
+        "s", DeviceSupplier.device_id == k.c.device_id, DeviceSupplier.supplier_user_id
+    )
+    return (
+        select(
+            k.c.originator,
+            k.c.device_id,
+            user.c.user_id,
+            user.c.role,
+            user.c.status,
+            counter.c.last_counter,
+            device.c.device_id,
+            device.c.device_type,
+            device.c.smi_status,
+            device.c.gpf_id,
+            device.c.open_return_id,
+            suppliers.c.supplier_user_id,
+        )
+        .select_from(k)
+        .outerjoin(user, true())
+        .outerjoin(counter, true())
+        .outerjoin(device, true())
+        .outerjoin(suppliers, true())
+    )
+
+
+#: PostgreSQL: the statements of a batch's transaction keep their one plan (above).
+_GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
 
 
 def _sqlite_keys() -> Subquery:
@@ -222,7 +273,7 @@ def _sqlite_pairs(keys: Sequence[FactsKey]) -> dict[str, Any]:
 #: parameter, with the function that builds that parameter; other dialects read
 #: a batch's facts one request at a time.
 _FACTS_MANY: dict[str, tuple[_Compiled, Callable[[Sequence[FactsKey]], dict[str, Any]]]] = {
-    "postgresql": (_Compiled(_facts_statement(_pg_keys())), _pg_pairs),
+    "postgresql": (_Compiled(_pg_facts_many()), _pg_pairs),
     "sqlite": (_Compiled(_facts_statement(_sqlite_keys())), _sqlite_pairs),
 }
 
@@ -405,6 +456,9 @@ class Ledger:
         try:
             if many:
                 cursor.executemany(sql, [values(row) for row in parameters])
+            elif dialect.name == "postgresql":
+                # Prepared from the first use: the same few statements serve every request.
+                cursor.execute(sql, values(parameters), prepare=True)
             else:
                 cursor.execute(sql, values(parameters))
         except dialect.loaded_dbapi.Error as exc:
@@ -447,6 +501,7 @@ class Ledger:
         if self.connection.dialect.name == "postgresql":
             facts, ids = self._driver().cursor(), self._driver().cursor()
             with self._pipeline():
+                self._driver().cursor().execute(_GENERIC_PLANS)
                 self._execute(facts, statement, parameters(wanted))
                 self._execute(ids, _PG_RETURN_IDS, {"n": len(wanted)})
             self._ids.extend(int(row[0]) for row in ids.fetchall())

@@ -7,6 +7,7 @@ signature is checked with the DCC certificate; the database is read afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import socket
 import time
@@ -35,6 +36,7 @@ from hubreturns.demo import (
 )
 from hubreturns.loading import load_appointments, load_devices, load_users
 from hubreturns.processing import Processor
+from hubreturns.service import BodyDeadlines
 from hubreturns.store.models import Appointment, AuditEntry, Device, ReplayCounter, ReturnRecord
 from hubreturns.store.repository import Repository
 from hubreturns.wire.certificate import SigningCertificate
@@ -183,6 +185,37 @@ def test_an_unexpected_error_is_a_logged_500_and_the_service_goes_on(
     assert failure.exc_info is not None
     assert "a bug" in str(failure.exc_info[1])
     assert code_of(post(http, body), world) == "I99"
+
+
+def test_body_deadlines_cancel_only_overdue_reads_and_leave_other_cancellations_alone() -> None:
+    """The shared deadline timer (``BodyDeadlines``) behind the slowloris 408."""
+    deadlines = BodyDeadlines(0.05, every=0.01)
+
+    async def read(forever: asyncio.Future[None]) -> str:
+        reading = deadlines.watch()
+        try:
+            await forever
+        except asyncio.CancelledError:
+            if reading.expired():
+                return "timed out"
+            raise
+        finally:
+            reading.end()
+        return "read"
+
+    async def main() -> tuple[str, bool, str]:
+        loop = asyncio.get_running_loop()
+        overdue = await read(loop.create_future())
+        stopped = asyncio.ensure_future(read(loop.create_future()))
+        await asyncio.sleep(0)
+        stopped.cancel()  # shutdown, say: not a deadline
+        with pytest.raises(asyncio.CancelledError):
+            await stopped
+        arrived = loop.create_future()
+        loop.call_soon(arrived.set_result, None)
+        return overdue, stopped.cancelled(), await read(arrived)
+
+    assert asyncio.run(main()) == ("timed out", True, "read")
 
 
 def _access_statuses(caplog: pytest.LogCaptureFixture, count: int) -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,6 +32,7 @@ from hubreturns.store.db import make_engine, make_sessionmaker
 
 __all__ = [
     "BODY_READ_TIMEOUT_SECONDS",
+    "BodyDeadlines",
     "CLIENT_GONE",
     "DuisEndpoint",
     "Service",
@@ -100,6 +102,7 @@ class DuisEndpoint:
         self.processor = processor
         self.metrics = metrics_for(processor)
         self.body_timeout = body_timeout
+        self.deadlines = BodyDeadlines(body_timeout)
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
@@ -162,27 +165,98 @@ class DuisEndpoint:
         media = (content_type or "").split(";")[0].strip().lower()
         if media not in _XML_TYPES:
             raise _Unreadable(f"content type {media or 'none'} is not application/xml", 415)
-        too_big = _Unreadable(f"body over the {limit}-byte limit", 413)
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_big
+            raise _Unreadable(f"body over the {limit}-byte limit", 413)
         chunks: list[bytes] = []
         size = 0
+        reading = self.deadlines.watch()
         try:
-            async with asyncio.timeout(self.body_timeout):  # no extra task, unlike wait_for
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _ClientGone
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise too_big
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _Unreadable(f"body over the {limit}-byte limit", 413)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.CancelledError:
+            if not reading.expired():
+                raise
             raise _Unreadable(f"body not received within {self.body_timeout:g} s", 408) from None
+        finally:
+            reading.end()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class _Reading:
+    """One body read watched by ``BodyDeadlines``."""
+
+    __slots__ = ("deadline", "owner", "task", "timed_out")
+
+    def __init__(self, owner: _LoopDeadlines, task: asyncio.Task[Any], deadline: float) -> None:
+        self.owner, self.task, self.deadline = owner, task, deadline
+        self.timed_out = False
+
+    def expired(self) -> bool:
+        """This read was cancelled for its deadline (then the cancellation is taken back)."""
+        if self.timed_out:
+            self.task.uncancel()
+        return self.timed_out
+
+    def end(self) -> None:
+        self.owner.reading.discard(self)
+
+
+class _LoopDeadlines:
+    __slots__ = ("handle", "reading")
+
+    def __init__(self) -> None:
+        self.reading: set[_Reading] = set()
+        self.handle: asyncio.TimerHandle | None = None
+
+
+class BodyDeadlines:
+    """Body reads past their deadline, cancelled by one timer per event loop (slowloris).
+
+    Why not ``asyncio.timeout`` around each read: its timer and context cost
+    as much as the rest of reading a body, for a limit that almost never
+    fires. One sweep a second over the reads in progress gives the same
+    answer, within a second of the deadline.
+    """
+
+    def __init__(self, seconds: float, *, every: float = 1.0) -> None:
+        self.seconds = seconds
+        self.every = min(every, seconds)
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def watch(self) -> _Reading:
+        """Watch the current task's read from now; ``end`` it when the read is over."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "a body is read in a task"
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopDeadlines()
+        reading = _Reading(state, task, loop.time() + self.seconds)
+        state.reading.add(reading)
+        if state.handle is None:
+            state.handle = loop.call_later(self.every, self._sweep, loop, state)
+        return reading
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop, state: _LoopDeadlines) -> None:
+        now = loop.time()
+        for reading in [r for r in state.reading if r.deadline <= now]:
+            state.reading.discard(reading)
+            reading.timed_out = True
+            reading.task.cancel()
+        state.handle = (
+            loop.call_later(self.every, self._sweep, loop, state) if state.reading else None
+        )
 
 
 class Service(Starlette):

@@ -50,10 +50,6 @@ log = logging.getLogger("hubreturns.committer")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
-#: How long the event loop may wait for the writer lock held by a sibling worker's
-#: batch (a few milliseconds at most) before it hands its batch to the writer thread.
-_LOOP_LOCK_WAIT = 0.005
-
 #: How long the writer thread holds a batch open for requests that have arrived but
 #: not yet brought their job (``Committer.arrival``): a bound on the latency it adds.
 _GATHER_WAIT = 0.010
@@ -318,10 +314,12 @@ class Committer:
         one batch on the loop itself, at the end of that turn. Why: handing each
         request to the writer thread and back (wake-ups, GIL hand-offs between
         two busy threads) cost about 400 µs of CPU a request, several times
-        SQLite's own work and its commit. The loop waits for the writer lock no
-        longer than ``_LOOP_LOCK_WAIT`` (a sibling worker's batch) and never for
-        another connection's hold on the database: then the batch goes to the
-        writer thread.
+        SQLite's own work and its commit. The loop never waits for the writer
+        lock (a sibling worker's batch holds it) nor for another connection's
+        hold on the database: then the batch goes to the writer thread, which
+        waits in ``flock`` without spinning. (Polling for the lock from the
+        loop, for up to 5 ms, cost more CPU than the thread hand-off and stalled
+        the loop meanwhile: 2 workers, 2,160 → 2,430-2,600 accepted/s.)
         PostgreSQL always goes to the thread, so the loop never waits on the
         network.
         """
@@ -355,7 +353,7 @@ class Committer:
         engine = self._engine()
         lock = writer_lock(engine)
         done = False
-        if isinstance(lock, SQLiteWriterLock) and lock.acquire(timeout=_LOOP_LOCK_WAIT):
+        if isinstance(lock, SQLiteWriterLock) and lock.acquire(timeout=0):
             try:
                 with engine.connect() as connection:
                     done = self._settle(connection, batch, at_once=True)

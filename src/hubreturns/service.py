@@ -32,8 +32,8 @@ from hubreturns.store.db import make_engine, make_sessionmaker
 
 __all__ = [
     "BODY_READ_TIMEOUT_SECONDS",
-    "BodyDeadlines",
     "CLIENT_GONE",
+    "BodyDeadlines",
     "DuisEndpoint",
     "Service",
     "XMLResponse",

@@ -16,6 +16,7 @@ signing (E40) and one replays an accepted request some 200 positions earlier (E2
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -211,9 +212,15 @@ def _insert_inventory(engine: Engine, world: BenchWorld, hubs: int, now: datetim
 
 
 def reset(url: str) -> None:
-    """Forget every request: no returns, audit rows or counters; every hub open again."""
+    """Forget every request: no returns, audit rows or counters; every hub open again.
+
+    Waits first until the service has finished what it was sent: a load
+    generator that stops leaves requests in flight, and one committed after
+    the reset would make the next run's copy of it look like a replay.
+    """
     engine = make_engine(url)
     try:
+        _wait_until_quiet(engine)
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM returns"))
             conn.execute(text("DELETE FROM audit_log"))
@@ -226,6 +233,20 @@ def reset(url: str) -> None:
                 conn.execute(text("VACUUM ANALYZE returns, audit_log, replay_counters, devices"))
     finally:
         engine.dispose()
+
+
+def _wait_until_quiet(engine: Engine, *, still: float = 0.3, limit: float = 10.0) -> None:
+    """Return once no audit row has been added for ``still`` seconds (at most ``limit``)."""
+    deadline = time.monotonic() + limit
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            count = conn.execute(text("SELECT count(*) FROM audit_log")).scalar_one()
+        if count != last:
+            last, since = count, time.monotonic()
+        elif time.monotonic() - since >= still:
+            return
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True, slots=True)

@@ -349,6 +349,37 @@ def test_on_a_loop_a_failing_job_fails_alone(
     committer.close()
 
 
+def test_a_briefly_busy_writer_lock_is_tried_again_on_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sibling worker's commit (a short hold): the jobs wait on the loop, not in the thread."""
+    monkeypatch.setattr(committer_module, "_LOOP_RETRY_FOR", 30.0)  # no timing in the test
+    engine = make_engine(f"sqlite:///{tmp_path / 'busy.db'}")
+    migrate(engine)
+    committer = Committer(make_sessionmaker(engine))
+    lock = writer_lock(engine)
+
+    async def main() -> list[str]:
+        lock.__enter__()
+        try:
+            first = asyncio.gather(*(committer.run_async(_write(f"b{i}")) for i in range(3)))
+            await asyncio.sleep(0.003)  # tried and found busy, at least once
+            later = asyncio.ensure_future(committer.run_async(_write("b3")))
+            await asyncio.sleep(0.003)
+            assert not first.done()
+        finally:
+            lock.__exit__(None, None, None)
+        return [*await first, await later]
+
+    before = committer.batches
+    assert asyncio.run(main()) == ["b0", "b1", "b2", "b3"]
+    assert committer._thread is None  # never handed to the writer thread
+    assert committer.batches - before == 1  # the late job joined the waiting batch
+    assert _reasons(engine) == ["b0", "b1", "b2", "b3"]
+    committer.close()
+    engine.dispose()
+
+
 def test_the_loop_never_waits_for_a_writer_lock_held_elsewhere(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
     migrate(engine)

@@ -50,6 +50,12 @@ log = logging.getLogger("hubreturns.committer")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
+#: SQLite, on the loop: while the writer lock is busy (a sibling worker is
+#: committing), the batch is tried again this often, for at most this long before
+#: it goes to the writer thread (another program holding the database, say).
+_LOOP_RETRY_EVERY = 0.0005
+_LOOP_RETRY_FOR = 0.050
+
 #: How long the writer thread holds a batch open for requests that have arrived but
 #: not yet brought their job (``Committer.arrival``): a bound on the latency it adds.
 _GATHER_WAIT = 0.010
@@ -108,6 +114,8 @@ class Committer:
         #: Jobs queued on the event loop during its current turn (``run_async``): run on
         #: the loop (SQLite), or handed to the writer thread together (PostgreSQL).
         self._turn: list[_Item[object]] = []
+        #: Loop time since when the jobs in ``_turn`` have found the database busy.
+        self._turn_waiting_since: float | None = None
         self._turn_thread: list[_Item[object]] = []
         #: Requests that have arrived and will bring a job (``arrival``); changed on the
         #: event loop only, read by the writer thread.
@@ -346,32 +354,46 @@ class Committer:
 
     def _end_of_turn(self) -> None:
         batch, self._turn = self._turn, []
+        waiting_since, self._turn_waiting_since = self._turn_waiting_since, None
         for start in range(0, len(batch), self._max_batch):
-            self._on_loop(batch[start : start + self._max_batch])
-
-    def _on_loop(self, batch: list[_Item[object]]) -> None:
-        engine = self._engine()
-        lock = writer_lock(engine)
-        done = False
-        if isinstance(lock, SQLiteWriterLock) and lock.acquire(timeout=0):
-            try:
-                with engine.connect() as connection:
-                    done = self._settle(connection, batch, at_once=True)
-            except Exception as exc:  # the connection itself could not be had
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                done = True
-            finally:
-                lock.release()
-        if not done:  # contended: the writer thread waits for it instead
+            chunk = batch[start : start + self._max_batch]
+            if self._on_loop(chunk):
+                continue
             loop = asyncio.get_running_loop()
+            now = loop.time()
+            if waiting_since is None or now - waiting_since < _LOOP_RETRY_FOR:
+                # Busy: the jobs wait on the loop, which goes on serving, and the
+                # next try takes them with whatever arrives meanwhile.
+                self._turn[:0] = batch[start:]
+                self._turn_waiting_since = waiting_since if waiting_since is not None else now
+                loop.call_later(_LOOP_RETRY_EVERY, self._end_of_turn)
+                return
+            # Busy for long (another program holds the database): the writer
+            # thread waits for it instead.
             self._enqueue(
                 [
                     _Item(item.job, _LoopResult(item.future, loop))  # type: ignore[arg-type]
-                    for item in batch
+                    for item in batch[start:]
                 ]
             )
+            return
+
+    def _on_loop(self, batch: list[_Item[object]]) -> bool:
+        """Run ``batch`` on the loop if the database can be had at once; False if busy."""
+        engine = self._engine()
+        lock = writer_lock(engine)
+        if not (isinstance(lock, SQLiteWriterLock) and lock.acquire(timeout=0)):
+            return False
+        try:
+            with engine.connect() as connection:
+                return self._settle(connection, batch, at_once=True)
+        except Exception as exc:  # the connection itself could not be had
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return True
+        finally:
+            lock.release()
 
 
 class Arrival:

@@ -278,6 +278,57 @@ def test_json_formatter_outside_a_request_with_exception_and_extras() -> None:
     assert "ValueError: boom" in line["exception"]
 
 
+def test_the_access_line_is_the_same_written_directly_or_through_logging(
+    server: str, world: DemoWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only ``configure_logging``'s handler in the way the access line is written
+    straight to it; with anything else in the way it goes through ``logging``."""
+    from hubreturns import observability
+
+    calls: list[str] = []
+    original = observability.http_log.info
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        calls.append("logging")
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(observability.http_log, "info", counted)
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    other = logging.NullHandler()
+    scenario = next(s for s in SCENARIOS if s.name == "User ID not registered")
+    (_, direct), (_, through) = scenario_bodies(world, [scenario, scenario], first_counter=60)
+    try:
+        configure_logging("info", stream)
+        with httpx.Client(base_url=server, timeout=30) as client:
+            headers = {"content-type": "application/xml", "x-request-id": "same-id"}
+            client.post("/api/v1/serviceD", content=direct, headers=headers)
+            _lines_once(stream, lambda ls: _count(ls, "hubreturns.http") == 1)
+            assert calls == []  # written directly
+            observability.http_log.addHandler(other)  # something else wants the records
+            client.post("/api/v1/serviceD", content=through, headers=headers)
+            _lines_once(stream, lambda ls: _count(ls, "hubreturns.http") == 2)
+            assert calls == ["logging"]
+    finally:
+        observability.http_log.removeHandler(other)
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in saved:
+            root.addHandler(h)
+        root.setLevel(level)
+    first, second = (
+        json.loads(line) for line in stream.getvalue().splitlines() if '"hubreturns.http"' in line
+    )
+    assert list(first) == list(second)  # the same fields in the same order
+    varying = {"ts", "request_id", "client", "elapsed_seconds", "processing_seconds"}
+    assert {k: v for k, v in first.items() if k not in varying} == {
+        k: v for k, v in second.items() if k not in varying
+    }
+    assert first["http_request_id"] == "same-id"
+    assert first["code"] == "E1"
+
+
 def test_configure_logging_replaces_root_handlers_and_rejects_bad_levels() -> None:
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level

@@ -356,6 +356,32 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+def _json_line(
+    created: float,
+    level: str,
+    logger: str,
+    message: str,
+    request_id: str | None,
+    http_request_id: str | None,
+    fields: Iterable[tuple[str, Any]],
+) -> str:
+    """One log line as JSON: ts, level, logger, message, ids, then ``fields``."""
+    line: dict[str, Any] = {
+        "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "message": message,
+        "request_id": request_id,
+        "http_request_id": http_request_id,
+    }
+    line.update(fields)
+    try:
+        # orjson: about a tenth of json.dumps's time, for a line per request.
+        return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # what orjson cannot encode (an int past 64 bits, say)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, ids, then extra fields."""
 
@@ -364,33 +390,90 @@ class JsonFormatter(logging.Formatter):
         http_request_id = getattr(record, "http_request_id", None)
         if request_id is None and http_request_id is None:
             request_id, http_request_id = _current_ids()
-        line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": request_id,
-            "http_request_id": http_request_id,
-        }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                line[key] = value
+        fields = [
+            (key, value)
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")
+        ]
         if record.exc_info:
-            line["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        try:
-            # orjson: about a tenth of json.dumps's time, for a line per request.
-            return orjson.dumps(line, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-        except TypeError:  # what orjson cannot encode (an int past 64 bits, say)
-            return json.dumps(line, default=str, ensure_ascii=False)
+            exception = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            fields.append(("exception", exception))
+        return _json_line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            request_id,
+            http_request_id,
+            fields,
+        )
+
+
+class _JsonHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The JSON lines handler (``json_handler``); ``configure_logging`` installs one."""
+
+
+#: The handler ``configure_logging`` installed on the root logger, if any.
+_installed: _JsonHandler | None = None
 
 
 def json_handler(stream: IO[str] | None = None) -> logging.Handler:
     """A handler writing JSON lines to ``stream`` (stderr) with the request ids."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = _JsonHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(_ContextFilter())
     handler.set_name("hubreturns-json")
     return handler
+
+
+def _only_our_handler(logger: logging.Logger, level: int) -> _JsonHandler | None:
+    """The installed JSON handler, if it is all a record of ``logger`` would reach.
+
+    Then the access line (one per request) can be written straight to it:
+    building a ``LogRecord`` and passing it down the hierarchy cost more than
+    the rest of the exchange's bookkeeping. Any other handler, filter or
+    level on the way (a test's log capture, say) and the line goes through
+    ``logging`` as usual; either way it is the same line (``_json_line``).
+    """
+    handler = _installed
+    if handler is None or not logger.isEnabledFor(level) or handler.level > level:
+        return None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.disabled or node.filters or (node.handlers and node is not logging.root):
+            return None
+        if node is logging.root:
+            return handler if node.handlers == [handler] else None
+        if not node.propagate:
+            return None
+        node = node.parent
+    return None
+
+
+def _access_line(message: str, fields: dict[str, Any]) -> None:
+    """Write the exchange's access line: to the JSON handler directly, or via logging."""
+    handler = _only_our_handler(http_log, logging.INFO)
+    if handler is None:
+        http_log.info("%s", message, extra=fields)
+        return
+    request_id, http_request_id = _current_ids()
+    line = _json_line(
+        time.time(),
+        "INFO",
+        http_log.name,
+        message,
+        request_id,
+        http_request_id,
+        fields.items(),
+    )
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except Exception:  # as logging does: a broken stream must not break the request
+        handler.handleError(logging.makeLogRecord({"msg": message}))
+    finally:
+        handler.release()
 
 
 def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) -> None:
@@ -412,10 +495,14 @@ def configure_logging(level: str | int = "INFO", stream: IO[str] | None = None) 
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    global _installed
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(json_handler(stream))
+    installed = json_handler(stream)
+    assert isinstance(installed, _JsonHandler)
+    root.addHandler(installed)
+    _installed = installed
     root.setLevel(numeric)
     for name in ("uvicorn", "uvicorn.error"):
         uv = logging.getLogger(name)
@@ -503,13 +590,10 @@ class Exchange:
             self.metrics.in_progress.dec()
             elapsed = time.perf_counter() - self.started
             self.metrics.http_child(scope["method"], route, status).observe(elapsed)
-            http_log.info(
-                "%s %s %d%s",
-                scope["method"],
-                scope["path"],
-                status,
-                f" {extra['code']}: {extra['reason']}" if "code" in extra else "",
-                extra={
+            outcome = f" {extra['code']}: {extra['reason']}" if "code" in extra else ""
+            _access_line(
+                f"{scope['method']} {scope['path']} {status}{outcome}",
+                {
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,

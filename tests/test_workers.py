@@ -67,6 +67,7 @@ def test_two_workers_on_postgresql_answer_every_scenario(
     results = run_scenarios(served, world)
     failed = [(r.scenario.name, r.received, r.detail) for r in results if not r.passed]
     assert failed == []
+    assert "server" not in httpx.get(f"{served}/healthz").headers  # the stack is not named
     assert len(results) == len(SCENARIOS)
     with seeded() as session:
         counts = Repository(session).counts()

@@ -301,6 +301,7 @@ def serve(
             log_level=log_level.lower(),
             log_config=None,  # uvicorn logs through our JSON handler
             access_log=False,  # hubreturns.http writes the access lines
+            server_header=False,  # no "server: uvicorn": nothing to tell about the stack
             **extra,
         )
     finally:

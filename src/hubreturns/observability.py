@@ -199,15 +199,16 @@ class Metrics:
         children = self._outcome_children.get(key)
         if children is None:
             children = self._outcome_children[key] = self._children_for(*key)
-        for child in children:
+        for child in children[1:]:
             child.inc()
-        self.latency.labels(channel=channel).observe(outcome.elapsed_seconds)
+        children[0].observe(outcome.elapsed_seconds)
 
     def _children_for(
         self, variant: str, role: str | None, code: ResponseCode, channel: str
     ) -> tuple[Any, ...]:
-        """The counters one outcome of this kind increments."""
+        """The latency histogram one outcome of this kind is timed in, then its counters."""
         children = [
+            self.latency.labels(channel=channel),
             self.requests.labels(
                 service_reference_variant=variant,
                 role=role or "unknown",

@@ -1,12 +1,15 @@
-"""Reads and writes over one SQLAlchemy session; the caller owns the transaction.
+"""Reads and writes over one SQLAlchemy connection or session; the caller owns the transaction.
 
 The two writes that decide races are conditional, so they hold on SQLite and
 on PostgreSQL alike without table locks:
 
 * ``advance_counter`` is one ``INSERT … ON CONFLICT DO UPDATE … WHERE
-  last < new RETURNING``: of two requests with the same counter, exactly one
-  gets a row back;
+  last < new``: of two requests with the same counter, exactly one changes a
+  row;
 * ``claim_device`` sets ``open_return_id`` only where it is still NULL.
+
+A write that changes no row lost the race; in a batch (``Ledger`` deferred
+mode) the row counts are summed and checked at ``flush``.
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ class Metrics:
                 role=role or "unknown",
                 code=code.value,
                 channel=channel,
-            )
+            ),
         ]
         if code in SIGNATURE_CODES:
             children.append(self.signature_failures.labels(code=code.value))

@@ -36,7 +36,6 @@ __all__ = [
     "BodyDeadlines",
     "DuisEndpoint",
     "Service",
-    "XMLResponse",
     "app_from_environment",
     "create_app",
     "processor_from_settings",
@@ -48,10 +47,6 @@ _XML_TYPES = ("application/xml", "text/xml")
 
 #: A client must deliver its whole body within this many seconds (slowloris guard).
 BODY_READ_TIMEOUT_SECONDS = 10.0
-
-
-class XMLResponse(Response):
-    media_type = "application/xml"
 
 
 def processor_from_settings(settings: Settings) -> Processor:

@@ -14,21 +14,25 @@ before). CPU figures are the process's CPU time (all its threads).
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import Section, pg_available, pg_bench_url, sqlite_url, throughput
 from benchmarks.world import Body, build_world, mixed_bodies, populate, reset
 from hubreturns.codes import ResponseCode
 from hubreturns.config import Settings
 from hubreturns.model import Endpoint
+from hubreturns.observability import configure_logging
 from hubreturns.policy import REQUEST_POLICY
 from hubreturns.processing import authenticate
-from hubreturns.service import processor_from_settings
+from hubreturns.service import create_app, processor_from_settings
 from hubreturns.wire.response import build_response
 
 __all__ = ["InProcess", "measure", "measure_concurrent", "request_path", "scale"]
@@ -145,6 +149,100 @@ def measure_concurrent(
     )
 
 
+def measure_app(
+    url: str,
+    bodies: list[Body],
+    seconds: float,
+    *,
+    concurrency: int = 32,
+    warm: Iterable[tuple[str, int]] = (),
+    access_line: bool = True,
+) -> InProcess:
+    """As ``measure_concurrent``, through the whole ASGI app but without sockets.
+
+    Each request is an ASGI exchange driven directly (scope, body, send), so
+    the figure holds everything the service does per request except uvicorn
+    and the kernel: the DUIS endpoint, the exchange's metrics and JSON access
+    line (``configure_logging`` to ``/dev/null``, or with ``access_line``
+    false not written at all), the processor and the committer.
+    """
+    reset(url)
+    settings = Settings(database_url=url)
+    processor = processor_from_settings(settings)
+    app = create_app(processor, settings)
+    wrong: Counter[str] = Counter()
+    counts = {"done": 0, "accepted": 0}
+    sink = open(os.devnull, "w")  # noqa: SIM115 - closed below, after the run
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    configure_logging("info" if access_line else "warning", sink)
+
+    async def exchange(body: bytes) -> str:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/api/v1/serviceD",
+            "raw_path": b"/api/v1/serviceD",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/xml")],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8080),
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        code = ""
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop() if messages else {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = dict(message["headers"]).get(b"x-duis-response-code", b"").decode()
+
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        return code
+
+    async def run() -> tuple[float, float]:
+        stream = iter(bodies)
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            for body in stream:
+                code = await exchange(body.data)
+                counts["done"] += 1
+                if code != body.expected.value:
+                    wrong[f"{body.expected.value}->{code}"] += 1
+                elif body.expected is ResponseCode.I99:
+                    counts["accepted"] += 1
+                if time.perf_counter() > deadline:
+                    return
+
+        started, cpu_started = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, time.process_time() - cpu_started
+
+    for issuer, serial in warm:
+        processor.certificates(issuer, serial)
+    try:
+        elapsed, cpu = asyncio.run(run())
+    finally:
+        processor.close()
+        engine = processor.sessions.kw.get("bind")
+        if engine is not None:
+            engine.dispose()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved:
+            root.addHandler(handler)
+        root.setLevel(level)
+        sink.close()
+    return InProcess(counts["done"], elapsed, counts["accepted"], dict(wrong), cpu)
+
+
 def request_path(
     folder: Path, *, seconds: float, requests: int, hubs: int, ceiling: float | None
 ) -> Section:
@@ -218,6 +316,31 @@ def request_path(
             baseline="in-process / wire only",
             ratio=together.rate / wire_rate,
         )
+        if name == "SQLite":
+            app_runs = {
+                line: measure_app(url, bodies, seconds, warm=keys, access_line=line)
+                for line in (True, False)
+            }
+            full, quiet = app_runs[True], app_runs[False]
+            section.add(
+                f"{name}: the ASGI app in process, 32 in flight (mixed 80/20)",
+                full.rate,
+                "req/s",
+                baseline="app / processor, 64 in flight",
+                ratio=full.rate / together.rate,
+                note=f"{full.requests} requests, wrong answers: {full.wrong or 'none'}; "
+                f"{full.cpu_micros:.0f} µs CPU/request; no sockets, no uvicorn",
+            )
+            section.add(
+                f"{name}: the ASGI app in process, without the access line",
+                quiet.cpu_micros,
+                "µs/request",
+                baseline="CPU with the line / without",
+                ratio=full.cpu_micros / quiet.cpu_micros,
+                note=f"the JSON access line costs {full.cpu_micros - quiet.cpu_micros:.0f} µs "
+                "of CPU a request",
+            )
+            section.data["app"] = {"cpu_micros": full.cpu_micros, "quiet": quiet.cpu_micros}
         section.data[name] = {
             "rate": result.rate,
             "accepted_rate": result.accepted_rate,

@@ -18,8 +18,8 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from hubreturns.config import Settings
 from hubreturns.model import Endpoint
 from hubreturns.observability import configure_logging
 from hubreturns.policy import REQUEST_POLICY
-from hubreturns.processing import authenticate
+from hubreturns.processing import Processor, authenticate
 from hubreturns.service import create_app, processor_from_settings
 from hubreturns.wire.response import build_response
 
@@ -86,10 +86,7 @@ def measure(url: str, bodies: list[Body], seconds: float) -> InProcess:
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
     finally:
-        processor.close()
-        engine = processor.sessions.kw.get("bind")
-        if engine is not None:
-            engine.dispose()
+        _close(processor)
     return InProcess(done, elapsed, accepted, dict(wrong), cpu)
 
 
@@ -110,43 +107,58 @@ def measure_concurrent(
     """
     reset(url)
     processor = processor_from_settings(Settings(database_url=url))
-    wrong: Counter[str] = Counter()
-    counts = {"done": 0, "accepted": 0}
 
-    async def run() -> tuple[float, float]:
-        stream = iter(bodies)
-        deadline = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            for body in stream:
-                outcome = await processor.handle_duis_async(body.data, Endpoint.NON_DEVICE)
-                counts["done"] += 1
-                if outcome.code is not body.expected:
-                    wrong[f"{body.expected.value}->{outcome.code.value}"] += 1
-                elif outcome.code is ResponseCode.I99:
-                    counts["accepted"] += 1
-                if time.perf_counter() > deadline:
-                    return
-
-        started, cpu_started = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, time.process_time() - cpu_started
+    async def handle(data: bytes) -> str:
+        return (await processor.handle_duis_async(data, Endpoint.NON_DEVICE)).code.value
 
     for issuer, serial in warm:
         processor.certificates(issuer, serial)
     batches, jobs = processor.committer.batches, processor.committer.jobs
     try:
-        elapsed, cpu = asyncio.run(run())
+        result = asyncio.run(_in_flight(handle, bodies, seconds, concurrency))
     finally:
-        processor.close()
-        engine = processor.sessions.kw.get("bind")
-        if engine is not None:
-            engine.dispose()
+        _close(processor)
     commits = processor.committer.batches - batches
     per_commit = (processor.committer.jobs - jobs) / commits if commits else 1.0
-    return InProcess(
-        counts["done"], elapsed, counts["accepted"], dict(wrong), cpu, per_commit=per_commit
-    )
+    return replace(result, per_commit=per_commit)
+
+
+def _close(processor: Processor) -> None:
+    """Stop the processor's committer and close its database connections."""
+    processor.close()
+    engine = processor.sessions.kw.get("bind")
+    if engine is not None:
+        engine.dispose()
+
+
+async def _in_flight(
+    handle: Callable[[bytes], Awaitable[str]],
+    bodies: list[Body],
+    seconds: float,
+    concurrency: int,
+) -> InProcess:
+    """Feed ``bodies`` in stream order to ``handle`` with ``concurrency`` in flight,
+    for up to ``seconds``, checking each answer's code against the expected one."""
+    wrong: Counter[str] = Counter()
+    counts = {"done": 0, "accepted": 0}
+    stream = iter(bodies)
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        for body in stream:
+            code = await handle(body.data)
+            counts["done"] += 1
+            if code != body.expected.value:
+                wrong[f"{body.expected.value}->{code}"] += 1
+            elif body.expected is ResponseCode.I99:
+                counts["accepted"] += 1
+            if time.perf_counter() > deadline:
+                return
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return InProcess(counts["done"], elapsed, counts["accepted"], dict(wrong), cpu)
 
 
 def measure_app(
@@ -170,8 +182,6 @@ def measure_app(
     settings = Settings(database_url=url)
     processor = processor_from_settings(settings)
     app = create_app(processor, settings)
-    wrong: Counter[str] = Counter()
-    counts = {"done": 0, "accepted": 0}
     sink = open(os.devnull, "w")  # noqa: SIM115 - closed below, after the run
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
@@ -206,41 +216,18 @@ def measure_app(
         await app(scope, receive, send)  # type: ignore[arg-type]
         return code
 
-    async def run() -> tuple[float, float]:
-        stream = iter(bodies)
-        deadline = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            for body in stream:
-                code = await exchange(body.data)
-                counts["done"] += 1
-                if code != body.expected.value:
-                    wrong[f"{body.expected.value}->{code}"] += 1
-                elif body.expected is ResponseCode.I99:
-                    counts["accepted"] += 1
-                if time.perf_counter() > deadline:
-                    return
-
-        started, cpu_started = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, time.process_time() - cpu_started
-
     for issuer, serial in warm:
         processor.certificates(issuer, serial)
     try:
-        elapsed, cpu = asyncio.run(run())
+        return asyncio.run(_in_flight(exchange, bodies, seconds, concurrency))
     finally:
-        processor.close()
-        engine = processor.sessions.kw.get("bind")
-        if engine is not None:
-            engine.dispose()
+        _close(processor)
         for handler in list(root.handlers):
             root.removeHandler(handler)
         for handler in saved:
             root.addHandler(handler)
         root.setLevel(level)
         sink.close()
-    return InProcess(counts["done"], elapsed, counts["accepted"], dict(wrong), cpu)
 
 
 def request_path(

@@ -284,6 +284,8 @@ def serve(
     )
     import inspect
 
+    from hubreturns.serving import run_workers, spreads_connections
+
     extra: dict[str, Any] = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
         # uvicorn >= 0.36 kills a worker not ready within 5 s; on a loaded host the
@@ -291,19 +293,27 @@ def serve(
         # Not much longer, though: the supervisor also waits this long for the
         # answer to a health ping that a worker killed mid-ping never sends.
         extra["timeout_worker_healthcheck"] = 30
+    options: dict[str, Any] = dict(
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+        log_config=None,  # uvicorn logs through our JSON handler
+        access_log=False,  # hubreturns.http writes the access lines
+        server_header=False,  # no "server: uvicorn": nothing to tell about the stack
+        **extra,
+    )
+    target = "hubreturns.service:app_from_environment"
     try:
-        uvicorn.run(
-            "hubreturns.service:app_from_environment",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level=log_level.lower(),
-            log_config=None,  # uvicorn logs through our JSON handler
-            access_log=False,  # hubreturns.http writes the access lines
-            server_header=False,  # no "server: uvicorn": nothing to tell about the stack
-            **extra,
-        )
+        if workers > 1 and spreads_connections():
+            # Each worker on its own SO_REUSEPORT socket: see serving.WorkerListener.
+            try:
+                run_workers(uvicorn.Config(target, **options))
+            except OSError as exc:
+                fail(f"cannot listen on {host}:{port}: {exc}", "Is another server on that port?")
+        else:
+            uvicorn.run(target, **options)
     finally:
         if owned is not None:
             shutil.rmtree(owned, ignore_errors=True)

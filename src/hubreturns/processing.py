@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -115,12 +116,18 @@ Observer = Callable[[Outcome], None]
 class _NotCached(Exception):
     """The certificate is not in the cache; the lookup needs the database."""
 
+    def __init__(self, issuer: str, serial: int) -> None:
+        super().__init__(issuer, serial)
+        self.issuer, self.serial = issuer, serial
+
 
 class CertificateCache:
-    """Certificates by (issuer, serial), read through to the store, kept ``ttl`` seconds.
+    """Certificates by (issuer, serial), read through to the store, kept up to ``ttl`` seconds.
 
     Only found certificates are cached, so a certificate loaded later is
-    seen at once; a removed one stops being trusted within ``ttl``.
+    seen at once; a removed one stops being trusted within ``ttl``. Each entry
+    is kept for a random 75–100 % of ``ttl``, so entries cached together (a
+    worker's first minute) do not all expire together and stall it again.
     """
 
     def __init__(self, sessions: sessionmaker[Session], ttl: float = 60.0) -> None:
@@ -138,16 +145,42 @@ class CertificateCache:
         with reading(engine) as connection, connection.begin():
             cert = Ledger(connection).certificate(issuer, serial)
         if cert is not None:
+            keep = self._ttl * (0.75 + 0.25 * random.random())  # noqa: S311 (spread, not secret)
             with self._lock:
-                self._entries[key] = (time.monotonic() + self._ttl, cert)
+                self._entries[key] = (time.monotonic() + keep, cert)
         return cert
 
     def cached(self, issuer: str, serial: int) -> SigningCertificate | None:
         """The certificate if cached and fresh; raises ``_NotCached`` rather than read the store."""
         entry = self._entries.get((issuer, serial))
         if entry is None or entry[0] <= time.monotonic():
-            raise _NotCached
+            raise _NotCached(issuer, serial)
         return entry[1]
+
+    async def fetched(self, issuer: str, serial: int) -> signature.CertificateLookup:
+        """Read one certificate in a thread; returns a lookup that answers with what was read.
+
+        Only the read leaves the loop: the request is then prepared on the loop
+        again (parsed twice, verified once), which costs less than preparing it
+        in a thread that contends with the loop for the GIL. A store error is
+        raised when the lookup is called, inside ``_prepare``, which answers E100.
+        """
+        try:
+            found = await asyncio.to_thread(self, issuer, serial)
+        except SQLAlchemyError as exc:
+            error = exc
+
+            def failed(issuer: str, serial: int) -> SigningCertificate | None:
+                raise error
+
+            return failed
+
+        def answer(wanted_issuer: str, wanted_serial: int) -> SigningCertificate | None:
+            if (wanted_issuer, wanted_serial) == (issuer, serial):
+                return found
+            return self(wanted_issuer, wanted_serial)  # not this request's: read through
+
+        return answer
 
     def clear(self) -> None:
         with self._lock:
@@ -347,16 +380,17 @@ class Processor:
         Parsing, checking and signing are CPU-bound and short, so they run on
         the loop; the writes go to the committer and are awaited (on SQLite it
         runs them on the loop at the end of its turn, on PostgreSQL in its
-        thread). A certificate not yet cached needs a database read, so that
-        rare request is prepared in a worker thread.
+        thread). A certificate not yet cached needs a database read, which
+        that rare request makes in a worker thread (``CertificateCache.fetched``).
         """
         started = time.perf_counter()
         token = current_request_id.set(None)
         try:
             try:
                 prepared = self._prepare(body, endpoint, self.certificates.cached)
-            except _NotCached:
-                prepared = await asyncio.to_thread(self._prepare, body, endpoint, self.certificates)
+            except _NotCached as missing:
+                lookup = await self.certificates.fetched(missing.issuer, missing.serial)
+                prepared = self._prepare(body, endpoint, lookup)
             if not isinstance(prepared, Outcome):
                 try:
                     result = await self.committer.run_async(_job(prepared), arrival)

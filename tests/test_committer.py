@@ -4,6 +4,7 @@ failures that stay with the job that caused them (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -324,6 +325,45 @@ def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_dela
     before = committer.batches
     assert asyncio.run(main()) == ("alone", "waited")
     assert committer.batches - before == 2
+    committer.close()
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_postgresql_batches_run_on_the_connection_the_writer_keeps(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """No pool check-out (and pre-ping round trip) per batch; returned when the committer closes."""
+    checkouts: list[object] = []
+    checkins: list[object] = []
+    event.listen(engine, "checkout", lambda *_: checkouts.append(1))
+    event.listen(engine, "checkin", lambda *_: checkins.append(1))
+    committer = Committer(sessions)
+    assert [committer.run(_write(f"k{n}")) for n in range(5)] == [f"k{n}" for n in range(5)]
+    assert (len(checkouts), len(checkins)) == (1, 0)
+    committer.close()
+    assert (len(checkouts), len(checkins)) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_a_kept_connection_that_died_is_replaced_and_its_batch_run_once(
+    sessions: sessionmaker[Session], engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    backends: list[int] = []
+    event.listen(engine, "checkout", lambda dbapi, *_: backends.append(dbapi.info.backend_pid))
+    committer = Committer(sessions)
+    assert committer.run(_write("before")) == "before"
+    (writer,) = backends  # the one check-out: the writer thread's
+    with engine.connect() as admin:  # the writer's backend dies while idle
+        assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": writer})
+        admin.commit()
+    with caplog.at_level(logging.INFO, logger="hubreturns.committer"):
+        assert committer.run(_write("after")) == "after"
+    assert "batch run again on a new one" in caplog.text
+    assert _reasons(engine) == ["after", "before"]  # each exactly once
     committer.close()
 
 

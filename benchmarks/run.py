@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {s.strip() for s in args.only.split(",")}
     seconds = 1.0 if quick else 3.0
     started = time.perf_counter()
+    dirty_at_start = _git_dirty()
     host = machine()
     console.print(
         f"[bold]hubreturns benchmarks[/bold] on {host.cpus} CPU(s), {host.cpu_model}, "
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": elapsed,
         "machine": asdict(host),
         "git": _git_revision(),
+        # Uncommitted changes when the run started or ended: its figures are not the commit's.
+        "git_dirty": dirty_at_start or _git_dirty(),
         "sections": [s.as_json() for s in sections],
         "targets": _targets(sections),
     }
@@ -130,11 +134,28 @@ def main(argv: list[str] | None = None) -> int:
     chart = _chart(sections, args.out / f"{stamp}.png", host.cpus)
     _print_targets(document["targets"])
     console.print(f"results: {json_path}" + (f", chart: {chart}" if chart else ""))
+    if document["git_dirty"]:
+        console.print(
+            "[yellow]uncommitted changes in the source: not the commit's figures[/yellow]"
+        )
     console.print(
         f"suite took {elapsed:.0f} s; load average {host.load_average:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end; scratch databases in {work}"
     )
     return 0
+
+
+def _git_dirty() -> bool | None:
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(done.stdout.strip())
 
 
 def _git_revision() -> str | None:

@@ -35,6 +35,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -482,6 +483,18 @@ class Ledger:
             _CERTIFICATE_PEM, {"b_issuer": issuer, "b_serial": str(serial)}
         ).scalar()
         return SigningCertificate.from_pem(pem.encode()) if pem is not None else None
+
+    def certificates_present(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of these (issuer, serial) pairs the store still holds: one query."""
+        wanted = [(issuer, str(serial)) for issuer, serial in keys]
+        if not wanted:
+            return set()
+        rows = self.connection.execute(
+            select(Certificate.issuer, Certificate.serial).where(
+                tuple_(Certificate.issuer, Certificate.serial).in_(wanted)
+            )
+        )
+        return {(issuer, int(serial)) for issuer, serial in rows}
 
     # -- facts for the decision -------------------------------------------------
 

@@ -1,12 +1,12 @@
 """The processor's certificate cache: how long a certificate removed from the store is
-still trusted, and the background read that keeps a certificate in use from expiring
-in the request path."""
+still trusted, and the background confirmation that keeps a certificate in use from
+expiring in the request path."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import delete, select
@@ -17,25 +17,7 @@ from hubreturns.processing import CertificateCache, NotCached
 from hubreturns.store.models import Certificate
 from hubreturns.wire.certificate import SigningCertificate
 
-
-def test_a_removed_certificate_is_trusted_for_at_most_the_ttl(
-    seeded: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ttl = 60.0
-    cache = CertificateCache(seeded, ttl=ttl)
-    with seeded() as session:
-        keys = [(c.issuer, int(c.serial)) for c in session.scalars(select(Certificate))]
-    assert len(keys) >= 4
-    clock = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    assert all(cache(*key) is not None for key in keys)
-    with seeded.begin() as session:
-        session.execute(delete(Certificate))
-
-    clock[0] += 0.74 * ttl  # trusted while the ttl lasts (no loop: nothing confirms it)
-    assert all(cache(*key) is not None for key in keys)
-    clock[0] += 0.26 * ttl + 0.001  # and none longer than the ttl
-    assert [cache(*key) for key in keys] == [None] * len(keys)
+TTL = 60.0
 
 
 class _Clock:
@@ -48,62 +30,77 @@ class _Clock:
         return self.now
 
 
-async def _settled(cache: CertificateCache, key: tuple[str, int]) -> SigningCertificate:
+@dataclass
+class _Cached:
+    cache: CertificateCache
+    clock: _Clock
+    keys: list[tuple[str, int]]
+
+
+@pytest.fixture
+def cached(seeded: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch) -> _Cached:
+    """A cache holding every demo certificate, read at time 1000; its clock is ours."""
+    clock = _Clock(1000.0)
+    monkeypatch.setattr(processing, "time", clock)
+    cache = CertificateCache(seeded, ttl=TTL)
+    with seeded() as session:
+        keys = [(c.issuer, int(c.serial)) for c in session.scalars(select(Certificate))]
+    assert len(keys) >= 4
+    assert all(cache(*key) is not None for key in keys)
+    return _Cached(cache, clock, keys)
+
+
+def _remove_all(seeded: sessionmaker[Session]) -> None:
+    with seeded.begin() as session:
+        session.execute(delete(Certificate))
+
+
+def test_a_removed_certificate_is_trusted_for_at_most_the_ttl(
+    cached: _Cached, seeded: sessionmaker[Session]
+) -> None:
+    _remove_all(seeded)
+    cached.clock.now += 0.74 * TTL  # trusted while the ttl lasts (no loop: nothing confirms it)
+    assert all(cached.cache(*key) is not None for key in cached.keys)
+    cached.clock.now += 0.26 * TTL + 0.001  # and not a moment longer
+    assert [cached.cache(*key) for key in cached.keys] == [None] * len(cached.keys)
+
+
+async def _settled(cache: CertificateCache, key: tuple[str, int]) -> SigningCertificate | None:
     """``cached`` once the background confirmation it started has finished (polled)."""
     for _ in range(500):
-        await asyncio.sleep(0)  # lets the read's completion run on the loop
-        try:
-            found = cache.cached(*key)
-        except NotCached:
-            raise
-        if found is not None and not cache._confirming:
+        await asyncio.sleep(0)  # lets the confirmation's completion run on the loop
+        found = cache.cached(*key)  # NotCached once a confirmation has dropped the entry
+        if not cache._confirming:
             return found
         threading.Event().wait(0.01)
-    raise AssertionError("the background read did not finish")
+    raise AssertionError("the background confirmation did not finish")
 
 
 def test_a_certificate_in_use_is_confirmed_in_the_background_before_it_expires(
-    seeded: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+    cached: _Cached,
 ) -> None:
-    ttl = 60.0
-    clock = _Clock(1000.0)
-    monkeypatch.setattr(processing, "time", clock)
-    cache = CertificateCache(seeded, ttl=ttl)
-    with seeded() as session:
-        first = session.scalars(select(Certificate)).first()
-        assert first is not None
-        key = (first.issuer, int(first.serial))
-    assert cache(*key) is not None  # read at 1000
+    key = cached.keys[0]
 
     async def main() -> None:
-        clock.now = 1000.0 + 0.8 * ttl  # due for a read, not expired: answered at once
-        assert cache.cached(*key) is not None
-        await _settled(cache, key)
-        clock.now = 1000.0 + 1.5 * ttl  # past the first read's ttl, within the second's
-        assert cache.cached(*key) is not None
+        cached.clock.now = 1000.0 + 0.8 * TTL  # due for confirmation: answered at once
+        assert cached.cache.cached(*key) is not None
+        await _settled(cached.cache, key)
+        cached.clock.now = 1000.0 + 1.5 * TTL  # past the first read's ttl, within the next
+        assert cached.cache.cached(*key) is not None
 
     asyncio.run(main())
 
 
 def test_a_certificate_removed_while_in_use_is_dropped_when_next_confirmed(
-    seeded: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+    cached: _Cached, seeded: sessionmaker[Session]
 ) -> None:
-    ttl = 60.0
-    clock = _Clock(1000.0)
-    monkeypatch.setattr(processing, "time", clock)
-    cache = CertificateCache(seeded, ttl=ttl)
-    with seeded() as session:
-        keys = [(c.issuer, int(c.serial)) for c in session.scalars(select(Certificate))]
-    for key in keys:
-        cache(*key)
-    with seeded.begin() as session:
-        session.execute(delete(Certificate))
+    _remove_all(seeded)
 
     async def main() -> None:
-        clock.now = 1000.0 + 0.8 * ttl
-        assert cache.cached(*keys[0]) is not None  # still trusted: read 48 s ago
+        cached.clock.now = 1000.0 + 0.8 * TTL
+        assert cached.cache.cached(*cached.keys[0]) is not None  # read 48 s ago: trusted
         with pytest.raises(NotCached):
-            await _settled(cache, keys[0])  # the confirmation found it gone
-        assert cache.cached(*keys[1]) is not None  # others: until their own reads
+            await _settled(cached.cache, cached.keys[0])  # the confirmation found it gone
+        assert cached.cache.cached(*cached.keys[1]) is not None  # others: until their own
 
     asyncio.run(main())

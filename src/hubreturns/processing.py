@@ -122,7 +122,7 @@ class NotCached(Exception):
         self.issuer, self.serial = issuer, serial
 
 
-#: A cache entry: (monotonic time it expires, time to read it again, certificate).
+#: A cache entry: (monotonic time it expires, time it is due to be confirmed, certificate).
 _Entry = tuple[float, float, SigningCertificate]
 
 
@@ -205,13 +205,13 @@ class CertificateCache:
     def _confirm(self, keys: set[tuple[str, int]]) -> None:
         """In a thread: extend the entries the store still holds, forget the others."""
         engine = self._sessions.kw["bind"]
+        confirmed_at = time.monotonic()  # before the read: trust runs from what it saw
         try:
             with reading(engine) as connection, connection.begin():
                 present = Ledger(connection).certificates_present(keys)
         except SQLAlchemyError as exc:  # the entries stay until they expire
             log.warning("confirming %d cached certificates failed: %s", len(keys), exc)
             return
-        confirmed_at = time.monotonic()
         with self._lock:
             for key in keys:
                 entry = self._entries.get(key)

@@ -63,15 +63,11 @@ class WorkerListener(socket.socket):
         return _bind_for_worker, (int(self.family), self.getsockname()[:2])
 
 
-def _share_port(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-
-
 def _bind_for_worker(family: int, address: tuple[str, int]) -> socket.socket:
     """Called in the worker as it unpickles its listener (uvicorn then listens on it)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
-    _share_port(sock)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restarted worker
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     return sock
 
@@ -86,7 +82,7 @@ def run_workers(config: uvicorn.Config) -> None:
 
     listener = WorkerListener.reserve(config.host, config.port)
     server = uvicorn.Server(config)
-    # uvicorn < 0.36 takes the worker's entry point; later ones make their own.
+    # Older uvicorn releases take the workers' entry point; newer ones make their own.
     extra: dict[str, Any] = {}
     if "target" in inspect.signature(Multiprocess).parameters:
         extra["target"] = server.run

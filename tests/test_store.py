@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
 from hubreturns.store.db import make_engine, migrate
-from hubreturns.store.models import Base, Device, ReplayCounter
-from hubreturns.store.repository import Repository
+from hubreturns.store.models import Base, Certificate, Device, ReplayCounter
+from hubreturns.store.repository import Ledger, Repository
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 IS, GS, RSA = "90-B3-D5-1F-30-01-00-00", "90-B3-D5-1F-30-02-00-00", "00-DB-12-34-56-78-00-04"
@@ -226,6 +226,19 @@ def test_appointment_by_a_suspended_supplier_does_not_count(repo: Repository) ->
 
 def _tables(engine: Engine) -> set[str]:
     return set(inspect(engine).get_table_names())
+
+
+def test_certificates_present_answers_for_more_pairs_than_one_statement_takes(
+    seeded: sessionmaker[Session],
+) -> None:
+    """The cache's bulk confirmation: 40,000 pairs are 80,000 parameters, more than
+    PostgreSQL (and SQLite, as usually built) takes in one statement."""
+    with seeded() as session:
+        stored = {(c.issuer, int(c.serial)) for c in session.scalars(select(Certificate))}
+        absent = {("CN=Nobody", 10**12 + n) for n in range(40_000)}
+        present = Ledger(session.connection()).certificates_present([*absent, *stored])
+    assert stored
+    assert present == stored
 
 
 def test_migrate_is_idempotent(engine: Engine) -> None:

@@ -484,17 +484,26 @@ class Ledger:
         ).scalar()
         return SigningCertificate.from_pem(pem.encode()) if pem is not None else None
 
-    def certificates_present(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of these (issuer, serial) pairs the store still holds: one query."""
+    def certificates_present(
+        self, keys: Iterable[tuple[str, int]], *, per_query: int = 500
+    ) -> set[tuple[str, int]]:
+        """Which of these (issuer, serial) pairs the store still holds.
+
+        One query per ``per_query`` pairs: PostgreSQL caps the parameters of
+        one statement at 65,535, SQLite at 32,766 unless built otherwise.
+        """
         wanted = [(issuer, str(serial)) for issuer, serial in keys]
-        if not wanted:
-            return set()
-        rows = self.connection.execute(
-            select(Certificate.issuer, Certificate.serial).where(
-                tuple_(Certificate.issuer, Certificate.serial).in_(wanted)
+        present: set[tuple[str, int]] = set()
+        for start in range(0, len(wanted), per_query):
+            rows = self.connection.execute(
+                select(Certificate.issuer, Certificate.serial).where(
+                    tuple_(Certificate.issuer, Certificate.serial).in_(
+                        wanted[start : start + per_query]
+                    )
+                )
             )
-        )
-        return {(issuer, int(serial)) for issuer, serial in rows}
+            present.update((issuer, int(serial)) for issuer, serial in rows)
+        return present
 
     # -- facts for the decision -------------------------------------------------
 

@@ -28,6 +28,11 @@ from hubreturns.store.repository import AuditFields, Ledger
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
+#: The tests of the PostgreSQL writer thread's own behaviour.
+postgresql_only = pytest.mark.parametrize(
+    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+
 
 def _audit(reason: str) -> AuditFields:
     return AuditFields(
@@ -282,9 +287,7 @@ def test_jobs_of_one_loop_turn_share_one_commit(
     committer.close()
 
 
-@pytest.mark.parametrize(
-    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+@postgresql_only
 def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
     sessions: sessionmaker[Session], engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -306,9 +309,7 @@ def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
     committer.close()
 
 
-@pytest.mark.parametrize(
-    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+@postgresql_only
 def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_delays(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
@@ -328,9 +329,7 @@ def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_dela
     committer.close()
 
 
-@pytest.mark.parametrize(
-    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+@postgresql_only
 def test_postgresql_batches_run_on_the_connection_the_writer_keeps(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
@@ -346,9 +345,7 @@ def test_postgresql_batches_run_on_the_connection_the_writer_keeps(
     assert (len(checkouts), len(checkins)) == (1, 1)
 
 
-@pytest.mark.parametrize(
-    "database_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
-)
+@postgresql_only
 def test_a_kept_connection_that_died_is_replaced_and_its_batch_run_once(
     sessions: sessionmaker[Session], engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -255,12 +255,13 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
 _GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
 
 
-def _sqlite_keys() -> Subquery:
-    """A batch's keys on SQLite: one JSON array of [originator, device_id] pairs."""
+def _sqlite_keys(first: str = "originator", second: str = "device_id") -> Subquery:
+    """A table of pairs on SQLite from one parameter: a JSON array of [first, second]
+    pairs (``_sqlite_pairs``); by default a batch's facts keys."""
     table = func.json_each(bindparam("pairs", type_=String())).table_valued("value")
     return select(
-        func.json_extract(table.c.value, "$[0]").label("originator"),
-        func.json_extract(table.c.value, "$[1]").label("device_id"),
+        func.json_extract(table.c.value, "$[0]").label(first),
+        func.json_extract(table.c.value, "$[1]").label(second),
     ).subquery("k")
 
 
@@ -268,7 +269,7 @@ def _pg_pairs(keys: Sequence[FactsKey]) -> dict[str, Any]:
     return {"originators": [k[0] for k in keys], "devices": [k[1] for k in keys]}
 
 
-def _sqlite_pairs(keys: Sequence[FactsKey]) -> dict[str, Any]:
+def _sqlite_pairs(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
     return {"pairs": json.dumps(keys)}
 
 
@@ -339,11 +340,7 @@ def _certificate_keys(dialect: str) -> Any:
             .table_valued("issuer", "serial")
             .render_derived(name="k")
         )
-    table = func.json_each(bindparam("pairs", type_=String())).table_valued("value")
-    return select(
-        func.json_extract(table.c.value, "$[0]").label("issuer"),
-        func.json_extract(table.c.value, "$[1]").label("serial"),
-    ).subquery("k")
+    return _sqlite_keys("issuer", "serial")
 
 
 #: Which pairs of a list the store holds: one statement, one or two parameters,
@@ -532,7 +529,7 @@ class Ledger:
                 "serials": [serial for _, serial in wanted],
             }
         else:
-            parameters = {"pairs": json.dumps(wanted)}
+            parameters = _sqlite_pairs(wanted)
         statement = _CERTIFICATES_PRESENT[self.connection.dialect.name]
         rows = self._execute(self.connection.connection.cursor(), statement, parameters)
         return {(issuer, int(serial)) for issuer, serial in rows.fetchall()}

@@ -123,6 +123,28 @@ def test_counters_out_of_order_within_a_batch_refuse_the_lower_one(
         assert [r.device_id for r in session.scalars(select(ReturnRecord))] == [other.device]
 
 
+def test_two_returns_by_one_sender_in_a_batch_are_both_recorded(
+    processor: Processor, world: DemoWorld, seeded: sessionmaker[Session]
+) -> None:
+    """Two advances of one counter in a batch (PostgreSQL sends them as one row)."""
+    _warm_certificates(processor, world)
+    first = _scenario("IS fault return, Pending hub")
+    other = _scenario("IS no-fault return, Commissioned hub")
+    (_, low), (_, high) = scenario_bodies(world, [first, other], first_counter=300)
+    outcomes = _together(processor, [(low, Endpoint.NON_DEVICE), (high, Endpoint.NON_DEVICE)])
+    assert [o.code for o in outcomes] == [ResponseCode.I99, ResponseCode.I99]
+    with seeded() as session:
+        counter = session.get(ReplayCounter, first.sender)
+        assert counter is not None
+        assert int(counter.last_counter) == 301
+        devices = sorted(r.device_id for r in session.scalars(select(ReturnRecord)))
+        assert devices == sorted([first.device, other.device])
+        for device_id in devices:
+            device = session.get(Device, device_id)
+            assert device is not None
+            assert device.open_return_id is not None
+
+
 def _request(world: DemoWorld, scenario: Scenario, counter: int) -> ReturnRequest:
     from hubreturns.demo import scenario_request
 
@@ -168,6 +190,31 @@ def test_a_race_lost_to_another_connection_after_the_read_raises_write_conflict(
         assert ledger.advance_counter(request.originator, 40, now)
         assert ledger.claim_device(request.device_id, ledger.add_return(_row(request, now)), now)
         with pytest.raises(WriteConflict, match="advances" if race == "counter" else "claims"):
+            ledger.flush()
+
+
+@postgres_only
+def test_a_counter_taken_between_two_advances_of_a_batch_is_a_lost_race(
+    engine: Engine, seeded: sessionmaker[Session], world: DemoWorld
+) -> None:
+    """The batch advances one sender's counter to 40 and then 42; another worker
+    commits 41 after the batch's read. One by one, 40 would have failed, so the
+    batch must too, though its highest counter is still above the stored one."""
+    first = _scenario("IS fault return, Pending hub")
+    other = _scenario("IS no-fault return, Commissioned hub")
+    low, high = _request(world, first, 40), _request(world, other, 42)
+    now = datetime.now(UTC)
+    with engine.connect() as connection, connection.begin():
+        ledger = Ledger(connection, deferred=True)
+        ledger.prefetch([(r.originator, r.device_id) for r in (low, high)])
+        with engine.begin() as another:
+            another.execute(
+                text("INSERT INTO replay_counters VALUES (:o, :c, :t)"),
+                {"o": first.sender, "c": f"{41:020d}", "t": now},
+            )
+        assert ledger.advance_counter(first.sender, 40, now)
+        assert ledger.advance_counter(first.sender, 42, now)
+        with pytest.raises(WriteConflict, match="advances: 0 of 1"):
             ledger.flush()
 
 

@@ -15,6 +15,7 @@ mode) the row counts are summed and checked at ``flush``.
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -38,10 +39,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import ClauseElement
+from sqlalchemy.sql.expression import ClauseElement, ColumnElement
 
 from hubreturns.model import (
     Channel,
@@ -379,6 +381,79 @@ _ADD_RETURN_WITH_ID = _Compiled(insert(ReturnRecord), ("id", *RETURN_COLUMNS))
 _ADD_AUDIT = _Compiled(insert(AuditEntry), _AUDIT_COLUMNS)
 
 
+class _ArrayWrite:
+    """A PostgreSQL batch write: one statement whose every parameter is an array, one
+    element per row, sent in binary (``%(name)b``) and read back with ``unnest``.
+
+    Why not ``executemany``: it sends one command per row, and each is a wait on
+    the socket (psycopg's pipeline takes one command per turn). In the writer
+    thread every wait gives up the GIL and must win it back from the event loop,
+    which holds it for up to 5 ms. Measured (a batch of 16 accepted requests'
+    inserts): 30 % less CPU on both sides as arrays, and with a busy thread
+    beside it 39 ms a batch instead of 55. Arrays in text form cost more than
+    separate parameters to encode and parse (tried in an earlier round); in
+    binary form they cost less. The SQL is
+    written here rather than compiled by SQLAlchemy because Core has no
+    spelling for binary placeholders; the column types come from the models.
+    """
+
+    __slots__ = ("columns", "sql")
+
+    def __init__(self, sql: str, columns: Sequence[str]) -> None:
+        self.sql = sql
+        self.columns = tuple(columns)
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+        return {name: [row[name] for row in rows] for name in self.columns}
+
+
+def _pg_array_type(column: ColumnElement[Any]) -> str:
+    """The column's PostgreSQL type as an array, without a length: a cast to
+    ``VARCHAR(80)`` would cut a longer value short, where the insert refuses it."""
+    name = column.type.compile(dialect=PGDialect())  # type: ignore[no-untyped-call]
+    return re.sub(r"\(\d+\)", "", name) + "[]"
+
+
+def _pg_insert_arrays(table: Any, columns: Sequence[str]) -> _ArrayWrite:
+    """``INSERT INTO table (columns) SELECT * FROM unnest(one array per column)``."""
+    arrays = ", ".join(f"%({c})b::{_pg_array_type(table.c[c])}" for c in columns)
+    return _ArrayWrite(
+        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})", columns
+    )
+
+
+#: A batch's counter advances on PostgreSQL: one row per originator, moved to the
+#: batch's highest counter where it is still below the batch's lowest one, so the
+#: batch succeeds for an originator exactly when each of its advances would have,
+#: one by one; then the originators with no row yet, inserted. The two row counts
+#: together must be the number of originators (``WriteConflict`` otherwise).
+_PG_ADVANCE_EXISTING = _ArrayWrite(
+    "UPDATE replay_counters AS r SET last_counter = u.high, updated_at = u.at"
+    " FROM unnest(%(originator)b::varchar[], %(low)b::varchar[], %(high)b::varchar[],"
+    " %(at)b::timestamptz[]) AS u(originator, low, high, at)"
+    ' WHERE r.originator = u.originator AND r.last_counter < u.low COLLATE "C"',
+    ("originator", "low", "high", "at"),
+)
+_PG_ADVANCE_NEW = _ArrayWrite(
+    "INSERT INTO replay_counters (originator, last_counter, updated_at)"
+    " SELECT u.originator, u.high, u.at FROM unnest(%(originator)b::varchar[],"
+    " %(high)b::varchar[], %(at)b::timestamptz[]) AS u(originator, high, at)"
+    " WHERE NOT EXISTS (SELECT FROM replay_counters AS r WHERE r.originator = u.originator)"
+    " ON CONFLICT (originator) DO NOTHING",
+    ("originator", "high", "at"),
+)
+#: A batch's hub claims on PostgreSQL (a batch claims a hub at most once).
+_PG_CLAIM = _ArrayWrite(
+    "UPDATE devices AS d SET open_return_id = u.return_id, updated_at = u.at"
+    " FROM unnest(%(device_id)b::varchar[], %(return_id)b::bigint[], %(at)b::timestamptz[])"
+    " AS u(device_id, return_id, at)"
+    " WHERE d.device_id = u.device_id AND d.open_return_id IS NULL",
+    ("device_id", "return_id", "at"),
+)
+_PG_ADD_RETURNS = _pg_insert_arrays(ReturnRecord.__table__, ("id", *RETURN_COLUMNS))
+_PG_ADD_AUDIT = _pg_insert_arrays(AuditEntry.__table__, _AUDIT_COLUMNS)
+
+
 def _advance_statement(dialect: str) -> _Compiled:
     """The conditional counter advance for ``dialect``, built once per dialect.
 
@@ -465,9 +540,9 @@ class Ledger:
         #: Deferred mode on SQLite: the last return id this batch has taken.
         self._last_id: int | None = None
         #: Deferred mode: queued writes, and what they change in later facts.
-        self._advances: list[dict[str, Any]] = []
-        self._returns: list[dict[str, Any]] = []
-        self._claims: list[dict[str, Any]] = []
+        self._advances: list[Mapping[str, Any]] = []
+        self._returns: list[Mapping[str, Any]] = []
+        self._claims: list[Mapping[str, Any]] = []
         self._counters: dict[str, int] = {}
         self._claimed: set[str] = set()
 
@@ -508,9 +583,7 @@ class Ledger:
             else:
                 cursor.execute(sql, values(parameters))
         except dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(
-                sql, parameters, exc, dialect.loaded_dbapi.Error, dialect=dialect
-            ) from exc
+            raise _wrapped(sql, parameters, exc, dialect) from exc
         return cursor
 
     def _pipeline(self) -> AbstractContextManager[object]:
@@ -697,29 +770,110 @@ class Ledger:
         Raises ``WriteConflict`` if a counter advance or a hub claim changed
         fewer rows than were queued.
         """
-        if not (self._advances or self._returns or self._claims or self._audit):
+        writes = self._take_writes()
+        if not writes:
             return
+        driver = self._driver()
+        cursors = []
+        with self._pipeline():
+            for write in writes:
+                cursor = driver.cursor()
+                if isinstance(write.statement, _ArrayWrite):
+                    self._execute_arrays(cursor, write.statement, write.parameters)
+                else:
+                    self._execute(cursor, write.statement, write.parameters, many=True)
+                cursors.append(cursor)
+        _check_changed(writes, [cursor.rowcount for cursor in cursors])
+
+    def _execute_arrays(self, cursor: Any, write: _ArrayWrite, parameters: Any) -> None:
+        try:
+            cursor.execute(write.sql, parameters, prepare=True)
+        except self.connection.dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(write.sql, None, exc, self.connection.dialect) from exc
+
+    def _take_writes(self) -> list[_Write]:
+        """The queued writes in the order they are sent, each with the rows it must change.
+
+        Counters and hubs go in key order, so that concurrent batches lock rows
+        in the same order. PostgreSQL takes each kind of write as one statement
+        over arrays (``_ArrayWrite``); SQLite, in process, as ``executemany``.
+        """
         advances = sorted(self._advances, key=lambda p: (p["b_originator"], p["b_counter"]))
         claims = sorted(self._claims, key=lambda p: p["b_device"])
         returns, audit = self._returns, self._audit
         self._advances, self._claims, self._returns, self._audit = [], [], [], []
-        driver = self._driver()
-        cursors: dict[str, Any] = {}
-        with self._pipeline():
-            for name, statement, rows in (
+        writes: list[_Write] = []
+        if self.connection.dialect.name != "postgresql":
+            for kind, statement, rows in (
                 ("advances", _advance_statement(self.connection.dialect.name), advances),
                 ("returns", _ADD_RETURN_WITH_ID, returns),
                 ("claims", _CLAIM, claims),
                 ("audit", _ADD_AUDIT, audit),
             ):
                 if rows:
-                    cursors[name] = self._execute(driver.cursor(), statement, rows, many=True)
-        for name, expected in (("advances", len(advances)), ("claims", len(claims))):
-            changed = cursors[name].rowcount if name in cursors else 0
-            if changed != expected:
-                raise WriteConflict(
-                    f"{name}: {changed} of {expected} rows changed; another process won a race"
-                )
+                    checked = len(rows) if kind in ("advances", "claims") else None
+                    writes.append(_Write(kind, statement, rows, checked))
+            return writes
+        if advances:
+            by_originator: dict[str, list[Mapping[str, Any]]] = {}
+            for row in advances:
+                by_originator.setdefault(row["b_originator"], []).append(row)
+            counters = [
+                {
+                    "originator": originator,
+                    "low": rows[0]["b_counter"],
+                    "high": rows[-1]["b_counter"],
+                    "at": rows[-1]["b_now"],
+                }
+                for originator, rows in by_originator.items()
+            ]
+            existing = _PG_ADVANCE_EXISTING.parameters(counters)
+            writes.append(_Write("advances", _PG_ADVANCE_EXISTING, existing, len(counters)))
+            new = _PG_ADVANCE_NEW.parameters(counters)
+            writes.append(_Write("advances", _PG_ADVANCE_NEW, new, None))
+        if returns:
+            writes.append(_Write("returns", _PG_ADD_RETURNS, _PG_ADD_RETURNS.parameters(returns)))
+        if claims:
+            rows = [
+                {"device_id": c["b_device"], "return_id": c["b_return"], "at": c["b_now"]}
+                for c in claims
+            ]
+            writes.append(_Write("claims", _PG_CLAIM, _PG_CLAIM.parameters(rows), len(rows)))
+        if audit:
+            writes.append(_Write("audit", _PG_ADD_AUDIT, _PG_ADD_AUDIT.parameters(audit)))
+        return writes
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One statement of a batch's writes, and the rows its kind must change in all
+    (counter advances and hub claims; None for plain inserts)."""
+
+    kind: str
+    statement: _Compiled | _ArrayWrite
+    parameters: Any
+    must_change: int | None = None
+
+
+def _check_changed(writes: list[_Write], changed: Sequence[int]) -> None:
+    """``WriteConflict`` if the counter advances or the hub claims changed fewer rows,
+    summed over their statements, than were queued: another process won a race."""
+    wanted: dict[str, int] = {}
+    done: dict[str, int] = {}
+    for write, count in zip(writes, changed, strict=True):
+        done[write.kind] = done.get(write.kind, 0) + count
+        if write.must_change is not None:
+            wanted[write.kind] = wanted.get(write.kind, 0) + write.must_change
+    for kind, expected in wanted.items():
+        if done[kind] != expected:
+            raise WriteConflict(
+                f"{kind}: {done[kind]} of {expected} rows changed; another process won a race"
+            )
+
+
+def _wrapped(sql: str, parameters: Any, error: Exception, dialect: Dialect) -> StatementError:
+    """A driver's error as SQLAlchemy's, so callers see one family of errors."""
+    return DBAPIError.instance(sql, parameters, error, dialect.loaded_dbapi.Error, dialect=dialect)
 
 
 class Repository:

@@ -106,6 +106,23 @@ def test_metrics_count_the_demo_scenarios(server: str, world: DemoWorld) -> None
     assert total(samples, "hubreturns_http_requests_in_progress") == 1  # this scrape
 
 
+def test_a_certificate_is_read_from_the_store_once_then_served_from_the_cache(
+    server: str, world: DemoWorld
+) -> None:
+    first = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
+    reads = []
+    for _, body in scenario_bodies(world, [first, first, first]):
+        reply = httpx.post(
+            f"{server}/api/v1/{first.endpoint.value}",
+            content=body,
+            timeout=30,
+            headers={"content-type": "application/xml"},
+        )
+        assert reply.status_code in (200, 409)
+        reads.append(total(scrape(server), "hubreturns_certificate_store_reads_total"))
+    assert reads == [1, 1, 1]
+
+
 def test_desk_outcomes_are_counted_by_channel(server: str, processor: Processor) -> None:
     request = scenario_request(SCENARIOS[0], counter=1)
     outcome = processor.handle_desk(request, entered_by="desk.operator")

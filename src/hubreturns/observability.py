@@ -176,6 +176,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.certificate_reads = Counter(
+            "hubreturns_certificate_store_reads",
+            "Signing certificates read from the store because a worker had no fresh copy"
+            " cached (about one per sender and worker after a start; steady at zero).",
+            registry=registry,
+        )
         self.in_progress = Gauge(
             "hubreturns_http_requests_in_progress",
             "HTTP exchanges being handled now (summed over live workers).",
@@ -288,6 +294,7 @@ def metrics_for(processor: Processor) -> Metrics:
         _per_processor[processor] = metrics
         processor.observers.append(metrics.observe)
         processor.observers.append(_log_outcome)
+        processor.certificates.on_read = metrics.certificate_reads.inc
         return metrics
 
 

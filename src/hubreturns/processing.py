@@ -153,6 +153,9 @@ class CertificateCache:
         #: (both touched on the event loop only).
         self._due: set[tuple[str, int]] = set()
         self._confirming = False
+        #: Called once for each certificate read from the store on a request's
+        #: behalf (the metrics count them: a worker whose cache is warm reads none).
+        self.on_read: Callable[[], None] | None = None
 
     def __call__(self, issuer: str, serial: int) -> SigningCertificate | None:
         key = (issuer, serial)
@@ -162,6 +165,8 @@ class CertificateCache:
         engine = self._sessions.kw["bind"]
         with reading(engine) as connection, connection.begin():
             cert = Ledger(connection).certificate(issuer, serial)
+        if self.on_read is not None:
+            self.on_read()
         if cert is not None:
             with self._lock:
                 self._entries[key] = self._entry(cert, time.monotonic())

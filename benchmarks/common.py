@@ -7,11 +7,13 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "PG_URL",
+    "CpuShares",
     "Figure",
     "Machine",
     "Section",
@@ -19,6 +21,7 @@ __all__ = [
     "percentile",
     "pg_available",
     "pg_bench_url",
+    "postmaster_pid",
     "sqlite_url",
     "throughput",
 ]
@@ -62,6 +65,33 @@ class Machine:
     platform: str
     #: 1-minute load average when the run started: other work on the machine skews figures.
     load_average: float
+    #: Versions of the packages on the request path: a figure belongs to them too.
+    packages: dict[str, str] = field(default_factory=dict)
+
+
+#: The distributions whose versions a run records (``Machine.packages``).
+_PACKAGES = (
+    "lxml",
+    "cryptography",
+    "SQLAlchemy",
+    "psycopg",
+    "uvicorn",
+    "starlette",
+    "uvloop",
+    "httptools",
+    "prometheus-client",
+    "orjson",
+)
+
+
+def _versions() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def machine() -> Machine:
@@ -79,7 +109,54 @@ def machine() -> Machine:
         python=platform.python_version(),
         platform=platform.platform(),
         load_average=os.getloadavg()[0],
+        packages=_versions(),
     )
+
+
+class CpuShares:
+    """How the machine's CPU time was spent between ``__init__`` and ``read`` (/proc/stat).
+
+    ``idle`` is time no process wanted (idle + I/O wait): a server that leaves
+    the cores idle at "saturation" is waiting on something other than the CPU.
+    ``steal`` is time the hypervisor gave to other guests: a run with much of it
+    was slowed by a neighbour, not by the code.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._ticks()
+
+    @staticmethod
+    def _ticks() -> list[int]:
+        try:
+            with open("/proc/stat") as stat:
+                return [int(x) for x in stat.readline().split()[1:]]
+        except OSError:
+            return []
+
+    def read(self) -> dict[str, float]:
+        end = self._ticks()
+        delta = [b - a for a, b in zip(self._start, end, strict=False)]
+        total = sum(delta)
+        if total <= 0 or len(delta) < 8:
+            return {"idle": float("nan"), "steal": float("nan")}
+        return {"idle": (delta[3] + delta[4]) / total, "steal": delta[7] / total}
+
+
+def postmaster_pid(url: str) -> int | None:
+    """The local PostgreSQL server's main process (for its CPU time), or None if remote."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            try:  # read while the backend lives: its parent is the postmaster
+                stat = Path(f"/proc/{backend}/stat").read_text()
+            except OSError:
+                return None
+    finally:
+        engine.dispose()
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -28,7 +28,7 @@ from hubreturns.config import Settings
 from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED
 from hubreturns.desk import accounts
 from hubreturns.desk import routes as desk_routes
-from hubreturns.desk.models import DeskSession, StaffAccount
+from hubreturns.desk.models import DeskSession, SignInFailures, StaffAccount
 from hubreturns.desk.web import AUDIT_CSV_COLUMNS, RETURN_CSV_COLUMNS
 from hubreturns.extensions import register_commands
 from hubreturns.processing import Processor
@@ -209,6 +209,92 @@ def test_wrong_password_and_unknown_name_are_refused(staff: str, server: str) ->
         assert client.get("/desk/hub").status_code == 303
         assert sign_in(client, staff, PASSWORD).status_code == 303
         assert client.get("/desk/hub").status_code == 200
+
+
+def test_repeated_failures_lock_a_name_until_it_is_unlocked(
+    staff: str, server: str, settings: Settings, seeded: sessionmaker[Session]
+) -> None:
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for _ in range(accounts.FREE_FAILURES - 1):
+            assert sign_in(client, staff, "wrong password!!").status_code == 401
+        started = datetime.now(UTC)
+        assert sign_in(client, staff, "wrong password!!").status_code == 401  # now locked
+        locked = sign_in(client, staff, PASSWORD)  # the right password is not even checked
+        assert locked.status_code == 429
+        assert "Too many failed sign-ins" in locked.text
+        assert f"hubreturns desk unlock {staff}" in locked.text
+        wait = int(locked.headers["retry-after"])
+        assert 0 < wait <= accounts.FIRST_LOCK.total_seconds()
+        assert client.get("/desk/hub").status_code == 303
+        with seeded() as session:
+            row = session.get(SignInFailures, staff)
+            assert row is not None
+            assert row.failures == accounts.FREE_FAILURES
+            assert row.locked_until is not None
+            until = row.locked_until.replace(tzinfo=UTC)
+            assert started + accounts.FIRST_LOCK <= until <= datetime.now(UTC) + accounts.FIRST_LOCK
+        # another failure while locked is not counted (nothing was checked)
+        assert sign_in(client, staff, "wrong password!!").status_code == 429
+        code, output, _ = cli(settings, "desk", "unlock", staff)
+        assert code == 0, output
+        assert "cleared" in output
+        assert sign_in(client, staff, PASSWORD).status_code == 303
+        assert client.get("/desk/hub").status_code == 200
+    with seeded() as session:
+        assert session.get(SignInFailures, staff) is None
+    code, output, _ = cli(settings, "desk", "unlock", staff)
+    assert code == 0
+    assert "nothing to clear" in output
+
+
+def test_an_unknown_name_locks_alike_and_a_success_clears_the_count(
+    staff: str, server: str, seeded: sessionmaker[Session]
+) -> None:
+    """A lock does not tell whether the name exists; a success forgets earlier failures."""
+    with httpx.Client(base_url=server, timeout=30) as client:
+        for _ in range(accounts.FREE_FAILURES):
+            assert sign_in(client, "mallory", PASSWORD).status_code == 401
+        assert sign_in(client, "mallory", PASSWORD).status_code == 429
+        for _ in range(accounts.FREE_FAILURES - 1):
+            assert sign_in(client, staff, "wrong password!!").status_code == 401
+        assert sign_in(client, staff, PASSWORD).status_code == 303
+    with seeded() as session:
+        assert session.get(SignInFailures, staff) is None
+        mallory = session.get(SignInFailures, "mallory")
+        assert mallory is not None
+        assert mallory.failures == accounts.FREE_FAILURES
+
+
+def test_each_failure_beyond_the_free_ones_doubles_the_lock(
+    seeded: sessionmaker[Session], staff: str
+) -> None:
+    moment = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    locks = []
+    for _ in range(accounts.FREE_FAILURES + 6):
+        with seeded.begin() as session:
+            assert accounts.sign_in(session, staff, "wrong password!!", moment) is None
+            row = session.get(SignInFailures, staff)
+            assert row is not None
+            if row.locked_until is not None:
+                until = row.locked_until.replace(tzinfo=UTC)
+                locks.append(until - moment)
+                moment = until  # the next try, once the lock has ended
+    minutes = [int(lock.total_seconds() // 60) for lock in locks]
+    assert minutes == [15, 30, 60, 120, 240, 240, 240]
+    with seeded.begin() as session:  # a day without failures forgets the count
+        later = moment + timedelta(hours=25)
+        assert isinstance(accounts.sign_in(session, staff, PASSWORD, later), accounts.Staff)
+
+
+def test_the_cookie_is_secure_when_the_request_came_over_https(staff: str, server: str) -> None:
+    """Behind a proxy that ends TLS (uvicorn trusts X-Forwarded-Proto from 127.0.0.1)."""
+    for proto, secure in (("https", True), ("http", False)):
+        with httpx.Client(
+            base_url=server, timeout=30, headers={"X-Forwarded-Proto": proto}
+        ) as client:
+            cookie = sign_in(client, staff, PASSWORD).headers["set-cookie"].lower()
+        assert ("; secure" in cookie) is secure
+        assert "httponly" in cookie
 
 
 def test_disabling_an_account_ends_its_session(desk: Desk, staff: str) -> None:

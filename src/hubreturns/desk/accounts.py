@@ -5,6 +5,13 @@ two passes, one lane: about 50 ms a check), and re-hashed on sign-in when the
 parameters change. Signing in with an unknown name costs the same
 hash check as a wrong password, so the answer time does not tell which names
 exist. A session is a random token; only its SHA-256 is stored.
+
+Password guessing is slowed per name (``sign_in``): after ``FREE_FAILURES``
+failures in a row a name is locked, for ``FIRST_LOCK`` and then twice as long
+for each further failure, up to ``LONGEST_LOCK``; a locked name is refused
+without its password being checked. Unknown names are counted the same way,
+so a lock says nothing about whether a name exists. A success, or
+``hubreturns desk unlock NAME``, clears the count.
 """
 
 from __future__ import annotations
@@ -14,33 +21,47 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from hubreturns.desk.models import DeskSession, StaffAccount
+from hubreturns.desk.models import DeskSession, SignInFailures, StaffAccount
 
 __all__ = [
+    "FIRST_LOCK",
+    "FREE_FAILURES",
+    "LONGEST_LOCK",
     "MIN_PASSWORD_LENGTH",
     "SESSION_LIFETIME",
     "AccountError",
+    "Locked",
     "Staff",
     "add_staff",
-    "check_password",
     "end_session",
     "list_staff",
     "set_active",
+    "sign_in",
     "staff_for_session",
     "start_session",
+    "unlock",
     "valid_staff_name",
 ]
 
 MIN_PASSWORD_LENGTH = 12
 #: A desk session ends this long after sign-in, whatever happens in between.
 SESSION_LIFETIME = timedelta(hours=8)
+
+#: Failed sign-ins in a row a name is allowed before it is locked.
+FREE_FAILURES = 5
+#: The first lock; each further failure doubles it, up to ``LONGEST_LOCK``.
+FIRST_LOCK = timedelta(minutes=15)
+LONGEST_LOCK = timedelta(hours=4)
+#: A name's count is forgotten this long after its last failure.
+_FAILURES_KEPT = timedelta(hours=24)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
@@ -134,7 +155,79 @@ def set_active(session: Session, name: str, active: bool, now: datetime) -> Staf
     return _staff(row)
 
 
-def check_password(session: Session, name: str, password: str, now: datetime) -> Staff | None:
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """Sign-in refused unchecked: too many failures in a row under this name."""
+
+    until: datetime
+
+
+def sign_in(session: Session, name: str, password: str, now: datetime) -> Staff | Locked | None:
+    """The account if ``name`` is an active account with this password; ``Locked`` if
+    the name is locked (the password is not checked); else None, the failure counted.
+
+    The count is written in the caller's transaction, which must commit even when
+    the answer is None.
+    """
+    counted = (
+        session.get(SignInFailures, name, with_for_update=True) if valid_staff_name(name) else None
+    )
+    if counted is not None and _utc(counted.last_failed_at) < now - _FAILURES_KEPT:
+        session.delete(counted)
+        session.flush()
+        counted = None
+    if counted is not None and counted.locked_until is not None:
+        locked_until = _utc(counted.locked_until)
+        if locked_until > now:
+            return Locked(locked_until)
+    staff = _check_password(session, name, password, now)
+    if staff is not None:
+        if counted is not None:
+            session.delete(counted)
+        return staff
+    if valid_staff_name(name):
+        _count_failure(session, name, counted, now)
+    return None
+
+
+def _count_failure(
+    session: Session, name: str, counted: SignInFailures | None, now: datetime
+) -> None:
+    if counted is None:
+        session.execute(
+            delete(SignInFailures).where(SignInFailures.last_failed_at < now - _FAILURES_KEPT)
+        )
+        try:
+            with session.begin_nested():  # another worker may count the same name now
+                session.add(SignInFailures(name=name, failures=0, last_failed_at=now))
+        except IntegrityError:
+            pass
+        counted = session.get(SignInFailures, name, with_for_update=True, populate_existing=True)
+        assert counted is not None
+    counted.failures += 1
+    counted.last_failed_at = now
+    beyond = counted.failures - FREE_FAILURES
+    if beyond >= 0:
+        counted.locked_until = now + min(FIRST_LOCK * 2 ** min(beyond, 16), LONGEST_LOCK)
+    session.flush()
+
+
+def _utc(moment: datetime) -> datetime:
+    """A stored moment as an aware one (SQLite gives them back without their zone)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def unlock(session: Session, name: str) -> bool:
+    """Forget the failed sign-ins under ``name``; False if there were none."""
+    counted = session.get(SignInFailures, name)
+    if counted is None:
+        return False
+    session.delete(counted)
+    session.flush()
+    return True
+
+
+def _check_password(session: Session, name: str, password: str, now: datetime) -> Staff | None:
     """The account if ``name`` is an active account with this password, else None."""
     row = session.get(StaffAccount, name) if valid_staff_name(name) else None
     try:

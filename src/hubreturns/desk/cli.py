@@ -131,3 +131,17 @@ def enable(
     """Re-enable a disabled account (it signs in again with its old password)."""
     _set_active(name, True, config)
     console.print(f"[green]staff account enabled[/green]: {name}")
+
+
+@desk_app.command("unlock")
+def unlock(
+    name: Annotated[str, typer.Argument(help="Sign-in name, as typed at the sign-in page.")],
+    config: ConfigOption = None,
+) -> None:
+    """Clear the failed sign-ins under a name, ending its lock at once."""
+    with _transaction(config) as session:
+        cleared = accounts.unlock(session, name)
+    if cleared:
+        console.print(f"[green]failed sign-ins cleared[/green]: {name}")
+    else:
+        console.print(f"no failed sign-ins recorded under {name}: nothing to clear")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, String
+from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hubreturns.store.models import Base
 
-__all__ = ["DeskSession", "StaffAccount"]
+__all__ = ["DeskSession", "SignInFailures", "StaffAccount"]
 
 Moment = DateTime(timezone=True)
 
@@ -46,3 +46,18 @@ class DeskSession(Base):
     created_at: Mapped[datetime] = mapped_column(Moment)
     expires_at: Mapped[datetime] = mapped_column(Moment)
     revoked_at: Mapped[datetime | None] = mapped_column(Moment)
+
+
+class SignInFailures(Base):
+    """Failed sign-ins in a row under one name, known or not (``accounts.sign_in``).
+
+    In the database rather than in memory, so that every worker counts the
+    same failures and a restart forgets none.
+    """
+
+    __tablename__ = "desk_sign_in_failures"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    last_failed_at: Mapped[datetime] = mapped_column(Moment)
+    locked_until: Mapped[datetime | None] = mapped_column(Moment)

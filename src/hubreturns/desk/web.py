@@ -210,7 +210,12 @@ def _wants_data(sub: str, accept: str) -> bool:
 
 
 class SecurityHeaders:
-    """Strict headers on every desk response: no framing, no foreign content, no caching."""
+    """Strict headers on every desk response: no framing, no foreign content, no caching.
+
+    A request that came over HTTPS (as the server reports it: behind a proxy
+    that ends TLS, run ``serve`` with uvicorn's ``--proxy-headers`` trust) gets
+    its session cookie marked ``Secure``, so a browser never sends it in clear.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -228,9 +233,22 @@ class SecurityHeaders:
                 headers.setdefault("X-Frame-Options", "DENY")
                 headers.setdefault("Referrer-Policy", "same-origin")
                 headers.setdefault("Cache-Control", "no-store")
+                if scope.get("scheme") == "https":
+                    _secure_cookies(headers)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _secure_cookies(headers: MutableHeaders) -> None:
+    cookies = headers.getlist("set-cookie")
+    if not cookies:
+        return
+    del headers["set-cookie"]
+    for cookie in cookies:
+        if "; secure" not in cookie.lower():
+            cookie += "; secure"
+        headers.append("set-cookie", cookie)
 
 
 def _csrf_token(request: Request) -> str:
@@ -382,15 +400,35 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
         password = form.get("password", "")
         wanted = form.get("next", "")
 
-        def attempt() -> str | None:
+        def attempt() -> str | accounts.Locked | None:
             now = clock()
             with sessions.begin() as session:
-                staff = accounts.check_password(session, name, password, now)
-                if staff is None:
-                    return None
+                staff = accounts.sign_in(session, name, password, now)
+                if not isinstance(staff, accounts.Staff):
+                    return staff
                 return accounts.start_session(session, staff.name, now)
 
         token = await run_in_threadpool(attempt)
+        if isinstance(token, accounts.Locked):
+            log.warning("desk sign-in refused for %r: locked until %s", name[:64], token.until)
+            wait = max(1, int((token.until - clock()).total_seconds()))
+            response = render(
+                request,
+                "login.html",
+                {
+                    "next": wanted,
+                    "error": (
+                        "Too many failed sign-ins under this name. Try again after "
+                        f"{token.until.astimezone(UTC):%H:%M} UTC, or ask a desk "
+                        f"administrator to run: hubreturns desk unlock {name[:64]}"
+                    ),
+                    "name": name,
+                    "signed_out": False,
+                },
+                status_code=429,
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
         if token is None:
             log.warning("desk sign-in refused for %r", name[:64])
             return render(

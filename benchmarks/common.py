@@ -17,6 +17,7 @@ __all__ = [
     "Figure",
     "Machine",
     "Section",
+    "fsync_latencies",
     "machine",
     "percentile",
     "pg_available",
@@ -209,6 +210,30 @@ def throughput(call: Callable[[int], object], seconds: float, *, batch: int = 50
         now = time.perf_counter()
         if now >= deadline:
             return done / (now - started)
+
+
+def fsync_latencies(folder: Path, seconds: float) -> list[float]:
+    """Seconds each ``fsync`` of an 8 KiB append took, sorted, over about ``seconds``.
+
+    The floor under every durable commit (SQLite's WAL and PostgreSQL's both
+    wait for one): a disk that now and then takes 200 ms over an fsync puts
+    that in the tail latency of every request committed meanwhile.
+    """
+    path = folder / "fsync-probe"
+    taken: list[float] = []
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = b"\0" * 8192
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            os.write(descriptor, block)
+            started = time.perf_counter()
+            os.fsync(descriptor)
+            taken.append(time.perf_counter() - started)
+    finally:
+        os.close(descriptor)
+        path.unlink(missing_ok=True)
+    return sorted(taken)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

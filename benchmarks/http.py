@@ -37,6 +37,8 @@ import httpx
 from benchmarks.common import (
     CpuShares,
     Section,
+    fsync_latencies,
+    percentile,
     pg_available,
     pg_bench_url,
     postmaster_pid,
@@ -228,6 +230,18 @@ def end_to_end(
     connections: list[int] = [32, 64],  # noqa: B006 - never mutated
 ) -> Section:
     section = Section("4. end to end over HTTP (loopback, separate load generator)")
+    fsyncs = fsync_latencies(folder, min(5.0, saturation_seconds))
+    section.add(
+        "fsync of an 8 KiB append on this disk (the floor under a durable commit)",
+        1000 * percentile(fsyncs, 0.99),
+        "ms p99",
+        note=f"{len(fsyncs)} fsyncs: p50 {1000 * percentile(fsyncs, 0.5):.2f} ms, "
+        f"p99.9 {1000 * percentile(fsyncs, 0.999):.2f} ms, max {1000 * fsyncs[-1]:.1f} ms",
+    )
+    section.data["fsync_ms"] = {
+        name: 1000 * percentile(fsyncs, fraction)
+        for name, fraction in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999), ("max", 1.0))
+    }
     have_wrk = shutil.which("wrk") is not None
     count = int(max(saturation_seconds * 6000, max(rates, default=0) * rate_seconds) * 1.2) + 400
     hubs = count + 1000

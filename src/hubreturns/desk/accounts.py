@@ -173,9 +173,7 @@ def sign_in(session: Session, name: str, password: str, now: datetime) -> Staff 
         session.get(SignInFailures, name, with_for_update=True) if valid_staff_name(name) else None
     )
     if counted is not None and _utc(counted.last_failed_at) < now - _FAILURES_KEPT:
-        session.delete(counted)
-        session.flush()
-        counted = None
+        counted.failures, counted.locked_until = 0, None  # a day without failures: forgotten
     if counted is not None and counted.locked_until is not None:
         locked_until = _utc(counted.locked_until)
         if locked_until > now:

@@ -213,8 +213,9 @@ class SecurityHeaders:
     """Strict headers on every desk response: no framing, no foreign content, no caching.
 
     A request that came over HTTPS (as the server reports it: behind a proxy
-    that ends TLS, run ``serve`` with uvicorn's ``--proxy-headers`` trust) gets
-    its session cookie marked ``Secure``, so a browser never sends it in clear.
+    that ends TLS, uvicorn takes ``X-Forwarded-Proto`` from the addresses in
+    ``FORWARDED_ALLOW_IPS``, 127.0.0.1 by default) gets its session cookie
+    marked ``Secure``, so a browser never sends it in clear.
     """
 
     def __init__(self, app: ASGIApp) -> None:

@@ -213,7 +213,7 @@ def _targets(sections: list[Section]) -> list[dict[str, Any]]:
         for run in _best_saturation(e2e.data.get("runs", [])):
             label = f"{run['engine']}, {run['workers']} worker(s)"
             if run["kind"] == "accepted":
-                accepted = run["codes"].get("I99", 0) / (run["duration_us"] / 1e6)
+                accepted = run["accepted_rate"]
                 targets.append(
                     {
                         "target": f">= 2,000 accepted req/s end to end ({label})",
@@ -254,21 +254,8 @@ def _targets(sections: list[Section]) -> list[dict[str, Any]]:
 
 
 def _best_saturation(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Section 4's runs with only the fastest saturation run of each server and stream.
-
-    Saturation is the rate the server cannot exceed: the most any of the
-    connection counts drew from it (the others are in the table and the JSON).
-    """
-    best: dict[tuple[str, int, str], dict[str, Any]] = {}
-    others: list[dict[str, Any]] = []
-    for run in runs:
-        if run["kind"] == "rate":
-            others.append(run)
-            continue
-        key = (run["engine"], run["workers"], run["kind"])
-        if key not in best or run["rate"] > best[key]["rate"]:
-            best[key] = run
-    return [*best.values(), *others]
+    """Section 4's runs with only the fastest saturation run of each server and stream."""
+    return [*http.fastest(runs).values(), *(run for run in runs if run["kind"] == "rate")]
 
 
 def _print_targets(targets: list[dict[str, Any]]) -> None:

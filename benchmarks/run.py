@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             http.end_to_end(
                 work,
                 saturation_seconds=3 if quick else 10,
-                rate_seconds=2 if quick else 6,
+                rate_seconds=2 if quick else 10,
                 rates=_sizes(args.rates or ("250,500" if quick else "250,500,1000")),
                 workers=_sizes(args.workers or ("1" if quick else "1,2")),
                 ceiling=ceiling,

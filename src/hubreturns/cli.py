@@ -284,7 +284,7 @@ def serve(
     )
     import inspect
 
-    from hubreturns.serving import run_workers, spreads_connections
+    from hubreturns.serving import HTTP_PROTOCOL, run_workers, spreads_connections
 
     extra: dict[str, Any] = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
@@ -302,6 +302,7 @@ def serve(
         log_config=None,  # uvicorn logs through our JSON handler
         access_log=False,  # hubreturns.http writes the access lines
         server_header=False,  # no "server: uvicorn": nothing to tell about the stack
+        http=HTTP_PROTOCOL,  # a response's head and body in one send (serving.OneWritePerTurn)
         **extra,
     )
     target = "hubreturns.service:app_from_environment"

@@ -381,32 +381,6 @@ _ADD_RETURN_WITH_ID = _Compiled(insert(ReturnRecord), ("id", *RETURN_COLUMNS))
 _ADD_AUDIT = _Compiled(insert(AuditEntry), _AUDIT_COLUMNS)
 
 
-class _ArrayWrite:
-    """A PostgreSQL batch write: one statement whose every parameter is an array, one
-    element per row, sent in binary (``%(name)b``) and read back with ``unnest``.
-
-    Why not ``executemany``: it sends one command per row, and each is a wait on
-    the socket (psycopg's pipeline takes one command per turn). In the writer
-    thread every wait gives up the GIL and must win it back from the event loop,
-    which holds it for up to 5 ms. Measured (a batch of 16 accepted requests'
-    inserts): 30 % less CPU on both sides as arrays, and with a busy thread
-    beside it 39 ms a batch instead of 55. Arrays in text form cost more than
-    separate parameters to encode and parse (tried in an earlier round); in
-    binary form they cost less. The SQL is
-    written here rather than compiled by SQLAlchemy because Core has no
-    spelling for binary placeholders; the column types come from the models.
-    """
-
-    __slots__ = ("columns", "sql")
-
-    def __init__(self, sql: str, columns: Sequence[str]) -> None:
-        self.sql = sql
-        self.columns = tuple(columns)
-
-    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-        return {name: [row[name] for row in rows] for name in self.columns}
-
-
 def _pg_array_type(column: ColumnElement[Any]) -> str:
     """The column's PostgreSQL type as an array, without a length: a cast to
     ``VARCHAR(80)`` would cut a longer value short, where the insert refuses it."""
@@ -414,44 +388,109 @@ def _pg_array_type(column: ColumnElement[Any]) -> str:
     return re.sub(r"\(\d+\)", "", name) + "[]"
 
 
-def _pg_insert_arrays(table: Any, columns: Sequence[str]) -> _ArrayWrite:
-    """``INSERT INTO table (columns) SELECT * FROM unnest(one array per column)``."""
-    arrays = ", ".join(f"%({c})b::{_pg_array_type(table.c[c])}" for c in columns)
-    return _ArrayWrite(
-        f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM unnest({arrays})", columns
+def _pg_arrays(table: Any, columns: Sequence[str], prefix: str) -> str:
+    """``%(<prefix><column>)b::<type>[]`` for each column: one binary array parameter each."""
+    return ", ".join(f"%({prefix}{c})b::{_pg_array_type(table.c[c])}" for c in columns)
+
+
+class _PgBatchWrite:
+    """A PostgreSQL batch's writes as one statement: each kind of row a data-modifying
+    ``WITH`` part over arrays (one element per row, sent in binary), and the rows the
+    conditional parts changed as its result.
+
+    Why one statement: psycopg's pipeline sends one command per wait on the
+    socket, and in the writer thread every wait gives up the GIL, which the
+    event loop then holds for up to 5 ms before the thread can go on. With a
+    statement per kind of row (earlier rounds: one per row, then one per
+    kind) a batch's writes were five such waits; here they are one. Arrays in
+    binary form cost less to encode and parse than separate parameters (text
+    arrays cost more; tried in an earlier round). The SQL is written here
+    because Core has no spelling for binary placeholders; the column types
+    come from the models.
+
+    Only the parts a batch has rows for are sent, so there are a few forms of
+    the statement (each prepared once). The parts run in the order written
+    (the main query reads the conditional ones in that order; the others run
+    after it), so concurrent batches lock counters, then hubs, in key order.
+    Every part reads the statement's one snapshot. None reads what another
+    writes: counters moved are rows that existed, counters inserted are rows
+    that did not, and no constraint ties the new returns to the claims. A
+    counter inserted meanwhile by another transaction makes ``ON CONFLICT DO
+    NOTHING`` skip its row, and one moved meanwhile is re-checked by the
+    ``UPDATE`` (READ COMMITTED): either way fewer rows change than decided,
+    which ``flush`` reports as ``WriteConflict``.
+    """
+
+    #: Counter advances: one row per originator, moved to the batch's highest counter
+    #: where it is still below the batch's lowest, so the batch succeeds for an
+    #: originator exactly when each of its advances would have, one by one; then the
+    #: originators with no row yet, inserted. Together they must change one row per
+    #: originator.
+    ADVANCED = (
+        "UPDATE replay_counters AS r SET last_counter = u.high, updated_at = u.at"
+        " FROM unnest(%(c_originator)b::varchar[], %(c_low)b::varchar[],"
+        " %(c_high)b::varchar[], %(c_at)b::timestamptz[]) AS u(originator, low, high, at)"
+        ' WHERE r.originator = u.originator AND r.last_counter < u.low COLLATE "C"'
+        " RETURNING 1"
+    )
+    ADDED = (
+        "INSERT INTO replay_counters (originator, last_counter, updated_at)"
+        " SELECT u.originator, u.high, u.at FROM unnest(%(c_originator)b::varchar[],"
+        " %(c_high)b::varchar[], %(c_at)b::timestamptz[]) AS u(originator, high, at)"
+        " WHERE NOT EXISTS (SELECT FROM replay_counters AS r WHERE r.originator = u.originator)"
+        " ON CONFLICT (originator) DO NOTHING RETURNING 1"
+    )
+    #: Hub claims (a batch claims a hub at most once): one row per claim must change.
+    CLAIMED = (
+        "UPDATE devices AS d SET open_return_id = u.return_id, updated_at = u.at"
+        " FROM unnest(%(h_device_id)b::varchar[], %(h_return_id)b::bigint[],"
+        " %(h_at)b::timestamptz[]) AS u(device_id, return_id, at)"
+        " WHERE d.device_id = u.device_id AND d.open_return_id IS NULL RETURNING 1"
+    )
+    RETURN_COLUMNS = ("id", *RETURN_COLUMNS)
+    RECORDED = (
+        f"INSERT INTO returns ({', '.join(RETURN_COLUMNS)})"
+        f" SELECT * FROM unnest({_pg_arrays(ReturnRecord.__table__, RETURN_COLUMNS, 'r_')})"
+    )
+    AUDITED = (
+        f"INSERT INTO audit_log ({', '.join(_AUDIT_COLUMNS)})"
+        f" SELECT * FROM unnest({_pg_arrays(AuditEntry.__table__, _AUDIT_COLUMNS, 'a_')})"
     )
 
+    @classmethod
+    def statement(
+        cls,
+        counters: Sequence[Mapping[str, Any]],
+        returns: Sequence[Mapping[str, Any]],
+        claims: Sequence[Mapping[str, Any]],
+        audit: Sequence[Mapping[str, Any]],
+    ) -> tuple[str, dict[str, list[Any]]]:
+        """The SQL and its parameters; the result is one row: (counters, hubs) changed."""
+        parts: list[tuple[str, str]] = []
+        parameters: dict[str, list[Any]] = {}
 
-#: A batch's counter advances on PostgreSQL: one row per originator, moved to the
-#: batch's highest counter where it is still below the batch's lowest one, so the
-#: batch succeeds for an originator exactly when each of its advances would have,
-#: one by one; then the originators with no row yet, inserted. The two row counts
-#: together must be the number of originators (``WriteConflict`` otherwise).
-_PG_ADVANCE_EXISTING = _ArrayWrite(
-    "UPDATE replay_counters AS r SET last_counter = u.high, updated_at = u.at"
-    " FROM unnest(%(originator)b::varchar[], %(low)b::varchar[], %(high)b::varchar[],"
-    " %(at)b::timestamptz[]) AS u(originator, low, high, at)"
-    ' WHERE r.originator = u.originator AND r.last_counter < u.low COLLATE "C"',
-    ("originator", "low", "high", "at"),
-)
-_PG_ADVANCE_NEW = _ArrayWrite(
-    "INSERT INTO replay_counters (originator, last_counter, updated_at)"
-    " SELECT u.originator, u.high, u.at FROM unnest(%(originator)b::varchar[],"
-    " %(high)b::varchar[], %(at)b::timestamptz[]) AS u(originator, high, at)"
-    " WHERE NOT EXISTS (SELECT FROM replay_counters AS r WHERE r.originator = u.originator)"
-    " ON CONFLICT (originator) DO NOTHING",
-    ("originator", "high", "at"),
-)
-#: A batch's hub claims on PostgreSQL (a batch claims a hub at most once).
-_PG_CLAIM = _ArrayWrite(
-    "UPDATE devices AS d SET open_return_id = u.return_id, updated_at = u.at"
-    " FROM unnest(%(device_id)b::varchar[], %(return_id)b::bigint[], %(at)b::timestamptz[])"
-    " AS u(device_id, return_id, at)"
-    " WHERE d.device_id = u.device_id AND d.open_return_id IS NULL",
-    ("device_id", "return_id", "at"),
-)
-_PG_ADD_RETURNS = _pg_insert_arrays(ReturnRecord.__table__, ("id", *RETURN_COLUMNS))
-_PG_ADD_AUDIT = _pg_insert_arrays(AuditEntry.__table__, _AUDIT_COLUMNS)
+        def arrays(prefix: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+            for column in columns:
+                parameters[prefix + column] = [row[column] for row in rows]
+
+        if counters:
+            parts += [("advanced", cls.ADVANCED), ("added", cls.ADDED)]
+            arrays("c_", counters, ("originator", "low", "high", "at"))
+        if claims:
+            parts.append(("claimed", cls.CLAIMED))
+            arrays("h_", claims, ("device_id", "return_id", "at"))
+        if returns:
+            parts.append(("recorded", cls.RECORDED))
+            arrays("r_", returns, cls.RETURN_COLUMNS)
+        if audit:
+            parts.append(("audited", cls.AUDITED))
+            arrays("a_", audit, _AUDIT_COLUMNS)
+        counted = (
+            "(SELECT count(*) FROM advanced) + (SELECT count(*) FROM added)" if counters else "0"
+        )
+        hubs = "(SELECT count(*) FROM claimed)" if claims else "0"
+        with_parts = ", ".join(f"{name} AS ({sql})" for name, sql in parts)
+        return f"WITH {with_parts} SELECT {counted}, {hubs}", parameters
 
 
 def _advance_statement(dialect: str) -> _Compiled:
@@ -504,8 +543,9 @@ class Ledger:
     * ``prefetch`` reads every request's facts in one statement (on PostgreSQL
       in the same round trip as the ids for the batch's new returns);
     * the writes are queued and ``flush`` sends them as one ``executemany``
-      per statement (on PostgreSQL all in one pipeline), counters and hubs in
-      key order so that concurrent batches lock rows in the same order;
+      per statement (on PostgreSQL as one statement over arrays,
+      ``_PgBatchWrite``), counters and hubs in key order so that concurrent
+      batches lock rows in the same order;
     * the facts of a later request in the batch see the earlier requests'
       counter advances and hub claims, the only facts a request changes, so
       each request is decided as if the ones before it had been written;
@@ -770,87 +810,92 @@ class Ledger:
         Raises ``WriteConflict`` if a counter advance or a hub claim changed
         fewer rows than were queued.
         """
-        writes = self._take_writes()
-        if not writes:
+        advances, returns, claims, audit = self._take_queued()
+        if self.connection.dialect.name == "postgresql":
+            self._flush_postgresql(advances, returns, claims, audit)
             return
-        driver = self._driver()
-        cursors = []
-        with self._pipeline():
-            for write in writes:
-                cursor = driver.cursor()
-                if isinstance(write.statement, _ArrayWrite):
-                    self._execute_arrays(cursor, write.statement, write.parameters)
-                else:
-                    self._execute(cursor, write.statement, write.parameters, many=True)
-                cursors.append(cursor)
-        _check_changed(writes, [cursor.rowcount for cursor in cursors])
-
-    def _execute_arrays(self, cursor: Any, write: _ArrayWrite, parameters: Any) -> None:
-        try:
-            cursor.execute(write.sql, parameters, prepare=True)
-        except self.connection.dialect.loaded_dbapi.Error as exc:
-            raise _wrapped(write.sql, None, exc, self.connection.dialect) from exc
-
-    def _take_writes(self) -> list[_Write]:
-        """The queued writes in the order they are sent, each with the rows it must change.
-
-        Counters and hubs go in key order, so that concurrent batches lock rows
-        in the same order. PostgreSQL takes each kind of write as one statement
-        over arrays (``_ArrayWrite``); SQLite, in process, as ``executemany``.
-        """
-        advances = sorted(self._advances, key=lambda p: (p["b_originator"], p["b_counter"]))
-        claims = sorted(self._claims, key=lambda p: p["b_device"])
-        returns, audit = self._returns, self._audit
-        self._advances, self._claims, self._returns, self._audit = [], [], [], []
-        writes: list[_Write] = []
-        if self.connection.dialect.name != "postgresql":
+        writes = [
+            _Write(kind, statement, rows, len(rows) if kind in ("advances", "claims") else None)
             for kind, statement, rows in (
                 ("advances", _advance_statement(self.connection.dialect.name), advances),
                 ("returns", _ADD_RETURN_WITH_ID, returns),
                 ("claims", _CLAIM, claims),
                 ("audit", _ADD_AUDIT, audit),
-            ):
-                if rows:
-                    checked = len(rows) if kind in ("advances", "claims") else None
-                    writes.append(_Write(kind, statement, rows, checked))
-            return writes
-        if advances:
-            by_originator: dict[str, list[Mapping[str, Any]]] = {}
-            for row in advances:
-                by_originator.setdefault(row["b_originator"], []).append(row)
-            counters = [
-                {
-                    "originator": originator,
-                    "low": rows[0]["b_counter"],
-                    "high": rows[-1]["b_counter"],
-                    "at": rows[-1]["b_now"],
-                }
-                for originator, rows in by_originator.items()
-            ]
-            existing = _PG_ADVANCE_EXISTING.parameters(counters)
-            writes.append(_Write("advances", _PG_ADVANCE_EXISTING, existing, len(counters)))
-            new = _PG_ADVANCE_NEW.parameters(counters)
-            writes.append(_Write("advances", _PG_ADVANCE_NEW, new, None))
-        if returns:
-            writes.append(_Write("returns", _PG_ADD_RETURNS, _PG_ADD_RETURNS.parameters(returns)))
-        if claims:
-            rows = [
-                {"device_id": c["b_device"], "return_id": c["b_return"], "at": c["b_now"]}
-                for c in claims
-            ]
-            writes.append(_Write("claims", _PG_CLAIM, _PG_CLAIM.parameters(rows), len(rows)))
-        if audit:
-            writes.append(_Write("audit", _PG_ADD_AUDIT, _PG_ADD_AUDIT.parameters(audit)))
-        return writes
+            )
+            if rows
+        ]
+        driver = self._driver()
+        changed = []
+        for write in writes:
+            cursor = driver.cursor()
+            self._execute(cursor, write.statement, write.parameters, many=True)
+            changed.append(cursor.rowcount)
+        _check_changed(writes, changed)
+
+    def _take_queued(
+        self,
+    ) -> tuple[list[Mapping[str, Any]], ...]:
+        """The queued advances, returns, claims and audit rows, emptying the queues.
+
+        Counters and hubs in key order, so that concurrent batches lock rows in
+        the same order.
+        """
+        advances = sorted(self._advances, key=lambda p: (p["b_originator"], p["b_counter"]))
+        claims = sorted(self._claims, key=lambda p: p["b_device"])
+        queued = (advances, self._returns, claims, self._audit)
+        self._advances, self._claims, self._returns, self._audit = [], [], [], []
+        return queued
+
+    def _flush_postgresql(
+        self,
+        advances: Sequence[Mapping[str, Any]],
+        returns: Sequence[Mapping[str, Any]],
+        claims: Sequence[Mapping[str, Any]],
+        audit: Sequence[Mapping[str, Any]],
+    ) -> None:
+        """The batch's writes in one statement (``_PgBatchWrite``), then its counts checked."""
+        if not (advances or returns or claims or audit):
+            return
+        by_originator: dict[str, list[Mapping[str, Any]]] = {}
+        for row in advances:
+            by_originator.setdefault(row["b_originator"], []).append(row)
+        counters = [
+            {
+                "originator": originator,
+                "low": rows[0]["b_counter"],
+                "high": rows[-1]["b_counter"],
+                "at": rows[-1]["b_now"],
+            }
+            for originator, rows in by_originator.items()
+        ]
+        hubs = [
+            {"device_id": c["b_device"], "return_id": c["b_return"], "at": c["b_now"]}
+            for c in claims
+        ]
+        sql, parameters = _PgBatchWrite.statement(counters, returns, hubs, audit)
+        cursor = self._driver().cursor()
+        try:
+            cursor.execute(sql, parameters, prepare=True)
+            moved, claimed = cursor.fetchone()
+        except self.connection.dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(sql, None, exc, self.connection.dialect) from exc
+        for kind, done, expected in (
+            ("advances", moved, len(counters)),
+            ("claims", claimed, len(hubs)),
+        ):
+            if done != expected:
+                raise WriteConflict(
+                    f"{kind}: {done} of {expected} rows changed; another process won a race"
+                )
 
 
 @dataclass(frozen=True, slots=True)
 class _Write:
-    """One statement of a batch's writes, and the rows its kind must change in all
+    """One statement of a SQLite batch's writes, and the rows its kind must change
     (counter advances and hub claims; None for plain inserts)."""
 
     kind: str
-    statement: _Compiled | _ArrayWrite
+    statement: _Compiled
     parameters: Any
     must_change: int | None = None
 

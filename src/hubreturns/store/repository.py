@@ -201,7 +201,7 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
     ``OFFSET 0`` keeps the planner from turning the look-ups into joins, so the
     plan is index look-ups per key whatever the tables' sizes and however many
     keys a batch holds. That makes one plan right for every batch, and the
-    batch's transaction keeps it (``_GENERIC_PLANS``): left to choose, the
+    batch's transaction keeps it (``_GENERIC_PLANS_AND_IDS``): left to choose, the
     planner plans anew for each array size, which costs more than the read.
     """
     k = (
@@ -259,9 +259,13 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
 #: the whole table for each key, and was kept until the next ANALYZE: 70 µs of
 #: PostgreSQL's CPU a request with 1,000 senders, measured. Every look-up here is
 #: by primary key, so no sequential scan is ever the better plan.
-_GENERIC_PLANS = (
-    "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),"
+#: Sent with the batch's ``n`` return ids (one statement, ahead of the facts in the
+#: same pipeline: each command there is a wait on the socket for the writer thread).
+_GENERIC_PLANS_AND_IDS = (
+    "SELECT nextval(pg_get_serial_sequence('returns', 'id')),"
+    " set_config('plan_cache_mode', 'force_generic_plan', true),"
     " set_config('enable_seqscan', 'off', true)"
+    " FROM generate_series(1, %(n)s)"
 )
 
 
@@ -676,9 +680,8 @@ class Ledger:
         if self.connection.dialect.name == "postgresql":
             facts, ids = self._driver().cursor(), self._driver().cursor()
             with self._pipeline():
-                self._driver().cursor().execute(_GENERIC_PLANS)
+                ids.execute(_GENERIC_PLANS_AND_IDS, {"n": len(wanted)}, prepare=True)
                 self._execute(facts, statement, parameters(wanted))
-                self._execute(ids, _PG_RETURN_IDS, {"n": len(wanted)})
             self._ids.extend(int(row[0]) for row in ids.fetchall())
         else:
             facts = self._run(statement, parameters(wanted))

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Integer,
@@ -813,10 +813,11 @@ class Ledger:
         Raises ``WriteConflict`` if a counter advance or a hub claim changed
         fewer rows than were queued.
         """
-        advances, returns, claims, audit = self._take_queued()
+        queued = self._take_queued()
         if self.connection.dialect.name == "postgresql":
-            self._flush_postgresql(advances, returns, claims, audit)
+            self._flush_postgresql(queued)
             return
+        advances, returns, claims, audit = queued
         writes = [
             _Write(kind, statement, rows, len(rows) if kind in ("advances", "claims") else None)
             for kind, statement, rows in (
@@ -835,32 +836,24 @@ class Ledger:
             changed.append(cursor.rowcount)
         _check_changed(writes, changed)
 
-    def _take_queued(
-        self,
-    ) -> tuple[list[Mapping[str, Any]], ...]:
-        """The queued advances, returns, claims and audit rows, emptying the queues.
-
-        Counters and hubs in key order, so that concurrent batches lock rows in
-        the same order.
-        """
-        advances = sorted(self._advances, key=lambda p: (p["b_originator"], p["b_counter"]))
-        claims = sorted(self._claims, key=lambda p: p["b_device"])
-        queued = (advances, self._returns, claims, self._audit)
+    def _take_queued(self) -> _Queued:
+        """The queued rows, emptying the queues; counters and hubs in key order, so
+        that concurrent batches lock rows in the same order."""
+        queued = _Queued(
+            advances=sorted(self._advances, key=lambda p: (p["b_originator"], p["b_counter"])),
+            returns=self._returns,
+            claims=sorted(self._claims, key=lambda p: p["b_device"]),
+            audit=self._audit,
+        )
         self._advances, self._claims, self._returns, self._audit = [], [], [], []
         return queued
 
-    def _flush_postgresql(
-        self,
-        advances: Sequence[Mapping[str, Any]],
-        returns: Sequence[Mapping[str, Any]],
-        claims: Sequence[Mapping[str, Any]],
-        audit: Sequence[Mapping[str, Any]],
-    ) -> None:
+    def _flush_postgresql(self, queued: _Queued) -> None:
         """The batch's writes in one statement (``_PgBatchWrite``), then its counts checked."""
-        if not (advances or returns or claims or audit):
+        if not any(queued):
             return
         by_originator: dict[str, list[Mapping[str, Any]]] = {}
-        for row in advances:
+        for row in queued.advances:
             by_originator.setdefault(row["b_originator"], []).append(row)
         counters = [
             {
@@ -873,9 +866,9 @@ class Ledger:
         ]
         hubs = [
             {"device_id": c["b_device"], "return_id": c["b_return"], "at": c["b_now"]}
-            for c in claims
+            for c in queued.claims
         ]
-        sql, parameters = _PgBatchWrite.statement(counters, returns, hubs, audit)
+        sql, parameters = _PgBatchWrite.statement(counters, queued.returns, hubs, queued.audit)
         cursor = self._driver().cursor()
         try:
             cursor.execute(sql, parameters, prepare=True)
@@ -890,6 +883,15 @@ class Ledger:
                 raise WriteConflict(
                     f"{kind}: {done} of {expected} rows changed; another process won a race"
                 )
+
+
+class _Queued(NamedTuple):
+    """A deferred ledger's rows, queued for ``flush``."""
+
+    advances: list[Mapping[str, Any]]
+    returns: list[Mapping[str, Any]]
+    claims: list[Mapping[str, Any]]
+    audit: list[Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -413,9 +413,11 @@ class _PgBatchWrite:
     come from the models.
 
     Only the parts a batch has rows for are sent, so there are a few forms of
-    the statement (each prepared once). The parts run in the order written
-    (the main query reads the conditional ones in that order; the others run
-    after it), so concurrent batches lock counters, then hubs, in key order.
+    the statement (each prepared once). PostgreSQL runs the parts the main
+    query reads as it reads them (counters, then hubs) and the others after
+    it, so concurrent batches lock counters, then hubs, in key order; a
+    deadlock, should one come, rolls the batch back and its requests are run
+    again one by one (``hubreturns.committer``).
     Every part reads the statement's one snapshot. None reads what another
     writes: counters moved are rows that existed, counters inserted are rows
     that did not, and no constraint ties the new returns to the claims. A

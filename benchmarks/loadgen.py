@@ -73,8 +73,8 @@ class _Connection(asyncio.Protocol):
         self.run = run
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
-        #: (index, intended send time) of the request awaiting its answer.
-        self.pending: tuple[int, float] | None = None
+        #: Intended send time of the request awaiting its answer.
+        self.pending: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -82,7 +82,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, index: int, intended: float) -> None:
         assert self.transport is not None
-        self.pending = (index, intended)
+        self.pending = intended
         self.transport.write(self.run.requests[index])
 
     def data_received(self, data: bytes) -> None:
@@ -104,8 +104,7 @@ class _Connection(asyncio.Protocol):
             if len(self.buffer) < end + 4 + length:
                 return
             self.buffer = self.buffer[end + 4 + length :]
-            _index, intended = self.pending
-            self.pending = None
+            intended, self.pending = self.pending, None
             self.run.answered(intended, code)
             self.run.free(self)
 
@@ -121,7 +120,6 @@ class _Run:
         self.address = address
         self.idle: list[_Connection] = []
         self.waiting: deque[tuple[int, float]] = deque()
-        self.latencies: list[float] = []
         self.answers: list[tuple[float, float]] = []  # (intended send time, latency)
         self.codes: Counter[str] = Counter()
         self.errors = 0
@@ -143,7 +141,6 @@ class _Run:
 
     def answered(self, intended: float, code: str) -> None:
         latency = time.perf_counter() - intended
-        self.latencies.append(latency)
         self.answers.append((intended, latency))
         self.codes[code] += 1
         self.outstanding -= 1
@@ -214,7 +211,7 @@ async def _run(
             await asyncio.wait_for(asyncio.shield(run.drained), timeout=max(5.0, seconds))
     elif not run.drained.done():
         run.drained.set_result(None)
-    latencies = run.latencies
+    latencies = [latency for _, latency in run.answers]
     unanswered = total - len(latencies)
     elapsed = time.perf_counter() - start
     # Unanswered requests count at the cut-off: a lower bound on their latency.

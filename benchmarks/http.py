@@ -244,6 +244,7 @@ def end_to_end(
     ceiling: float | None,
     cores: int,
     connections: Sequence[int] = (32, 64),
+    engines: Iterable[str] = ("sqlite", "postgresql"),
 ) -> Section:
     section = Section("4. end to end over HTTP (loopback, separate load generator)")
     fsyncs = fsync_latencies(folder, min(5.0, saturation_seconds))
@@ -268,16 +269,20 @@ def end_to_end(
     write_bodies(
         accepted_file, [b.data for b in mixed_bodies(world, count, hubs=hubs, accepted_only=True)]
     )
-    engines = [("SQLite", sqlite_url(folder, "http.db"))]
-    if pg_available():
-        engines.append(("PostgreSQL", pg_bench_url()))
-    else:
-        section.skipped = "PostgreSQL unreachable: only SQLite measured"
+    wanted = set(engines)
+    databases = []
+    if "sqlite" in wanted:
+        databases.append(("SQLite", sqlite_url(folder, "http.db")))
+    if "postgresql" in wanted:
+        if pg_available():
+            databases.append(("PostgreSQL", pg_bench_url()))
+        else:
+            section.skipped = "PostgreSQL unreachable: not measured"
     runs: list[dict[str, Any]] = []
     floors: dict[int, float] = {}
     if have_wrk:
         for n in workers:
-            with serve(engines[0][1], n, folder, floor=True) as (base, _pid):
+            with serve(sqlite_url(folder, "floor.db"), n, folder, floor=True) as (base, _pid):
                 _wrk(base, bodies_file, 1, 32)  # warm up
                 floor = _wrk(base, bodies_file, saturation_seconds, 32)
             floors[n] = floor["rate"]
@@ -287,7 +292,7 @@ def end_to_end(
                 "req/s",
                 note="reads the body, answers fixed bytes: no XML, crypto or database",
             )
-    for engine, url in engines:
+    for engine, url in databases:
         populate(url, world, hubs)
         db_pid = postmaster_pid(url) if engine == "PostgreSQL" else None
         for n in workers:

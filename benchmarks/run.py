@@ -48,6 +48,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--connections", default=None, help="wrk connections for section 4's saturation (32,64)"
     )
+    parser.add_argument(
+        "--engines",
+        default="sqlite,postgresql",
+        help="databases for section 4 (sqlite,postgresql)",
+    )
     parser.add_argument("--scale-postgres", action="store_true", help="section 5 on PostgreSQL too")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     return parser.parse_args(argv)
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 ceiling=ceiling,
                 cores=host.cpus,
                 connections=_sizes(args.connections or ("32" if quick else "32,64")),
+                engines={e.strip().lower() for e in args.engines.split(",") if e.strip()},
             )
         )
         _print(sections[-1])

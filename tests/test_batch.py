@@ -6,19 +6,20 @@ still see the counters and hubs the earlier ones took."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import ResponseCode
 from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, scenario_bodies
-from hubreturns.model import Endpoint, ReturnRequest
+from hubreturns.model import Channel, Endpoint, ReturnRequest
 from hubreturns.processing import Outcome, Processor
 from hubreturns.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
-from hubreturns.store.repository import Ledger, WriteConflict
+from hubreturns.store.repository import AuditFields, Ledger, WriteConflict, writer_connection
 from hubreturns.wire.certificate import SigningCertificate
 
 
@@ -158,15 +159,34 @@ postgres_only = pytest.mark.parametrize(
 )
 
 
+@contextmanager
+def _batch_connection(engine: Engine, kind: str) -> Iterator[Connection]:
+    """A connection as a batch has it: in a transaction, or the committer's own
+    (``writer_connection``: autocommit, where the write statement is the commit)."""
+    if kind == "transaction":
+        with engine.connect() as connection, connection.begin():
+            yield connection
+        return
+    with writer_connection(engine) as connection:
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            connection.invalidate()  # its session settings stay out of the pool
+
+
 @postgres_only
+@pytest.mark.parametrize("kind", ["transaction", "writer"])
 @pytest.mark.parametrize("race", ["counter", "hub"])
 def test_a_race_lost_to_another_connection_after_the_read_raises_write_conflict(
-    engine: Engine, seeded: sessionmaker[Session], world: DemoWorld, race: str
+    engine: Engine, seeded: sessionmaker[Session], world: DemoWorld, race: str, kind: str
 ) -> None:
+    """The batch's write finds the lost race and writes nothing, not even the rows
+    that did not race: on the committer's connection that statement is the commit."""
     scenario = _scenario("IS fault return, Pending hub")
     request = _request(world, scenario, 40)
     now = datetime.now(UTC)
-    with engine.connect() as connection, connection.begin():
+    with _batch_connection(engine, kind) as connection:
         ledger = Ledger(connection, deferred=True)
         ledger.prefetch([(request.originator, request.device_id)])
         facts = ledger.facts(
@@ -189,8 +209,20 @@ def test_a_race_lost_to_another_connection_after_the_read_raises_write_conflict(
                 )
         assert ledger.advance_counter(request.originator, 40, now)
         assert ledger.claim_device(request.device_id, ledger.add_return(_row(request, now)), now)
+        ledger.add_audit(_audit(request, now))
         with pytest.raises(WriteConflict, match="advances" if race == "counter" else "claims"):
             ledger.flush()
+    with engine.connect() as reader:
+        assert reader.scalar(select(func.count()).select_from(ReturnRecord)) == 0
+        assert reader.scalar(select(func.count()).select_from(AuditEntry)) == 0
+        counter = reader.scalar(
+            select(ReplayCounter.last_counter).where(ReplayCounter.originator == request.originator)
+        )
+        claim = reader.scalar(
+            select(Device.open_return_id).where(Device.device_id == request.device_id)
+        )
+    # Only the other connection's write is there.
+    assert (counter, claim) == ((f"{41:020d}", None) if race == "counter" else (None, -1))
 
 
 @postgres_only
@@ -216,6 +248,22 @@ def test_a_counter_taken_between_two_advances_of_a_batch_is_a_lost_race(
         assert ledger.advance_counter(first.sender, 42, now)
         with pytest.raises(WriteConflict, match="advances: 0 of 1"):
             ledger.flush()
+
+
+def _audit(request: ReturnRequest, now: datetime) -> AuditFields:
+    return AuditFields(
+        received_at=now,
+        channel=Channel.DUIS,
+        endpoint=Endpoint.NON_DEVICE.value,
+        code="I99",
+        accepted=True,
+        reason="accepted",
+        http_status=200,
+        request_id=str(request.request_id),
+        originator=request.originator,
+        service_reference_variant=request.kind.variant,
+        device_id=request.device_id,
+    )
 
 
 def _row(request: ReturnRequest, now: datetime) -> dict[str, object]:
@@ -298,11 +346,12 @@ def test_a_batch_read_probes_indexes_even_when_planned_on_empty_tables(
                 for n in range(150)
             ],
         )
-    with engine.connect() as connection, connection.begin():
+    with writer_connection(engine) as connection:  # the committer's own
         before = _scans(connection)
         for _ in range(2):  # the first read plans; the second runs the kept plan
             Ledger(connection, deferred=True).prefetch(keys)
         after = _scans(connection)
+        connection.invalidate()  # its session settings stay out of the pool
     tables = ("users", "replay_counters", "devices", "device_suppliers")
     assert {t: after[t][0] - before[t][0] for t in tables} == dict.fromkeys(tables, 0)
     assert {t: after[t][1] - before[t][1] for t in tables} == dict.fromkeys(tables, 2)

@@ -501,3 +501,40 @@ def test_sqlite_is_checkpointed_in_the_background_after_commits(
     assert (busy, log_pages) == (0, done)  # everything committed is in the file
     committer.close()
     engine.dispose()
+
+
+@postgresql_only
+def test_the_writers_own_session_settings_never_reach_the_pool(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """The writer's connection commits statement by statement and plans for the
+    batch read (``writer_connection``); once the committer lets it go, it is
+    closed, so no pooled connection is left autocommit or without sequential scans."""
+    backends: list[int] = []
+    event.listen(engine, "checkout", lambda dbapi, *_: backends.append(dbapi.info.backend_pid))
+    committer = Committer(sessions)
+    assert committer.run(_write("once")) == "once"
+    (writer,) = backends
+    with engine.connect() as admin:
+        settings = admin.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"
+                " AND state = 'idle'"  # not 'idle in transaction': it commits as it goes
+            ),
+            {"pid": writer},
+        ).scalar()
+        assert settings == 1
+    committer.close()
+    with engine.connect() as admin:  # its backend is gone, not pooled
+        gone = admin.scalar(
+            text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": writer}
+        )
+        assert gone == 0
+    held = [engine.connect() for _ in range(engine.pool.size())]  # type: ignore[attr-defined]
+    try:
+        for connection in held:
+            assert connection.scalar(text("SHOW enable_seqscan")) == "on"
+            assert connection.scalar(text("SHOW plan_cache_mode")) == "auto"
+    finally:
+        for connection in held:
+            connection.close()

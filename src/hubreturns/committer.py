@@ -11,7 +11,9 @@ only then is any of them answered. Under light load a batch holds one job and
 nothing waits; under heavy load batches grow and the flush is shared. The
 batch's ledger is a deferred one (``Ledger``): the jobs' facts are read in one
 statement and their writes sent in bulk, so a batch costs a few round trips to
-the database however many requests it holds.
+the database however many requests it holds: on PostgreSQL two, on a
+connection of the writer's own that commits each statement as it runs
+(``writer_connection``), the writes being one statement.
 
 A job's conditional writes can still lose a race against another process
 (PostgreSQL, several workers): the job says so by raising ``Contended``, or the
@@ -43,7 +45,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.store.db import SQLiteWriterLock, checkpoint, writer_lock
-from hubreturns.store.repository import Ledger
+from hubreturns.store.repository import Ledger, writer_connection
 
 __all__ = ["Arrival", "Committer", "Contended", "FunctionJob", "Job"]
 
@@ -269,22 +271,23 @@ class Committer:
         pre-ping (a round trip) and the check-out and check-in themselves:
         about 170 µs of CPU a batch, ours and PostgreSQL's together. A kept
         connection is not pinged, so one that died while idle (a terminated
-        backend, a restarted server) fails the next batch's first statement.
-        That is before the commit, so nothing was written: the batch is run
-        again, once, on a new connection from the pool, which pings it.
+        backend, a restarted server) fails the next batch's first statement,
+        its read (or a ``SELECT 1`` in a batch with nothing to read). That is
+        before the write, so nothing was written: the batch is run again,
+        once, on a new connection from the pool, which pings it.
         """
         held = self._held
         reused = held is not None and held.engine is engine and not held.invalidated
         if not reused:
             self._release_held()
             try:
-                held = self._held = engine.connect()
+                held = self._held = writer_connection(engine)
             except Exception as exc:  # no connection to be had
                 _fail(batch, exc)
                 return
         assert held is not None
         try:
-            self._settle(held, batch, stale_retry=reused)
+            self._settle(held, batch, stale_retry=reused, autocommit=True)
         except _StaleConnection:
             log.info("the kept PostgreSQL connection had gone; batch run again on a new one")
             self._release_held()
@@ -297,6 +300,7 @@ class Committer:
         held, self._held = self._held, None
         if held is not None:
             with contextlib.suppress(Exception):  # a dead connection may fail to close
+                held.invalidate()  # closed, not pooled: its session is the writer's own
                 held.close()
 
     def _settle(
@@ -306,6 +310,7 @@ class Committer:
         *,
         at_once: bool = False,
         stale_retry: bool = False,
+        autocommit: bool = False,
     ) -> bool:
         """Run ``batch`` on ``connection`` (writer lock held) and settle every future.
 
@@ -313,6 +318,9 @@ class Committer:
         waited for: nothing is done or settled, and the result is False. With
         ``stale_retry``, a connection found dead before the commit raises
         ``_StaleConnection``, nothing settled, so the caller can run the batch again.
+        With ``autocommit`` (PostgreSQL, ``writer_connection``), the ledger's
+        write statement is the commit, and a batch that must be run again job
+        by job gets a transactional connection from the pool for it.
         """
         try:
             transaction = _begin(connection, at_once=at_once)
@@ -327,14 +335,22 @@ class Committer:
             try:
                 with transaction:
                     ledger = Ledger(connection, deferred=True)
-                    ledger.prefetch(
+                    keys = [
                         key
                         for item in batch
                         if (key := getattr(item.job, "reads", None)) is not None
-                    )
+                    ]
+                    ledger.prefetch(keys)
+                    if autocommit and stale_retry and not keys:
+                        # A kept connection says it is alive before a write that commits:
+                        # the read does that for a batch with facts to read.
+                        connection.exec_driver_sql("SELECT 1")
                     results = [item.job.run(ledger) for item in batch]
+                    # Once the writes are sent, they may or may not land: with
+                    # autocommit the flush commits, otherwise the block's end does.
+                    committing = autocommit
                     ledger.flush()
-                    committing = True  # the commit, as the block ends, may or may not land
+                    committing = True
             except _UNAVAILABLE as exc:
                 if stale_retry and not committing and getattr(exc, "connection_invalidated", False):
                     raise _StaleConnection from exc
@@ -347,8 +363,18 @@ class Committer:
             raise
         except Exception as exc:  # Contended, WriteConflict, a deadlock, or one job's own failure
             log.debug("batch of %d rolled back (%s); running its jobs one by one", len(batch), exc)
-            for item in batch:
-                self._alone(connection, item)
+            if not autocommit:
+                for item in batch:
+                    self._alone(connection, item)
+                return True
+            try:
+                alone = connection.engine.connect()
+            except Exception as error:  # no connection to be had
+                _fail(batch, error)
+                return True
+            with alone:
+                for item in batch:
+                    self._alone(alone, item)
             return True
         self.batches += 1
         self.jobs += len(batch)

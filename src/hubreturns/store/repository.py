@@ -18,7 +18,6 @@ import json
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -40,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.base import PGDialect
-from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement
@@ -68,7 +67,15 @@ from hubreturns.store.models import (
 )
 from hubreturns.wire.certificate import SigningCertificate
 
-__all__ = ["AuditFields", "FactsKey", "Ledger", "Repository", "ReturnFilter", "WriteConflict"]
+__all__ = [
+    "AuditFields",
+    "FactsKey",
+    "Ledger",
+    "Repository",
+    "ReturnFilter",
+    "WriteConflict",
+    "writer_connection",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,7 +208,7 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
     ``OFFSET 0`` keeps the planner from turning the look-ups into joins, so the
     plan is index look-ups per key whatever the tables' sizes and however many
     keys a batch holds. That makes one plan right for every batch, and the
-    batch's transaction keeps it (``_GENERIC_PLANS_AND_IDS``): left to choose, the
+    committer's connection keeps it (``writer_connection``): left to choose, the
     planner plans anew for each array size, which costs more than the read.
     """
     k = (
@@ -230,6 +237,13 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
     suppliers = look_up(
         "s", DeviceSupplier.device_id == k.c.device_id, DeviceSupplier.supplier_user_id
     )
+    # The batch's new return ids, drawn once per statement (an uncorrelated
+    # subquery is an InitPlan) and repeated on each row: they cost no second command.
+    ids = (
+        select(func.array_agg(func.nextval(func.pg_get_serial_sequence("returns", "id"))))
+        .select_from(func.generate_series(1, bindparam("n", type_=Integer())))
+        .scalar_subquery()
+    )
     return (
         select(
             k.c.originator,
@@ -244,6 +258,7 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
             device.c.gpf_id,
             device.c.open_return_id,
             suppliers.c.supplier_user_id,
+            ids,
         )
         .select_from(k)
         .outerjoin(user, true())
@@ -253,20 +268,53 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
     )
 
 
-#: PostgreSQL: the statements of a batch's transaction keep their one plan (above),
-#: and that plan probes indexes. Without ``enable_seqscan`` off, a plan made while
-#: ``replay_counters`` was empty (a new service, or the benchmark's reset) scanned
-#: the whole table for each key, and was kept until the next ANALYZE: 70 µs of
-#: PostgreSQL's CPU a request with 1,000 senders, measured. Every look-up here is
-#: by primary key, so no sequential scan is ever the better plan.
-#: Sent with the batch's ``n`` return ids (one statement, ahead of the facts in the
-#: same pipeline: each command there is a wait on the socket for the writer thread).
-_GENERIC_PLANS_AND_IDS = (
-    "SELECT nextval(pg_get_serial_sequence('returns', 'id')),"
-    " set_config('plan_cache_mode', 'force_generic_plan', true),"
-    " set_config('enable_seqscan', 'off', true)"
-    " FROM generate_series(1, %(n)s)"
+#: PostgreSQL: the committer's own connection (``writer_connection``) commits
+#: each statement by itself, so a batch costs two messages to the server and
+#: two round trips: its facts read (with its return ids) and its writes (one
+#: statement, ``_PgBatchWrite``, which is also its transaction). An implicit
+#: BEGIN and a COMMIT were two more, and psycopg's pipeline sent each command
+#: and each sync in a message of its own: 8 messages and 4 round trips a batch,
+#: each message a wake-up of the server's process and a system call here.
+#: Measured on the bench machine, the protocol alone (interleaved runs): 4.1 →
+#: 1.3 ms a batch, 1,960 → 520 µs of our CPU and 1,530 → 520 µs of
+#: PostgreSQL's.
+#:
+#: Its session also keeps the batch read's one plan (``force_generic_plan``),
+#: and that plan probes indexes: without ``enable_seqscan`` off, a plan made
+#: while ``replay_counters`` was empty (a new service, or the benchmark's
+#: reset) scanned the whole table for each key, and was kept until the next
+#: ANALYZE: 70 µs of PostgreSQL's CPU a request with 1,000 senders, measured.
+#: Every look-up of the request path is by primary key, so no sequential scan
+#: is ever the better plan there. The settings are the session's, so the
+#: connection is closed, never pooled, when the committer is done with it.
+_PG_WRITER_SETTINGS = (
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', false),"
+    " set_config('enable_seqscan', 'off', false)"
 )
+
+
+def writer_connection(engine: Engine) -> Connection:
+    """A connection for the group committer's batches (``hubreturns.committer``).
+
+    On PostgreSQL: autocommit, and its session set for the batch statements
+    (above). A batch's writes then commit as one statement; anything else
+    that must be atomic needs a connection of its own. Its settings must not
+    reach the pool's other users: end it with ``invalidate()`` before
+    ``close()``, which closes the server connection instead of pooling it.
+    On SQLite: a plain connection.
+    """
+    connection = engine.connect()
+    if engine.dialect.name != "postgresql":
+        return connection
+    try:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql(_PG_WRITER_SETTINGS)
+        connection.commit()  # SQLAlchemy's autobegun transaction; nothing to send
+    except BaseException:
+        connection.invalidate()
+        connection.close()
+        raise
+    return connection
 
 
 def _sqlite_keys(first: str = "originator", second: str = "device_id") -> Subquery:
@@ -280,7 +328,12 @@ def _sqlite_keys(first: str = "originator", second: str = "device_id") -> Subque
 
 
 def _pg_pairs(keys: Sequence[FactsKey]) -> dict[str, Any]:
-    return {"originators": [k[0] for k in keys], "devices": [k[1] for k in keys]}
+    """The keys as two arrays, and as many return ids asked for as keys."""
+    return {
+        "originators": [k[0] for k in keys],
+        "devices": [k[1] for k in keys],
+        "n": len(keys),
+    }
 
 
 def _sqlite_pairs(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
@@ -402,11 +455,16 @@ class _PgBatchWrite:
     ``WITH`` part over arrays (one element per row, sent in binary), and the rows the
     conditional parts changed as its result.
 
-    Why one statement: psycopg's pipeline sends one command per wait on the
-    socket, and in the writer thread every wait gives up the GIL, which the
-    event loop then holds for up to 5 ms before the thread can go on. With a
-    statement per kind of row (earlier rounds: one per row, then one per
-    kind) a batch's writes were five such waits; here they are one. Arrays in
+    Why one statement: every statement is a message to the server and a wait
+    for its answer, and in the writer thread every wait gives up the GIL,
+    which the event loop then holds for up to 5 ms before the thread can go
+    on. With a statement per kind of row (earlier rounds: one per row, then
+    one per kind) a batch's writes were five such waits; here they are one,
+    and on the committer's connection (``writer_connection``, autocommit) it
+    is also the batch's commit. So the statement checks itself: its last
+    part hands the counts it changed to ``hubreturns_batch_written``
+    (migration 0006), which raises SQLSTATE ``HR409`` when they fall short of
+    what was decided, and the whole statement is undone. Arrays in
     binary form cost less to encode and parse than separate parameters (text
     arrays cost more; tried in an earlier round). The SQL is written here
     because Core has no spelling for binary placeholders; the column types
@@ -424,7 +482,7 @@ class _PgBatchWrite:
     counter inserted meanwhile by another transaction makes ``ON CONFLICT DO
     NOTHING`` skip its row, and one moved meanwhile is re-checked by the
     ``UPDATE`` (READ COMMITTED): either way fewer rows change than decided,
-    which ``flush`` reports as ``WriteConflict``.
+    the statement refuses itself, and ``flush`` reports ``WriteConflict``.
     """
 
     #: Counter advances: one row per originator, moved to the batch's highest counter
@@ -496,7 +554,17 @@ class _PgBatchWrite:
         )
         hubs = "(SELECT count(*) FROM claimed)" if claims else "0"
         with_parts = ", ".join(f"{name} AS ({sql})" for name, sql in parts)
-        return f"WITH {with_parts} SELECT {counted}, {hubs}", parameters
+        # What was decided: one row changed per originator, and per hub claimed.
+        decided_counters = "cardinality(%(c_originator)b::varchar[])" if counters else "0"
+        decided_hubs = "cardinality(%(h_device_id)b::varchar[])" if claims else "0"
+        check = (
+            f"hubreturns_batch_written({decided_counters}, counted.c, {decided_hubs}, counted.h)"
+        )
+        return (
+            f"WITH {with_parts}, counted AS (SELECT {counted} AS c, {hubs} AS h)"
+            f" SELECT counted.c, counted.h, {check} FROM counted",
+            parameters,
+        )
 
 
 def _advance_statement(dialect: str) -> _Compiled:
@@ -526,6 +594,10 @@ def _advance_statement(dialect: str) -> _Compiled:
     return statement
 
 
+#: SQLSTATE of ``hubreturns_batch_written``: a batch's write lost a race (PostgreSQL).
+_LOST_RACE = "HR409"
+
+
 class WriteConflict(Exception):
     """A batch's deferred conditional write changed fewer rows than it was decided on.
 
@@ -547,7 +619,7 @@ class Ledger:
     database round trips instead of several per request:
 
     * ``prefetch`` reads every request's facts in one statement (on PostgreSQL
-      in the same round trip as the ids for the batch's new returns);
+      with the ids for the batch's new returns);
     * the writes are queued and ``flush`` sends them as one ``executemany``
       per statement (on PostgreSQL as one statement over arrays,
       ``_PgBatchWrite``), counters and hubs in key order so that concurrent
@@ -632,13 +704,6 @@ class Ledger:
             raise _wrapped(sql, parameters, exc, dialect) from exc
         return cursor
 
-    def _pipeline(self) -> AbstractContextManager[object]:
-        """PostgreSQL: the statements sent inside share one round trip (psycopg pipeline)."""
-        if self.connection.dialect.name == "postgresql":
-            pipeline: AbstractContextManager[object] = self._driver().pipeline()
-            return pipeline
-        return nullcontext()
-
     def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
         pem = self.connection.execute(
             _CERTIFICATE_PEM, {"b_issuer": issuer, "b_serial": str(serial)}
@@ -679,15 +744,12 @@ class Ledger:
         if not wanted or batch_form is None:
             return
         statement, parameters = batch_form
+        rows = self._run(statement, parameters(wanted)).fetchall()
         if self.connection.dialect.name == "postgresql":
-            facts, ids = self._driver().cursor(), self._driver().cursor()
-            with self._pipeline():
-                ids.execute(_GENERIC_PLANS_AND_IDS, {"n": len(wanted)}, prepare=True)
-                self._execute(facts, statement, parameters(wanted))
-            self._ids.extend(int(row[0]) for row in ids.fetchall())
-        else:
-            facts = self._run(statement, parameters(wanted))
-        for row in facts.fetchall():
+            # The last column is the batch's return ids, the same on every row.
+            self._ids.extend(rows[0][-1])
+            rows = [row[:-1] for row in rows]
+        for row in rows:
             self._facts.setdefault((row[0], row[1]), []).append(row)
 
     def facts(
@@ -874,9 +936,13 @@ class Ledger:
         cursor = self._driver().cursor()
         try:
             cursor.execute(sql, parameters, prepare=True)
-            moved, claimed = cursor.fetchone()
+            moved, claimed, _ = cursor.fetchone()
         except self.connection.dialect.loaded_dbapi.Error as exc:
+            if getattr(exc, "sqlstate", None) == _LOST_RACE:
+                # The statement refused itself (migration 0006): nothing of it was written.
+                raise WriteConflict(exc.diag.message_primary or str(exc)) from exc
             raise _wrapped(sql, None, exc, self.connection.dialect) from exc
+        # The statement has checked these itself; a second look costs nothing.
         for kind, done, expected in (
             ("advances", moved, len(counters)),
             ("claims", claimed, len(hubs)),

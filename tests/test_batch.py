@@ -18,8 +18,9 @@ from hubreturns.codes import ResponseCode
 from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, scenario_bodies
 from hubreturns.model import Channel, Endpoint, ReturnRequest
 from hubreturns.processing import Outcome, Processor
+from hubreturns.store.db import writer_connection
 from hubreturns.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
-from hubreturns.store.repository import AuditFields, Ledger, WriteConflict, writer_connection
+from hubreturns.store.repository import AuditFields, Ledger, WriteConflict
 from hubreturns.wire.certificate import SigningCertificate
 
 

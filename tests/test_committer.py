@@ -516,14 +516,14 @@ def test_the_writers_own_session_settings_never_reach_the_pool(
     assert committer.run(_write("once")) == "once"
     (writer,) = backends
     with engine.connect() as admin:
-        settings = admin.execute(
+        idle = admin.execute(
             text(
                 "SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"
                 " AND state = 'idle'"  # not 'idle in transaction': it commits as it goes
             ),
             {"pid": writer},
         ).scalar()
-        assert settings == 1
+        assert idle == 1
     committer.close()
     with engine.connect() as admin:  # its backend is gone, not pooled
         gone = admin.scalar(

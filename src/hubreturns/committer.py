@@ -13,7 +13,7 @@ batch's ledger is a deferred one (``Ledger``): the jobs' facts are read in one
 statement and their writes sent in bulk, so a batch costs a few round trips to
 the database however many requests it holds: on PostgreSQL two, on a
 connection of the writer's own that commits each statement as it runs
-(``writer_connection``), the writes being one statement.
+(``db.writer_connection``), the writes being one statement.
 
 A job's conditional writes can still lose a race against another process
 (PostgreSQL, several workers): the job says so by raising ``Contended``, or the
@@ -44,8 +44,8 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.store.db import SQLiteWriterLock, checkpoint, writer_lock
-from hubreturns.store.repository import Ledger, writer_connection
+from hubreturns.store.db import SQLiteWriterLock, checkpoint, writer_connection, writer_lock
+from hubreturns.store.repository import Ledger
 
 __all__ = ["Arrival", "Committer", "Contended", "FunctionJob", "Job"]
 
@@ -318,7 +318,7 @@ class Committer:
         waited for: nothing is done or settled, and the result is False. With
         ``stale_retry``, a connection found dead before the commit raises
         ``_StaleConnection``, nothing settled, so the caller can run the batch again.
-        With ``autocommit`` (PostgreSQL, ``writer_connection``), the ledger's
+        With ``autocommit`` (PostgreSQL, ``db.writer_connection``), the ledger's
         write statement is the commit, and a batch that must be run again job
         by job gets a transactional connection from the pool for it.
         """

@@ -31,6 +31,7 @@ __all__ = [
     "make_sessionmaker",
     "migrate",
     "reading",
+    "writer_connection",
     "writer_lock",
 ]
 
@@ -99,6 +100,56 @@ def reading(engine: Engine) -> Connection:
     "database is locked" instead of waiting, which is the point.
     """
     return engine.connect().execution_options(**{_READ_ONLY: True})
+
+
+#: PostgreSQL: the committer's own connection (``writer_connection``) commits
+#: each statement by itself, so a batch costs two messages to the server and
+#: two round trips: its facts read (with its return ids) and its writes (one
+#: statement, ``repository._PgBatchWrite``, which is also its transaction). An
+#: implicit BEGIN and a COMMIT were two more, and psycopg's pipeline sent each
+#: command and each sync in a message of its own: 8 messages and 4 round trips
+#: a batch, each message a wake-up of the server's process and a system call
+#: here. The protocol alone, on the bench machine (``python -m
+#: benchmarks.pgbatch``, three runs): our CPU a batch 1.6-2.7× less,
+#: PostgreSQL's 1.3-1.7× less, its wall time 1.3-2.0× shorter.
+#:
+#: Its session also keeps the batch read's one plan (``force_generic_plan``,
+#: see ``repository._pg_facts_many``), and that plan probes indexes: without
+#: ``enable_seqscan`` off, a plan made while ``replay_counters`` was empty (a
+#: new service, or the benchmark's reset) scanned the whole table for each
+#: key, and was kept until the next ANALYZE: 70 µs of PostgreSQL's CPU a
+#: request with 1,000 senders, measured. Every look-up of the request path is
+#: by primary key, so no sequential scan is ever the better plan there. The
+#: settings are the session's, so the connection is closed, never pooled, when
+#: the committer is done with it.
+_PG_WRITER_SETTINGS = (
+    "SELECT set_config('plan_cache_mode', 'force_generic_plan', false),"
+    " set_config('enable_seqscan', 'off', false)"
+)
+
+
+def writer_connection(engine: Engine) -> Connection:
+    """A connection for the group committer's batches (``hubreturns.committer``).
+
+    On PostgreSQL: autocommit, and its session set for the batch statements
+    (above). A batch's writes then commit as one statement; anything else
+    that must be atomic needs a connection of its own. Its settings must not
+    reach the pool's other users: end it with ``invalidate()`` before
+    ``close()``, which closes the server connection instead of pooling it.
+    On SQLite: a plain connection.
+    """
+    connection = engine.connect()
+    if engine.dialect.name != "postgresql":
+        return connection
+    try:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.exec_driver_sql(_PG_WRITER_SETTINGS)
+        connection.commit()  # SQLAlchemy's autobegun transaction; nothing to send
+    except BaseException:
+        connection.invalidate()
+        connection.close()
+        raise
+    return connection
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.base import PGDialect
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement
@@ -74,7 +74,6 @@ __all__ = [
     "Repository",
     "ReturnFilter",
     "WriteConflict",
-    "writer_connection",
 ]
 
 
@@ -208,7 +207,7 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
     ``OFFSET 0`` keeps the planner from turning the look-ups into joins, so the
     plan is index look-ups per key whatever the tables' sizes and however many
     keys a batch holds. That makes one plan right for every batch, and the
-    committer's connection keeps it (``writer_connection``): left to choose, the
+    committer's connection keeps it (``db.writer_connection``): left to choose, the
     planner plans anew for each array size, which costs more than the read.
     """
     k = (
@@ -266,55 +265,6 @@ def _pg_facts_many() -> Select[*tuple[Any, ...]]:
         .outerjoin(device, true())
         .outerjoin(suppliers, true())
     )
-
-
-#: PostgreSQL: the committer's own connection (``writer_connection``) commits
-#: each statement by itself, so a batch costs two messages to the server and
-#: two round trips: its facts read (with its return ids) and its writes (one
-#: statement, ``_PgBatchWrite``, which is also its transaction). An implicit
-#: BEGIN and a COMMIT were two more, and psycopg's pipeline sent each command
-#: and each sync in a message of its own: 8 messages and 4 round trips a batch,
-#: each message a wake-up of the server's process and a system call here.
-#: Measured on the bench machine, the protocol alone (interleaved runs): 4.1 →
-#: 1.3 ms a batch, 1,960 → 520 µs of our CPU and 1,530 → 520 µs of
-#: PostgreSQL's.
-#:
-#: Its session also keeps the batch read's one plan (``force_generic_plan``),
-#: and that plan probes indexes: without ``enable_seqscan`` off, a plan made
-#: while ``replay_counters`` was empty (a new service, or the benchmark's
-#: reset) scanned the whole table for each key, and was kept until the next
-#: ANALYZE: 70 µs of PostgreSQL's CPU a request with 1,000 senders, measured.
-#: Every look-up of the request path is by primary key, so no sequential scan
-#: is ever the better plan there. The settings are the session's, so the
-#: connection is closed, never pooled, when the committer is done with it.
-_PG_WRITER_SETTINGS = (
-    "SELECT set_config('plan_cache_mode', 'force_generic_plan', false),"
-    " set_config('enable_seqscan', 'off', false)"
-)
-
-
-def writer_connection(engine: Engine) -> Connection:
-    """A connection for the group committer's batches (``hubreturns.committer``).
-
-    On PostgreSQL: autocommit, and its session set for the batch statements
-    (above). A batch's writes then commit as one statement; anything else
-    that must be atomic needs a connection of its own. Its settings must not
-    reach the pool's other users: end it with ``invalidate()`` before
-    ``close()``, which closes the server connection instead of pooling it.
-    On SQLite: a plain connection.
-    """
-    connection = engine.connect()
-    if engine.dialect.name != "postgresql":
-        return connection
-    try:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.exec_driver_sql(_PG_WRITER_SETTINGS)
-        connection.commit()  # SQLAlchemy's autobegun transaction; nothing to send
-    except BaseException:
-        connection.invalidate()
-        connection.close()
-        raise
-    return connection
 
 
 def _sqlite_keys(first: str = "originator", second: str = "device_id") -> Subquery:
@@ -460,7 +410,7 @@ class _PgBatchWrite:
     which the event loop then holds for up to 5 ms before the thread can go
     on. With a statement per kind of row (earlier rounds: one per row, then
     one per kind) a batch's writes were five such waits; here they are one,
-    and on the committer's connection (``writer_connection``, autocommit) it
+    and on the committer's connection (``db.writer_connection``, autocommit) it
     is also the batch's commit. So the statement checks itself: its last
     part hands the counts it changed to ``hubreturns_batch_written``
     (migration 0006), which raises SQLSTATE ``HR409`` when they fall short of

@@ -267,8 +267,8 @@ def tree_cpu(root: int) -> tuple[float, float]:
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        fields = stats.get(pid)
-        if fields is not None:
-            user += int(fields[11]) / tick
-            system += int(fields[12]) / tick
+        found = stats.get(pid)
+        if found is not None:
+            user += int(found[11]) / tick
+            system += int(found[12]) / tick
     return user, system

@@ -14,14 +14,14 @@ a temporary table:
 
 Per batch: wall time, this process's CPU (user + system, from ``getrusage``)
 and the server process's CPU (from ``/proc``), the median of the rounds, and
-the ratios. What it isolates is the messages and round trips, not the
+the ratios. The server's CPU comes in clock ticks (10 ms here), so a round
+needs some hundreds of batches for its figure to mean anything. What it isolates is the messages and round trips, not the
 statements, which are small here; ``scripts/bench`` measures the service.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
 import time
@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
-from benchmarks.common import pg_bench_url
+from benchmarks.common import pg_bench_url, tree_cpu
 
 __all__ = ["main"]
 
@@ -45,28 +45,13 @@ _IDS = "SELECT g FROM generate_series(1, %s) AS g"
 _WRITE = "UPDATE batch_bench SET v = v + 1 WHERE k = ANY(%s)"
 
 
-def _dsn(url: str) -> str:
-    """A libpq connection string from the benchmark's SQLAlchemy URL."""
-    parsed = make_url(url)
-    parts = {
-        "host": parsed.host,
-        "port": parsed.port,
-        "user": parsed.username,
-        "password": parsed.password,
-        "dbname": parsed.database,
-    }
-    return " ".join(f"{key}={value}" for key, value in parts.items() if value is not None)
-
-
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
 
 def _server_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(tree_cpu(pid))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=300, help="batches per round and way")
     parser.add_argument("--size", type=int, default=8, help="keys per batch")
     args = parser.parse_args(argv)
-    conn = psycopg.connect(_dsn(pg_bench_url()))
+    # The benchmark's SQLAlchemy URL as libpq reads it (its options keep the schema).
+    url = make_url(pg_bench_url()).set(drivername="postgresql")
+    conn = psycopg.connect(url.render_as_string(hide_password=False))
     conn.execute("CREATE TEMPORARY TABLE batch_bench (k integer PRIMARY KEY, v integer)")
     conn.execute("INSERT INTO batch_bench SELECT g, 0 FROM generate_series(1, 100000) AS g")
     conn.commit()
@@ -113,15 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             conn.autocommit = autocommit
             for _ in range(20):  # prepared, cached, warm
                 run()
-            started, cpu, server = time.perf_counter(), _cpu(), _server_cpu(pid)
+            # The server's reading scans /proc: before ours, so ours does not count it.
+            server = _server_cpu(pid)
+            started, cpu = time.perf_counter(), _cpu()
             for _ in range(args.batches):
                 run()
+            wall, ours_cpu = time.perf_counter() - started, _cpu() - cpu
+            server = _server_cpu(pid) - server
             results[name].append(
-                (
-                    (time.perf_counter() - started) / args.batches,
-                    (_cpu() - cpu) / args.batches,
-                    (_server_cpu(pid) - server) / args.batches,
-                )
+                (wall / args.batches, ours_cpu / args.batches, server / args.batches)
             )
     conn.close()
     medians: dict[str, Any] = {

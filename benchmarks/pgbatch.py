@@ -15,8 +15,9 @@ a temporary table:
 Per batch: wall time, this process's CPU (user + system, from ``getrusage``)
 and the server process's CPU (from ``/proc``), the median of the rounds, and
 the ratios. The server's CPU comes in clock ticks (10 ms here), so a round
-needs some hundreds of batches for its figure to mean anything. What it isolates is the messages and round trips, not the
-statements, which are small here; ``scripts/bench`` measures the service.
+needs some hundreds of batches for its figure to mean anything. What it
+isolates is the messages and round trips, not the statements, which are
+small here; ``scripts/bench`` measures the service.
 """
 
 from __future__ import annotations

@@ -231,6 +231,7 @@ async def _run(
         return latencies[min(len(latencies) - 1, round(fraction * (len(latencies) - 1)))] * 1000
 
     return {
+        "started_at": time.time() - (time.perf_counter() - start),
         "offered_rate": rate,
         "requests": total - unanswered,
         "unanswered": unanswered,

@@ -417,6 +417,83 @@ def test_a_briefly_busy_writer_lock_is_tried_again_on_the_loop(
     engine.dispose()
 
 
+def _sqlite_committer(tmp_path: Path, *, hold: float) -> tuple[Committer, Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
+    migrate(engine)
+    return Committer(make_sessionmaker(engine), hold=hold), engine
+
+
+def test_under_a_steady_stream_a_batch_waits_for_the_jobs_behind_it(tmp_path: Path) -> None:
+    """SQLite on the loop: jobs that come often, each on a turn of its own, share commits."""
+    committer, engine = _sqlite_committer(tmp_path, hold=0.05)
+
+    async def main() -> list[str]:
+        runs = []
+        for i in range(40):
+            runs.append(asyncio.ensure_future(committer.run_async(_write(f"s{i:02}"))))
+            await asyncio.sleep(0.002)  # one job a turn, every 2 ms
+        return list(await asyncio.gather(*runs))
+
+    assert asyncio.run(main()) == [f"s{i:02}" for i in range(40)]
+    assert _reasons(engine) == [f"s{i:02}" for i in range(40)]
+    assert committer.jobs == 40
+    assert committer.holds >= 1
+    # Without the hold each job, alone on its turn, would be a commit of its own.
+    assert committer.batches <= 20
+    committer.close()
+    engine.dispose()
+
+
+def test_one_job_at_a_time_is_not_kept_waiting(tmp_path: Path) -> None:
+    """A client that sends the next request only once answered gains nothing from a hold:
+    after one that gathered nothing, batches go at once but for the occasional probe."""
+    committer, engine = _sqlite_committer(tmp_path, hold=0.05)
+
+    async def main() -> list[str]:
+        return [await committer.run_async(_write(f"q{i:03}")) for i in range(200)]
+
+    assert asyncio.run(main()) == [f"q{i:03}" for i in range(200)]
+    assert committer.batches == 200
+    # The first wait, then probes after 16, 32, 64 and 128 more batches at most.
+    assert 1 <= committer.holds <= 5
+    committer.close()
+    engine.dispose()
+
+
+def test_with_no_hold_every_turn_commits_at_once(tmp_path: Path) -> None:
+    committer, engine = _sqlite_committer(tmp_path, hold=0.0)
+
+    async def main() -> list[str]:
+        runs = []
+        for i in range(20):
+            runs.append(asyncio.ensure_future(committer.run_async(_write(f"n{i:02}"))))
+            await asyncio.sleep(0.002)
+        return list(await asyncio.gather(*runs))
+
+    assert asyncio.run(main()) == [f"n{i:02}" for i in range(20)]
+    assert committer.holds == 0
+    assert committer.batches == 20
+    committer.close()
+    engine.dispose()
+
+
+def test_each_commit_reports_how_many_jobs_it_held(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    committer = Committer(sessions)
+    sizes: list[int] = []
+    committer.on_batch = sizes.append
+
+    async def main() -> list[str]:
+        return await asyncio.gather(*(committer.run_async(_write(f"m{i}")) for i in range(5)))
+
+    asyncio.run(main())
+    committer.run(_write("alone"))
+    assert sizes == [5, 1]
+    assert sum(sizes) == len(_reasons(engine))
+    committer.close()
+
+
 def test_the_loop_never_waits_for_a_writer_lock_held_elsewhere(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
     migrate(engine)

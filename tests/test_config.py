@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hubreturns.config import ConfigError, Settings, load_settings, packaged_pki
 from hubreturns.policy import REQUEST_POLICY
+from hubreturns.service import processor_from_settings
 
 DSP = "dsp-xml-sign-90B3D51F30000002-ds"
 
@@ -135,11 +137,29 @@ def test_bad_file_values_give_a_helpful_error(
     [
         ("HUBRETURNS_MAX_BODY_BYTES", "64k", "max_body_bytes must be a whole number"),
         ("HUBRETURNS_ACB_EUI", "90-B3", "acb_eui"),
+        ("HUBRETURNS_COMMIT_HOLD_MS", "soon", "commit_hold_ms must be a number of milliseconds"),
+        ("HUBRETURNS_COMMIT_HOLD_MS", "500", "never wait.*to 50, got 500"),
+        ("HUBRETURNS_COMMIT_HOLD_MS", "-1", "commit_hold_ms must be from 0"),
     ],
 )
 def test_bad_environment_values_give_a_helpful_error(name: str, value: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         load_settings(environ={name: value})
+
+
+def test_the_commit_hold_is_a_setting_that_reaches_the_committer(tmp_path: Path) -> None:
+    assert load_settings(environ={}).commit_hold_ms == 3.0
+    assert load_settings(environ={"HUBRETURNS_COMMIT_HOLD_MS": "0"}).commit_hold_ms == 0.0
+    path = toml(tmp_path, "commit_hold_ms = 1.5\n")
+    settings = load_settings(path, environ={})
+    assert settings.commit_hold_ms == 1.5
+    processor = processor_from_settings(
+        replace(settings, database_url=f"sqlite:///{tmp_path / 'hold.db'}")
+    )
+    try:
+        assert processor.committer.hold == 0.0015
+    finally:
+        processor.close()
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:

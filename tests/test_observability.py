@@ -104,6 +104,10 @@ def test_metrics_count_the_demo_scenarios(server: str, world: DemoWorld) -> None
         samples, "hubreturns_http_request_duration_seconds_count", route="/api/v1/{endpoint}"
     ) == len(SCENARIOS)
     assert total(samples, "hubreturns_http_requests_in_progress") == 1  # this scrape
+    # Every request's writes (its audit row, and the return if accepted) were committed
+    # in some batch: the batch sizes add up to the requests, in at most as many commits.
+    assert total(samples, "hubreturns_commit_batch_size_sum") == len(SCENARIOS)
+    assert 1 <= total(samples, "hubreturns_commit_batch_size_count") <= len(SCENARIOS)
 
 
 def test_a_certificate_is_read_from_the_store_once_then_served_from_the_cache(

@@ -34,10 +34,14 @@ from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.response import ResponseSigner
 
-__all__ = ["ConfigError", "Settings", "load_settings", "packaged_pki"]
+__all__ = ["MAX_COMMIT_HOLD_MS", "ConfigError", "Settings", "load_settings", "packaged_pki"]
 
 DEFAULT_ACB = "90-B3-D5-1F-30-00-00-02"
 _DSP_STEM = "dsp-xml-sign-90B3D51F30000002-ds"
+
+
+#: A longer hold would only add latency: batches are full well before it.
+MAX_COMMIT_HOLD_MS = 50.0
 
 
 class ConfigError(Exception):
@@ -62,6 +66,9 @@ class Settings:
     operator_token: str | None = None
     #: Charges tariff (TOML); None = the SECMP0039 impact-assessment defaults.
     tariff_file: Path | None = None
+    #: SQLite: how long a commit may wait for more requests to share it under
+    #: steady load (``committer._HOLD``); 0 = never wait.
+    commit_hold_ms: float = 3.0
 
     def policy(self) -> SecurityPolicy:
         return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)
@@ -105,6 +112,21 @@ def _coerce(name: str, value: Any) -> Any:
         if number <= 0:
             raise ConfigError("max_body_bytes must be positive")
         return number
+    if name == "commit_hold_ms":
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            hold = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"commit_hold_ms must be a number of milliseconds, got {value!r}"
+            ) from None
+        if not 0 <= hold <= MAX_COMMIT_HOLD_MS:
+            raise ConfigError(
+                f"commit_hold_ms must be from 0 (never wait) to {MAX_COMMIT_HOLD_MS:g}, "
+                f"got {hold:g}; the default is 3"
+            )
+        return hold
     if name == "acb_eui":
         try:
             return eui(str(value))

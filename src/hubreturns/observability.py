@@ -94,6 +94,7 @@ SIGNATURE_CODES: Final = (
 )
 #: Seconds; DUIS requests take milliseconds, a slow database seconds.
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 outcome_log = logging.getLogger("hubreturns.requests")
 http_log = logging.getLogger("hubreturns.http")
@@ -180,6 +181,13 @@ class Metrics:
             "hubreturns_certificate_store_reads",
             "Signing certificates read from the store because a worker had no fresh copy"
             " cached (about one per sender and worker after a start; steady at zero).",
+            registry=registry,
+        )
+        self.commit_batch = Histogram(
+            "hubreturns_commit_batch_size",
+            "Requests' writes committed together in one transaction (group commit):"
+            " one at light load, more as load grows and requests share a disk flush.",
+            buckets=BATCH_BUCKETS,
             registry=registry,
         )
         self.in_progress = Gauge(
@@ -295,6 +303,7 @@ def metrics_for(processor: Processor) -> Metrics:
         processor.observers.append(metrics.observe)
         processor.observers.append(_log_outcome)
         processor.certificates.on_read = metrics.certificate_reads.inc
+        processor.committer.on_batch = metrics.commit_batch.observe
         return metrics
 
 

@@ -414,6 +414,7 @@ class Processor:
         policy: SecurityPolicy,
         access_control_broker: str,
         clock: Callable[[], datetime] = utcnow,
+        commit_hold: float | None = None,
     ) -> None:
         self.sessions = sessions
         self.signer = signer
@@ -421,7 +422,9 @@ class Processor:
         self.access_control_broker = access_control_broker
         self.clock = clock
         self.certificates = CertificateCache(sessions)
-        self.committer = Committer(sessions)
+        self.committer = (
+            Committer(sessions) if commit_hold is None else Committer(sessions, hold=commit_hold)
+        )
         self.observers: list[Observer] = []
 
     def close(self) -> None:

@@ -56,6 +56,7 @@ def processor_from_settings(settings: Settings) -> Processor:
         signer=settings.signer(),
         policy=settings.policy(),
         access_control_broker=settings.acb_eui,
+        commit_hold=settings.commit_hold_ms / 1000,
     )
 
 

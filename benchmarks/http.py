@@ -212,6 +212,38 @@ def fastest(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], dict[s
     return best
 
 
+def _commits(base: str) -> tuple[float, float]:
+    """Requests committed and commits made, over all workers (the batch-size histogram)."""
+    text = httpx.get(f"{base}/metrics", timeout=30).text
+    sums = {"hubreturns_commit_batch_size_sum": 0.0, "hubreturns_commit_batch_size_count": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in sums:
+            sums[name] += float(value)
+    return sums["hubreturns_commit_batch_size_sum"], sums["hubreturns_commit_batch_size_count"]
+
+
+def _at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> dict[str, Any]:
+    """``_loadgen`` with the server's CPU a request, its requests per commit, and the
+    machine's idle and stolen shares meanwhile.
+
+    Why: a request costs more CPU at a moderate rate than at saturation (fewer
+    requests share each commit and each turn of the event loop), and that CPU,
+    with the time the hypervisor takes, is what the tails queue behind.
+    """
+    shares = CpuShares()
+    cpu_before, commits_before = tree_cpu(pid), _commits(base)
+    result = _loadgen(base, bodies, rate, seconds)
+    cpu_after, commits_after = tree_cpu(pid), _commits(base)
+    requests = max(1, result["requests"])
+    result["server_cpu_us"] = 1e6 * (sum(cpu_after) - sum(cpu_before)) / requests
+    jobs = commits_after[0] - commits_before[0]
+    batches = commits_after[1] - commits_before[1]
+    result["per_commit"] = jobs / batches if batches else float("nan")
+    result.update(shares.read())
+    return result
+
+
 def _loadgen(base: str, bodies: Path, rate: float, seconds: float) -> dict[str, Any]:
     done = subprocess.run(
         [
@@ -358,7 +390,7 @@ def end_to_end(
                             )
                 for rate in rates:
                     reset(url)
-                    result = _loadgen(base, bodies_file, rate, rate_seconds)
+                    result = _at_rate(base, bodies_file, rate, rate_seconds, pid)
                     section.add(
                         f"{label}: {rate} req/s offered",
                         result["p99_ms"],
@@ -368,7 +400,10 @@ def end_to_end(
                         note=f"achieved {result['achieved_rate']:.0f}/s, "
                         f"p50 {result['p50_ms']:.1f} ms, max {result['max_ms']:.0f} ms; "
                         f"generator CPU {result['generator_cpu_share']:.0%} of a core, "
-                        f"lag {result['generator_max_lag_ms']:.1f} ms"
+                        f"lag {result['generator_max_lag_ms']:.1f} ms; "
+                        f"server CPU {result['server_cpu_us']:.0f} µs/request, "
+                        f"{result['per_commit']:.1f} requests per commit, "
+                        f"idle {result['idle']:.0%}, stolen {result['steal']:.0%}"
                         + (f"; errors {result['errors']}" if result["errors"] else "")
                         + (
                             f"; {result['unanswered']} unanswered at the cut-off"

@@ -148,11 +148,11 @@ def _warm_up(base: str, bodies: Path, url: str, *, rounds: int = 10) -> list[tup
     before each round, as before a run.
     """
     done: list[tuple[float, int]] = []
-    before = _certificate_reads(base)
+    (before,) = _metric_totals(base, _CERTIFICATE_READS)
     for _ in range(rounds):
         reset(url)
         rate = _wrk(base, bodies, 2, 32)["rate"]
-        after = _certificate_reads(base)
+        (after,) = _metric_totals(base, _CERTIFICATE_READS)
         done.append((rate, round(after - before)))
         before = after
         if len(done) >= 2 and done[-1][1] == 0:
@@ -160,14 +160,20 @@ def _warm_up(base: str, bodies: Path, url: str, *, rounds: int = 10) -> list[tup
     return done
 
 
-def _certificate_reads(base: str) -> float:
-    """The service's count of certificates read from the store, over all workers."""
+_CERTIFICATE_READS = "hubreturns_certificate_store_reads_total"
+_COMMITTED = ("hubreturns_commit_batch_size_sum", "hubreturns_commit_batch_size_count")
+
+
+def _metric_totals(base: str, *names: str) -> tuple[float, ...]:
+    """Each named sample of the service's metrics, summed over label sets and workers."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("hubreturns_certificate_store_reads_total")
-    )
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        name = name.split("{", 1)[0]
+        if name in totals:
+            totals[name] += float(value)
+    return tuple(totals[name] for name in names)
 
 
 def _saturate(
@@ -212,17 +218,6 @@ def fastest(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], dict[s
     return best
 
 
-def _commits(base: str) -> tuple[float, float]:
-    """Requests committed and commits made, over all workers (the batch-size histogram)."""
-    text = httpx.get(f"{base}/metrics", timeout=30).text
-    sums = {"hubreturns_commit_batch_size_sum": 0.0, "hubreturns_commit_batch_size_count": 0.0}
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name in sums:
-            sums[name] += float(value)
-    return sums["hubreturns_commit_batch_size_sum"], sums["hubreturns_commit_batch_size_count"]
-
-
 def _at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> dict[str, Any]:
     """``_loadgen`` with the server's CPU a request, its requests per commit, and the
     machine's idle and stolen shares meanwhile.
@@ -232,9 +227,9 @@ def _at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> 
     with the time the hypervisor takes, is what the tails queue behind.
     """
     shares = CpuShares()
-    cpu_before, commits_before = tree_cpu(pid), _commits(base)
+    cpu_before, commits_before = tree_cpu(pid), _metric_totals(base, *_COMMITTED)
     result = _loadgen(base, bodies, rate, seconds)
-    cpu_after, commits_after = tree_cpu(pid), _commits(base)
+    cpu_after, commits_after = tree_cpu(pid), _metric_totals(base, *_COMMITTED)
     requests = max(1, result["requests"])
     result["server_cpu_us"] = 1e6 * (sum(cpu_after) - sum(cpu_before)) / requests
     jobs = commits_after[0] - commits_before[0]

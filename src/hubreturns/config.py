@@ -34,13 +34,22 @@ from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.response import ResponseSigner
 
-__all__ = ["MAX_COMMIT_HOLD_MS", "ConfigError", "Settings", "load_settings", "packaged_pki"]
+__all__ = [
+    "DEFAULT_COMMIT_HOLD_MS",
+    "MAX_COMMIT_HOLD_MS",
+    "ConfigError",
+    "Settings",
+    "load_settings",
+    "packaged_pki",
+]
 
 DEFAULT_ACB = "90-B3-D5-1F-30-00-00-02"
 _DSP_STEM = "dsp-xml-sign-90B3D51F30000002-ds"
 
 
-#: A longer hold would only add latency: batches are full well before it.
+#: How long a SQLite commit may wait for company by default, and at most (a longer
+#: hold would only add latency: batches are full well before it).
+DEFAULT_COMMIT_HOLD_MS = 3.0
 MAX_COMMIT_HOLD_MS = 50.0
 
 
@@ -68,7 +77,7 @@ class Settings:
     tariff_file: Path | None = None
     #: SQLite: how long a commit may wait for more requests to share it under
     #: steady load (``committer._HOLD``); 0 = never wait.
-    commit_hold_ms: float = 3.0
+    commit_hold_ms: float = DEFAULT_COMMIT_HOLD_MS
 
     def policy(self) -> SecurityPolicy:
         return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)
@@ -124,7 +133,7 @@ def _coerce(name: str, value: Any) -> Any:
         if not 0 <= hold <= MAX_COMMIT_HOLD_MS:
             raise ConfigError(
                 f"commit_hold_ms must be from 0 (never wait) to {MAX_COMMIT_HOLD_MS:g}, "
-                f"got {hold:g}; the default is 3"
+                f"got {hold:g}; the default is {DEFAULT_COMMIT_HOLD_MS:g}"
             )
         return hold
     if name == "acb_eui":

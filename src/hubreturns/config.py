@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -42,6 +42,9 @@ __all__ = [
     "load_settings",
     "packaged_pki",
 ]
+
+#: A number a setting is converted to (``_number``).
+N = TypeVar("N", int, float)
 
 DEFAULT_ACB = "90-B3-D5-1F-30-00-00-02"
 _DSP_STEM = "dsp-xml-sign-90B3D51F30000002-ds"
@@ -105,31 +108,36 @@ class Settings:
         return ResponseSigner(key, cert)
 
 
+def _number(name: str, value: Any, convert: Callable[[Any], N], what: str) -> N:
+    """``value`` (TOML number or environment string) through ``convert``, or a ConfigError.
+
+    A TOML boolean is refused although Python counts it an int (``true`` is not 1 here).
+    """
+    try:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return convert(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be {what}, got {value!r}") from None
+
+
+def _whole(value: Any) -> int:
+    """``int(value)``, but 1.5 is refused rather than cut to 1."""
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name in ("signing_key", "signing_cert", "tariff_file"):
         return Path(str(value)).expanduser()
     if name == "max_body_bytes":
-        try:
-            # int() would turn TOML true into 1 and 1.5 into 1; only whole numbers count.
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(value)
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"max_body_bytes must be a whole number of bytes, got {value!r}"
-            ) from None
+        number = _number(name, value, _whole, "a whole number of bytes")
         if number <= 0:
             raise ConfigError("max_body_bytes must be positive")
         return number
     if name == "commit_hold_ms":
-        try:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            hold = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"commit_hold_ms must be a number of milliseconds, got {value!r}"
-            ) from None
+        hold = _number(name, value, float, "a number of milliseconds")
         if not 0 <= hold <= MAX_COMMIT_HOLD_MS:
             raise ConfigError(
                 f"commit_hold_ms must be from 0 (never wait) to {MAX_COMMIT_HOLD_MS:g}, "

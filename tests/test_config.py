@@ -101,6 +101,8 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         ("max_body_bytes = -5\n", ["max_body_bytes must be positive"]),
         ("max_body_bytes = true\n", ["max_body_bytes", "whole number"]),
         ("max_body_bytes = 1.5\n", ["max_body_bytes", "whole number"]),
+        ("commit_hold_ms = true\n", ["commit_hold_ms", "number of milliseconds"]),
+        ("commit_hold_ms = 60\n", ["commit_hold_ms", "from 0 (never wait) to 50", "default is 3"]),
         ('acb_eui = "ACB"\n', ["acb_eui"]),
         ("database_url = 5\n", ["database_url", "string"]),
         (
@@ -115,6 +117,8 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         "body-negative",
         "body-bool",
         "body-fraction",
+        "hold-bool",
+        "hold-too-long",
         "acb",
         "url-not-string",
         "unknown-keys",

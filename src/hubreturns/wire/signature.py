@@ -37,10 +37,11 @@ from lxml import etree
 from hubreturns.codes import ResponseCode
 from hubreturns.errors import SignatureRejection
 from hubreturns.policy import Algorithm, SecurityPolicy
+from hubreturns.stages import Steps, complete
 from hubreturns.wire.certificate import SigningCertificate, normalize_issuer
 from hubreturns.wire.envelope import DS_NS
 
-__all__ = ["CertificateLookup", "sign", "signature_value", "verify"]
+__all__ = ["CertificateLookup", "sign", "signature_value", "verification_steps", "verify"]
 
 #: Finds a certificate in our own store by (normalised issuer, serial).
 CertificateLookup = Callable[[str, int], SigningCertificate | None]
@@ -190,6 +191,16 @@ def verify(
     certificate is not one allowed to sign (OU, curve, validity at ``now``).
     The caller still checks that the certificate belongs to the originator.
     """
+    return complete(verification_steps(root, lookup, policy, now))
+
+
+def verification_steps(
+    root: etree._Element,
+    lookup: CertificateLookup,
+    policy: SecurityPolicy,
+    now: datetime,
+) -> Steps[SigningCertificate]:
+    """``verify`` in two steps for ``Stages``: the profile and digest, then the ECDSA check."""
     signatures = list(root.iter(_SIGNATURE_TAG))
     if not signatures:
         raise _bad("the request is not signed (no ds:Signature)")
@@ -252,6 +263,7 @@ def verify(
     signed_bytes = _signed_info_bytes(signed_info)
     if _enveloped_digest(root, signature) != expected_digest:
         raise _bad("DigestValue does not match the document (the signed content was changed)")
+    yield
     try:
         certificate.public_key.verify(encode_dss_signature(r, s), signed_bytes, _ECDSA_SHA256)
     except InvalidSignature:

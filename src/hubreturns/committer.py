@@ -501,7 +501,10 @@ class Committer:
         client waits once in 512 requests).
         Measured (SQLite, 2 workers, 1,000 req/s, 14 interleaved pairs):
         batches of 1.4-2.4 jobs became 2.9-4.3, and the service's CPU a
-        request fell by 11-26 % in 11 pairs (README, "Figures").
+        request fell by 11-26 % in 11 pairs (README, "Figures", earlier
+        rounds). Its known cost: a closed loop whose every request is already
+        in the batch waits the whole hold for nothing (at 16 connections a
+        worker, a quarter of the machine idle; README, "Figures", item 2).
         """
         if self._hold <= 0 or self._gap >= self._hold:
             return 0.0

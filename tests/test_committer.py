@@ -617,3 +617,67 @@ def test_the_writers_own_session_settings_never_reach_the_pool(
     finally:
         for connection in held:
             connection.close()
+
+
+def _held_together(committer: Committer, names: list[str]) -> list[str]:
+    """``names`` as jobs in one turn of a loop; a hold left to run its course fails the test."""
+
+    async def main() -> list[str]:
+        jobs = asyncio.gather(*(committer.run_async(_write(name)) for name in names))
+        return list(await asyncio.wait_for(jobs, timeout=20))  # the hold is 60 s
+
+    return asyncio.run(main())
+
+
+def test_a_hold_ends_once_every_connected_client_is_in_the_batch(tmp_path: Path) -> None:
+    """A closed loop: no client can send again before the commit answers it, so a
+    hold would only idle; the batch commits as soon as the last client's job joins."""
+    committer, engine = _sqlite_committer(tmp_path, hold=60.0)
+    committer.clients = lambda: 3
+
+    assert _held_together(committer, ["c0", "c1", "c2"]) == ["c0", "c1", "c2"]
+    assert (committer.holds, committer.holds_ended_early, committer.batches) == (1, 1, 1)
+    assert _reasons(engine) == ["c0", "c1", "c2"]
+    committer.close()
+    engine.dispose()
+
+
+def test_a_hold_goes_on_while_a_client_could_still_send(tmp_path: Path) -> None:
+    """One connected client has nothing in the batch: the hold runs its course."""
+    committer, engine = _sqlite_committer(tmp_path, hold=0.15)  # above the first gap's 0.1 s
+    committer.clients = lambda: 4
+
+    assert _held_together(committer, ["d0", "d1", "d2"]) == ["d0", "d1", "d2"]
+    assert (committer.holds, committer.holds_ended_early, committer.batches) == (1, 0, 1)
+    committer.close()
+    engine.dispose()
+
+
+def test_a_hold_waits_for_requests_on_their_way_before_it_ends(tmp_path: Path) -> None:
+    """Two clients, one request being read: the batch of the other waits for it, and
+    commits with it as soon as it joins."""
+    committer, engine = _sqlite_committer(tmp_path, hold=60.0)
+    committer.clients = lambda: 2
+
+    async def main() -> list[str]:
+        arriving = committer.arrival()
+        first = asyncio.ensure_future(committer.run_async(_write("e0")))
+        await asyncio.sleep(0.01)  # turns go by: the batch is held for the arriving one
+        assert not first.done()
+        second = committer.run_async(_write("e1"), arriving)
+        return list(await asyncio.wait_for(asyncio.gather(first, second), timeout=20))
+
+    assert asyncio.run(main()) == ["e0", "e1"]
+    assert (committer.holds, committer.holds_ended_early, committer.batches) == (1, 1, 1)
+    committer.close()
+    engine.dispose()
+
+
+def test_alone_with_its_only_client_a_batch_is_not_held(tmp_path: Path) -> None:
+    committer, engine = _sqlite_committer(tmp_path, hold=60.0)
+    committer.clients = lambda: 1
+
+    assert _held_together(committer, ["f0"]) == ["f0"]
+    assert (committer.holds, committer.batches) == (0, 1)
+    committer.close()
+    engine.dispose()

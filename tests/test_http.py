@@ -92,6 +92,27 @@ def test_healthz(http: httpx.Client) -> None:
     assert reply.json() == {"status": "ok"}
 
 
+def test_the_committer_knows_how_many_clients_are_connected(
+    http: httpx.Client, processor: Processor, world: DemoWorld, server: str
+) -> None:
+    """The commit hold ends once every connected client is in the batch
+    (``Committer._all_in``): the count is the server's open connections."""
+    host, port = server.removeprefix("http://").split(":")
+    idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
+    try:
+        assert send(http, world, _scenario("IS fault return, Pending hub"), 1) == "I99"
+        clients = processor.committer.clients
+        assert clients is not None
+        assert clients() == 3  # this client's connection and the two idle ones
+    finally:
+        for conn in idle:
+            conn.close()
+    deadline = time.monotonic() + 20
+    while clients() != 1:  # the server notices the closes on its own loop
+        assert time.monotonic() < deadline, f"{clients()} connections still counted"
+        time.sleep(0.01)
+
+
 def test_unknown_endpoint_is_404_and_not_audited(
     http: httpx.Client, world: DemoWorld, seeded: sessionmaker[Session]
 ) -> None:

@@ -11,8 +11,8 @@ only then is any of them answered. Under light load a batch holds one job and
 nothing waits; under heavy load batches grow and the flush is shared; under a
 steady moderate load a batch on SQLite waits a few milliseconds for company
 (``Committer._hold_for``), since a commit of one job costs about what one of
-ten does. The
-batch's ledger is a deferred one (``Ledger``): the jobs' facts are read in one
+ten does, but no longer than until every client connected to the worker is
+in it (``Committer._all_in``). The batch's ledger is a deferred one (``Ledger``): the jobs' facts are read in one
 statement and their writes sent in bulk, so a batch costs a few round trips to
 the database however many requests it holds: on PostgreSQL two, on a
 connection of the writer's own that commits each statement as it runs
@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hubreturns.store.db import SQLiteWriterLock, checkpoint, writer_connection, writer_lock
 from hubreturns.store.repository import Ledger
 
-__all__ = ["Arrival", "Committer", "Contended", "FunctionJob", "Job"]
+__all__ = ["CONNECTIONS_STATE_KEY", "Arrival", "Committer", "Contended", "FunctionJob", "Job"]
 
 log = logging.getLogger("hubreturns.committer")
 
@@ -81,6 +81,10 @@ _HOLD_PAYS = 0.5
 #: would; after each probe that gathered nothing, one in twice as many, up to the most.
 _PROBE_EVERY = 16
 _PROBE_EVERY_MOST = 512
+
+#: Where the HTTP server puts, in the ASGI lifespan state, the set of its worker's open
+#: connections (``serving``): a hold ends once each has its request in the batch.
+CONNECTIONS_STATE_KEY = "hubreturns.connections"
 
 #: How long the writer thread holds a batch open for requests that have arrived but
 #: not yet brought their job (``Committer.arrival``): a bound on the latency it adds.
@@ -143,6 +147,9 @@ class Committer:
         self._since_probe = 0
         self._probe_every = _PROBE_EVERY
         self._holding = False
+        self._hold_timer: asyncio.TimerHandle | None = None
+        #: How many clients are connected to this worker (None: not known; ``_all_in``).
+        self.clients: Callable[[], int] | None = None
         self._queue: deque[_Item[object]] = deque()
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -163,8 +170,10 @@ class Committer:
         #: Batches committed and jobs in them, since start (for metrics and benchmarks).
         self.batches = 0
         self.jobs = 0
-        #: Batches that waited for company on the loop (``_hold_for``).
+        #: Batches that waited for company on the loop (``_hold_for``), and those whose
+        #: wait ended early because every client was in (``_all_in``).
         self.holds = 0
+        self.holds_ended_early = 0
         #: Called with the number of jobs of each committed transaction (metrics).
         self.on_batch: Callable[[int], None] | None = None
 
@@ -480,14 +489,33 @@ class Committer:
         self._last_job = now
         self._turn.append(_Item(job, future))  # type: ignore[arg-type]
         if len(self._turn) == 1:
-            hold = self._hold_for()
+            hold = 0.0 if self._all_in() else self._hold_for()
             if hold:
                 self._holding = True
                 self.holds += 1
-                loop.call_later(hold, self._end_of_turn)
+                self._hold_timer = loop.call_later(hold, self._end_of_turn)
             else:
                 loop.call_soon(self._end_of_turn)
+        elif self._hold_timer is not None and self._all_in():
+            self._hold_timer.cancel()
+            self._hold_timer = None
+            self.holds_ended_early += 1
+            loop.call_soon(self._end_of_turn)
         return await future
+
+    def _all_in(self) -> bool:
+        """Whether no job can join the batch forming but those already on their way.
+
+        True when every client connected to this worker has a request in the
+        batch and nothing is arriving: with HTTP/1.1 a connection carries one
+        request at a time, so a client whose request waits for this commit
+        cannot send another, and a hold would only idle (a closed loop of 16
+        connections a worker left a quarter of the machine idle; README,
+        "Figures"). Unknown client counts (no ``clients``) never end a hold.
+        """
+        if self.clients is None or self._arriving:
+            return False
+        return len(self._turn) >= self.clients()
 
     def _hold_for(self) -> float:
         """How long the batch just begun waits for more jobs before it commits (SQLite).
@@ -502,9 +530,9 @@ class Committer:
         Measured (SQLite, 2 workers, 1,000 req/s, 14 interleaved pairs):
         batches of 1.4-2.4 jobs became 2.9-4.3, and the service's CPU a
         request fell by 11-26 % in 11 pairs (README, "Figures", earlier
-        rounds). Its known cost: a closed loop whose every request is already
-        in the batch waits the whole hold for nothing (at 16 connections a
-        worker, a quarter of the machine idle; README, "Figures", item 2).
+        rounds). A hold also ends once every connected client is in the batch
+        (``_all_in``): without that, a closed loop waited the whole hold for
+        nothing (README, "Figures", item 2).
         """
         if self._hold <= 0 or self._gap >= self._hold:
             return 0.0
@@ -521,6 +549,9 @@ class Committer:
         self._enqueue(batch)
 
     def _end_of_turn(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
         batch, self._turn = self._turn, []
         if self._holding:
             self._holding = False

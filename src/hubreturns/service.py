@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from hubreturns.committer import CONNECTIONS_STATE_KEY
 from hubreturns.config import Settings
 from hubreturns.model import Endpoint
 from hubreturns.processing import Processor
@@ -106,7 +107,12 @@ class DuisEndpoint:
         from hubreturns.observability import Exchange
 
         exchange = Exchange(self.metrics, scope)
-        arrival = self.processor.committer.arrival()
+        committer = self.processor.committer
+        if committer.clients is None:
+            connections = scope.get("state", {}).get(CONNECTIONS_STATE_KEY)
+            if connections is not None:  # served by ``serving``'s protocol
+                committer.clients = connections.__len__
+        arrival = committer.arrival()
         status = 500
         try:
             try:

@@ -15,6 +15,8 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
+from hubreturns.committer import CONNECTIONS_STATE_KEY
+
 __all__ = [
     "HTTP_PROTOCOL",
     "OneWritePerTurn",
@@ -124,6 +126,9 @@ else:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(OneWritePerTurn(transport, self.loop))
+            # The worker's open connections, for the committer's hold
+            # (``Committer._all_in``); each request's scope["state"] carries it.
+            self.app_state.setdefault(CONNECTIONS_STATE_KEY, self.connections)
 
     #: What ``serve`` and ``running_server`` give uvicorn as ``http``.
     HTTP_PROTOCOL = "hubreturns.serving:OneWriteHttpToolsProtocol"

@@ -12,11 +12,12 @@ nothing waits; under heavy load batches grow and the flush is shared; under a
 steady moderate load a batch on SQLite waits a few milliseconds for company
 (``Committer._hold_for``), since a commit of one job costs about what one of
 ten does, but no longer than until every client connected to the worker is
-in it (``Committer._all_in``). The batch's ledger is a deferred one (``Ledger``): the jobs' facts are read in one
-statement and their writes sent in bulk, so a batch costs a few round trips to
-the database however many requests it holds: on PostgreSQL two, on a
-connection of the writer's own that commits each statement as it runs
-(``db.writer_connection``), the writes being one statement.
+in it (``Committer._all_in``). The batch's ledger is a deferred one
+(``Ledger``): the jobs' facts are read in one statement and their writes
+sent in bulk, so a batch costs a few round trips to the database however
+many requests it holds: on PostgreSQL two, on a connection of the writer's
+own that commits each statement as it runs (``db.writer_connection``), the
+writes being one statement.
 
 A job's conditional writes can still lose a race against another process
 (PostgreSQL, several workers): the job says so by raising ``Contended``, or the

@@ -245,8 +245,20 @@ def serve(
         str, typer.Option(help="debug, info, warning or error (JSON lines on stderr).")
     ] = "info",
     config: ConfigOption = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="HTTPS: the server's certificate chain (PEM).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="HTTPS: its private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="Mutual TLS: require client certificates issued by this CA (PEM)."),
+    ] = None,
 ) -> None:
-    """Serve the DUIS endpoints (/api/v1/serviceD|S|T), /healthz and /metrics."""
+    """Serve the DUIS endpoints (/api/v1/serviceD|S|T), /healthz and /metrics.
+
+    The --tls-* options override the settings tls_cert, tls_key and tls_client_ca
+    (docs/tls.md).
+    """
     import tempfile
 
     import uvicorn
@@ -272,6 +284,13 @@ def serve(
     except ValueError as exc:
         fail(str(exc), "Pass --log-level debug|info|warning|error.")
     os.environ[LOG_LEVEL_ENV] = log_level
+    for name, path in (
+        ("TLS_CERT", tls_cert),
+        ("TLS_KEY", tls_key),
+        ("TLS_CLIENT_CA", tls_client_ca),
+    ):
+        if path is not None:  # the workers read their settings from the environment
+            os.environ[f"HUBRETURNS_{name}"] = str(path.resolve())
     settings = _settings(config)
     settings.signer()  # fail now, not at the first request
     engine = make_engine(settings.database_url)
@@ -279,12 +298,23 @@ def serve(
         migrate(engine)
     finally:
         engine.dispose()
-    console.print(
-        f"serving on http://{host}:{port} with {workers} worker(s), {settings.database_url}"
-    )
     import inspect
 
-    from hubreturns.serving import HTTP_PROTOCOL, run_workers, spreads_connections
+    from hubreturns.serving import HTTP_PROTOCOL, run_workers, spreads_connections, uvicorn_options
+
+    if HTTP_PROTOCOL == "auto":
+        fail(
+            "httptools is not installed: the connection limits (header and idle timeouts, "
+            "max_connections) would not be enforced",
+            "Install hubreturns with its dependencies (pip install httptools).",
+        )
+    edge = uvicorn_options(settings)  # a ConfigError for unreadable TLS files, before workers
+    scheme = "https" if settings.tls else "http"
+    mutual = " (client certificates required)" if settings.tls_client_ca else ""
+    console.print(
+        f"serving on {scheme}://{host}:{port}{mutual} with {workers} worker(s), "
+        f"{settings.database_url}"
+    )
 
     extra: dict[str, Any] = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
@@ -303,6 +333,7 @@ def serve(
         access_log=False,  # hubreturns.http writes the access lines
         server_header=False,  # no "server: uvicorn": nothing to tell about the stack
         http=HTTP_PROTOCOL,  # a response's head and body in one send (serving.OneWritePerTurn)
+        **edge,
         **extra,
     )
     target = "hubreturns.service:app_from_environment"

@@ -13,7 +13,15 @@ it exists. Keys (TOML / environment):
 ``session_secret``     ``HUBRETURNS_SESSION_SECRET``    random per process
 ``operator_token``     ``HUBRETURNS_OPERATOR_TOKEN``    none (desk sessions only)
 ``tariff_file``        ``HUBRETURNS_TARIFF_FILE``       SECMP0039 IA defaults
+``header_timeout_s``   ``HUBRETURNS_HEADER_TIMEOUT_S``  ``10`` (a request head)
+``idle_timeout_s``     ``HUBRETURNS_IDLE_TIMEOUT_S``    ``10`` (a silent connection)
+``max_connections``    ``HUBRETURNS_MAX_CONNECTIONS``   ``512`` per worker
+``tls_cert``           ``HUBRETURNS_TLS_CERT``          none (plain HTTP)
+``tls_key``            ``HUBRETURNS_TLS_KEY``           none
+``tls_client_ca``      ``HUBRETURNS_TLS_CLIENT_CA``     none (no client certificate)
 =====================  ===============================  ==========================
+
+The connection limits and TLS are described in docs/configuration.md and docs/tls.md.
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ from hubreturns.wire.response import ResponseSigner
 
 __all__ = [
     "DEFAULT_COMMIT_HOLD_MS",
+    "DEFAULT_HEADER_TIMEOUT_S",
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_MAX_CONNECTIONS",
     "MAX_COMMIT_HOLD_MS",
     "ConfigError",
     "Settings",
@@ -54,6 +65,17 @@ _DSP_STEM = "dsp-xml-sign-90B3D51F30000002-ds"
 #: hold would only add latency: batches are full well before it).
 DEFAULT_COMMIT_HOLD_MS = 3.0
 MAX_COMMIT_HOLD_MS = 50.0
+
+#: A client has this long to send a whole request head, and a connection may stay
+#: this long without sending anything (slowloris, idle sockets; issue 21 §2).
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_IDLE_TIMEOUT_S = 10.0
+#: Open connections per worker; more are answered 503 and closed. Below the usual
+#: 1024 open files per process, leaving room for database connections and logs.
+DEFAULT_MAX_CONNECTIONS = 512
+#: Bounds of the timeouts above (seconds): beyond an hour they are no guard.
+_MAX_TIMEOUT_S = 3600.0
+_TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
 
 
 class ConfigError(Exception):
@@ -81,6 +103,41 @@ class Settings:
     #: SQLite: how long a commit may wait for more requests to share it under
     #: steady load (``committer._HOLD``); 0 = never wait.
     commit_hold_ms: float = DEFAULT_COMMIT_HOLD_MS
+    #: Seconds from a request's first byte to the end of its head (``serving``).
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    #: Seconds a connection may send nothing, before a request and between requests.
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    #: Open connections per worker; beyond it a new connection is answered 503.
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: HTTPS: the server's certificate chain and key (PEM); None = plain HTTP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: Mutual TLS: client certificates must chain to this CA (PEM); None = not asked.
+    tls_client_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        # A half-configured TLS would serve plain HTTP or skip client certificates:
+        # refused at start rather than failing open.
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ConfigError(
+                "tls_key is set but tls_cert is not; set tls_cert (HUBRETURNS_TLS_CERT) to the "
+                "server's certificate chain (PEM), or unset tls_key to serve plain HTTP"
+            )
+        if self.tls_cert is not None and self.tls_key is None:
+            raise ConfigError(
+                "tls_cert is set but tls_key is not; set tls_key (HUBRETURNS_TLS_KEY) to the "
+                "certificate's private key (PEM)"
+            )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError(
+                "tls_client_ca needs TLS: set tls_cert and tls_key too (client certificates "
+                "are only asked for over HTTPS)"
+            )
+
+    @property
+    def tls(self) -> bool:
+        """Whether the service is served over HTTPS."""
+        return self.tls_cert is not None
 
     def policy(self) -> SecurityPolicy:
         return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)
@@ -129,8 +186,26 @@ def _whole(value: Any) -> int:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("signing_key", "signing_cert", "tariff_file"):
-        return Path(str(value)).expanduser()
+    if name in ("signing_key", "signing_cert", "tariff_file", *_TLS_FILES):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name} must be a file path, got {value!r}")
+        return Path(value).expanduser()
+    if name in ("header_timeout_s", "idle_timeout_s"):
+        seconds = _number(name, value, float, "a number of seconds")
+        if not 0 < seconds <= _MAX_TIMEOUT_S:
+            raise ConfigError(
+                f"{name} must be more than 0 and at most {_MAX_TIMEOUT_S:g} seconds, got "
+                f"{seconds:g}; the default is {DEFAULT_HEADER_TIMEOUT_S:g}"
+            )
+        return seconds
+    if name == "max_connections":
+        count = _number(name, value, _whole, "a whole number of connections")
+        if count < 1:
+            raise ConfigError(
+                f"max_connections must be at least 1, got {count}; "
+                f"the default is {DEFAULT_MAX_CONNECTIONS} per worker"
+            )
+        return count
     if name == "max_body_bytes":
         number = _number(name, value, _whole, "a whole number of bytes")
         if number <= 0:

@@ -22,13 +22,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
 from hubreturns.committer import CONNECTIONS_STATE_KEY
 from hubreturns.config import Settings
 from hubreturns.model import Endpoint
 from hubreturns.processing import Processor
+from hubreturns.serving import EDGE_LIMITS_STATE_KEY, EdgeLimits
 from hubreturns.store.db import make_engine, make_sessionmaker
 
 __all__ = [
@@ -314,8 +315,9 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
+    async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
+        # The lifespan state reaches uvicorn's protocol as its ``app_state``.
+        yield {EDGE_LIMITS_STATE_KEY: EdgeLimits.from_settings(settings)}
         await asyncio.to_thread(processor.close)
         bind = processor.sessions.kw.get("bind")
         if bind is not None:
@@ -335,8 +337,29 @@ def create_app(
         # request ids for the JSON logs, access line, HTTP metrics
         middleware=[Middleware(RequestContextMiddleware, processor=processor)],
     )
+    _no_slash_redirects(app)
     app.state.processor = processor
+    app.state.settings = settings
     return app
+
+
+def _no_slash_redirects(app: Starlette) -> None:
+    """No redirects anywhere: an unknown path is a plain 404 (issue 21 §4).
+
+    Starlette answers ``/api/v1/serviceD/`` with a redirect to the URL without
+    the slash, built from the request's Host header, so a forged Host sent the
+    client elsewhere. Mounted apps have routers of their own, hence the walk.
+    """
+    routers = [app.router]
+    while routers:
+        router = routers.pop()
+        router.redirect_slashes = False
+        for route in router.routes:
+            inner = getattr(route, "app", None)
+            if isinstance(inner, Starlette):
+                routers.append(inner.router)
+            elif isinstance(inner, Router):
+                routers.append(inner)
 
 
 def app_from_environment() -> Starlette:

@@ -5,27 +5,98 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import ssl
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
 
 from hubreturns.committer import CONNECTIONS_STATE_KEY
+from hubreturns.config import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    ConfigError,
+    Settings,
+)
 
 __all__ = [
+    "EDGE_LIMITS_STATE_KEY",
     "HTTP_PROTOCOL",
+    "EdgeLimits",
     "OneWritePerTurn",
     "WorkerListener",
     "free_port",
     "run_workers",
     "running_server",
     "spreads_connections",
+    "uvicorn_options",
 ]
+
+#: Where the app's lifespan state carries the worker's ``EdgeLimits`` to the protocol.
+EDGE_LIMITS_STATE_KEY = "hubreturns.edge_limits"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EdgeLimits:
+    """Connection-level limits a worker enforces (settings ``header_timeout_s`` ...)."""
+
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT_S
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EdgeLimits:
+        return cls(
+            header_timeout=settings.header_timeout_s,
+            idle_timeout=settings.idle_timeout_s,
+            max_connections=settings.max_connections,
+        )
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn ``Config`` options that come from settings: keep-alive and TLS.
+
+    ``timeout_keep_alive`` closes a connection silent after an answer; the
+    protocol below covers what uvicorn does not (see ``OneWriteHttpToolsProtocol``).
+    The TLS files are loaded once here so that a wrong path or a key that is not
+    the certificate's is a ``ConfigError`` at start, not a worker that dies.
+    """
+    options: dict[str, Any] = {"timeout_keep_alive": settings.idle_timeout_s}
+    if settings.tls_cert is None:
+        return options
+    check_tls(settings)
+    options.update(ssl_certfile=str(settings.tls_cert), ssl_keyfile=str(settings.tls_key))
+    if settings.tls_client_ca is not None:
+        options.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return options
+
+
+def check_tls(settings: Settings) -> None:
+    """Load the TLS files as uvicorn will; a ``ConfigError`` naming the setting if one fails."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load tls_cert {settings.tls_cert} with tls_key {settings.tls_key} ({exc}); "
+            "set both to PEM files: the certificate chain and its own private key"
+        ) from None
+    if settings.tls_client_ca is not None:
+        try:
+            context.load_verify_locations(str(settings.tls_client_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load tls_client_ca {settings.tls_client_ca} ({exc}); set it to the PEM "
+                "certificate(s) of the CA that issues the Service Users' TLS certificates"
+            ) from None
 
 
 class OneWritePerTurn(asyncio.Transport):
@@ -115,6 +186,58 @@ class OneWritePerTurn(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
 
+class _Sweeper:
+    """One timer per event loop that closes the connections past their deadline.
+
+    Why not a timer per connection: arming and cancelling one for every
+    request costs more than the check it makes; a sweep every half second over
+    the open connections costs nothing per request and closes a connection
+    within half a second of its deadline.
+    """
+
+    EVERY = 0.5
+    __slots__ = ("handle", "loop", "watched")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.watched: set[_Guarded] = set()
+        self.handle: asyncio.TimerHandle | None = None
+
+    def watch(self, connection: _Guarded) -> None:
+        self.watched.add(connection)
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.EVERY, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for connection in [c for c in self.watched if c.deadline is not None]:
+            if connection.deadline is not None and connection.deadline <= now:
+                connection.expire()
+        self.handle = self.loop.call_later(self.EVERY, self._sweep) if self.watched else None
+
+
+_SWEEPERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _Guarded(Protocol):
+    """What the sweeper sees of a connection (``OneWriteHttpToolsProtocol``)."""
+
+    deadline: float | None
+
+    def expire(self) -> None: ...
+
+
+#: The answer to a connection beyond ``max_connections`` (then it is closed).
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 28\r\nretry-after: 1\r\nconnection: close\r\n\r\n"
+    b"too many connections, retry\n"
+)
+#: A refused connection's head is read up to here, then answered anyway.
+_REFUSED_HEAD_MAX = 16 * 1024
+
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools not installed: uvicorn's own choice (h11)
@@ -122,13 +245,77 @@ except ImportError:  # httptools not installed: uvicorn's own choice (h11)
 else:
 
     class OneWriteHttpToolsProtocol(HttpToolsProtocol):
-        """uvicorn's httptools protocol over ``OneWritePerTurn`` (``--http`` takes a class)."""
+        """uvicorn's httptools protocol over ``OneWritePerTurn`` (``--http`` takes a class).
+
+        It also enforces the connection limits (``EdgeLimits``) uvicorn lacks
+        (issue 21 §2; uvicorn 0.55 read for this):
+
+        - a deadline for a whole request head: uvicorn has none, and a client
+          sending a byte every 0.2 s held its connection for ever. The parser's
+          own callbacks (``on_message_begin`` / ``on_headers_complete``) mark a
+          head's start and end; the body has its deadline in ``service``.
+        - an idle timeout for a connection that has sent nothing yet: uvicorn's
+          ``timeout_keep_alive`` (set to ``idle_timeout_s``) only starts after
+          a first answer.
+        - a cap on open connections that refuses only the new ones: uvicorn's
+          ``limit_concurrency`` answers 503 to every request, on every
+          connection, once the count is reached, so the connections already
+          served would be refused too.
+
+        httptools is a dependency; without it uvicorn picks h11 and these
+        limits are missing (``serve`` refuses to start then).
+        """
+
+        _refused: bytearray | None = None
+        deadline: float | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(OneWritePerTurn(transport, self.loop))
             # The worker's open connections, for the committer's hold
             # (``Committer._all_in``); each request's scope["state"] carries it.
             self.app_state.setdefault(CONNECTIONS_STATE_KEY, self.connections)
+            self.limits: EdgeLimits = self.app_state.get(EDGE_LIMITS_STATE_KEY, EdgeLimits())
+            if len(self.connections) > self.limits.max_connections:
+                self._refused = bytearray()  # answered 503 once its head is in
+                self.deadline = self.loop.time() + self.limits.header_timeout
+            else:
+                self.deadline = self.loop.time() + self.limits.idle_timeout
+            sweeper = _SWEEPERS.get(self.loop)
+            if sweeper is None:
+                sweeper = _SWEEPERS[self.loop] = _Sweeper(self.loop)
+            self.sweeper = sweeper
+            sweeper.watch(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.sweeper.watched.discard(self)
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused is None:
+                super().data_received(data)
+                return
+            self._refused += data
+            if b"\r\n\r\n" in self._refused or len(self._refused) > _REFUSED_HEAD_MAX:
+                self._refused.clear()
+                if not self.transport.is_closing():
+                    self.transport.write(_REFUSAL)
+                    self.transport.close()
+
+        def on_message_begin(self) -> None:
+            self.deadline = self.loop.time() + self.limits.header_timeout
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            # Idle between requests is uvicorn's ``timeout_keep_alive`` from here on.
+            self.deadline = None
+            super().on_headers_complete()
+
+        def expire(self) -> None:
+            """Past its deadline: closed without an answer (no request to answer yet)."""
+            self.deadline = None
+            self.sweeper.watched.discard(self)
+            if not self.transport.is_closing():
+                self.transport.close()
 
     #: What ``serve`` and ``running_server`` give uvicorn as ``http``.
     HTTP_PROTOCOL = "hubreturns.serving:OneWriteHttpToolsProtocol"
@@ -219,11 +406,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 @contextmanager
 def running_server(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Serve ``app`` over real HTTP until the block ends; yields the base URL."""
+    """Serve ``app`` over real HTTP(S) until the block ends; yields the base URL.
+
+    Keep-alive and TLS come from the settings ``create_app`` was given.
+    """
     port = port or free_port(host)
+    settings = getattr(app.state, "settings", None) or Settings()
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="on", http=HTTP_PROTOCOL
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            http=HTTP_PROTOCOL,
+            **uvicorn_options(settings),
         )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -233,8 +430,9 @@ def running_server(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> It
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"the HTTP server did not start on {host}:{port}")
         time.sleep(0.01)
+    scheme = "https" if settings.tls else "http"
     try:
-        yield f"http://{host}:{port}"
+        yield f"{scheme}://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)

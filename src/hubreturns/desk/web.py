@@ -717,6 +717,7 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
                 max_age=int(accounts.SESSION_LIFETIME.total_seconds()),
                 path="/desk",
                 same_site="strict",
+                https_only=settings.tls,  # Secure: the browser never sends it over plain HTTP
             ),
             Middleware(StaffGate, sessions=sessions, clock=clock),
         ],

@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from hubreturns.config import Settings
@@ -751,4 +751,6 @@ def routes(logistics: Logistics, settings: Settings) -> list[BaseRoute]:
         Route(spec.path, wrap(spec), methods=[spec.method], name=spec.name) for spec in ENDPOINTS
     ]
     inner.append(Route("/openapi.json", openapi, methods=["GET"], name="openapi"))
-    return [Mount(PREFIX, routes=inner, middleware=[Middleware(_WithSettings, settings=settings)])]
+    # No trailing-slash redirects: they echo the Host header (issue 21 §4).
+    router = Router(routes=inner, redirect_slashes=False)
+    return [Mount(PREFIX, app=router, middleware=[Middleware(_WithSettings, settings=settings)])]

@@ -14,6 +14,8 @@ It prints one JSON line: requests, achieved rate, p50/p90/p99/max latency,
 response codes, and its own CPU use and scheduling lag, which show whether
 the generator itself kept up. ``--trace FILE`` also writes every answer's
 send time and latency, to see whether a tail is one stall or spread out.
+An ``https://`` URL is sent over TLS; ``--ca``, ``--client-cert`` and
+``--client-key`` name a private CA and the client's certificate (mutual TLS).
 
 The generator shares the machine with the server, so it is kept lean: one
 ``asyncio.Protocol`` per connection over uvloop, requests written out before
@@ -30,12 +32,15 @@ import asyncio
 import contextlib
 import json
 import resource
+import ssl
 import sys
 import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
+
+from hubreturns.client import tls_context
 
 __all__ = ["main", "read_bodies", "write_bodies"]
 
@@ -115,9 +120,15 @@ class _Connection(asyncio.Protocol):
 class _Run:
     """Dispatch requests to free connections; record answers."""
 
-    def __init__(self, requests: list[bytes], address: tuple[str, int]) -> None:
+    def __init__(
+        self,
+        requests: list[bytes],
+        address: tuple[str, int],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.requests = requests
         self.address = address
+        self.tls = tls
         self.idle: list[_Connection] = []
         self.waiting: deque[tuple[int, float]] = deque()
         self.answers: list[tuple[float, float]] = []  # (intended send time, latency)
@@ -161,7 +172,7 @@ class _Run:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_connection(lambda: _Connection(self), *self.address)
+        await loop.create_connection(lambda: _Connection(self), *self.address, ssl=self.tls)
 
 
 async def _run(
@@ -171,9 +182,13 @@ async def _run(
     seconds: float,
     connections: int,
     trace: Path | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> dict[str, object]:
     parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    if parts.scheme == "https" and tls is None:
+        tls = ssl.create_default_context()
+    default_port = 443 if parts.scheme == "https" else 80
+    host, port = parts.hostname or "127.0.0.1", parts.port or default_port
     path = parts.path or "/api/v1/serviceD"
     total = min(len(bodies), int(rate * seconds))
     head = (
@@ -182,7 +197,7 @@ async def _run(
     ).encode()
     # Whole requests, written before the clock starts.
     requests = [head + str(len(body)).encode() + b"\r\n\r\n" + body for body in bodies[:total]]
-    run = _Run(requests, (host, port))
+    run = _Run(requests, (host, port), tls if parts.scheme == "https" else None)
     await asyncio.gather(*(run.open() for _ in range(connections)))
     loop = asyncio.get_running_loop()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -259,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trace", type=Path, help="write each answer's send time (s) and latency (ms) here"
     )
+    parser.add_argument("--ca", type=Path, help="https: the CA of the server's certificate")
+    parser.add_argument("--client-cert", type=Path, help="mutual TLS: client certificate (PEM)")
+    parser.add_argument("--client-key", type=Path, help="mutual TLS: its private key (PEM)")
     args = parser.parse_args(argv)
+    verify = tls_context(args.ca, args.client_cert, args.client_key)
+    tls = verify if isinstance(verify, ssl.SSLContext) else None
     try:  # uvloop, where installed (uvicorn[standard] brings it): a leaner generator
         import uvloop
 
@@ -274,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             args.seconds,
             args.connections,
             args.trace,
+            tls,
         )
     )
     sys.stdout.write(json.dumps(result) + "\n")

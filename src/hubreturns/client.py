@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from hubreturns.codes import ResponseCode
 from hubreturns.errors import EnvelopeRejection
@@ -12,7 +14,7 @@ from hubreturns.policy import DSP_RESPONSE_POLICY
 from hubreturns.wire import envelope, signature
 from hubreturns.wire.certificate import SigningCertificate
 
-__all__ = ["ReadResponse", "read_response"]
+__all__ = ["ReadResponse", "TlsSetupError", "read_response", "tls_context"]
 
 _SR = f"{{{envelope.SR_NS}}}"
 
@@ -53,3 +55,47 @@ def read_response(
         response_id=root.findtext(f"{_SR}Header/{_SR}ResponseID"),
         signer=signer,
     )
+
+
+class TlsSetupError(Exception):
+    """``--ca`` / ``--client-cert`` / ``--client-key`` cannot be used; ``hint`` says why."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def tls_context(
+    ca: Path | None = None, client_cert: Path | None = None, client_key: Path | None = None
+) -> ssl.SSLContext | bool:
+    """What httpx takes as ``verify``: the server checked against ``ca`` (else the
+    system's CAs), and our certificate presented for mutual TLS when given.
+
+    ``True`` (httpx's default checks) when no option is given. A key without its
+    certificate, or a file that does not load, is a ``TlsSetupError``.
+    """
+    if ca is None and client_cert is None and client_key is None:
+        return True
+    if client_key is not None and client_cert is None:
+        raise TlsSetupError(
+            "--client-key needs --client-cert", "Give the certificate that goes with the key."
+        )
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(
+            f"cannot load --ca {ca}: {exc}",
+            "Give the PEM certificate of the CA that issued the service's TLS certificate.",
+        ) from None
+    if client_cert is not None:
+        try:
+            context.load_cert_chain(
+                str(client_cert), str(client_key) if client_key is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsSetupError(
+                f"cannot load --client-cert {client_cert} / --client-key {client_key}: {exc}",
+                "Give your TLS certificate and its own private key as PEM files (the key "
+                "may be in the certificate file, then omit --client-key).",
+            ) from None
+    return context

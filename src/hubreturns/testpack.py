@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -834,8 +835,13 @@ def run_pack(
     *,
     on_outcome: Callable[[ScenarioOutcome], None] | None = None,
     timeout: float = 30.0,
+    verify: ssl.SSLContext | bool = True,
 ) -> list[ScenarioOutcome]:
-    """Send every scenario in manifest order; an unlisted scenario folder fails the run."""
+    """Send every scenario in manifest order; an unlisted scenario folder fails the run.
+
+    ``verify`` is httpx's: an ``ssl.SSLContext`` for a private CA or mutual TLS
+    (``client.tls_context``).
+    """
     folders = _scenario_folders(pack)
     present = (
         {f"scenarios/{p.name}" for p in (pack / "scenarios").iterdir() if p.is_dir()}
@@ -849,7 +855,7 @@ def run_pack(
         if on_outcome is not None:
             on_outcome(outcome)
 
-    with httpx.Client(timeout=timeout) as client:
+    with httpx.Client(timeout=timeout, verify=verify) as client:
         for name in folders:
             emit(_run_one(pack, name, client, url, dcc_certificates))
     for name in sorted(present - set(folders)):

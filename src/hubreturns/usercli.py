@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
+from hubreturns.client import TlsSetupError, tls_context
 from hubreturns.codes import CODE_INFO
 from hubreturns.config import DEFAULT_ACB
 from hubreturns.errors import Rejection
@@ -76,6 +77,25 @@ DccOption = Annotated[
         help="DCC response-signing certificate(s) (PEM); default: the DCC test DSP certificates.",
     ),
 ]
+CaOption = Annotated[
+    Path | None,
+    typer.Option("--ca", help="HTTPS: the CA of the service's TLS certificate (PEM)."),
+]
+ClientCertOption = Annotated[
+    Path | None,
+    typer.Option("--client-cert", help="Mutual TLS: your TLS client certificate (PEM)."),
+]
+ClientKeyOption = Annotated[
+    Path | None, typer.Option("--client-key", help="Mutual TLS: its private key (PEM).")
+]
+
+
+def _verify(ca: Path | None, client_cert: Path | None, client_key: Path | None) -> Any:
+    """httpx's ``verify`` for the TLS options, or a usage error with a hint."""
+    try:
+        return tls_context(ca, client_cert, client_key)
+    except TlsSetupError as exc:
+        _usage(str(exc), exc.hint)
 
 
 _OPTION_OF = {
@@ -141,8 +161,12 @@ def submit(
         typer.Option(help="Counter state folder (default $HUBRETURNS_STATE_DIR or XDG state)."),
     ] = None,
     timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 30.0,
+    ca: CaOption = None,
+    client_cert: ClientCertOption = None,
+    client_key: ClientKeyOption = None,
 ) -> None:
     """Sign and send 8.14.3 / 8.14.4 returns; verify and explain the DCC's answer."""
+    verify = _verify(ca, client_cert, client_key)
     try:
         signer = load_signer(key, cert)
         target_eui = eui(target)
@@ -173,7 +197,17 @@ def submit(
         if results is None:
             _usage("--csv needs --results OUT.csv", "Name a file for the per-row results.")
         _bulk(
-            csv_file, results, concurrency, signer, dcc, counters, url, target_eui, retries, timeout
+            csv_file,
+            results,
+            concurrency,
+            signer,
+            dcc,
+            counters,
+            url,
+            target_eui,
+            retries,
+            timeout,
+            verify,
         )
         return
     try:  # check before a counter is spent
@@ -185,7 +219,7 @@ def submit(
             "the return is not valid: " + "; ".join(str(p) for p in exc.problems),
             "Options mirror the CSV columns: " + ", ".join(COLUMNS) + ".",
         )
-    with httpx.Client(timeout=timeout) as http:
+    with httpx.Client(timeout=timeout, verify=verify) as http:
         submitter = Submitter(
             url=url,
             signer=signer,
@@ -215,6 +249,7 @@ def _bulk(
     target: str,
     retries: int,
     timeout: float,
+    verify: Any,
 ) -> None:
     try:
         rows = read_returns_csv(csv_file.read_bytes())
@@ -228,7 +263,7 @@ def _bulk(
     interrupted = False
     try:
         with (
-            httpx.Client(timeout=timeout, limits=limits) as http,
+            httpx.Client(timeout=timeout, limits=limits, verify=verify) as http,
             results_path.open("w", encoding="utf-8", newline="") as out,
             Progress(
                 TextColumn("sending"),
@@ -382,8 +417,12 @@ def run_pack_cmd(
     url: Annotated[str, typer.Option(help="Service base URL.")],
     dcc_cert: DccOption = None,
     timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 30.0,
+    ca: CaOption = None,
+    client_cert: ClientCertOption = None,
+    client_key: ClientKeyOption = None,
 ) -> None:
     """Send every scenario in manifest order; pass/fail per scenario and a summary."""
+    verify = _verify(ca, client_cert, client_key)
     dcc = _dcc(dcc_cert)
 
     def show(outcome: ScenarioOutcome) -> None:
@@ -396,7 +435,7 @@ def run_pack_cmd(
         console.print(line, soft_wrap=True)
 
     try:
-        outcomes = run_pack(pack, url, dcc, on_outcome=show, timeout=timeout)
+        outcomes = run_pack(pack, url, dcc, on_outcome=show, timeout=timeout, verify=verify)
     except PackError as exc:
         _usage(str(exc), exc.hint)
     passed = sum(o.passed for o in outcomes)

@@ -25,7 +25,7 @@ from hubreturns.config import Settings
 from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, scenario_bodies
 from hubreturns.processing import Processor
 from hubreturns.service import create_app
-from hubreturns.serving import running_server
+from hubreturns.serving import MAX_HEAD_BYTES, running_server
 from hubreturns.store.models import AuditEntry, ReturnRecord
 
 #: A head that cannot be complete within a few seconds at one byte per 0.2 s.
@@ -191,6 +191,25 @@ def test_beyond_the_cap_a_new_connection_gets_503_and_open_ones_are_still_served
     # three answered requests, each audited and recorded; the refused one left no trace
     assert _count(seeded, AuditEntry) == 3
     assert _count(seeded, ReturnRecord) == 3
+
+
+def test_a_head_over_the_size_cap_is_answered_431_and_closed(
+    processor: Processor, settings: Settings
+) -> None:
+    line = b"X-Filler: " + b"a" * 7990 + b"\r\n"  # 8,002 bytes a header
+    with _serve(processor, settings) as address, socket.create_connection(address) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        for _ in range(MAX_HEAD_BYTES // len(line) + 1):
+            time.sleep(0.02)  # separate reads on the server
+            sock.sendall(line)
+        status, headers, _ = _read_response(sock)
+        assert status == 431
+        assert headers["connection"] == "close"
+        assert _closed_after(sock, limit=5) < 1
+    # a large head below the cap is served
+    with _serve(processor, settings) as address, socket.create_connection(address) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + line * 5 + b"\r\n")
+        assert _read_response(sock)[0] == 200
 
 
 def test_limits_have_documented_defaults() -> None:

@@ -30,6 +30,7 @@ from hubreturns.config import (
 __all__ = [
     "EDGE_LIMITS_STATE_KEY",
     "HTTP_PROTOCOL",
+    "MAX_HEAD_BYTES",
     "EdgeLimits",
     "OneWritePerTurn",
     "WorkerListener",
@@ -237,6 +238,14 @@ _REFUSAL = (
 )
 #: A refused connection's head is read up to here, then answered anyway.
 _REFUSED_HEAD_MAX = 16 * 1024
+#: A request head (request line and headers) may be this long, give or take one
+#: read; a longer one is answered 431 and the connection closed. uvicorn sets no
+#: limit with httptools (16 MB of headers were taken); h11's default is 16 KiB.
+MAX_HEAD_BYTES = 64 * 1024
+_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+    b"connection: close\r\n\r\n"
+)
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -257,6 +266,8 @@ else:
         - an idle timeout for a connection that has sent nothing yet: uvicorn's
           ``timeout_keep_alive`` (set to ``idle_timeout_s``) only starts after
           a first answer.
+        - a cap on a request head's size (``MAX_HEAD_BYTES``): uvicorn's
+          ``h11_max_incomplete_event_size`` does not apply to httptools.
         - a cap on open connections that refuses only the new ones: uvicorn's
           ``limit_concurrency`` answers 503 to every request, on every
           connection, once the count is reached, so the connections already
@@ -267,6 +278,8 @@ else:
         """
 
         _refused: bytearray | None = None
+        #: Bytes received since the current request head began; None between heads.
+        _head_bytes: int | None = None
         deadline: float | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -291,23 +304,37 @@ else:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._refused is None:
-                super().data_received(data)
+            if self._refused is not None:
+                self._refuse(data)
                 return
+            if self._head_bytes is not None:  # the read a head began in is not counted
+                self._head_bytes += len(data)
+                if self._head_bytes > MAX_HEAD_BYTES:
+                    self._answer_and_close(_TOO_LARGE)
+                    return
+            super().data_received(data)
+
+        def _answer_and_close(self, answer: bytes) -> None:
+            self._head_bytes = None
+            if not self.transport.is_closing():
+                self.transport.write(answer)
+                self.transport.close()
+
+        def _refuse(self, data: bytes) -> None:
+            assert self._refused is not None
             self._refused += data
             if b"\r\n\r\n" in self._refused or len(self._refused) > _REFUSED_HEAD_MAX:
                 self._refused.clear()
-                if not self.transport.is_closing():
-                    self.transport.write(_REFUSAL)
-                    self.transport.close()
+                self._answer_and_close(_REFUSAL)
 
         def on_message_begin(self) -> None:
             self.deadline = self.loop.time() + self.limits.header_timeout
+            self._head_bytes = 0
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:
             # Idle between requests is uvicorn's ``timeout_keep_alive`` from here on.
-            self.deadline = None
+            self.deadline = self._head_bytes = None
             super().on_headers_complete()
 
         def expire(self) -> None:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 
 __all__ = [
+    "CLIP_LIMIT",
     "COUNTER_MAX",
+    "REASON_LIMIT",
     "Channel",
     "ConnectionMethod",
     "DeviceType",
@@ -25,6 +27,7 @@ __all__ = [
     "Role",
     "SmiStatus",
     "UserStatus",
+    "clip",
     "eui",
     "eui_from_bytes",
 ]
@@ -32,8 +35,35 @@ __all__ = [
 #: RequestID counters are unsigned 64-bit (DUIS RequestIDType pattern).
 COUNTER_MAX = 2**64 - 1
 
+#: Characters of a value from an unverified request that logs and audit rows keep.
+CLIP_LIMIT = 120
+#: Characters of a reason that logs and audit rows keep (clipped once, where the
+#: request's outcome is recorded): a backstop, since the values a reason quotes
+#: from the request are clipped to ``CLIP_LIMIT`` where they are quoted.
+REASON_LIMIT = 500
+
 _EUI_RE = re.compile(r"[0-9A-Fa-f]{2}(?:-[0-9A-Fa-f]{2}){7}")
 _COUNTER_RE = re.compile(r"0|[1-9][0-9]{0,19}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clip(value: str, limit: int = CLIP_LIMIT) -> str:
+    """``value`` cut to ``limit`` characters, marked ``…[cut N chars]`` when cut.
+
+    Used wherever text from a request that was not (or not yet) verified is
+    copied into a reason, a log line or an audit row: a sender must not be
+    able to make us store or log 60 kB of its own text per request, nor put
+    terminal control sequences in front of an operator, so control characters
+    are shown escaped (``\\x1b``). Nothing is cut silently: the mark says how
+    much was dropped.
+    """
+    if len(value) <= limit and value.isprintable():  # the common case, at C speed
+        return value
+    kept = value if len(value) <= limit else value[:limit]
+    shown = _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", kept)
+    if len(value) <= limit:
+        return shown
+    return f"{shown}…[cut {len(value) - limit} chars]"
 
 
 def eui(text: str) -> str:
@@ -44,7 +74,7 @@ def eui(text: str) -> str:
     """
     value = text.strip()
     if not _EUI_RE.fullmatch(value):
-        raise ValueError(f"{text!r} is not an EUI-64 written XX-XX-XX-XX-XX-XX-XX-XX")
+        raise ValueError(f"'{clip(text)}' is not an EUI-64 written XX-XX-XX-XX-XX-XX-XX-XX")
     return value.upper()
 
 
@@ -71,7 +101,7 @@ class RequestId:
     def parse(cls, text: str) -> RequestId:
         parts = text.strip().split(":")
         if len(parts) != 3 or not _COUNTER_RE.fullmatch(parts[2]):
-            raise ValueError(f"{text!r} is not ORIGINATOR:TARGET:COUNTER")
+            raise ValueError(f"'{clip(text)}' is not ORIGINATOR:TARGET:COUNTER")
         return cls(originator=eui(parts[0]), target=eui(parts[1]), counter=int(parts[2]))
 
     def __str__(self) -> str:
@@ -214,7 +244,7 @@ class ReturnRequest:
     def __post_init__(self) -> None:
         allowed = FaultReturnType if self.kind is ReturnKind.FAULT else NoFaultReturnType
         if self.return_type not in {m.value for m in allowed}:
-            raise ValueError(f"{self.return_type!r} is not a {self.kind.body_element} type")
+            raise ValueError(f"'{clip(self.return_type)}' is not a {self.kind.body_element} type")
         if self.kind is ReturnKind.FAULT and (
             self.other_device_id is None
             or self.connection_method is None

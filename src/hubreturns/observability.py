@@ -59,6 +59,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hubreturns.codes import ResponseCode
+from hubreturns.model import clip
 from hubreturns.processing import current_request_id
 
 if TYPE_CHECKING:
@@ -608,11 +609,12 @@ class Exchange:
             elapsed = time.perf_counter() - self.started
             self.metrics.http_child(scope["method"], route, status).observe(elapsed)
             outcome = f" {extra['code']}: {extra['reason']}" if "code" in extra else ""
+            path = clip(scope["path"])  # the client's text, any length: clipped
             _access_line(
-                f"{scope['method']} {scope['path']} {status}{outcome}",
+                f"{scope['method']} {path} {status}{outcome}",
                 {
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "path": path,
                     "status": status,
                     "client": _client(scope),
                     "elapsed_seconds": round(elapsed, 6),

@@ -27,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from hubreturns.committer import CONNECTIONS_STATE_KEY
 from hubreturns.config import Settings
-from hubreturns.model import Endpoint
+from hubreturns.model import Endpoint, clip
 from hubreturns.processing import Processor
 from hubreturns.serving import EDGE_LIMITS_STATE_KEY, EdgeLimits
 from hubreturns.store.db import make_engine, make_sessionmaker
@@ -167,7 +167,8 @@ class DuisEndpoint:
                 declared = value
         media = (content_type or "").split(";")[0].strip().lower()
         if media not in _XML_TYPES:
-            raise _Unreadable(f"content type {media or 'none'} is not application/xml", 415)
+            shown = clip(media) if media else "none"  # the client's header: clipped
+            raise _Unreadable(f"content type {shown} is not application/xml", 415)
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _Unreadable(f"body over the {limit}-byte limit", 413)
         chunks: list[bytes] = []

@@ -12,6 +12,7 @@ what was signed.
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +28,7 @@ from hubreturns.model import (
     RequestId,
     ReturnKind,
     ReturnRequest,
+    clip,
     eui,
 )
 from hubreturns.policy import SecurityPolicy
@@ -49,6 +51,7 @@ _REQUEST = f"{_SR}Request"
 _SCHEMA_FILE = "DUIS_Schema_V5.4.xsd"
 
 _local = threading.local()
+_QUOTED = re.compile(r"'([^']*)'")
 
 
 def _parser() -> etree.XMLParser:
@@ -104,13 +107,13 @@ def parse(data: bytes, policy: SecurityPolicy) -> etree._Element:
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        raise _refuse(f"not well-formed XML: {exc.msg}") from None
+        raise _refuse(f"not well-formed XML: {_libxml_message(exc.msg)}") from None
     tree = root.getroottree()
     info: Any = tree.docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
         raise _refuse("a DOCTYPE is not allowed")
     if (info.encoding or "UTF-8").upper() not in ("UTF-8", "UTF8"):
-        raise _refuse(f"declared encoding {info.encoding} is not UTF-8")
+        raise _refuse(f"declared encoding {clip(info.encoding)} is not UTF-8")
     for sibling in (*root.itersiblings(preceding=True), *root.itersiblings()):
         raise _refuse(f"a {_node_kind(sibling)} outside the root element is not allowed")
     # Filtered in C: only comments, PIs and entity references (every node whose
@@ -133,13 +136,25 @@ def _node_kind(node: etree._Element) -> str:
 def validate(root: etree._Element) -> None:
     """Check the document is an ``sr:Request`` valid against DUIS 5.4, or raise E31."""
     if root.tag != _REQUEST:
-        raise EnvelopeRejection(ResponseCode.E31, f"the root element is {root.tag}, not sr:Request")
+        raise EnvelopeRejection(
+            ResponseCode.E31, f"the root element is {clip(str(root.tag))}, not sr:Request"
+        )
     xsd = schema()
     if not xsd.validate(root):
         error: Any = xsd.error_log.last_error  # type: ignore[attr-defined]
         where = f"line {error.line}: " if error is not None else ""
         message = error.message if error is not None else "schema validation failed"
-        raise EnvelopeRejection(ResponseCode.E31, f"{where}{message}")
+        raise EnvelopeRejection(ResponseCode.E31, f"{where}{_libxml_message(message)}")
+
+
+def _libxml_message(message: str) -> str:
+    """A libxml2 message made fit for a reason (logs, audit rows).
+
+    libxml2 quotes the offending text whole (the value of a 60 kB DeviceID,
+    say), so each quoted value is clipped. A name it does not quote (a tag)
+    is bounded with the whole reason, where the refusal is recorded.
+    """
+    return _QUOTED.sub(lambda m: f"'{clip(m.group(1))}'", message.replace(_SR, "sr:"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,14 +229,14 @@ def read_request(root: etree._Element) -> ReturnRequest:
     if kind is None:
         raise EnvelopeRejection(
             ResponseCode.E31,
-            f"service request variant {variant} is not served here (only 8.14.3 and 8.14.4)",
+            f"service request variant {clip(variant)} is not served here (only 8.14.3 and 8.14.4)",
         )
     content = body[0]
     if reference != "8.14" or content.tag != _BODY_TAGS[kind]:
         raise EnvelopeRejection(
             ResponseCode.E31,
-            f"ServiceReference {reference} / variant {variant} does not match body "
-            f"{etree.QName(content).localname}",
+            f"ServiceReference {clip(reference)} / variant {clip(variant)} does not match body "
+            f"{clip(etree.QName(content).localname)}",
         )
     values = _texts(content)
     get = values.get
@@ -247,4 +262,6 @@ def read_request(root: etree._Element) -> ReturnRequest:
             fault_reason=FaultReason(reason) if reason is not None else None,
         )
     except ValueError as exc:
+        # The model's messages clip the values they quote; an enum's is bounded by the
+        # schema, and with the whole reason where the refusal is recorded.
         raise EnvelopeRejection(ResponseCode.E31, str(exc)) from None

@@ -36,6 +36,7 @@ from lxml import etree
 
 from hubreturns.codes import ResponseCode
 from hubreturns.errors import SignatureRejection
+from hubreturns.model import clip
 from hubreturns.policy import Algorithm, SecurityPolicy
 from hubreturns.stages import Steps, complete
 from hubreturns.wire.certificate import SigningCertificate, normalize_issuer
@@ -62,7 +63,10 @@ def _children(element: etree._Element, *names: str) -> list[etree._Element]:
     found = list(element)
     got = [etree.QName(c).localname if isinstance(c.tag, str) else "?" for c in found]
     if got != list(names) or any(c.tag != f"{_DS}{n}" for c, n in zip(found, names, strict=True)):
-        raise _bad(f"ds:{etree.QName(element).localname} must contain {list(names)}, found {got}")
+        raise _bad(
+            f"ds:{etree.QName(element).localname} must contain {list(names)}, "
+            f"found {clip(str(got))}"
+        )
     return found
 
 
@@ -132,7 +136,7 @@ def _attributes(element: etree._Element, expected: list[tuple[str, str]]) -> Non
         name = etree.QName(element).localname
         shown = {str(k): str(v) for k, v in found}
         wanted = {k: str(v) for k, v in expected}
-        raise _bad(f"ds:{name} has attributes {shown}, expected {wanted}")
+        raise _bad(f"ds:{name} has attributes {clip(str(shown))}, expected {wanted}")
 
 
 def _b64(element: etree._Element, length: int, what: str) -> bytes:
@@ -253,7 +257,7 @@ def verification_steps(
     certificate = lookup(issuer, int(serial_text))
     if certificate is None:
         raise SignatureRejection(
-            ResponseCode.E41, f"no certificate issued by {issuer} with serial {serial_text}"
+            ResponseCode.E41, f"no certificate issued by {clip(issuer)} with serial {serial_text}"
         )
     _check_certificate(certificate, policy, now)
     assert certificate.public_key is not None  # checked above

@@ -526,13 +526,34 @@ def test_each_refusal_changes_nothing_but_one_audit_row(
         assert row.body_bytes == len(body), scenario.name
         assert row.endpoint == scenario.endpoint.value, scenario.name
         if scenario.tamper in (Tamper.NOT_XML, Tamper.DOCTYPE):
-            assert row.originator is None, scenario.name
+            assert (row.originator, row.claimed_originator) == (None, None), scenario.name
         else:
-            assert row.originator == scenario.sender, scenario.name
             assert row.request_id is not None
             assert row.request_id.startswith(f"{scenario.sender}:"), scenario.name
+            assert (row.originator, row.claimed_originator) == _senders(scenario), scenario.name
         checked.append(scenario.name)
     assert checked == [s.name for s in REFUSALS]
+
+
+def _senders(scenario: Scenario) -> tuple[str | None, str | None]:
+    """(verified sender, unverified claim) an audit row must show for a refusal.
+
+    The rules run only on authenticated requests, so their refusals name a
+    verified sender; before that the RequestID's originator is only a claim,
+    except that E43's signer is verified (and is not the originator claimed).
+    """
+    if scenario.expected is ResponseCode.E43:
+        assert scenario.signer is not None
+        return scenario.signer, scenario.sender
+    if scenario.expected in (
+        ResponseCode.E30,
+        ResponseCode.E31,
+        ResponseCode.E40,
+        ResponseCode.E41,
+        ResponseCode.E42,
+    ):
+        return None, scenario.sender
+    return scenario.sender, None
 
 
 def test_every_refusal_code_is_covered() -> None:

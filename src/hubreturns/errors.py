@@ -19,17 +19,24 @@ __all__ = [
 
 
 class Rejection(Exception):
-    """A request refused with ``code``; ``message`` says what was wrong."""
+    """A request refused with ``code``; ``message`` says what was wrong.
+
+    ``sender`` is the User ID whose certificate verified the request's signature,
+    when the refusal came after that (E43, or a signed request unreadable); the
+    audit row keeps it apart from the originator the request merely claims.
+    """
 
     code: ResponseCode
     message: str
+    sender: str | None
 
-    def __init__(self, code: ResponseCode, message: str) -> None:
+    def __init__(self, code: ResponseCode, message: str, *, sender: str | None = None) -> None:
         if type(self) is Rejection:
             raise TypeError("raise a layer-specific Rejection subclass")
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.sender = sender
 
     @property
     def hint(self) -> str:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hubreturns.codes import ResponseCode, info
 from hubreturns.committer import Arrival, Committer, Contended, FunctionJob, Job
 from hubreturns.errors import Rejection, SignatureRejection
-from hubreturns.model import Channel, Endpoint, RequestId, ReturnRequest
+from hubreturns.model import REASON_LIMIT, Channel, Endpoint, RequestId, ReturnRequest, clip
 from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import Decision, decide
 from hubreturns.stages import Stages, Steps, complete, one_step
@@ -95,12 +95,16 @@ def authentication_steps(
         yield
     certificate = yield from signature.verification_steps(root, lookup, policy, now)
     yield
-    request = envelope.read_request(root)
+    try:
+        request = envelope.read_request(root)
+    except Rejection as refusal:  # signed, so its signer is known: the audit keeps it
+        raise type(refusal)(refusal.code, refusal.message, sender=certificate.eui) from None
     if certificate.eui != request.originator:
         raise SignatureRejection(
             ResponseCode.E43,
             f"certificate serial {certificate.serial} belongs to {certificate.eui}, "
             f"not to originator {request.originator}",
+            sender=certificate.eui,
         )
     return request
 
@@ -383,7 +387,7 @@ class _RecordReturn:
             **self.audit,  # type: ignore[arg-type]
             code=decision.code.value,
             accepted=decision.accepted,
-            reason=decision.reason + suffix,
+            reason=clip(decision.reason + suffix, REASON_LIMIT),
             http_status=info(decision.code).http_status,
             request_id=_record_request_id(request, self.channel),
             originator=request.originator,
@@ -578,6 +582,7 @@ class Processor:
                 echo.request_id,
                 echo.service_reference_variant,
                 audit,
+                sender=refusal.sender,
             )
         except SQLAlchemyError as exc:
             # The certificate lookup needs the database: unavailable, not a refusal.
@@ -616,8 +621,18 @@ class Processor:
         variant: str,
         audit: dict[str, object],
         http_status: int | None = None,
+        sender: str | None = None,
     ) -> _Refused:
+        """The audit row of a refused request: ``sender`` is its verified signer, if any.
+
+        The RequestID was read without trusting it, so its originator is kept
+        as claimed unless it is the verified signer: a forged request naming a
+        Supplier is not logged as that Supplier's. The reason, which may quote
+        what the request carried, is bounded here, once, for the row and the log.
+        """
         status = http_status or info(code).http_status
+        claimed = request_id.originator if request_id else None
+        reason = clip(reason, REASON_LIMIT)
         fields = AuditFields(
             **audit,  # type: ignore[arg-type]
             code=code.value,
@@ -625,7 +640,8 @@ class Processor:
             reason=reason,
             http_status=status,
             request_id=str(request_id) if request_id else None,
-            originator=request_id.originator if request_id else None,
+            originator=sender,
+            claimed_originator=claimed if claimed != sender else None,
             service_reference_variant=variant,
         )
         return _Refused(code, reason, request_id, variant, status, fields)

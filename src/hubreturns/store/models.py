@@ -160,12 +160,21 @@ class ReplayCounter(Base):
 
 
 class AuditEntry(Base):
-    """One row per request received on any channel, accepted or not."""
+    """One row per request received on any channel, accepted or not.
+
+    ``originator`` is only ever a *verified* sender: the User ID whose
+    certificate verified the request's signature (or the Service User a
+    signed-in desk member entered it for). ``claimed_originator`` is the
+    originator the request's RequestID names when that was not verified to be
+    the sender: a refusal before or at the signature check (E30, E31, E40 -
+    E43). See migration 0007.
+    """
 
     __tablename__ = "audit_log"
     __table_args__ = (
         Index("ix_audit_received", "received_at"),
         Index("ix_audit_originator", "originator"),
+        Index("ix_audit_claimed_originator", "claimed_originator"),
         Index("ix_audit_code", "code"),
     )
 
@@ -175,6 +184,7 @@ class AuditEntry(Base):
     endpoint: Mapped[str | None] = mapped_column(String(16))
     request_id: Mapped[str | None] = mapped_column(String(80))
     originator: Mapped[str | None] = mapped_column(EUI)
+    claimed_originator: Mapped[str | None] = mapped_column(EUI)
     service_reference_variant: Mapped[str | None] = mapped_column(String(8))
     device_id: Mapped[str | None] = mapped_column(EUI)
     code: Mapped[str] = mapped_column(String(10))

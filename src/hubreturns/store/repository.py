@@ -79,7 +79,11 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditFields:
-    """What the audit log keeps about one request, accepted or not."""
+    """What the audit log keeps about one request, accepted or not.
+
+    ``originator`` is a verified sender only; ``claimed_originator`` the
+    RequestID's originator when it was not verified (``AuditEntry``).
+    """
 
     received_at: datetime
     channel: Channel
@@ -90,6 +94,7 @@ class AuditFields:
     endpoint: str | None = None
     request_id: str | None = None
     originator: str | None = None
+    claimed_originator: str | None = None
     service_reference_variant: str | None = None
     device_id: str | None = None
     body_sha256: str | None = None
@@ -1154,9 +1159,19 @@ class Repository:
         accepted: bool | None = None,
         limit: int = 100,
     ) -> Sequence[AuditEntry]:
+        """Audit rows, newest first; ``originator`` matches a verified sender or a claimed one.
+
+        An operator looking into a User's traffic needs to see what was sent in
+        its name too; each row says which of the two it is.
+        """
         query = select(AuditEntry)
         if originator is not None:
-            query = query.where(AuditEntry.originator == originator)
+            query = query.where(
+                or_(
+                    AuditEntry.originator == originator,
+                    AuditEntry.claimed_originator == originator,
+                )
+            )
         if code is not None:
             query = query.where(AuditEntry.code == code)
         if accepted is not None:

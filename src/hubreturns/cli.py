@@ -21,6 +21,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -436,7 +437,8 @@ def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, ti
         return
     table = Table(*headers, title=title)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not markup: a refusal's reason quotes the request ("[/x]" would be a tag).
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(table)
 
 
@@ -510,14 +512,21 @@ def returns_cmd(
 
 @app.command("log")
 def log_cmd(
-    originator: Annotated[str | None, typer.Option(help="Sending User ID.")] = None,
+    originator: Annotated[
+        str | None,
+        typer.Option(help="User ID: requests it sent, and requests that claimed to be its."),
+    ] = None,
     code: Annotated[str | None, typer.Option(help="Response code, e.g. E5.")] = None,
     refused: Annotated[bool, typer.Option("--refused", help="Only refused requests.")] = False,
     limit: Annotated[int, typer.Option(min=1)] = 100,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """The request audit log: every request received, accepted or not, newest first."""
+    """The request audit log: every request received, accepted or not, newest first.
+
+    "sender" is a verified sender; "claimed, unverified" the originator a
+    refused request's RequestID named without that being verified.
+    """
     with _store(config) as sessions, sessions() as session:
         entries = Repository(session).audit(
             originator=_eui_option(originator, "--originator"),
@@ -532,6 +541,8 @@ def log_cmd(
                 e.channel,
                 e.endpoint,
                 e.request_id,
+                e.originator,
+                e.claimed_originator,
                 e.code,
                 e.http_status,
                 e.reason,
@@ -539,7 +550,18 @@ def log_cmd(
             for e in entries
         ]
     _emit(
-        ("id", "received", "channel", "endpoint", "request_id", "code", "http", "reason"),
+        (
+            "id",
+            "received",
+            "channel",
+            "endpoint",
+            "request_id",
+            "sender",
+            "claimed, unverified",
+            "code",
+            "http",
+            "reason",
+        ),
         rows,
         as_csv,
         "Request audit log",

@@ -106,6 +106,7 @@ AUDIT_CSV_COLUMNS: tuple[str, ...] = (
     "endpoint",
     "request_id",
     "originator",
+    "claimed_originator",
     "service_reference_variant",
     "device_id",
     "code",

@@ -19,6 +19,7 @@ it exists. Keys (TOML / environment):
 ``tls_cert``           ``HUBRETURNS_TLS_CERT``          none (plain HTTP)
 ``tls_key``            ``HUBRETURNS_TLS_KEY``           none
 ``tls_client_ca``      ``HUBRETURNS_TLS_CLIENT_CA``     none (no client certificate)
+``smki_ca_certs``      ``HUBRETURNS_SMKI_CA_CERTS``     none (operator-vouched)
 =====================  ===============================  ==========================
 
 The connection limits and TLS are described in docs/configuration.md and docs/tls.md.
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from hubreturns.model import eui
 from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
+from hubreturns.smki import TrustAnchors, load_trust_anchors
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.response import ResponseSigner
 
@@ -138,6 +140,9 @@ class Settings:
     def tls(self) -> bool:
         """Whether the service is served over HTTPS."""
         return self.tls_cert is not None
+    #: SMKI CA certificates (PEM file or folder) every loaded certificate must chain
+    #: to; None = certificates are operator-vouched (``smki``), and the service says so.
+    smki_ca_certs: Path | None = None
 
     def policy(self) -> SecurityPolicy:
         return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)
@@ -164,6 +169,18 @@ class Settings:
             )
         return ResponseSigner(key, cert)
 
+    def trust_anchors(self) -> TrustAnchors | None:
+        """The configured SMKI CA certificates, or None when certificates are operator-vouched."""
+        if self.smki_ca_certs is None:
+            return None
+        try:
+            return load_trust_anchors(self.smki_ca_certs)
+        except ValueError as exc:
+            raise ConfigError(
+                f"smki_ca_certs: {exc}; set smki_ca_certs (HUBRETURNS_SMKI_CA_CERTS) to a PEM "
+                "file or folder of SMKI CA certificates"
+            ) from None
+
 
 def _number(name: str, value: Any, convert: Callable[[Any], N], what: str) -> N:
     """``value`` (TOML number or environment string) through ``convert``, or a ConfigError.
@@ -186,7 +203,7 @@ def _whole(value: Any) -> int:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("signing_key", "signing_cert", "tariff_file", *_TLS_FILES):
+    if name in ("signing_key", "signing_cert", "tariff_file", "smki_ca_certs", *_TLS_FILES):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name} must be a file path, got {value!r}")
         return Path(value).expanduser()

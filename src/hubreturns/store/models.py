@@ -28,6 +28,8 @@ __all__ = [
     "AuditEntry",
     "Base",
     "Certificate",
+    "CertificateChanges",
+    "CertificateRevocation",
     "Device",
     "DeviceSupplier",
     "ReplayCounter",
@@ -74,6 +76,33 @@ class Certificate(Base):
     not_after: Mapped[datetime] = mapped_column(Moment)
     pem: Mapped[str] = mapped_column(Text)
     loaded_at: Mapped[datetime] = mapped_column(Moment)
+
+
+class CertificateRevocation(Base):
+    """A revoked (issuer, serial): kept apart from ``certificates`` so that a
+    revocation (from a CRL, say) holds for a certificate not loaded yet, and
+    outlives the removal of one that was."""
+
+    __tablename__ = "certificate_revocations"
+
+    issuer: Mapped[str] = mapped_column(String(500), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(50), primary_key=True)
+    revoked_at: Mapped[datetime] = mapped_column(Moment)
+    reason: Mapped[str] = mapped_column(String(200))
+    recorded_at: Mapped[datetime] = mapped_column(Moment)
+
+
+class CertificateChanges(Base):
+    """One row: a number raised by every revocation and removal.
+
+    Each worker polls it (a one-row read) to know when its certificate cache
+    must be dropped (``processing.CertificateCache``).
+    """
+
+    __tablename__ = "certificate_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
 
 
 class Appointment(Base):

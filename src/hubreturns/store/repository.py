@@ -18,7 +18,7 @@ import json
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -58,6 +58,8 @@ from hubreturns.store.models import (
     Appointment,
     AuditEntry,
     Certificate,
+    CertificateChanges,
+    CertificateRevocation,
     Device,
     DeviceSupplier,
     ReplayCounter,
@@ -69,6 +71,7 @@ from hubreturns.wire.certificate import SigningCertificate
 
 __all__ = [
     "AuditFields",
+    "CertificateConflict",
     "FactsKey",
     "Ledger",
     "Repository",
@@ -345,10 +348,21 @@ _APPOINTED_BY = (
     )
 )
 
-_CERTIFICATE_PEM = select(Certificate.pem).where(
-    Certificate.issuer == bindparam("b_issuer", type_=Certificate.__table__.c.issuer.type),
-    Certificate.serial == bindparam("b_serial", type_=Certificate.__table__.c.serial.type),
+_CERTIFICATE_PEM = (
+    select(Certificate.pem, CertificateRevocation.revoked_at)
+    .outerjoin(
+        CertificateRevocation,
+        and_(
+            CertificateRevocation.issuer == Certificate.issuer,
+            CertificateRevocation.serial == Certificate.serial,
+        ),
+    )
+    .where(
+        Certificate.issuer == bindparam("b_issuer", type_=Certificate.__table__.c.issuer.type),
+        Certificate.serial == bindparam("b_serial", type_=Certificate.__table__.c.serial.type),
+    )
 )
+_CERTIFICATE_GENERATION = select(CertificateChanges.generation).where(CertificateChanges.id == 1)
 
 
 def _certificate_keys(dialect: str) -> Any:
@@ -660,10 +674,18 @@ class Ledger:
         return cursor
 
     def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
-        pem = self.connection.execute(
+        """The stored certificate, with its revocation if one is recorded."""
+        row = self.connection.execute(
             _CERTIFICATE_PEM, {"b_issuer": issuer, "b_serial": str(serial)}
-        ).scalar()
-        return SigningCertificate.from_pem(pem.encode()) if pem is not None else None
+        ).first()
+        if row is None:
+            return None
+        cert = SigningCertificate.from_pem(row.pem.encode())
+        return replace(cert, revoked_at=row.revoked_at) if row.revoked_at is not None else cert
+
+    def certificate_generation(self) -> int:
+        """The number every revocation and removal raises (``CertificateCache`` polls it)."""
+        return int(self.connection.execute(_CERTIFICATE_GENERATION).scalar_one())
 
     def certificates_present(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which of these (issuer, serial) pairs the store still holds: one statement."""
@@ -949,6 +971,15 @@ def _wrapped(sql: str, parameters: Any, error: Exception, dialect: Dialect) -> S
     return DBAPIError.instance(sql, parameters, error, dialect.loaded_dbapi.Error, dialect=dialect)
 
 
+class CertificateConflict(Exception):
+    """Different certificates already stored under these certificates' issuer and serial."""
+
+    def __init__(self, certificates: Sequence[SigningCertificate]) -> None:
+        self.certificates = list(certificates)
+        keys = ", ".join(f"{c.issuer} serial {c.serial}" for c in self.certificates)
+        super().__init__(f"a different certificate is already stored for {keys}")
+
+
 class Repository:
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -1026,23 +1057,99 @@ class Repository:
     def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
         return self.ledger.certificate(issuer, serial)
 
-    def upsert_certificates(self, certs: Iterable[SigningCertificate], now: datetime) -> int:
-        count = 0
+    def add_certificates(
+        self, certs: Iterable[SigningCertificate], now: datetime
+    ) -> list[SigningCertificate]:
+        """Store the certificates not held yet; returns those. An identical one is a no-op.
+
+        Raises ``CertificateConflict`` (nothing is written by this call) if a
+        *different* certificate is already stored under one's issuer and
+        serial: a certificate from another CA that copies a trusted one's
+        issuer name and serial must never replace it.
+        """
+        added: list[SigningCertificate] = []
+        conflicts: list[SigningCertificate] = []
         for cert in certs:
-            self.session.merge(
-                Certificate(
-                    issuer=cert.issuer,
-                    serial=str(cert.serial),
-                    eui=cert.eui,
-                    organisational_units=",".join(sorted(cert.organisational_units)),
-                    not_before=cert.not_before,
-                    not_after=cert.not_after,
-                    pem=cert.pem.decode(),
-                    loaded_at=now,
-                )
+            held = self.session.get(Certificate, (cert.issuer, str(cert.serial)))
+            if held is None:
+                added.append(cert)
+            elif held.pem != cert.pem.decode():
+                conflicts.append(cert)
+        if conflicts:
+            raise CertificateConflict(conflicts)
+        self.session.add_all(
+            Certificate(
+                issuer=cert.issuer,
+                serial=str(cert.serial),
+                eui=cert.eui,
+                organisational_units=",".join(sorted(cert.organisational_units)),
+                not_before=cert.not_before,
+                not_after=cert.not_after,
+                pem=cert.pem.decode(),
+                loaded_at=now,
             )
-            count += 1
-        return count
+            for cert in added
+        )
+        return added
+
+    def stored_certificates(
+        self, eui: str | None = None
+    ) -> list[tuple[Certificate, CertificateRevocation | None]]:
+        """Every stored certificate (or one User's) with its revocation, by issuer and serial."""
+        query = select(Certificate, CertificateRevocation).outerjoin(
+            CertificateRevocation,
+            and_(
+                CertificateRevocation.issuer == Certificate.issuer,
+                CertificateRevocation.serial == Certificate.serial,
+            ),
+        )
+        if eui is not None:
+            query = query.where(Certificate.eui == eui)
+        rows = [(cert, revoked) for cert, revoked in self.session.execute(query)]
+        return sorted(rows, key=lambda row: (row[0].issuer, int(row[0].serial)))
+
+    def revocation(self, issuer: str, serial: int) -> CertificateRevocation | None:
+        return self.session.get(CertificateRevocation, (issuer, str(serial)))
+
+    def revoke_certificate(
+        self, issuer: str, serial: int, *, revoked_at: datetime, reason: str, now: datetime
+    ) -> bool:
+        """Record a revocation; False if one was already recorded (the first one stays).
+
+        Recorded whether or not the certificate is stored: a revoked
+        certificate loaded later is refused all the same.
+        """
+        if self.revocation(issuer, serial) is not None:
+            return False
+        self.session.add(
+            CertificateRevocation(
+                issuer=issuer,
+                serial=str(serial),
+                revoked_at=revoked_at,
+                reason=reason[:200],
+                recorded_at=now,
+            )
+        )
+        self._certificates_changed()
+        return True
+
+    def remove_certificate(self, issuer: str, serial: int) -> bool:
+        """Delete a stored certificate (its revocation, if any, stays); False if none."""
+        held = self.session.get(Certificate, (issuer, str(serial)))
+        if held is None:
+            return False
+        self.session.delete(held)
+        self._certificates_changed()
+        return True
+
+    def _certificates_changed(self) -> None:
+        """Raise the change number, so every worker drops its cached certificates."""
+        self.session.flush()
+        self.session.execute(
+            update(CertificateChanges)
+            .where(CertificateChanges.id == 1)
+            .values(generation=CertificateChanges.generation + 1)
+        )
 
     # -- registry and inventory loads (idempotent upserts) ------------------------
 

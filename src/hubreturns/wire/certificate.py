@@ -3,7 +3,8 @@
 A ``SigningCertificate`` is the parsed, immutable view of one X.509 certificate:
 the issuer + serial that KeyInfo names it by, the EUI in its
 ``x500UniqueIdentifier``, its subject OU values (87 = a User's DUIS
-XML-signing certificate) and its validity window.
+XML-signing certificate), its validity window and, when read from the store,
+whether it has been revoked.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ class SigningCertificate:
     not_after: datetime
     public_key: ec.EllipticCurvePublicKey | None
     pem: bytes
+    #: When the SMKI repository recorded this certificate as revoked (None: not revoked).
+    #: A revoked certificate is refused whatever the date (E42).
+    revoked_at: datetime | None = None
 
     @property
     def key(self) -> tuple[str, int]:

@@ -192,7 +192,7 @@ def verify(
 
     Raises ``SignatureRejection``: E40 for profile, format or cryptographic
     failures, E41 when issuer+serial is not in our store, E42 when the
-    certificate is not one allowed to sign (OU, curve, validity at ``now``).
+    certificate is not one allowed to sign (revoked, OU, curve, validity at ``now``).
     The caller still checks that the certificate belongs to the originator.
     """
     return complete(verification_steps(root, lookup, policy, now))
@@ -279,6 +279,8 @@ def _check_certificate(cert: SigningCertificate, policy: SecurityPolicy, now: da
     def refuse(why: str) -> SignatureRejection:
         return SignatureRejection(ResponseCode.E42, f"certificate serial {cert.serial} {why}")
 
+    if cert.revoked_at is not None:
+        raise refuse(f"was revoked on {cert.revoked_at.isoformat()}")
     if not cert.organisational_units & policy.signer_ous:
         raise refuse(f"has OU {sorted(cert.organisational_units)}, not {sorted(policy.signer_ous)}")
     if cert.public_key is None or not isinstance(cert.public_key.curve, ec.SECP256R1):

@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,8 +30,10 @@ from hubreturns.codes import CODE_INFO
 from hubreturns.config import ConfigError, Settings, load_settings
 from hubreturns.importers import ImportFailed
 from hubreturns.loading import (
+    CertificatesRefused,
     load_appointments,
     load_certificates,
+    load_crl,
     load_devices,
     load_users,
     registry_roles,
@@ -39,6 +42,7 @@ from hubreturns.model import Role, eui
 from hubreturns.rules import RULES
 from hubreturns.store.db import make_engine, make_sessionmaker, migrate
 from hubreturns.store.repository import Repository, ReturnFilter
+from hubreturns.wire.certificate import normalize_issuer
 
 __all__ = ["app", "main"]
 
@@ -49,6 +53,11 @@ app = typer.Typer(
 )
 load_app = typer.Typer(help="Load import files (CSV or PEM); a file with a bad row loads nothing.")
 app.add_typer(load_app, name="load")
+certs_app = typer.Typer(
+    help="The SMKI repository: list, revoke and remove certificates, load a CRL.",
+    no_args_is_help=True,
+)
+app.add_typer(certs_app, name="certs")
 
 console = Console()
 err = Console(stderr=True)
@@ -167,25 +176,143 @@ def load_devices_cmd(file: Path, config: ConfigOption = None) -> None:
 
 @load_app.command("certs")
 def load_certs_cmd(paths: list[Path], config: ConfigOption = None) -> None:
-    """PEM certificates (files or folders) into the SMKI repository."""
+    """PEM certificates (files or folders) into the SMKI repository, all or nothing.
+
+    With smki_ca_certs set, each must chain to one of those CAs.
+    """
+    settings = _settings(config)
+    anchors = settings.trust_anchors()
     with _store(config) as sessions:
         try:
-            certs = load_certificates(sessions, paths, _now())
-        except FileNotFoundError as exc:
-            fail(str(exc), "Give PEM files or folders that contain *.pem files.")
-        except ValueError as exc:
-            fail(str(exc), "Only PEM-encoded X.509 certificates can be loaded.")
-    table = Table("issuer", "serial", "EUI", "OU", "valid until")
-    for cert in certs:
+            done = load_certificates(sessions, paths, _now(), anchors=anchors)
+        except CertificatesRefused as exc:
+            fail(escape(str(exc)), escape(exc.hint))
+    expired = {c.key for c in done.expired} | {c.key for c in done.not_yet_valid}
+    revoked = {c.key for c in done.revoked}
+    added = {c.key for c in done.added}
+    table = Table("issuer", "serial", "EUI", "OU", "valid until", "load", "usable")
+    for cert in done.certificates:
         table.add_row(
             cert.issuer,
             str(cert.serial),
             cert.eui or "-",
             ",".join(sorted(cert.organisational_units)),
             cert.not_after.date().isoformat(),
+            "added" if cert.key in added else "unchanged",
+            "REVOKED" if cert.key in revoked else "EXPIRED" if cert.key in expired else "yes",
         )
     console.print(table)
-    console.print(f"[green]loaded {len(certs)} certificates[/green]")
+    for cert in done.expired:
+        err.print(f"[yellow]warning:[/yellow] serial {cert.serial} expired on {cert.not_after}")
+    for cert in done.not_yet_valid:
+        err.print(f"[yellow]warning:[/yellow] serial {cert.serial} is valid from {cert.not_before}")
+    for cert in done.revoked:
+        err.print(f"[yellow]warning:[/yellow] serial {cert.serial} is revoked")
+    trust = "chained to " + str(settings.smki_ca_certs) if anchors else "operator-vouched"
+    console.print(
+        f"[green]loaded {len(done.added)} certificates[/green] "
+        f"({len(done.unchanged)} already held, unchanged); SMKI trust: {trust}"
+    )
+
+
+# -- the SMKI repository ----------------------------------------------------------------
+
+
+def _issuer_serial(issuer: str, serial: str) -> tuple[str, int]:
+    """ISSUER as an RFC 4514 name and SERIAL in decimal (or hex with 0x), as KeyInfo names them."""
+    try:
+        name = normalize_issuer(issuer)
+    except ValueError as exc:
+        fail(escape(str(exc)), "Write the issuer like OU=07,CN=Z1 (see `hubreturns certs list`).")
+    try:
+        number = int(serial, 16) if serial.lower().startswith("0x") else int(serial, 10)
+    except ValueError:
+        fail(f"{serial!r} is not a serial number", "Give it in decimal, or in hex as 0x...")
+    return name, number
+
+
+@certs_app.command("list")
+def certs_list_cmd(
+    user: Annotated[
+        str | None, typer.Option("--eui", help="Only this User's certificates.")
+    ] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Stored certificates: issuer, serial, EUI, OU, validity, revocation."""
+    with _store(config) as sessions, sessions() as session:
+        rows: list[Sequence[object]] = [
+            (
+                cert.issuer,
+                cert.serial,
+                cert.eui,
+                cert.organisational_units,
+                cert.not_before.isoformat(timespec="seconds"),
+                cert.not_after.isoformat(timespec="seconds"),
+                revoked.revoked_at.isoformat(timespec="seconds") if revoked else None,
+                revoked.reason if revoked else None,
+            )
+            for cert, revoked in Repository(session).stored_certificates(_eui_option(user, "--eui"))
+        ]
+    headers = ("issuer", "serial", "eui", "ou", "valid_from", "valid_to", "revoked", "reason")
+    _emit(headers, rows, as_csv, "SMKI repository")
+
+
+@certs_app.command("revoke")
+def certs_revoke_cmd(
+    issuer: Annotated[str, typer.Argument(help="Issuer name, e.g. OU=07,CN=Z1.")],
+    serial: Annotated[str, typer.Argument(help="Serial number, decimal or 0x-hex.")],
+    reason: Annotated[str, typer.Option(help="Recorded with the revocation.")] = "operator",
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a certificate: every worker refuses it (E42) within a second."""
+    name, number = _issuer_serial(issuer, serial)
+    now = _now()
+    with _store(config) as sessions, sessions.begin() as session:
+        repo = Repository(session)
+        new = repo.revoke_certificate(name, number, revoked_at=now, reason=reason, now=now)
+        stored = repo.certificate(name, number) is not None
+    if not new:
+        console.print(f"{name} serial {number} was already revoked")
+        return
+    console.print(f"[green]revoked[/green] {name} serial {number}")
+    if not stored:
+        err.print(
+            "[yellow]warning:[/yellow] no such certificate is stored; "
+            "it will be refused if it is ever loaded"
+        )
+
+
+@certs_app.command("remove")
+def certs_remove_cmd(
+    issuer: Annotated[str, typer.Argument(help="Issuer name, e.g. OU=07,CN=Z1.")],
+    serial: Annotated[str, typer.Argument(help="Serial number, decimal or 0x-hex.")],
+    config: ConfigOption = None,
+) -> None:
+    """Remove a certificate: requests signed with it get E41 within a second."""
+    name, number = _issuer_serial(issuer, serial)
+    with _store(config) as sessions, sessions.begin() as session:
+        removed = Repository(session).remove_certificate(name, number)
+    if not removed:
+        fail(f"no certificate {name} serial {number} is stored", "See `hubreturns certs list`.")
+    console.print(f"[green]removed[/green] {name} serial {number}")
+
+
+@certs_app.command("load-crl")
+def certs_load_crl_cmd(file: Path, config: ConfigOption = None) -> None:
+    """Record every revocation in a CRL (PEM or DER); with smki_ca_certs, it must verify."""
+    settings = _settings(config)
+    anchors = settings.trust_anchors()
+    with _store(config) as sessions:
+        try:
+            done = load_crl(sessions, file, _now(), anchors=anchors)
+        except ValueError as exc:
+            fail(escape(str(exc)), "Give the CRL issued by a CA in smki_ca_certs.")
+    console.print(
+        f"[green]{done.recorded} revocations recorded[/green] ({done.listed} in the CRL, "
+        f"{done.listed - done.recorded} already recorded; "
+        f"{len(done.stored)} of stored certificates)"
+    )
 
 
 # -- appointments ----------------------------------------------------------------------
@@ -294,6 +421,7 @@ def serve(
             os.environ[f"HUBRETURNS_{name}"] = str(path.resolve())
     settings = _settings(config)
     settings.signer()  # fail now, not at the first request
+    settings.trust_anchors()  # a configured SMKI CA that cannot be read: fail now too
     engine = make_engine(settings.database_url)
     try:
         migrate(engine)
@@ -382,6 +510,7 @@ def demo(
         database_url=f"sqlite:///{out / 'hubreturns-demo.db'}",
         # One process for one run: a fresh desk session key is exactly right here.
         session_secret=secrets.token_hex(32),
+        smki_ca_certs=world.smki_ca_certs,  # the demo's own CA: every certificate chains to it
     )
     processor = processor_from_settings(settings)
     bind = processor.sessions.kw["bind"]

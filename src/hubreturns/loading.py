@@ -1,15 +1,20 @@
 """Load import files into the store: parse everything, then write in one transaction.
 
 A file with any bad row loads nothing (``ImportFailed`` lists every bad row);
-a good file is upserted, so loading it twice changes nothing. Role checks use
+a good file is upserted, so loading it twice changes nothing. Certificates
+are added, never replaced (``load_certificates``). Role checks use
 the registry as it will be after the load, i.e. the database's users.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -20,18 +25,31 @@ from hubreturns.importers import (
     parse_users,
 )
 from hubreturns.model import Role
+from hubreturns.smki import (
+    VOUCHED_WARNING,
+    TrustAnchors,
+    TrustMode,
+    certificate_files,
+)
 from hubreturns.store.models import User
-from hubreturns.store.repository import Repository
-from hubreturns.wire.certificate import SigningCertificate, load_pem_files
+from hubreturns.store.repository import CertificateConflict, Repository
+from hubreturns.wire.certificate import SigningCertificate, normalize_issuer
 
 __all__ = [
+    "CertificateLoad",
+    "CertificatesRefused",
+    "CrlLoad",
+    "FileProblem",
     "ImportFailed",
     "load_appointments",
     "load_certificates",
+    "load_crl",
     "load_devices",
     "load_users",
     "registry_roles",
 ]
+
+log = logging.getLogger("hubreturns.loading")
 
 
 def registry_roles(session: Session) -> dict[str, Role]:
@@ -72,23 +90,242 @@ def load_devices(sessions: sessionmaker[Session], text: str | bytes, now: dateti
     return len(rows)
 
 
-def load_certificates(
-    sessions: sessionmaker[Session], paths: list[Path], now: datetime
-) -> list[SigningCertificate]:
-    """Certificates from PEM files or folders; a file that does not parse loads nothing."""
-    certs: list[SigningCertificate] = []
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """Why one file (or one certificate in it) was refused."""
+
+    path: Path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class CertificatesRefused(Exception):
+    """A refused ``load certs``: every problem is listed, nothing was loaded."""
+
+    problems: list[FileProblem]
+    hint: str
+
+    def __init__(self, problems: Sequence[FileProblem], hint: str) -> None:
+        self.problems = list(problems)
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        lines = [f"certificate load refused ({count} {noun}); nothing was loaded:"]
+        lines.extend(f"  {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateLoad:
+    """What ``load_certificates`` did: stored, already held (identical), and what to report."""
+
+    trust: TrustMode
+    added: list[SigningCertificate]
+    unchanged: list[SigningCertificate]
+    #: Loaded but refused per request (E42): outside their validity, or revoked.
+    expired: list[SigningCertificate]
+    not_yet_valid: list[SigningCertificate]
+    revoked: list[SigningCertificate]
+
+    @property
+    def certificates(self) -> list[SigningCertificate]:
+        return [*self.added, *self.unchanged]
+
+
+_HINT = (
+    "Fix or remove the listed files; a folder must hold PEM certificate files only. "
+    "Nothing was loaded."
+)
+
+
+def _read_file(file: Path, anchors: TrustAnchors | None, now: datetime) -> list[SigningCertificate]:
+    """The certificates of one file, each checked against ``anchors``; ``ValueError`` if not."""
+    if file.is_dir():
+        raise ValueError("is a folder (folders are not searched recursively)")
+    data = file.read_bytes()
+    if b"PRIVATE KEY-----" in data:
+        raise ValueError("holds a private key; load certificates only (and keep keys elsewhere)")
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise ValueError("no PEM certificate in it")
+    found = []
+    for cert in x509.load_pem_x509_certificates(data):
+        if anchors is not None:
+            anchors.verify(cert, now)
+        found.append(SigningCertificate.from_x509(cert))
+    return found
+
+
+def _read_certificates(
+    paths: Sequence[Path], anchors: TrustAnchors | None, now: datetime
+) -> tuple[list[tuple[Path, SigningCertificate]], list[FileProblem]]:
+    """Every certificate of ``paths`` with its file, and every problem found on the way."""
+    found: list[tuple[Path, SigningCertificate]] = []
+    problems: list[FileProblem] = []
     for path in paths:
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist")
-        before = len(certs)
-        try:
-            for _file, found in load_pem_files(path):
-                certs.extend(found)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not a PEM certificate ({exc})") from None
-        if len(certs) == before:
-            # A path that names no certificate is an operator mistake, not an empty load.
-            raise ValueError(f"{path}: no PEM certificate found")
+            problems.append(FileProblem(path, "does not exist"))
+            continue
+        files = certificate_files(path)
+        if not files:
+            problems.append(FileProblem(path, "is an empty folder"))
+        for file in files:
+            try:
+                found.extend((file, cert) for cert in _read_file(file, anchors, now))
+            except OSError as exc:
+                problems.append(FileProblem(file, f"cannot be read ({exc.strerror})"))
+            except ValueError as exc:  # UntrustedCertificate too
+                problems.append(FileProblem(file, str(exc)))
+    return found, problems
+
+
+def _duplicates(found: list[tuple[Path, SigningCertificate]]) -> list[FileProblem]:
+    """Different certificates with the same issuer and serial within one load."""
+    first: dict[tuple[str, int], tuple[Path, SigningCertificate]] = {}
+    problems = []
+    for file, cert in found:
+        seen = first.setdefault(cert.key, (file, cert))
+        if seen[1].pem != cert.pem:
+            problems.append(
+                FileProblem(
+                    file,
+                    f"issuer {cert.issuer} serial {cert.serial} is also used by a different "
+                    f"certificate in {seen[0]}",
+                )
+            )
+    return problems
+
+
+def load_certificates(
+    sessions: sessionmaker[Session],
+    paths: Sequence[Path],
+    now: datetime,
+    *,
+    anchors: TrustAnchors | None = None,
+) -> CertificateLoad:
+    """Certificates from PEM files or folders, all or nothing (``CertificatesRefused``).
+
+    Refused, with every file named: a path that does not exist, a file that
+    is not a PEM certificate file (in a folder, every non-hidden entry must
+    be one), a certificate that does not chain to ``anchors`` when given, and
+    a certificate whose issuer and serial are already held by a *different*
+    one. Re-loading an identical certificate is a no-op. Without ``anchors``
+    the certificates are operator-vouched, and a WARNING says so.
+    """
+    found, problems = _read_certificates(paths, anchors, now)
+    problems.extend(_duplicates(found))
+    files = {cert.key: file for file, cert in reversed(found)}
+    unique = list({cert.key: cert for _file, cert in found}.values())
+    if not unique and not problems:
+        problems.append(FileProblem(paths[0] if paths else Path("."), "no certificate found"))
     with sessions.begin() as session:
-        Repository(session).upsert_certificates(certs, now)
-    return certs
+        repo = Repository(session)
+        held = {c.key for c in unique if repo.certificate(c.issuer, c.serial) is not None}
+        try:
+            added = repo.add_certificates(unique, now)
+        except CertificateConflict as conflict:
+            added = []
+            problems.extend(
+                FileProblem(
+                    files[c.key],
+                    f"a different certificate is already stored for issuer {c.issuer} "
+                    f"serial {c.serial}; refused (`hubreturns certs remove` it first if "
+                    "the stored one is wrong)",
+                )
+                for c in conflict.certificates
+            )
+        if problems:
+            raise CertificatesRefused(problems, _HINT)  # rolls the transaction back
+        revoked = [c for c in unique if repo.revocation(c.issuer, c.serial) is not None]
+    trust = TrustMode.CA if anchors is not None else TrustMode.OPERATOR_VOUCHED
+    if anchors is None:
+        log.warning(VOUCHED_WARNING)
+    return CertificateLoad(
+        trust=trust,
+        added=added,
+        unchanged=[c for c in unique if c.key in held],
+        expired=[c for c in unique if c.not_after < now],
+        not_yet_valid=[c for c in unique if c.not_before > now],
+        revoked=revoked,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrlLoad:
+    """What ``load_crl`` did: revocations listed, newly recorded, and of stored certificates."""
+
+    trust: TrustMode
+    listed: int
+    recorded: int
+    stored: list[tuple[str, int]]
+
+
+def _read_crl(path: Path) -> x509.CertificateRevocationList:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        if b"-----BEGIN X509 CRL-----" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError:
+        raise ValueError(f"{path}: not a CRL (PEM or DER)") from None
+
+
+def _crl_reason(entry: x509.RevokedCertificate, path: Path) -> str:
+    try:
+        reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        return f"CRL {path.name}"
+    return f"CRL {path.name}: {reason.value}"
+
+
+def load_crl(
+    sessions: sessionmaker[Session],
+    path: Path,
+    now: datetime,
+    *,
+    anchors: TrustAnchors | None = None,
+) -> CrlLoad:
+    """Record every revocation a CRL lists (``ValueError`` if it cannot be used).
+
+    With ``anchors`` the CRL must be signed by one of them whose name is the
+    CRL's issuer: a forged CRL could otherwise revoke, or seem to vouch for,
+    anyone. Without them it is operator-vouched, like the certificates.
+    Revocations are recorded whether or not the certificate is stored.
+    """
+    crl = _read_crl(path)
+    issuer = normalize_issuer(crl.issuer.rfc4514_string())
+    if anchors is not None and not any(
+        ca.subject == crl.issuer and crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+        for ca in anchors.certificates
+    ):
+        raise ValueError(f"{path}: not signed by an SMKI CA in {anchors.source} named {issuer}")
+    recorded = 0
+    stored: list[tuple[str, int]] = []
+    with sessions.begin() as session:
+        repo = Repository(session)
+        for entry in crl:
+            serial = entry.serial_number
+            recorded += repo.revoke_certificate(
+                issuer,
+                serial,
+                revoked_at=entry.revocation_date_utc,
+                reason=_crl_reason(entry, path),
+                now=now,
+            )
+            if repo.certificate(issuer, serial) is not None:
+                stored.append((issuer, serial))
+    if anchors is None:
+        log.warning(VOUCHED_WARNING)
+    return CrlLoad(
+        trust=TrustMode.CA if anchors is not None else TrustMode.OPERATOR_VOUCHED,
+        listed=len(crl),
+        recorded=recorded,
+        stored=stored,
+    )

@@ -30,6 +30,7 @@ from hubreturns.config import Settings
 from hubreturns.model import Endpoint, clip
 from hubreturns.processing import Processor
 from hubreturns.serving import EDGE_LIMITS_STATE_KEY, EdgeLimits
+from hubreturns.smki import VOUCHED_WARNING, trust_mode
 from hubreturns.store.db import make_engine, make_sessionmaker
 
 __all__ = [
@@ -302,6 +303,9 @@ def create_app(
         name = request.path_params["endpoint"]
         return JSONResponse({"error": f"no DUIS endpoint {name}"}, status_code=404)
 
+    #: Why the certificates are trusted (``smki``): "ca", or "operator-vouched".
+    trust = trust_mode(settings.smki_ca_certs).value
+
     async def healthz(_: Request) -> Response:
         def probe() -> bool:
             # A write transaction on purpose: ready means able to record returns.
@@ -312,11 +316,15 @@ def create_app(
         try:
             await run_in_threadpool(probe)
         except Exception as exc:  # any failure means "not ready"
-            return JSONResponse({"status": "unavailable", "database": str(exc)[:200]}, 503)
-        return JSONResponse({"status": "ok"})
+            return JSONResponse(
+                {"status": "unavailable", "database": str(exc)[:200], "smki_trust": trust}, 503
+            )
+        return JSONResponse({"status": "ok", "smki_trust": trust})
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if settings.smki_ca_certs is None:
+            log.warning(VOUCHED_WARNING)
         # The lifespan state reaches uvicorn's protocol as its ``app_state``.
         yield {EDGE_LIMITS_STATE_KEY: EdgeLimits.from_settings(settings)}
         await asyncio.to_thread(processor.close)

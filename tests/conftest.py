@@ -78,8 +78,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url)
+def settings(database_url: str, world: DemoWorld) -> Settings:
+    """Settings on ``database_url`` that trust the demo world's own SMKI CA."""
+    return Settings(database_url=database_url, smki_ca_certs=world.smki_ca_certs)
 
 
 @pytest.fixture

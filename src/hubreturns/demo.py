@@ -34,6 +34,7 @@ from hubreturns.model import (
     ReturnRequest,
 )
 from hubreturns.pki import Credential, DemoCA, load_credential, write_credential
+from hubreturns.smki import load_trust_anchors
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import build_request, sign_request
 from hubreturns.wire.signature import sign
@@ -254,6 +255,12 @@ class DemoWorld:
         return self.folder / "pki"
 
     @property
+    def smki_ca_certs(self) -> Path:
+        """The demo's own SMKI CA certificate: set as ``smki_ca_certs``, every
+        repository certificate chains to it."""
+        return self.pki / "smki-ca.cert.pem"
+
+    @property
     def store_certificates(self) -> Path:
         """Certificates that go into the SMKI repository (not IS_UNLOADED's)."""
         return self.pki / "repository"
@@ -271,14 +278,17 @@ def build_world(folder: Path, *, now: datetime | None = None) -> DemoWorld:
     world = DemoWorld(folder)
     world.store_certificates.mkdir(parents=True, exist_ok=True)
     ca = DemoCA.generate()
+    world.smki_ca_certs.write_bytes(ca.credential.cert_pem)
     for user_id, _role, _name, _status, stem in USERS:
-        if stem is not None:
-            shipped = packaged_pki()
-            world.credentials[user_id] = load_credential(
-                shipped / f"{stem}.key.pem", shipped / f"{stem}.cert.pem"
-            )
-        else:
-            world.credentials[user_id] = ca.issue_xml_signing(user_id)
+        # A user with a DCC test key keeps it, certified by the demo CA: DCC's
+        # test CA certificate is not published, so its own certificates cannot chain.
+        shipped = packaged_pki()
+        key = (
+            load_credential(shipped / f"{stem}.key.pem", shipped / f"{stem}.cert.pem").key
+            if stem is not None
+            else None
+        )
+        world.credentials[user_id] = ca.issue_xml_signing(user_id, key=key)
     world.credentials[UNREGISTERED] = ca.issue_xml_signing(UNREGISTERED)
     world.credentials[IS_UNLOADED] = ca.issue_xml_signing(IS)
     world.credentials[IS_EXPIRED] = ca.issue_xml_signing(
@@ -309,7 +319,8 @@ def build_world(folder: Path, *, now: datetime | None = None) -> DemoWorld:
 def seed(sessions: sessionmaker[Session], world: DemoWorld, now: datetime) -> None:
     """Load the demo files through the same loaders as ``hubreturns load``."""
     load_users(sessions, world.users_csv.read_bytes(), now)
-    load_certificates(sessions, [world.store_certificates], now)
+    anchors = load_trust_anchors(world.smki_ca_certs)
+    load_certificates(sessions, [world.store_certificates], now, anchors=anchors)
     load_appointments(sessions, world.appointments_csv.read_bytes())
     load_devices(sessions, world.devices_csv.read_bytes(), now)
 

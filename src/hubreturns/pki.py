@@ -36,6 +36,9 @@ XML_SIGNING_OU: Final = "87"
 _CA_VALIDITY: Final = timedelta(days=365 * 20)
 _LEAF_VALIDITY: Final = timedelta(days=365 * 10)
 _BACKDATE: Final = timedelta(days=1)
+#: A CA older than the leaves it issues, so that a backdated (e.g. expired) demo
+#: leaf still chains to it at a moment within the leaf's own validity.
+_CA_BACKDATE: Final = timedelta(days=365 * 3)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +94,7 @@ class DemoCA:
 
     @classmethod
     def generate(cls, common_name: str = "Z1-DEMO", ou: str = "07") -> DemoCA:
-        """A fresh CA valid from yesterday for 20 years (longer than any leaf it issues)."""
+        """A fresh CA valid from three years ago for 20 years (covering the leaves it issues)."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
@@ -107,7 +110,7 @@ class DemoCA:
             .issuer_name(name)
             .public_key(public)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
+            .not_valid_before(now - _CA_BACKDATE)
             .not_valid_after(now + _CA_VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(

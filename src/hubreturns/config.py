@@ -116,6 +116,9 @@ class Settings:
     tls_key: Path | None = None
     #: Mutual TLS: client certificates must chain to this CA (PEM); None = not asked.
     tls_client_ca: Path | None = None
+    #: SMKI CA certificates (PEM file or folder) every loaded certificate must chain
+    #: to; None = certificates are operator-vouched (``smki``), and the service says so.
+    smki_ca_certs: Path | None = None
 
     def __post_init__(self) -> None:
         # A half-configured TLS would serve plain HTTP or skip client certificates:
@@ -140,9 +143,6 @@ class Settings:
     def tls(self) -> bool:
         """Whether the service is served over HTTPS."""
         return self.tls_cert is not None
-    #: SMKI CA certificates (PEM file or folder) every loaded certificate must chain
-    #: to; None = certificates are operator-vouched (``smki``), and the service says so.
-    smki_ca_certs: Path | None = None
 
     def policy(self) -> SecurityPolicy:
         return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)

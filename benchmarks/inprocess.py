@@ -27,7 +27,7 @@ from typing import Any
 
 from benchmarks.common import Section, pg_available, pg_bench_url, sqlite_url, throughput
 from benchmarks.world import Body, build_world, mixed_bodies, populate, reset
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import DEFAULT_PROFILE, ResponseCode
 from hubreturns.config import Settings
 from hubreturns.model import Endpoint
 from hubreturns.observability import configure_logging
@@ -78,9 +78,9 @@ def measure(url: str, bodies: list[Body], seconds: float) -> InProcess:
         for body in bodies:
             outcome = processor.handle_duis(body.data, Endpoint.NON_DEVICE)
             done += 1
-            if outcome.code is not body.expected:
-                wrong[f"{body.expected.value}->{outcome.code.value}"] += 1
-            elif outcome.code is ResponseCode.I99:
+            if outcome.verdict is not body.expected:
+                wrong[f"{body.expected.value}->{outcome.code}"] += 1
+            elif outcome.verdict is ResponseCode.I99:
                 accepted += 1
             if done % 64 == 0 and time.perf_counter() > deadline:
                 break
@@ -110,7 +110,7 @@ def measure_concurrent(
     processor = processor_from_settings(Settings(database_url=url))
 
     async def handle(data: bytes) -> str:
-        return (await processor.handle_duis_async(data, Endpoint.NON_DEVICE)).code.value
+        return (await processor.handle_duis_async(data, Endpoint.NON_DEVICE)).code
 
     for issuer, serial in warm:
         processor.certificates(issuer, serial)
@@ -149,7 +149,7 @@ async def _in_flight(
         for body in stream:
             code = await handle(body.data)
             counts["done"] += 1
-            if code != body.expected.value:
+            if code != DEFAULT_PROFILE.code(body.expected):
                 wrong[f"{body.expected.value}->{code}"] += 1
             elif body.expected is ResponseCode.I99:
                 counts["accepted"] += 1
@@ -251,7 +251,7 @@ def request_path(
         )
         build_response(
             request_id=request.request_id,
-            code=ResponseCode.I99,
+            code=ResponseCode.I99.value,
             service_reference="8.14",
             service_reference_variant="8.14.3",
             now=now,

@@ -10,7 +10,7 @@ every hub, so the same counters are fresh again.
 Mixed traffic (``mixed_bodies``): of every 20 requests, 16 are accepted
 (each on its own Pending hub, signed by the hub's Supplier), one names an
 unknown hub (E19), one a hub of another Supplier (E4), one was changed after
-signing (E40) and one replays an accepted request some 200 positions earlier (E21).
+signing (E40) and one replays an accepted request some 200 positions earlier (E48).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, insert, text
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason, ResponseCode, Verdict
 from hubreturns.config import DEFAULT_ACB
 from hubreturns.model import (
     ConnectionMethod,
@@ -258,7 +258,7 @@ def _wait_until_quiet(engine: Engine, *, still: float = 0.3, limit: float = 10.0
 class Body:
     """One pre-signed request and the code it must get (processed in order)."""
 
-    expected: ResponseCode
+    expected: Verdict
     data: bytes
 
 
@@ -285,7 +285,7 @@ def mixed_bodies(
     accepted_only: bool = False,
     spread: bool = False,
 ) -> Iterator[Body]:
-    """``count`` signed requests, 80 % accepted and 20 % refused (E19, E4, E40, E21).
+    """``count`` signed requests, 80 % accepted and 20 % refused (E19, E4, E40, E48).
 
     Counters are the position in the stream + 1, so every sender's counters
     rise in stream order. Accepted requests use hubs 0, 1, 2, … or, with
@@ -330,6 +330,6 @@ def mixed_bodies(
             data = sign_request(
                 _request(sender.user_id, counter, next_hub), sender.key, sender.certificate
             )
-            yield Body(ResponseCode.E40, data.replace(b"bench-", b"bencX-", 1))
+            yield Body(Reason.SIGNATURE, data.replace(b"bench-", b"bencX-", 1))
         else:
-            yield Body(ResponseCode.E21, sent[len(sent) - _REPLAY_DISTANCE])
+            yield Body(Reason.REPLAY, sent[len(sent) - _REPLAY_DISTANCE])

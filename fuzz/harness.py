@@ -16,7 +16,7 @@ from sqlalchemy import delete
 from sqlalchemy.pool import StaticPool
 
 from hubreturns.client import read_response
-from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.codes import CODE_INFO, Reason
 from hubreturns.config import DEFAULT_ACB, Settings
 from hubreturns.demo import IS, DemoWorld, build_world, scenario_bodies, seed
 from hubreturns.model import Endpoint
@@ -94,11 +94,11 @@ class Harness:
             endpoint = ENDPOINTS[data[0] % len(ENDPOINTS)]
             body = self.structured(data[1:]) if data[0] & 0x80 else data[1:]
         outcome = self.processor.handle_duis(body, endpoint)
-        assert outcome.code in CODE_INFO, outcome.code
-        assert outcome.code is not ResponseCode.E100, outcome.reason
+        assert outcome.verdict in CODE_INFO, outcome.verdict
+        assert outcome.verdict is not Reason.UNAVAILABLE, outcome.reason
         assert outcome.http_status < 500, outcome
         read = read_response(outcome.response, self.dcc)
-        assert read.code is outcome.code, (read.code, outcome.code)
+        assert read.code == outcome.code, (read.code, outcome.code)
         self.runs += 1
         if self.runs % 10_000 == 0:
             with self.processor.sessions.begin() as session:

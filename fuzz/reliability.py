@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from hubreturns.client import read_response
+from hubreturns.codes import DEFAULT_PROFILE, Reason
 from hubreturns.config import DEFAULT_ACB, packaged_pki
 from hubreturns.errors import Rejection
 from hubreturns.loading import load_certificates, load_devices, load_users
@@ -69,12 +70,12 @@ class Kind(enum.Enum):
     """What a generated request is, and the code it must get."""
 
     ACCEPT = ("I99", 1.0)
-    REPLAY = ("E21", 0.15)
-    TAMPERED = ("E40", 0.1)
-    NOT_XML = ("E30", 0.05)
-    SCHEMA = ("E31", 0.05)
+    REPLAY = (DEFAULT_PROFILE.code(Reason.REPLAY), 0.15)
+    TAMPERED = (DEFAULT_PROFILE.code(Reason.SIGNATURE), 0.1)
+    NOT_XML = (DEFAULT_PROFILE.code(Reason.MALFORMED), 0.05)
+    SCHEMA = (DEFAULT_PROFILE.code(Reason.SCHEMA), 0.05)
     UNKNOWN_DEVICE = ("E19", 0.1)
-    ALREADY_RETURNED = ("E44", 0.1)
+    ALREADY_RETURNED = (DEFAULT_PROFILE.code(Reason.OPEN_RETURN), 0.1)
     WRONG_ENDPOINT = ("E13", 0.05)
 
     def __init__(self, code: str, weight: float) -> None:
@@ -255,7 +256,7 @@ def drive(
             entry.http_status = reply.status_code
             entry.code = reply.headers.get("x-duis-response-code")
             try:
-                entry.signed = read_response(reply.content, dcc).code.value == entry.code
+                entry.signed = read_response(reply.content, dcc).code == entry.code
             except Rejection as exc:
                 entry.error = f"response not verified: {exc}"
             if entry.code == "I99" and kind is Kind.ACCEPT:
@@ -355,12 +356,13 @@ def check(url: str, told: list[Told], *, crashed: bool = False) -> Report:
                 problems.append(
                     f"{entry.request_id}: I99 but {by_request[entry.request_id]} return records"
                 )
-        elif entry.code == "E100":
+        elif entry.code == DEFAULT_PROFILE.code(Reason.UNAVAILABLE):
             if audit_by_body.get(entry.body_sha256):
                 problems.append(f"{entry.request_id}: E100 but an audit row was written")
         elif entry.code not in audit_by_body.get(entry.body_sha256, []):
             problems.append(f"{entry.kind.name} told {entry.code}: no audit row with that code")
-        if entry.code != entry.kind.code and not (crashed and entry.code == "E100"):
+        unavailable = DEFAULT_PROFILE.code(Reason.UNAVAILABLE)
+        if entry.code != entry.kind.code and not (crashed and entry.code == unavailable):
             problems.append(
                 f"{entry.kind.name} {entry.request_id}: told {entry.code}, expected "
                 f"{entry.kind.code}"
@@ -392,7 +394,7 @@ def check(url: str, told: list[Told], *, crashed: bool = False) -> Report:
     if not crashed:
         if len(returns) != len(told_i99):
             problems.append(f"{len(returns)} return records for {len(told_i99)} I99 answers")
-        stored_answers = report.answered - report.codes["E100"]
+        stored_answers = report.answered - report.codes[DEFAULT_PROFILE.code(Reason.UNAVAILABLE)]
         if len(audit) != stored_answers:
             problems.append(f"{len(audit)} audit rows for {stored_answers} stored answers")
     return report

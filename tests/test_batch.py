@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason, ResponseCode
 from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, scenario_bodies
 from hubreturns.model import Channel, Endpoint, ReturnRequest
 from hubreturns.processing import Outcome, Processor
@@ -59,7 +59,7 @@ def test_the_demo_scenarios_in_one_batch_get_the_codes_they_get_one_by_one(
     checks, answers = checking.groups, answering.groups
     outcomes = _together(processor, [(body, s.endpoint) for s, body in bodies])
     assert [(s.name, o.code.value) for (s, _), o in zip(bodies, outcomes, strict=True)] == [
-        (s.name, s.expected.value) for s in SCENARIOS
+        (s.name, s.expected_code) for s in SCENARIOS
     ]
     # They really shared transactions: far fewer commits than requests.
     assert processor.committer.jobs - jobs == len(SCENARIOS)
@@ -83,7 +83,7 @@ def test_the_demo_scenarios_in_one_batch_get_the_codes_they_get_one_by_one(
             assert device is not None
             assert device.open_return_id == record.id
         audit = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
-        assert sorted(a.code for a in audit) == sorted(s.expected.value for s in SCENARIOS)
+        assert sorted(a.code for a in audit) == sorted(s.expected_code for s in SCENARIOS)
         assert {a.return_id for a in audit if a.accepted} == set(records)
 
 
@@ -96,12 +96,12 @@ def test_a_replay_and_a_second_return_of_a_hub_in_the_same_batch_are_refused(
         name="same hub, next counter",
         sender=first.sender,
         device=first.device,
-        expected=ResponseCode.E44,
+        expected=Reason.OPEN_RETURN,
     )
     (_, body), (_, second) = scenario_bodies(world, [first, again], first_counter=500)
     batches = processor.committer.batches
     outcomes = _together(processor, [(b, Endpoint.NON_DEVICE) for b in (body, body, second)])
-    assert [o.code for o in outcomes] == [ResponseCode.I99, ResponseCode.E21, ResponseCode.E44]
+    assert [o.code for o in outcomes] == [ResponseCode.I99, Reason.REPLAY, Reason.OPEN_RETURN]
     # Decided in the batch itself, not by rolling it back and going one by one.
     assert processor.committer.batches - batches == 1
     with seeded() as session:
@@ -125,7 +125,7 @@ def test_counters_out_of_order_within_a_batch_refuse_the_lower_one(
     (_, low), (_, high) = scenario_bodies(world, [first, other], first_counter=900)
     batches = processor.committer.batches
     outcomes = _together(processor, [(high, Endpoint.NON_DEVICE), (low, Endpoint.NON_DEVICE)])
-    assert [o.code for o in outcomes] == [ResponseCode.I99, ResponseCode.E21]
+    assert [o.code for o in outcomes] == [ResponseCode.I99, Reason.REPLAY]
     assert processor.committer.batches - batches == 1
     with seeded() as session:
         counter = session.get(ReplayCounter, first.sender)
@@ -305,7 +305,7 @@ def _row(request: ReturnRequest, now: datetime) -> dict[str, object]:
 def test_a_race_lost_between_read_and_write_is_decided_again_alone(
     processor: Processor, world: DemoWorld, seeded: sessionmaker[Session], engine: Engine
 ) -> None:
-    """Through the committer: the lost race rolls the batch back and the loser gets E21."""
+    """Through the committer: the lost race rolls the batch back and the loser gets REPLAY."""
     _warm_certificates(processor, world)
     first = _scenario("IS fault return, Pending hub")
     neighbour = _scenario("GS no-fault return, Pending hub")
@@ -326,11 +326,11 @@ def test_a_race_lost_between_read_and_write_is_decided_again_alone(
         outcomes = _together(processor, [(body, Endpoint.NON_DEVICE), (other, Endpoint.NON_DEVICE)])
     finally:
         Ledger.prefetch = original  # type: ignore[method-assign]
-    assert [o.code for o in outcomes] == [ResponseCode.E21, ResponseCode.I99]
+    assert [o.code for o in outcomes] == [Reason.REPLAY, ResponseCode.I99]
     with seeded() as session:
         assert [r.originator for r in session.scalars(select(ReturnRecord))] == [neighbour.sender]
         codes = sorted(a.code for a in session.scalars(select(AuditEntry)))
-        assert codes == ["E21", "I99"]
+        assert codes == ["E48", "I99"]
 
 
 @postgres_only

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import DEFAULT_PROFILE, ResponseCode
 from hubreturns.config import Settings
 from hubreturns.demo import (
     ED,
@@ -194,7 +194,7 @@ def send(cli: Cli, world: DemoWorld, scenario: Scenario, counter: int) -> str:
     processor = processor_from_settings(Settings(database_url=cli.url))
     try:
         ((_, body),) = scenario_bodies(world, [scenario], first_counter=counter)
-        return processor.handle_duis(body, scenario.endpoint).code.value
+        return processor.handle_duis(body, scenario.endpoint).code
     finally:
         processor.sessions.kw["bind"].dispose()
 
@@ -536,13 +536,15 @@ def _markdown_rows(text: str) -> list[list[str]]:
 
 def test_codes_markdown_lists_every_response_code(cli: Cli) -> None:
     table = _markdown_rows(cli("codes", "--markdown").stdout)
-    assert [row[0] for row in table] == [code.value for code in ResponseCode]
-    assert all(len(row) == 5 and row[1] and row[4] for row in table)
+    assert [row[0] for row in table] == [code for code, _, _ in DEFAULT_PROFILE.rows()]
+    assert all(len(row) == 6 and row[2] and row[5] for row in table)
 
 
 def test_rules_markdown_lists_every_rule_in_order(cli: Cli) -> None:
     table = _markdown_rows(cli("rules", "--markdown").stdout)
-    assert [(row[1], row[2]) for row in table] == [(r.code.value, r.name) for r in RULES]
+    assert [(row[1], row[2]) for row in table] == [
+        (DEFAULT_PROFILE.code(r.code), r.name) for r in RULES
+    ]
     assert [row[0] for row in table] == [str(n) for n in range(1, len(RULES) + 1)]
 
 

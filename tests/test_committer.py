@@ -38,7 +38,7 @@ def _audit(reason: str) -> AuditFields:
     return AuditFields(
         received_at=NOW,
         channel=Channel.DUIS,
-        code="E30",
+        code="E46",
         accepted=False,
         reason=reason,
         http_status=400,

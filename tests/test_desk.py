@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from typer.testing import CliRunner
 
 from hubreturns.cli import CliError, app
-from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.codes import CODE_INFO, Reason, ResponseCode
 from hubreturns.config import Settings
 from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED
 from hubreturns.desk import accounts
@@ -403,7 +403,7 @@ def test_desk_gets_the_same_codes_as_duis(desk: Desk) -> None:
         recorded += expected.accepted
         assert desk.counts() == (recorded, number)
     # an 8.14.4 no-fault return, then the same hub again: E44
-    for expected in (ResponseCode.I99, ResponseCode.E44):
+    for expected in (ResponseCode.I99, Reason.OPEN_RETURN):
         response = desk.log_return(
             originator=GS, device_id="00-DB-12-34-56-78-90-E2", return_type="Lost or Stolen Hub"
         )

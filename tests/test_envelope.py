@@ -1,4 +1,4 @@
-"""Envelope layer: hardened parse (E30), DUIS schema (E31) and typed reading."""
+"""Envelope layer: hardened parse (MALFORMED), DUIS schema (SCHEMA) and typed reading."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from wire_helpers import (
     sign_bytes,
 )
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason
 from hubreturns.errors import EnvelopeRejection
 from hubreturns.model import (
     ConnectionMethod,
@@ -38,7 +38,7 @@ from hubreturns.model import (
 from hubreturns.policy import DSP_RESPONSE_POLICY, REQUEST_POLICY
 from hubreturns.wire.envelope import parse, peek_header, read_request, validate
 
-E30, E31 = ResponseCode.E30, ResponseCode.E31
+MALFORMED, SCHEMA = Reason.MALFORMED, Reason.SCHEMA
 
 
 def accept(data: bytes) -> ReturnRequest:
@@ -193,7 +193,7 @@ def test_read_request_reads_an_empty_element_as_empty_text() -> None:
 def test_read_request_without_header_or_body_is_e31(data: bytes) -> None:
     with pytest.raises(EnvelopeRejection) as caught:
         read_request(parse(data, REQUEST_POLICY))
-    assert caught.value.code is E31
+    assert caught.value.code is SCHEMA
     assert caught.value.message == "sr:Header and one sr:Body child are required"
 
 
@@ -203,7 +203,7 @@ def test_body_exactly_at_the_size_limit_is_parsed() -> None:
     assert parse(data, policy).tag.endswith("Request")
 
 
-# ------------------------------------------------------------------ E30: parse
+# ------------------------------------------------------------------ MALFORMED: parse
 
 
 BILLION_LAUGHS = (
@@ -227,7 +227,7 @@ def _with_doctype(doctype: str, *, info: str = "x") -> bytes:
     )
 
 
-E30_CASES: dict[str, tuple[bytes, str]] = {
+MALFORMED_CASES: dict[str, tuple[bytes, str]] = {
     "empty body": (b"", "empty"),
     "invalid utf-8": (
         fault_request(additional_information="@@").replace(b"@@", b"caf\xe9"),
@@ -294,10 +294,10 @@ E30_CASES: dict[str, tuple[bytes, str]] = {
 }
 
 
-@pytest.mark.parametrize(("data", "fragment"), list(E30_CASES.values()), ids=list(E30_CASES))
-def test_malformed_documents_are_refused_with_e30(data: bytes, fragment: str) -> None:
+@pytest.mark.parametrize(("data", "fragment"), list(MALFORMED_CASES.values()), ids=list(MALFORMED_CASES))
+def test_malformed_documents_are_refused_as_malformed(data: bytes, fragment: str) -> None:
     rejection = refusal(data)
-    assert rejection.code is E30
+    assert rejection.code is MALFORMED
     assert fragment in rejection.message
     assert rejection.http_status == 400
 
@@ -317,7 +317,7 @@ def test_over_size_body_is_refused_before_parsing() -> None:
     policy = replace(REQUEST_POLICY, max_body_bytes=len(data) - 1)
     with pytest.raises(EnvelopeRejection) as caught:
         parse(data, policy)
-    assert caught.value.code is E30
+    assert caught.value.code is MALFORMED
     assert caught.value.message == (
         f"the body has {len(data)} bytes, over the {len(data) - 1} limit"
     )
@@ -327,7 +327,7 @@ def test_default_size_limit_is_64_kib() -> None:
     padding = b" " * (64 * 1024)
     data = fault_request().replace(b"<sr:Header>", b"<sr:Header>" + padding)
     rejection = refusal(data)
-    assert rejection.code is E30
+    assert rejection.code is MALFORMED
     assert "over the 65536 limit" in rejection.message
     # Not the size limit of a DSP response: the same bytes are under 1 MiB.
     assert parse(data, DSP_RESPONSE_POLICY) is not None
@@ -395,7 +395,7 @@ def test_external_entity_is_refused_without_opening_the_file(tmp_path: Path) -> 
         # Positive control: the watch does see an open.
         assert secret.read_text() == "TOP-SECRET-MARKER"
         assert watch.events() != b""
-    assert rejection.code is E30
+    assert rejection.code is MALFORMED
     assert "TOP-SECRET-MARKER" not in str(rejection)
 
 
@@ -416,7 +416,7 @@ def test_external_dtd_is_refused_without_opening_the_file(tmp_path: Path, doctyp
     with watched(dtd) as watch:
         rejection = refusal(data)
         assert watch.events() == b"", "the parser opened the DTD file"
-    assert rejection.code is E30
+    assert rejection.code is MALFORMED
 
 
 def test_xxe_response_vector_is_refused_without_reading_etc_passwd() -> None:
@@ -425,12 +425,12 @@ def test_xxe_response_vector_is_refused_without_reading_etc_passwd() -> None:
         for policy in (REQUEST_POLICY, DSP_RESPONSE_POLICY):
             with pytest.raises(EnvelopeRejection) as caught:
                 parse(data, policy)
-            assert caught.value.code is E30
+            assert caught.value.code is MALFORMED
             assert caught.value.message == "a DOCTYPE is not allowed"
         assert watch.events() == b""
 
 
-# ------------------------------------------------------------------ E31: schema and variant
+# ------------------------------------------------------------------ SCHEMA: schema and variant
 
 
 E31_CASES: dict[str, tuple[bytes, str]] = {
@@ -524,9 +524,9 @@ E31_CASES: dict[str, tuple[bytes, str]] = {
 
 @pytest.mark.parametrize(("data", "fragment"), list(E31_CASES.values()), ids=list(E31_CASES))
 def test_schema_and_variant_failures_are_refused_with_e31(data: bytes, fragment: str) -> None:
-    parse(data, REQUEST_POLICY)  # well-formed: not an E30
+    parse(data, REQUEST_POLICY)  # well-formed: not an MALFORMED
     rejection = refusal(data)
-    assert rejection.code is E31
+    assert rejection.code is SCHEMA
     assert fragment in rejection.message
     assert rejection.http_status == 400
 
@@ -544,7 +544,7 @@ def test_dcc_example_templates_with_comments_are_refused() -> None:
         with pytest.raises(EnvelopeRejection) as caught:
             parse(path.read_bytes(), REQUEST_POLICY)
         # The templates carry a comment inside ds:Signature.
-        assert caught.value.code is E30, path.name
+        assert caught.value.code is MALFORMED, path.name
         assert "comment inside" in caught.value.message
 
 

@@ -300,7 +300,7 @@ def test_trickling_clients_are_cut_off_and_others_still_served(
         head, _, payload = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), head
         assert b"x-duis-response-code: e30" in head.lower()
-        assert read_response(payload, world.dcc_certificates()).code.value == "E30"
+        assert read_response(payload, world.dcc_certificates()).code.value == "E46"
     with processor.sessions() as session:
         reasons = session.scalars(select(AuditEntry.reason).where(~AuditEntry.accepted)).all()
     assert reasons == ["body not received within 1 s"] * 10

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner, Result
 
 from hubreturns.cli import app
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason, ResponseCode
 from hubreturns.config import DEFAULT_ACB, Settings
 from hubreturns.demo import GS, IS, RSA, DemoWorld, scenario_bodies
 from hubreturns.extensions import register_commands
@@ -169,7 +169,7 @@ def test_order_delivery_return_lifecycle_and_return_again(
 
     # The Supplier returns one of the delivered hubs over DUIS.
     first = processor.handle_duis(duis_return(world, IS, CHF1, GPF1, 1), Endpoint.NON_DEVICE)
-    assert first.code is ResponseCode.I99, first.reason
+    assert first.verdict is ResponseCode.I99, first.reason
     return_id = first.return_id
     assert return_id is not None
     assert status_of(seeded, return_id) == "notified"
@@ -212,7 +212,7 @@ def test_order_delivery_return_lifecycle_and_return_again(
 
     # While the return is open, the hub cannot be returned again (E44).
     again = processor.handle_duis(duis_return(world, IS, CHF1, GPF1, 2), Endpoint.NON_DEVICE)
-    assert again.code is ResponseCode.E44
+    assert again.verdict is Reason.OPEN_RETURN
 
     result = cli("lifecycle", "close", str(return_id))
     assert result.exit_code == 0, result.output
@@ -234,7 +234,7 @@ def test_order_delivery_return_lifecycle_and_return_again(
 
     # Closed: the same hub can be returned again.
     second = processor.handle_duis(duis_return(world, IS, CHF1, GPF1, 3), Endpoint.NON_DEVICE)
-    assert second.code is ResponseCode.I99, second.reason
+    assert second.verdict is ResponseCode.I99, second.reason
 
     today = datetime.now(UTC).date()
     result = cli("charges", "--from", str(today), "--to", str(today), "--csv")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lxml import etree
 from wire_helpers import ACB, DSP_SIGNER, SUPPLIER, load_signer, pki_store, xmlsec_verify
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import DEFAULT_PROFILE, Reason, ResponseCode
 from hubreturns.errors import SignatureRejection
 from hubreturns.model import COUNTER_MAX, RequestId
 from hubreturns.policy import DSP_RESPONSE_POLICY, REQUEST_POLICY
@@ -34,7 +34,7 @@ def build(
     signer: ResponseSigner,
     *,
     request_id: RequestId | None = REQUEST_ID,
-    code: ResponseCode = ResponseCode.I99,
+    code: str = ResponseCode.I99,
     variant: str = "8.14.3",
     now: datetime = MOMENT,
 ) -> bytes:
@@ -55,28 +55,42 @@ def header(data: bytes) -> dict[str, str]:
     return {etree.QName(child).localname: child.text or "" for child in found}
 
 
-@pytest.mark.parametrize("code", list(ResponseCode))
+#: Every code the service may answer with under the default profile.
+ANSWERED = [code for code, _, _ in DEFAULT_PROFILE.rows()]
+
+
+@pytest.mark.parametrize("code", ANSWERED)
 @pytest.mark.parametrize("variant", ["8.14.3", "8.14.4"])
 def test_every_code_gives_a_schema_valid_response(
-    signer: ResponseSigner, code: ResponseCode, variant: str
+    signer: ResponseSigner, code: str, variant: str
 ) -> None:
     data = build(signer, code=code, variant=variant)
     root = parse(data, DSP_RESPONSE_POLICY)
     assert root.tag == f"{_SR}Response"
     xsd = schema()
     assert xsd.validate(root), xsd.error_log
-    assert header(data)["ResponseCode"] == code.value
+    assert header(data)["ResponseCode"] == code
     body = root.find(f"{_SR}Body/{_SR}ResponseMessage")
     assert body is not None
     assert body.findtext(f"{_SR}ServiceReference") == "8.14"
     assert body.findtext(f"{_SR}ServiceReferenceVariant") == variant
 
 
-def test_response_id_swaps_target_and_originator(signer: ResponseSigner) -> None:
-    fields = header(build(signer))
+@pytest.mark.parametrize("code", [ResponseCode.I99, DEFAULT_PROFILE.code(Reason.REPLAY)])
+def test_acknowledgement_has_the_dcc_only_shape_without_response_id(
+    signer: ResponseSigner, code: str
+) -> None:
+    """Like DCC's signed answers to Command Variant 8 requests: RequestID, ResponseCode,
+    ResponseDateTime and no ResponseID (only device responses carry one); still valid
+    against the DUIS schema and signed."""
+    data = build(signer, code=code)
+    fields = header(data)
+    assert list(fields) == ["RequestID", "ResponseCode", "ResponseDateTime"]
     assert fields["RequestID"] == f"{SUPPLIER}:{ACB}:18446744073709551615"
-    assert fields["ResponseID"] == f"{ACB}:{SUPPLIER}:18446744073709551615"
-    assert list(fields) == ["RequestID", "ResponseID", "ResponseCode", "ResponseDateTime"]
+    assert b"ResponseID" not in data
+    root = parse(data, DSP_RESPONSE_POLICY)
+    assert schema().validate(root), schema().error_log
+    assert verify(root, pki_store(), DSP_RESPONSE_POLICY, datetime.now(UTC)).eui == ACB
 
 
 @pytest.mark.parametrize(
@@ -104,11 +118,11 @@ def test_response_datetime_of_now_has_the_duis_shape(signer: ResponseSigner) -> 
 
 
 def test_response_without_request_id(signer: ResponseSigner) -> None:
-    data = build(signer, request_id=None, code=ResponseCode.E30)
+    data = build(signer, request_id=None, code=DEFAULT_PROFILE.code(Reason.MALFORMED))
     fields = header(data)
     assert "RequestID" not in fields
     assert "ResponseID" not in fields
-    assert fields["ResponseCode"] == "E30"
+    assert fields["ResponseCode"] == "E46"
     root = parse(data, DSP_RESPONSE_POLICY)
     assert schema().validate(root), schema().error_log
     assert verify(root, pki_store(), DSP_RESPONSE_POLICY, datetime.now(UTC)).eui == ACB
@@ -134,14 +148,14 @@ def test_response_is_not_acceptable_as_a_user_request(signer: ResponseSigner) ->
     root = parse(build(signer), REQUEST_POLICY)
     with pytest.raises(SignatureRejection) as caught:
         verify(root, pki_store(), REQUEST_POLICY, datetime.now(UTC))
-    assert caught.value.code is ResponseCode.E42
+    assert caught.value.code is Reason.UNUSABLE_CERTIFICATE
 
 
 def test_tampered_response_fails_verification(signer: ResponseSigner) -> None:
     data = build(signer, code=ResponseCode.E4).replace(b">E4<", b">I99<")
     with pytest.raises(SignatureRejection) as caught:
         verify(parse(data, DSP_RESPONSE_POLICY), pki_store(), DSP_RESPONSE_POLICY, MOMENT)
-    assert caught.value.code is ResponseCode.E40
+    assert caught.value.code is Reason.SIGNATURE
     assert "DigestValue does not match" in caught.value.message
     assert xmlsec_verify(data, signer.certificate).returncode != 0
 
@@ -160,7 +174,7 @@ def test_response_verifies_with_xmlsec1(
 def reference_response(
     *,
     request_id: RequestId | None,
-    code: ResponseCode,
+    code: str,
     service_reference: str,
     service_reference_variant: str,
     now: datetime,
@@ -171,8 +185,7 @@ def reference_response(
     head = etree.SubElement(root, f"{_SR}Header")
     if request_id is not None:
         etree.SubElement(head, f"{_SR}RequestID").text = str(request_id)
-        etree.SubElement(head, f"{_SR}ResponseID").text = request_id.response_id()
-    etree.SubElement(head, f"{_SR}ResponseCode").text = code.value
+    etree.SubElement(head, f"{_SR}ResponseCode").text = code
     etree.SubElement(head, f"{_SR}ResponseDateTime").text = format_datetime(now)
     message = etree.SubElement(etree.SubElement(root, f"{_SR}Body"), f"{_SR}ResponseMessage")
     etree.SubElement(message, f"{_SR}ServiceReference").text = service_reference
@@ -194,7 +207,7 @@ def assert_same_as_reference(
     signer: ResponseSigner,
     *,
     request_id: RequestId | None = REQUEST_ID,
-    code: ResponseCode = ResponseCode.I99,
+    code: str = ResponseCode.I99,
     variant: str = "8.14.3",
     now: datetime = MOMENT,
     reference: str = "8.14",
@@ -234,14 +247,14 @@ moments = st.datetimes(
 @settings(max_examples=150, deadline=None)
 @given(
     request_id=request_ids,
-    code=st.sampled_from(list(ResponseCode)),
+    code=st.sampled_from(ANSWERED),
     variant=st.sampled_from(["8.14.3", "8.14.4"]),
     moment=moments,
 )
 def test_template_matches_the_lxml_reference_and_is_schema_valid(
     signer: ResponseSigner,
     request_id: RequestId | None,
-    code: ResponseCode,
+    code: str,
     variant: str,
     moment: datetime,
 ) -> None:

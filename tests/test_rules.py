@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wire_helpers import ACB, DEVICE, GPF, RSA_USER, SUPPLIER, SUPPLIER_2
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import DEFAULT_PROFILE, Reason, ResponseCode, Verdict
 from hubreturns.model import (
     ConnectionMethod,
     DeviceType,
@@ -27,6 +27,7 @@ from hubreturns.model import (
 from hubreturns.rules import RULES, DeviceFacts, Facts, UserFacts, decide
 
 C = ResponseCode
+R = Reason
 OTHER_GPF = "00-DB-12-34-56-78-90-AF"
 NOT_ACB = "90-B3-D5-1F-30-00-00-09"
 
@@ -130,12 +131,16 @@ def _rsa_on_installed_hub(f: Facts) -> Facts:
 
 
 #: (code, how to break only that row, fragment of the reason), in RULES order.
-ROWS: list[tuple[ResponseCode, Breaker, str]] = [
-    (C.E20, _wrong_target, f"business target {NOT_ACB} is not the DCC Access Control Broker"),
+ROWS: list[tuple[Verdict, Breaker, str]] = [
+    (
+        R.WRONG_TARGET,
+        _wrong_target,
+        f"business target {NOT_ACB} is not the DCC Access Control Broker",
+    ),
     (C.E1, lambda f: replace(f, user=None), f"{SUPPLIER} is not a registered User ID"),
     (C.E3, lambda f: _user(f, status=UserStatus.SUSPENDED), "is suspended"),
     (C.E2, lambda f: _user(f, role=Role.ED), "role ED may not send 8.14.3"),
-    (C.E21, lambda f: replace(f, last_counter=10), "counter 10 is not above the last"),
+    (R.REPLAY, lambda f: replace(f, last_counter=10), "counter 10 is not above the last"),
     (C.E12, lambda f: _request(f, command_variant=1), "CommandVariant 1; 8.14 requests use 8"),
     (C.E13, lambda f: replace(f, endpoint=Endpoint.SEND_COMMAND), "not the non-device endpoint"),
     (C.E19, lambda f: replace(f, device=None), f"device {DEVICE} is not in the inventory"),
@@ -147,11 +152,11 @@ ROWS: list[tuple[ResponseCode, Breaker, str]] = [
     ),
     (C.E5, _rsa_on_installed_hub, "an RSA may return a hub only while it is Pending"),
     (
-        C.E45,
+        R.GPF_MISMATCH,
         lambda f: _request(f, other_device_id=OTHER_GPF),
         f"OtherDeviceID {OTHER_GPF} is not the hub's GPF {GPF}",
     ),
-    (C.E44, lambda f: _device(f, has_open_return=True), "already has an open return"),
+    (R.OPEN_RETURN, lambda f: _device(f, has_open_return=True), "already has an open return"),
 ]
 
 
@@ -195,7 +200,7 @@ def test_everything_broken_gives_the_first_row() -> None:
     f = facts()
     for _, breaker, _ in reversed(ROWS):
         f = breaker(f)
-    assert decide(f).code is C.E20
+    assert decide(f).code is R.WRONG_TARGET
 
 
 def test_supplier_not_responsible_message() -> None:
@@ -474,7 +479,7 @@ def test_supplier_regression(
         appointed_by=frozenset({SUPPLIER_2}),
     )
     decision = decide(f)
-    assert decision.code.value == expected
+    assert DEFAULT_PROFILE.code(decision.code) == expected
     assert decision.on_behalf_of == (SUPPLIER if expected == "I99" else None)
 
 

@@ -33,14 +33,14 @@ from wire_helpers import (
     xmlsec_verify,
 )
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason, ResponseCode
 from hubreturns.errors import EnvelopeRejection, SignatureRejection
 from hubreturns.policy import DSP_RESPONSE_POLICY, REQUEST_POLICY, SecurityPolicy
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import DS_NS, SR_NS, parse, read_request, validate
 from hubreturns.wire.signature import CertificateLookup, verify
 
-E40, E41, E42 = ResponseCode.E40, ResponseCode.E41, ResponseCode.E42
+E40, E41, E42 = Reason.SIGNATURE, Reason.UNKNOWN_CERTIFICATE, Reason.UNUSABLE_CERTIFICATE
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _DS = f"{{{DS_NS}}}"
 _SR = f"{{{SR_NS}}}"
@@ -150,7 +150,7 @@ def test_high_s_malleated_signature_still_verifies(signed: bytes) -> None:
     # ECDSA signatures are malleable: (r, n - s) is as valid as (r, s). We do not
     # enforce low-S, so a malleated copy of a request verifies. That is fine:
     # re-use of a signed request is stopped by the RequestID counter (replay
-    # protection, E21), never by the signature bytes. The replay test lives in
+    # protection, REPLAY), never by the signature bytes. The replay test lives in
     # the service tests.
     def malleate(root: etree._Element) -> None:
         value = ds(root, "ds:Signature/ds:SignatureValue")
@@ -169,8 +169,8 @@ def test_high_s_malleated_signature_still_verifies(signed: bytes) -> None:
 #: (with DSP_RESPONSE_POLICY against the pre-1.4.1 DSP certificate) or the code.
 VECTOR_MANIFEST: dict[str, str | ResponseCode] = {
     "dccboxed-signed-response.xml": "verifies",
-    "dccboxed-signed-response-badsignature.xml": ResponseCode.E40,
-    "xxe-response.xml": ResponseCode.E30,
+    "dccboxed-signed-response-badsignature.xml": Reason.SIGNATURE,
+    "xxe-response.xml": Reason.MALFORMED,
 }
 VECTOR_TIME = datetime(2022, 8, 17, 15, 45, 43, tzinfo=UTC)
 
@@ -197,7 +197,7 @@ def test_dcc_vector(name: str, expected: str | ResponseCode) -> None:
     with pytest.raises((EnvelopeRejection, SignatureRejection)) as caught:
         check(data, policy=DSP_RESPONSE_POLICY, lookup=store, at=VECTOR_TIME)
     assert caught.value.code is expected
-    if expected is ResponseCode.E40:
+    if expected is Reason.SIGNATURE:
         assert "does not verify" in caught.value.message
 
 

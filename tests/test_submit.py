@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 from wire_helpers import xmlsec_verify
 
 from hubreturns.cli import app
-from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, Reason, ResponseCode, Verdict
 from hubreturns.demo import DemoWorld
 from hubreturns.extensions import register_commands
 from hubreturns.model import RequestId, ReturnKind, ReturnRequest
@@ -109,36 +109,36 @@ def test_every_refusal_prints_code_meaning_and_hint(
 ) -> None:
     accepted = submit(server, world, IS, tmp_path, *no_fault(hub("B2")))
     assert accepted.exit_code == 0, accepted.output
-    cases: list[tuple[ResponseCode, str, list[str]]] = [
-        (ResponseCode.E44, IS, no_fault(hub("B2"))),
+    cases: list[tuple[Verdict, str, list[str]]] = [
+        (Reason.OPEN_RETURN, IS, no_fault(hub("B2"))),
         (ResponseCode.E4, GS, no_fault(hub("F2"))),
         (ResponseCode.E5, RSA, fault(hub("D2"), hub("D0"))),
         (ResponseCode.E19, IS, no_fault(hub("99"))),
         (ResponseCode.E11, IS, no_fault(hub("A1"))),
-        (ResponseCode.E45, IS, fault(hub("F2"), hub("B0"))),
+        (Reason.GPF_MISMATCH, IS, fault(hub("F2"), hub("B0"))),
         (ResponseCode.E2, ED, no_fault(hub("F2"))),
         (ResponseCode.E3, GS_SUSPENDED, no_fault(hub("E2"))),
         (ResponseCode.E1, UNREGISTERED, no_fault(hub("F2"))),
-        (ResponseCode.E41, "is-unloaded", no_fault(hub("F2"))),
-        (ResponseCode.E42, "is-expired", no_fault(hub("F2"))),
-        (ResponseCode.E20, IS, [*no_fault(hub("F2")), "--target", "00-DB-12-34-56-78-FF-FF"]),
+        (Reason.UNKNOWN_CERTIFICATE, "is-unloaded", no_fault(hub("F2"))),
+        (Reason.UNUSABLE_CERTIFICATE, "is-expired", no_fault(hub("F2"))),
+        (Reason.WRONG_TARGET, IS, [*no_fault(hub("F2")), "--target", "00-DB-12-34-56-78-FF-FF"]),
     ]
     wrong: list[str] = []
     for code, who, args in cases:
         result = submit(server, world, who, tmp_path / who, *args)
         info = CODE_INFO[code]
         if result.exit_code != 1 or not all(
-            text in result.output for text in (code.value, info.meaning, info.hint)
+            text in result.output for text in (DEFAULT_PROFILE.code(code), info.meaning, info.hint)
         ):
             wrong.append(f"{code}: exit {result.exit_code}\n{result.output}")
     assert not wrong, "\n".join(wrong)
     with seeded() as session:
         codes = [a.code for a in session.scalars(select(AuditEntry).order_by(AuditEntry.id))]
-        assert codes == ["I99"] + [c.value for c, _, _ in cases]
+        assert codes == ["I99"] + [DEFAULT_PROFILE.code(c) for c, _, _ in cases]
         assert len(session.scalars(select(ReturnRecord)).all()) == 1
 
 
-def test_a_counter_behind_the_service_gets_e21_with_its_hint(
+def test_a_counter_behind_the_service_gets_the_replay_code_with_its_hint(
     server: str, world: DemoWorld, seeded: sessionmaker[Session], tmp_path: Path
 ) -> None:
     assert submit(server, world, IS, tmp_path, *no_fault(hub("B2"))).exit_code == 0
@@ -146,8 +146,8 @@ def test_a_counter_behind_the_service_gets_e21_with_its_hint(
     state.write_text(json.dumps({"originator": IS, "last_counter": 5}))
     result = submit(server, world, IS, tmp_path, *no_fault(hub("F2")), "--retries", "0")
     assert result.exit_code == 1
-    assert "E21" in result.output
-    assert CODE_INFO[ResponseCode.E21].hint in result.output
+    assert "E48" in result.output
+    assert CODE_INFO[Reason.REPLAY].hint in result.output
     assert f"{IS}:90-B3-D5-1F-30-00-00-02:6" in result.output
 
 
@@ -281,7 +281,9 @@ def test_bulk_mixed_csv_matches_the_database(
     assert [(r["row"], r["code"]) for r in rows] == [
         ("2", "I99"), ("4", "I99"), ("5", "E45"), ("6", "E19"), ("7", "E11"), ("8", "E4"),
     ]  # fmt: skip
-    assert all(r["meaning"] == CODE_INFO[ResponseCode(r["code"])].meaning for r in rows)
+    assert all(
+        r["meaning"] == getattr(DEFAULT_PROFILE.explain(r["code"]), "meaning", None) for r in rows
+    )
     with seeded() as session:
         audit = {a.request_id: a.code for a in session.scalars(select(AuditEntry))}
         returns = {r.request_id for r in session.scalars(select(ReturnRecord))}

@@ -26,7 +26,7 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.codes import CODE_INFO
+from hubreturns.codes import CodeProfile, Reason
 from hubreturns.config import ConfigError, Settings, load_settings
 from hubreturns.importers import ImportFailed
 from hubreturns.loading import (
@@ -536,7 +536,7 @@ def demo(
         table.add_row(
             str(n),
             result.scenario.name,
-            result.scenario.expected.value,
+            result.scenario.expected_code,
             result.received,
             str(result.http_status),
             "yes" if result.signature_ok else "NO",
@@ -697,31 +697,54 @@ def log_cmd(
     )
 
 
-@app.command()
-def codes(markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False) -> None:
-    """The response codes this service answers with."""
-    rows = [
+def _code_rows(profile: CodeProfile) -> list[tuple[str, str, str, str, str, str]]:
+    """(code, reason, meaning, defined by, HTTP, hint) for every code in the profile."""
+    return [
         (
-            code.value,
+            code,
+            verdict.value if isinstance(verdict, Reason) else "",
             i.meaning,
+            "configurable" if isinstance(verdict, Reason) else "DUIS",
             str(i.http_status),
-            "hubreturns" if i.chosen_here else "DUIS",
             i.hint,
         )
-        for code, i in CODE_INFO.items()
+        for code, verdict, i in profile.rows()
     ]
+
+
+@app.command()
+def codes(
+    markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The response code profile in force: DUIS-defined codes and configurable choices.
+
+    A configurable code is this project's choice pending DCC's DUGIDS, changed in
+    the [response_codes] table of the configuration file (docs/response-codes.md).
+    """
+    rows = _code_rows(_settings(config).response_codes)
     if markdown:
-        print("| code | meaning | HTTP | defined by | hint |\n|---|---|---|---|---|")
+        print("| code | reason | meaning | defined by | HTTP | hint |\n|---|---|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
         return
-    _emit(("code", "meaning", "HTTP", "defined by", "hint"), list(rows), False, "Response codes")
+    table = Table("code", "reason", "meaning", "defined by", "HTTP", title="Response codes")
+    for row in rows:
+        table.add_row(*row[:5])
+    Console(width=min(console.width, 100)).print(table)
+    console.print(
+        "configurable: this project's choice pending DCC's DUGIDS; set in [response_codes]"
+    )
 
 
 @app.command()
-def rules(markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False) -> None:
-    """The decision table, in the order it is applied."""
-    rows = [(str(n), r.code.value, r.name, r.source) for n, r in enumerate(RULES, 1)]
+def rules(
+    markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The decision table, in the order it is applied (codes from the profile in force)."""
+    profile = _settings(config).response_codes
+    rows = [(str(n), profile.code(r.code), r.name, r.source) for n, r in enumerate(RULES, 1)]
     if markdown:
         print("| # | code | check | source |\n|---|---|---|---|")
         for row in rows:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason, duis_response_codes
 from hubreturns.errors import EnvelopeRejection
 from hubreturns.policy import DSP_RESPONSE_POLICY
 from hubreturns.wire import envelope, signature
@@ -21,7 +21,10 @@ _SR = f"{{{envelope.SR_NS}}}"
 
 @dataclass(frozen=True, slots=True)
 class ReadResponse:
-    code: ResponseCode
+    """A verified response's header; ``code`` is the wire code (explain it with the
+    ``CodeProfile`` the service uses: ``CodeProfile.explain``)."""
+
+    code: str
     request_id: str | None
     response_id: str | None
     signer: SigningCertificate
@@ -37,18 +40,16 @@ def read_response(
     known = {cert.key: cert for cert in dcc_certificates}
     root = envelope.parse(body, DSP_RESPONSE_POLICY)
     if root.tag != f"{_SR}Response":
-        raise EnvelopeRejection(ResponseCode.E31, f"expected sr:Response, got {root.tag}")
+        raise EnvelopeRejection(Reason.SCHEMA, f"expected sr:Response, got {root.tag}")
     signer = signature.verify(
         root,
         lambda issuer, serial: known.get((issuer, serial)),
         DSP_RESPONSE_POLICY,
         now or datetime.now(UTC),
     )
-    code_text = root.findtext(f"{_SR}Header/{_SR}ResponseCode") or ""
-    try:
-        code = ResponseCode(code_text)
-    except ValueError:
-        raise EnvelopeRejection(ResponseCode.E31, f"unknown response code {code_text!r}") from None
+    code = root.findtext(f"{_SR}Header/{_SR}ResponseCode") or ""
+    if code not in duis_response_codes():
+        raise EnvelopeRejection(Reason.SCHEMA, f"unknown response code {code!r}")
     return ReadResponse(
         code=code,
         request_id=root.findtext(f"{_SR}Header/{_SR}RequestID"),

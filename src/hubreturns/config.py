@@ -20,9 +20,15 @@ it exists. Keys (TOML / environment):
 ``tls_key``            ``HUBRETURNS_TLS_KEY``           none
 ``tls_client_ca``      ``HUBRETURNS_TLS_CLIENT_CA``     none (no client certificate)
 ``smki_ca_certs``      ``HUBRETURNS_SMKI_CA_CERTS``     none (operator-vouched)
+``[response_codes]``   (TOML only)                      ``codes.DEFAULT_CODES``
 =====================  ===============================  ==========================
 
 The connection limits and TLS are described in docs/configuration.md and docs/tls.md.
+
+``[response_codes]`` maps refusal reasons to response codes (``replay = "E48"``),
+over the defaults; an unknown reason, a code outside the DUIS 5.4 enumeration, a
+DUIS-defined or published-meaning code, or a code given twice is refused at start
+(docs/response-codes.md).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from hubreturns.codes import DEFAULT_PROFILE, CodeProfile
 from hubreturns.model import eui
 from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
 from hubreturns.smki import TrustAnchors, load_trust_anchors
@@ -119,6 +126,8 @@ class Settings:
     #: SMKI CA certificates (PEM file or folder) every loaded certificate must chain
     #: to; None = certificates are operator-vouched (``smki``), and the service says so.
     smki_ca_certs: Path | None = None
+    #: The wire code of each refusal reason (``[response_codes]`` over the defaults).
+    response_codes: CodeProfile = DEFAULT_PROFILE
 
     def __post_init__(self) -> None:
         # A half-configured TLS would serve plain HTTP or skip client certificates:
@@ -202,7 +211,24 @@ def _whole(value: Any) -> int:
     return int(value)
 
 
+def _profile(value: Any) -> CodeProfile:
+    """The ``[response_codes]`` table over the defaults, or a ConfigError saying why not."""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            'response_codes must be a TOML table such as [response_codes] replay = "E48"'
+        )
+    try:
+        return CodeProfile.with_overrides(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"[response_codes]: {exc}; `hubreturns codes` lists the profile in force, "
+            "docs/response-codes.md the rules"
+        ) from None
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "response_codes":
+        return _profile(value)
     if name in ("signing_key", "signing_cert", "tariff_file", "smki_ca_certs", *_TLS_FILES):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name} must be a file path, got {value!r}")
@@ -262,14 +288,16 @@ def load_settings(
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        section = data.get("hubreturns", data)
+        section = dict(data.get("hubreturns", data))
+        if "response_codes" in data:  # a top-level table beside [hubreturns]
+            section.setdefault("response_codes", data["response_codes"])
         unknown = set(section) - known
         if unknown:
             raise ConfigError(
                 f"unknown setting(s) {sorted(unknown)} in {path}; known: {sorted(known)}"
             )
         values.update(section)
-    for name in known:
+    for name in known - {"response_codes"}:  # a table: TOML only
         key = f"HUBRETURNS_{name.upper()}"
         if key in env:
             values[name] = env[key]

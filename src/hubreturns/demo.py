@@ -19,7 +19,7 @@ import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.client import read_response
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import DEFAULT_PROFILE, Reason, ResponseCode, Verdict
 from hubreturns.config import DEFAULT_ACB, packaged_pki
 from hubreturns.errors import Rejection
 from hubreturns.loading import load_appointments, load_certificates, load_devices, load_users
@@ -101,7 +101,7 @@ class Tamper(enum.Enum):
 class Scenario:
     name: str
     sender: str
-    expected: ResponseCode
+    expected: Verdict
     device: str
     kind: ReturnKind = ReturnKind.FAULT
     signer: str | None = None
@@ -112,8 +112,13 @@ class Scenario:
     tamper: Tamper = Tamper.NONE
     replays: str | None = None
 
+    @property
+    def expected_code(self) -> str:
+        """The wire code expected from a service with the default code profile."""
+        return DEFAULT_PROFILE.code(self.expected)
 
-_E = ResponseCode
+
+_E, _R = ResponseCode, Reason
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(name="IS fault return, Pending hub", sender=IS, device=_hub("A2"), expected=_E.I99),
     Scenario(
@@ -160,7 +165,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         sender=IS,
         device=_hub("F2"),
         target="00-DB-12-34-56-78-FF-FF",
-        expected=_E.E20,
+        expected=_R.WRONG_TARGET,
     ),
     Scenario(
         name="Replay of an accepted request",
@@ -168,65 +173,67 @@ SCENARIOS: tuple[Scenario, ...] = (
         device=_hub("A2"),
         tamper=Tamper.REPLAY,
         replays="IS fault return, Pending hub",
-        expected=_E.E21,
+        expected=_R.REPLAY,
     ),
-    Scenario(name="Hub already returned", sender=IS, device=_hub("A2"), expected=_E.E44),
+    Scenario(name="Hub already returned", sender=IS, device=_hub("A2"), expected=_R.OPEN_RETURN),
     Scenario(
         name="OtherDeviceID not the hub's GPF",
         sender=IS,
         device=_hub("F2"),
         other_device=_hub("B0"),
-        expected=_E.E45,
+        expected=_R.GPF_MISMATCH,
     ),
     Scenario(
         name="Body changed after signing",
         sender=IS,
         device=_hub("F2"),
         tamper=Tamper.BODY_AFTER_SIGNING,
-        expected=_E.E40,
+        expected=_R.SIGNATURE,
     ),
     Scenario(
         name="Unsigned request",
         sender=IS,
         device=_hub("F2"),
         tamper=Tamper.UNSIGNED,
-        expected=_E.E40,
+        expected=_R.SIGNATURE,
     ),
     Scenario(
         name="Certificate not in SMKI repository",
         sender=IS,
         signer=IS_UNLOADED,
         device=_hub("F2"),
-        expected=_E.E41,
+        expected=_R.UNKNOWN_CERTIFICATE,
     ),
     Scenario(
         name="Expired certificate",
         sender=IS,
         signer=IS_EXPIRED,
         device=_hub("F2"),
-        expected=_E.E42,
+        expected=_R.UNUSABLE_CERTIFICATE,
     ),
     Scenario(
         name="Signed with another user's certificate",
         sender=IS,
         signer=GS,
         device=_hub("F2"),
-        expected=_E.E43,
+        expected=_R.IDENTITY_MISMATCH,
     ),
-    Scenario(name="Not XML", sender=IS, device=_hub("F2"), tamper=Tamper.NOT_XML, expected=_E.E30),
+    Scenario(
+        name="Not XML", sender=IS, device=_hub("F2"), tamper=Tamper.NOT_XML, expected=_R.MALFORMED
+    ),
     Scenario(
         name="DOCTYPE / external entity",
         sender=IS,
         device=_hub("F2"),
         tamper=Tamper.DOCTYPE,
-        expected=_E.E30,
+        expected=_R.MALFORMED,
     ),
     Scenario(
         name="Schema-invalid DeviceID",
         sender=IS,
         device=_hub("F2"),
         tamper=Tamper.SCHEMA,
-        expected=_E.E31,
+        expected=_R.SCHEMA,
     ),
 )
 
@@ -397,7 +404,7 @@ class ScenarioResult:
 
     @property
     def passed(self) -> bool:
-        return self.signature_ok and self.received == self.scenario.expected.value
+        return self.signature_ok and self.received == self.scenario.expected_code
 
 
 def run_scenarios(
@@ -420,7 +427,7 @@ def run_scenarios(
             )
             try:
                 read = read_response(reply.content, dcc)
-                result = ScenarioResult(scenario, read.code.value, reply.status_code, True)
+                result = ScenarioResult(scenario, read.code, reply.status_code, True)
             except Rejection as exc:
                 result = ScenarioResult(
                     scenario,

@@ -1,14 +1,15 @@
-"""Refusals: one exception type per layer, each carrying a DUIS code.
+"""Refusals: one exception type per layer, each carrying a ``Verdict``.
 
 A ``Rejection`` is raised where a check fails and translated exactly once, at
-the service edge, into a signed acknowledgement and an audit row. Any other
-exception escaping the request path is a bug and is answered with E100 after
+the service edge, into a signed acknowledgement and an audit row (a ``Reason``
+gets its wire code from the ``CodeProfile`` there). Any other
+exception escaping the request path is a bug and is answered with the UNAVAILABLE code after
 rolling back.
 """
 
 from __future__ import annotations
 
-from hubreturns.codes import ResponseCode, info
+from hubreturns.codes import Verdict, info
 
 __all__ = [
     "EnvelopeRejection",
@@ -19,18 +20,19 @@ __all__ = [
 
 
 class Rejection(Exception):
-    """A request refused with ``code``; ``message`` says what was wrong.
+    """A request refused with ``code`` (a DUIS-defined code or a ``Reason``);
+    ``message`` says what was wrong.
 
     ``sender`` is the User ID whose certificate verified the request's signature,
-    when the refusal came after that (E43, or a signed request unreadable); the
+    when the refusal came after that (IDENTITY_MISMATCH, or a signed request unreadable); the
     audit row keeps it apart from the originator the request merely claims.
     """
 
-    code: ResponseCode
+    code: Verdict
     message: str
     sender: str | None
 
-    def __init__(self, code: ResponseCode, message: str, *, sender: str | None = None) -> None:
+    def __init__(self, code: Verdict, message: str, *, sender: str | None = None) -> None:
         if type(self) is Rejection:
             raise TypeError("raise a layer-specific Rejection subclass")
         super().__init__(f"{code}: {message}")
@@ -48,12 +50,12 @@ class Rejection(Exception):
 
 
 class EnvelopeRejection(Rejection):
-    """Bytes that are not an acceptable, schema-valid DUIS document (E30, E31)."""
+    """Bytes that are not an acceptable DUIS document (MALFORMED, SCHEMA, SCHEMA_VERSION)."""
 
 
 class SignatureRejection(Rejection):
-    """Signature profile, cryptography or certificate failures (E40 – E43)."""
+    """Signature profile, cryptography or certificate failures (SIGNATURE … IDENTITY_MISMATCH)."""
 
 
 class RuleRejection(Rejection):
-    """Access control and business rules (E1 – E5, E11 – E21, E44, E45)."""
+    """Access control and business rules (E1 – E5, E11 – E19 and their Reasons)."""

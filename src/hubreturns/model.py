@@ -107,10 +107,6 @@ class RequestId:
     def __str__(self) -> str:
         return f"{self.originator}:{self.target}:{self.counter}"
 
-    def response_id(self) -> str:
-        """DUIS ResponseID: the request's target and originator swapped."""
-        return f"{self.target}:{self.originator}:{self.counter}"
-
 
 class Role(StrEnum):
     """DCC user roles (one User ID per organisation and role)."""

@@ -58,7 +58,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import DEFAULT_PROFILE, Reason, Verdict
 from hubreturns.model import clip
 from hubreturns.processing import current_request_id
 
@@ -87,11 +87,12 @@ MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: Log level for ``serve`` workers (set by ``hubreturns serve --log-level``).
 LOG_LEVEL_ENV: Final = "HUBRETURNS_LOG_LEVEL"
 
-SIGNATURE_CODES: Final = (
-    ResponseCode.E40,
-    ResponseCode.E41,
-    ResponseCode.E42,
-    ResponseCode.E43,
+#: Refusals counted as signature failures (labelled with their wire code).
+SIGNATURE_REASONS: Final = (
+    Reason.SIGNATURE,
+    Reason.UNKNOWN_CERTIFICATE,
+    Reason.UNUSABLE_CERTIFICATE,
+    Reason.IDENTITY_MISMATCH,
 )
 #: Seconds; DUIS requests take milliseconds, a slow database seconds.
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -156,13 +157,13 @@ class Metrics:
         )
         self.signature_failures = Counter(
             "hubreturns_signature_failures",
-            "Requests refused for their signature or signing certificate (E40-E43).",
+            "Requests refused for their signature or signing certificate (by code).",
             ["code"],
             registry=registry,
         )
         self.replays = Counter(
             "hubreturns_replays",
-            "Requests refused as replays of an earlier RequestID counter (E21).",
+            "Requests refused as replays of an earlier RequestID counter.",
             registry=registry,
         )
         self.accepted = Counter(
@@ -197,20 +198,26 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
-        for code in SIGNATURE_CODES:
-            self.signature_failures.labels(code=code.value)
+        for reason in SIGNATURE_REASONS:  # the default profile's codes exist from the start
+            self.signature_failures.labels(code=DEFAULT_PROFILE.code(reason))
         for channel in ("duis", "servicedesk"):
             self.accepted.labels(channel=channel)
         # Labelled children by their label values: ``labels`` validates and looks
         # them up under a lock on every call, and a request needs several.
-        self._outcome_children: dict[tuple[str, str | None, ResponseCode, str], tuple[Any, ...]]
+        self._outcome_children: dict[tuple[str, str | None, str, Verdict, str], tuple[Any, ...]]
         self._outcome_children = {}
         self._http_children: dict[tuple[str, str, int], Any] = {}
 
     def observe(self, outcome: Outcome) -> None:
         """Processor observer: count one final outcome."""
         channel = outcome.channel.value
-        key = (outcome.service_reference_variant, outcome.role, outcome.code, channel)
+        key = (
+            outcome.service_reference_variant,
+            outcome.role,
+            outcome.code,
+            outcome.verdict,
+            channel,
+        )
         children = self._outcome_children.get(key)
         if children is None:
             children = self._outcome_children[key] = self._children_for(*key)
@@ -219,7 +226,7 @@ class Metrics:
         children[0].observe(outcome.elapsed_seconds)
 
     def _children_for(
-        self, variant: str, role: str | None, code: ResponseCode, channel: str
+        self, variant: str, role: str | None, code: str, verdict: Verdict, channel: str
     ) -> tuple[Any, ...]:
         """The latency histogram one outcome of this kind is timed in, then its counters."""
         children = [
@@ -227,15 +234,15 @@ class Metrics:
             self.requests.labels(
                 service_reference_variant=variant,
                 role=role or "unknown",
-                code=code.value,
+                code=code,
                 channel=channel,
             ),
         ]
-        if code in SIGNATURE_CODES:
-            children.append(self.signature_failures.labels(code=code.value))
-        elif code is ResponseCode.E21:
+        if verdict in SIGNATURE_REASONS:
+            children.append(self.signature_failures.labels(code=code))
+        elif verdict is Reason.REPLAY:
             children.append(self.replays)
-        if code.accepted:
+        if verdict.accepted:
             children.append(self.accepted.labels(channel=channel))
         return tuple(children)
 
@@ -552,7 +559,7 @@ def _log_outcome(outcome: Outcome) -> None:
     """
     fields = {
         "request_id": str(outcome.request_id) if outcome.request_id is not None else None,
-        "code": outcome.code.value,
+        "code": outcome.code,
         "reason": outcome.reason,
         "role": outcome.role,
         "channel": outcome.channel.value,
@@ -569,7 +576,7 @@ def _log_outcome(outcome: Outcome) -> None:
     outcome_log.info(
         "%s %s: %s",
         outcome.channel.value,
-        outcome.code.value,
+        outcome.code,
         outcome.reason,
         extra={**fields, "http_status": outcome.http_status},
     )

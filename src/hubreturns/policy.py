@@ -34,7 +34,9 @@ class SecurityPolicy:
     ``signer_ous`` is the set of certificate subject OU values that mark the
     kind of certificate allowed to sign (87: a User's DUIS XML-signing
     certificate; 89 and 137: the DCC's). ``clock_skew`` widens certificate
-    validity at both ends.
+    validity at both ends. ``schema_versions`` are the ``schemaVersion`` values a
+    document may carry: the DUIS schema types it as any decimal, but only the
+    version whose schema this service validates against means what it says.
     """
 
     max_body_bytes: int = 64 * 1024
@@ -45,12 +47,15 @@ class SecurityPolicy:
     transform: Algorithm = Algorithm.ENVELOPED
     clock_skew: timedelta = timedelta(minutes=5)
     validate_schema: bool = True
+    schema_versions: frozenset[str] = field(default_factory=lambda: frozenset({"5.4"}))
 
     def __post_init__(self) -> None:
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
         if not self.signer_ous:
             raise ValueError("signer_ous must name at least one certificate OU")
+        if not self.schema_versions:
+            raise ValueError("schema_versions must name at least one schemaVersion")
 
 
 #: Requests from Service Users: OU 87 certificates only.

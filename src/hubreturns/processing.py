@@ -28,7 +28,7 @@ from lxml import etree
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.codes import ResponseCode, info
+from hubreturns.codes import DEFAULT_PROFILE, CodeProfile, Reason, Verdict, info
 from hubreturns.committer import Arrival, Committer, Contended, FunctionJob, Job
 from hubreturns.errors import Rejection, SignatureRejection
 from hubreturns.model import REASON_LIMIT, Channel, Endpoint, RequestId, ReturnRequest, clip
@@ -70,7 +70,7 @@ def authenticate(
     policy: SecurityPolicy,
     now: datetime,
 ) -> ReturnRequest:
-    """Bytes to a verified request, or a ``Rejection`` (E30, E31, E40 – E43)."""
+    """Bytes to a verified request, or a ``Rejection`` (envelope or signature Reasons)."""
     return authenticate_document(envelope.parse(data, policy), lookup, policy, now)
 
 
@@ -80,7 +80,8 @@ def authenticate_document(
     policy: SecurityPolicy,
     now: datetime,
 ) -> ReturnRequest:
-    """A parsed document to a verified request: schema, signature, then identity."""
+    """A parsed document to a verified request: schema and version, signature, then
+    identity."""
     return complete(authentication_steps(root, lookup, policy, now))
 
 
@@ -94,6 +95,7 @@ def authentication_steps(
     if policy.validate_schema:
         envelope.validate(root)
         yield
+    envelope.check_version(root, policy)
     certificate = yield from signature.verification_steps(root, lookup, policy, now)
     yield
     try:
@@ -102,7 +104,7 @@ def authentication_steps(
         raise type(refusal)(refusal.code, refusal.message, sender=certificate.eui) from None
     if certificate.eui != request.originator:
         raise SignatureRejection(
-            ResponseCode.E43,
+            Reason.IDENTITY_MISMATCH,
             f"certificate serial {certificate.serial} belongs to {certificate.eui}, "
             f"not to originator {request.originator}",
             sender=certificate.eui,
@@ -112,7 +114,10 @@ def authentication_steps(
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
-    code: ResponseCode
+    """A request's answer: ``code`` is the wire code (the profile's code for ``verdict``)."""
+
+    code: str
+    verdict: Verdict
     reason: str
     http_status: int
     request_id: RequestId | None
@@ -126,7 +131,7 @@ class Outcome:
 
     @property
     def accepted(self) -> bool:
-        return self.code.accepted
+        return self.verdict.accepted
 
 
 #: Called with every outcome after it is final (metrics, structured logs).
@@ -357,7 +362,7 @@ class _RecordReturn:
 
     The race checks (counter advance, hub claim) are conditional writes. If
     one loses to a concurrent request the job raises ``Contended``: the
-    transaction is rolled back and the refusal (E21 / E44) is recorded in a
+    transaction is rolled back and the refusal (REPLAY / OPEN_RETURN) is recorded in a
     fresh one, so an accepted request's four writes are all-or-nothing.
     """
 
@@ -368,6 +373,7 @@ class _RecordReturn:
     entered_by: str | None
     audit: dict[str, object]
     check_counter: bool
+    codes: CodeProfile
 
     @property
     def reads(self) -> FactsKey:
@@ -416,7 +422,7 @@ class _RecordReturn:
         if self.check_counter and not ledger.advance_counter(
             request.originator, request.request_id.counter, now
         ):
-            lost = Decision(ResponseCode.E21, "counter already used (concurrent request)")
+            lost = Decision(Reason.REPLAY, "counter already used (concurrent request)")
             raise Contended(_Recorded(lost, None, role))
         return_id = ledger.add_return(
             {
@@ -445,7 +451,7 @@ class _RecordReturn:
             }
         )
         if not ledger.claim_device(request.device_id, return_id, now):
-            lost = Decision(ResponseCode.E44, "hub already has an open return (concurrent)")
+            lost = Decision(Reason.OPEN_RETURN, "hub already has an open return (concurrent)")
             raise Contended(_Recorded(lost, None, role))
         return return_id
 
@@ -454,7 +460,7 @@ class _RecordReturn:
         suffix = f"; entered by {self.entered_by}" if self.entered_by else ""
         return AuditFields(
             **self.audit,  # type: ignore[arg-type]
-            code=decision.code.value,
+            code=self.codes.code(decision.code),
             accepted=decision.accepted,
             reason=clip(decision.reason + suffix, REASON_LIMIT),
             http_status=info(decision.code).http_status,
@@ -470,7 +476,7 @@ class _RecordReturn:
 class _Refused:
     """A request refused before any facts were read: only its audit row is written."""
 
-    code: ResponseCode
+    code: Verdict
     reason: str
     request_id: RequestId | None
     variant: str
@@ -502,8 +508,11 @@ class Processor:
         access_control_broker: str,
         clock: Callable[[], datetime] = utcnow,
         commit_hold: float | None = None,
+        codes: CodeProfile = DEFAULT_PROFILE,
     ) -> None:
         self.sessions = sessions
+        #: Which wire code each refusal ``Reason`` is answered with.
+        self.codes = codes
         self.signer = signer
         self.policy = policy
         self.access_control_broker = access_control_broker
@@ -592,12 +601,13 @@ class Processor:
             entered_by=entered_by,
             audit={"received_at": self.clock(), "channel": Channel.SERVICE_DESK, "endpoint": None},
             check_counter=False,
+            codes=self.codes,
         )
         outcome = self._conclude(job, *self._run(job))
         return self._finish(outcome, started, Channel.SERVICE_DESK, None)
 
     def reject_unreadable(self, reason: str, endpoint: str | None, *, http_status: int) -> Outcome:
-        """A request refused (E30) before its body could be read: content type, size, time.
+        """A request refused (MALFORMED) before its body could be read: content type, size, time.
 
         ``http_status`` (415, 413, 408) is what the client is sent and what the audit keeps.
         """
@@ -622,7 +632,7 @@ class Processor:
     def _unreadable(self, reason: str, endpoint: str | None, http_status: int) -> _Refused:
         audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
         return self._refusal(
-            ResponseCode.E30, reason, None, "8.14.3", audit, http_status=http_status
+            Reason.MALFORMED, reason, None, "8.14.3", audit, http_status=http_status
         )
 
     # -- the first half: no database ------------------------------------------------
@@ -658,7 +668,7 @@ class Processor:
             echo = self._echo(root)
             log.error("database error while authenticating, nothing recorded: %s", exc)
             return self._respond(
-                Decision(ResponseCode.E100, "database unavailable; nothing was recorded"),
+                Decision(Reason.UNAVAILABLE, "database unavailable; nothing was recorded"),
                 echo.request_id,
                 echo.service_reference_variant,
                 None,
@@ -672,6 +682,7 @@ class Processor:
             entered_by=None,
             audit=audit,
             check_counter=True,
+            codes=self.codes,
         )
 
     @staticmethod
@@ -684,7 +695,7 @@ class Processor:
 
     def _refusal(
         self,
-        code: ResponseCode,
+        code: Verdict,
         reason: str,
         request_id: RequestId | None,
         variant: str,
@@ -704,7 +715,7 @@ class Processor:
         reason = clip(reason, REASON_LIMIT)
         fields = AuditFields(
             **audit,  # type: ignore[arg-type]
-            code=code.value,
+            code=self.codes.code(code),
             accepted=False,
             reason=reason,
             http_status=status,
@@ -770,7 +781,7 @@ class Processor:
 
     def _unavailable(self, request: ReturnRequest) -> Outcome:
         return self._respond(
-            Decision(ResponseCode.E100, "database unavailable; nothing was recorded"),
+            Decision(Reason.UNAVAILABLE, "database unavailable; nothing was recorded"),
             request.request_id,
             request.kind.variant,
             None,
@@ -784,16 +795,18 @@ class Processor:
         return_id: int | None,
         role: str | None = None,
     ) -> Outcome:
+        code = self.codes.code(decision.code)  # the profile decides a Reason's wire code
         response = build_response(
             request_id=request_id,
-            code=decision.code,
+            code=code,
             service_reference="8.14",
             service_reference_variant=variant,
             now=self.clock(),
             signer=self.signer,
         )
         return Outcome(
-            code=decision.code,
+            code=code,
+            verdict=decision.code,
             reason=decision.reason,
             http_status=info(decision.code).http_status,
             request_id=request_id,

@@ -2,7 +2,8 @@
 
 Typed facts go in, a ``Decision`` comes out; nothing here touches a database
 or the network. ``RULES`` is read top to bottom and the first rule whose check
-returns a reason decides the code. Each row names the text it implements, so
+returns a reason decides the verdict (a DUIS-defined code, or a ``Reason``
+whose wire code the ``CodeProfile`` gives). Each row names the text it implements, so
 it can be matched against DUIS and the SEC line by line. Both channels (DUIS
 and the Service Desk) decide through ``decide``.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason, ResponseCode, Verdict
 from hubreturns.model import (
     DeviceType,
     Endpoint,
@@ -76,7 +77,7 @@ class Facts:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    code: ResponseCode
+    code: Verdict
     reason: str
     #: The Supplier the return is made for: the sender itself, or the
     #: responsible Supplier that appointed the RSA. ``None`` when refused.
@@ -92,7 +93,7 @@ Check = Callable[[Facts], str | None]
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    code: ResponseCode
+    code: Verdict
     name: str
     source: str
     check: Check
@@ -200,14 +201,14 @@ def _no_open_return(f: Facts) -> str | None:
     return None
 
 
-_C = ResponseCode
-#: First failing row decides. (code, name, where the rule comes from, check)
+_C, _R = ResponseCode, Reason
+#: First failing row decides. (verdict, name, where the rule comes from, check)
 RULES: tuple[Rule, ...] = (
-    Rule(_C.E20, "business target", "DUIS 3.4.1: target of 8.14 is the DCC ACB", _target),
+    Rule(_R.WRONG_TARGET, "business target", "DUIS 3.4.1: target of 8.14 is the DCC ACB", _target),
     Rule(_C.E1, "known user", "DUIS 3.5: originator is a registered User ID", _known_user),
     Rule(_C.E3, "active user", "DUIS 3.5: User ID status allows requests", _active_user),
     Rule(_C.E2, "eligible role", "DUIS 8.14.3/8.14.4 + SECMP0039: IS, GS, RSA", _eligible_role),
-    Rule(_C.E21, "fresh counter", "DUIS 3.4.1: counter strictly increases", _fresh_counter),
+    Rule(_R.REPLAY, "fresh counter", "DUIS 3.4.1: counter strictly increases", _fresh_counter),
     Rule(_C.E12, "command variant", "DUIS 8.14: CommandVariant 8 (DCC only)", _command_variant),
     Rule(_C.E13, "endpoint", "DUIS 8.14: non-device endpoint", _endpoint),
     Rule(_C.E19, "device known", "DUIS 3.5: DeviceID in Smart Metering Inventory", _device_known),
@@ -224,13 +225,15 @@ RULES: tuple[Rule, ...] = (
         "SECMP0039: RSA only while SMI status is Pending (latest inventory)",
         _rsa_pending_only,
     ),
-    Rule(_C.E45, "GPF matches", "DUIS 8.14.3: OtherDeviceID is the hub's GPF", _gpf_matches),
-    Rule(_C.E44, "no open return", "hubreturns: one open return per hub", _no_open_return),
+    Rule(
+        _R.GPF_MISMATCH, "GPF matches", "DUIS 8.14.3: OtherDeviceID is the hub's GPF", _gpf_matches
+    ),
+    Rule(_R.OPEN_RETURN, "no open return", "hubreturns: one open return per hub", _no_open_return),
 )
 
 
 def decide(facts: Facts) -> Decision:
-    """Apply ``RULES`` in order; the first failing rule's code is the answer."""
+    """Apply ``RULES`` in order; the first failing rule's verdict is the answer."""
     for rule in RULES:
         reason = rule.check(facts)
         if reason is not None:

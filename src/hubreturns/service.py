@@ -60,6 +60,7 @@ def processor_from_settings(settings: Settings) -> Processor:
         policy=settings.policy(),
         access_control_broker=settings.acb_eui,
         commit_hold=settings.commit_hold_ms / 1000,
+        codes=settings.response_codes,
     )
 
 
@@ -71,7 +72,7 @@ CLIENT_GONE = 499
 
 
 class _Unreadable(Exception):
-    """The body cannot be had: an E30 refusal with this HTTP status."""
+    """The body cannot be had: a MALFORMED refusal with this HTTP status."""
 
     def __init__(self, reason: str, status: int) -> None:
         super().__init__(reason)
@@ -131,7 +132,7 @@ class DuisEndpoint:
             headers = [
                 (b"content-type", b"application/xml"),
                 (b"content-length", str(len(outcome.response)).encode("ascii")),
-                (b"x-duis-response-code", outcome.code.value.encode("ascii")),
+                (b"x-duis-response-code", outcome.code.encode("ascii")),
                 exchange.header,
             ]
             if close:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from lxml import etree
 
 from hubreturns.client import read_response
-from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, CodeInfo, CodeProfile, Reason, ResponseCode
 from hubreturns.config import DEFAULT_ACB, packaged_pki
 from hubreturns.errors import EnvelopeRejection, Rejection, SignatureRejection
 from hubreturns.model import (
@@ -514,30 +514,43 @@ class SubmitResult:
     """What became of one request: the verified code, or why there is none."""
 
     request_id: str
-    code: ResponseCode | None
+    code: str | None
     http_status: int | None = None
     detail: str = ""
     attempts: int = 1
+    #: The service's code profile: what ``code`` means (the service's own table).
+    codes: CodeProfile = DEFAULT_PROFILE
 
     @property
     def ok(self) -> bool:
-        return self.code is ResponseCode.I99
+        return self.code == ResponseCode.I99
+
+    @property
+    def _info(self) -> CodeInfo | None:
+        return self.codes.explain(self.code) if self.code is not None else None
 
     @property
     def meaning(self) -> str:
-        return CODE_INFO[self.code].meaning if self.code is not None else self.detail
+        if self.code is None:
+            return self.detail
+        found = self._info
+        return found.meaning if found else f"code {self.code}, not in the code profile"
 
     @property
     def hint(self) -> str:
-        if self.code is not None:
-            return CODE_INFO[self.code].hint
-        return "Check the URL and --dcc-cert; nothing verified came back, so resend later."
+        if self.code is None:
+            return "Check the URL and --dcc-cert; nothing verified came back, so resend later."
+        found = self._info
+        if found is None:
+            return "Compare the code with the DCC's documentation of response codes."
+        return found.hint
 
 
 class Submitter:
     """Signs, sends and checks requests for one Service User.
 
-    ``retries`` covers one case only: E21 from our *own* concurrent requests
+    ``retries`` covers one case only: a replay refusal (the profile's REPLAY
+    code) caused by our *own* concurrent requests
     (a higher counter overtook this one on the way); nothing was recorded, so
     the request is rebuilt with a fresh counter and sent again.
     """
@@ -552,6 +565,7 @@ class Submitter:
         target: str = DEFAULT_ACB,
         http: httpx.Client,
         retries: int = 3,
+        codes: CodeProfile = DEFAULT_PROFILE,
     ) -> None:
         self.url = service_url(url)
         self.signer = signer
@@ -560,6 +574,7 @@ class Submitter:
         self.target = eui(target)
         self.http = http
         self.retries = retries
+        self.codes = codes
 
     def submit(self, values: Mapping[str, str | None]) -> SubmitResult:
         """Allocate a counter, sign, POST, verify the response; never raises for the wire."""
@@ -581,8 +596,9 @@ class Submitter:
                 http_status=result.http_status,
                 detail=result.detail,
                 attempts=attempt,
+                codes=self.codes,
             )
-            if result.code is not ResponseCode.E21 or attempt > self.retries:
+            if result.code != self.codes.code(Reason.REPLAY) or attempt > self.retries:
                 return result
 
     def send(self, body: bytes, request_id: str) -> SubmitResult:
@@ -612,7 +628,9 @@ class Submitter:
                 http_status=reply.status_code,
                 detail=f"response is for {read.request_id}, not this request",
             )
-        return SubmitResult(request_id=request_id, code=read.code, http_status=reply.status_code)
+        return SubmitResult(
+            request_id=request_id, code=read.code, http_status=reply.status_code, codes=self.codes
+        )
 
 
 # -------------------------------------------------------------------------- bulk
@@ -633,7 +651,7 @@ class BulkSummary:
     def add(self, result: SubmitResult) -> None:
         self.done += 1
         self.failed += not result.ok
-        key = result.code.value if result.code is not None else "no response"
+        key = result.code if result.code is not None else "no response"
         self.by_code[key] = self.by_code.get(key, 0) + 1
 
 
@@ -717,7 +735,7 @@ def sign_document(data: bytes, key: ec.EllipticCurvePrivateKey, cert: SigningCer
 
     Refuses an already signed document, a schema-invalid one, and one whose
     RequestID originator is not the certificate's User ID (the service would
-    answer E43).
+    refuse it: IDENTITY_MISMATCH).
     """
     try:
         root = envelope.parse(data, REQUEST_POLICY)
@@ -746,7 +764,8 @@ def sign_document(data: bytes, key: ec.EllipticCurvePrivateKey, cert: SigningCer
     if cert.eui != originator:
         raise ClientError(
             f"the RequestID originator {originator} is not the certificate's User ID {cert.eui}",
-            "Sign with the certificate of the originator (the service would answer E43).",
+            "Sign with the certificate of the originator (the service would answer "
+            f"{DEFAULT_PROFILE.code(Reason.IDENTITY_MISMATCH)}).",
         )
     return signature.sign(root, key, cert)
 
@@ -768,9 +787,9 @@ def verify_document(
 ) -> Verified:
     """Check a signed request (or DCC response) with the exact profile, as the service does.
 
-    Raises ``Rejection`` naming the code the service would answer: E30/E31 for
-    the document, E40–E42 for the signature, E43 when a request's originator
-    is not the signer.
+    Raises ``Rejection`` naming the reason the service would refuse it with:
+    MALFORMED/SCHEMA for the document, SIGNATURE … UNUSABLE_CERTIFICATE for the
+    signature, IDENTITY_MISMATCH when a request's originator is not the signer.
     """
     policy = DSP_RESPONSE_POLICY if as_response else REQUEST_POLICY
     known = {c.key: c for c in certificates}
@@ -778,7 +797,7 @@ def verify_document(
     expected = f"{_SR}Response" if as_response else f"{_SR}Request"
     if root.tag != expected:
         raise EnvelopeRejection(
-            ResponseCode.E31,
+            Reason.SCHEMA,
             f"the root element is {etree.QName(root).localname}, "
             f"expected {etree.QName(expected).localname}"
             + ("" if as_response else " (use --as-response for a DCC response)"),
@@ -792,10 +811,10 @@ def verify_document(
         try:
             originator = RequestId.parse(request_id or "").originator
         except ValueError as exc:
-            raise EnvelopeRejection(ResponseCode.E31, str(exc)) from None
+            raise EnvelopeRejection(Reason.SCHEMA, str(exc)) from None
         if signer.eui != originator:
             raise SignatureRejection(
-                ResponseCode.E43,
+                Reason.IDENTITY_MISMATCH,
                 f"signed by {signer.eui}'s certificate, but the originator is {originator}",
             )
     return Verified(signer, request_id)

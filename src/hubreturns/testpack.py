@@ -30,7 +30,7 @@ import httpx
 from lxml import etree
 
 from hubreturns.client import read_response
-from hubreturns.codes import CODE_INFO, ResponseCode
+from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, CodeProfile, Reason, ResponseCode, Verdict
 from hubreturns.config import DEFAULT_ACB, packaged_pki
 from hubreturns.demo import SCENARIOS as DEMO_SCENARIOS
 from hubreturns.demo import Tamper
@@ -123,7 +123,7 @@ class PackScenario:
     description: str
     role: str
     sender: str
-    expected: ResponseCode
+    expected: Verdict
     device: str  # hub name, "esme" or "unknown"
     kind: ReturnKind
     signer: str | None = None  # credential name when not the sender's own
@@ -133,6 +133,11 @@ class PackScenario:
     wrong_gpf: bool = False
     tamper: Tamper = Tamper.NONE
     depends_on: str | None = None  # slug that must have run (and been accepted) first
+
+    @property
+    def expected_code(self) -> str:
+        """The wire code expected from a service with the default code profile."""
+        return DEFAULT_PROFILE.code(self.expected)
 
 
 def _slug(role: str, kind: ReturnKind, what: str) -> str:
@@ -183,7 +188,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "replay",
             "exact copy of the accepted request",
-            expected=ResponseCode.E21,
+            expected=Reason.REPLAY,
             device=f"accept-{role}-{kind.variant}",
             tamper=Tamper.REPLAY,
             depends_on=accepted,
@@ -193,7 +198,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "already-returned",
             "new request for the hub it just returned",
-            expected=ResponseCode.E44,
+            expected=Reason.OPEN_RETURN,
             device=f"accept-{role}-{kind.variant}",
             depends_on=accepted,
         )
@@ -214,7 +219,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "wrong-target",
             "RequestID target is not the ACB",
-            expected=ResponseCode.E20,
+            expected=Reason.WRONG_TARGET,
             device=hub,
             target=WRONG_TARGET,
         )
@@ -258,7 +263,7 @@ def pack_scenarios() -> list[PackScenario]:
                 kind,
                 "wrong-gpf",
                 "OtherDeviceID is another hub's GPF",
-                expected=ResponseCode.E45,
+                expected=Reason.GPF_MISMATCH,
                 device=hub,
                 wrong_gpf=True,
             )
@@ -267,7 +272,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "body-changed",
             "body changed after signing",
-            expected=ResponseCode.E40,
+            expected=Reason.SIGNATURE,
             device=hub,
             tamper=Tamper.BODY_AFTER_SIGNING,
         )
@@ -276,7 +281,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "unsigned",
             "no signature",
-            expected=ResponseCode.E40,
+            expected=Reason.SIGNATURE,
             device=hub,
             tamper=Tamper.UNSIGNED,
         )
@@ -285,7 +290,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "unknown-certificate",
             "certificate not in the SMKI repository",
-            expected=ResponseCode.E41,
+            expected=Reason.UNKNOWN_CERTIFICATE,
             device=hub,
             signer=f"{role.lower()}-unloaded",
         )
@@ -294,7 +299,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "expired-certificate",
             "expired certificate",
-            expected=ResponseCode.E42,
+            expected=Reason.UNUSABLE_CERTIFICATE,
             device=hub,
             signer=f"{role.lower()}-expired",
         )
@@ -303,7 +308,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "other-users-certificate",
             "signed with another user's certificate",
-            expected=ResponseCode.E43,
+            expected=Reason.IDENTITY_MISMATCH,
             device=hub,
             signer=GS if role == "IS" else IS,
         )
@@ -312,7 +317,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "doctype",
             "DOCTYPE with an external entity",
-            expected=ResponseCode.E30,
+            expected=Reason.MALFORMED,
             device=hub,
             tamper=Tamper.DOCTYPE,
         )
@@ -321,7 +326,7 @@ def pack_scenarios() -> list[PackScenario]:
             kind,
             "schema-invalid",
             "DeviceID is not an EUI-64 (schema)",
-            expected=ResponseCode.E31,
+            expected=Reason.SCHEMA,
             device=hub,
             tamper=Tamper.SCHEMA,
         )
@@ -390,7 +395,7 @@ def pack_scenarios() -> list[PackScenario]:
         ReturnKind.FAULT,
         "not-xml",
         "body is not XML",
-        expected=ResponseCode.E30,
+        expected=Reason.MALFORMED,
         device="spare-is",
         tamper=Tamper.NOT_XML,
     )
@@ -639,8 +644,18 @@ for the pack's users and hubs is exactly what `load/` says.
 """
 
 
-def write_pack(folder: Path, *, now: datetime | None = None, force: bool = False) -> int:
-    """Write the pack into ``folder`` (empty or new); returns the number of scenarios."""
+def write_pack(
+    folder: Path,
+    *,
+    now: datetime | None = None,
+    force: bool = False,
+    codes: CodeProfile = DEFAULT_PROFILE,
+) -> int:
+    """Write the pack into ``folder`` (empty or new); returns the number of scenarios.
+
+    Expected codes are the ``codes`` profile's (the service under test's, when it
+    overrides the defaults in ``[response_codes]``).
+    """
     moment = now or datetime.now(UTC)
     if folder.exists() and any(folder.iterdir()):
         if not force:
@@ -687,12 +702,12 @@ def write_pack(folder: Path, *, now: datetime | None = None, force: bool = False
             "signed_with": _stem(sc.signer or sc.sender),
             "request_id": str(request_id),
             "endpoint": f"/api/v1/{sc.endpoint.value}",
-            "expected_code": sc.expected.value,
+            "expected_code": codes.code(sc.expected),
             "expected_meaning": CODE_INFO[sc.expected].meaning,
             "depends_on": sc.depends_on,
         }
         (where / "expected.json").write_text(json.dumps(expected, indent=2) + "\n", "utf-8")
-        manifest.append({"folder": f"scenarios/{name}", "expected_code": sc.expected.value})
+        manifest.append({"folder": f"scenarios/{name}", "expected_code": codes.code(sc.expected)})
     _write_data(folder / "load", world, everything)
     credentials = folder / "credentials"
     for cred_name, credential in sorted(world.credentials.items()):
@@ -704,7 +719,7 @@ def write_pack(folder: Path, *, now: datetime | None = None, force: bool = False
                 "pack": world.tag,
                 "written_at": moment.isoformat(timespec="seconds"),
                 "counter_base": base,
-                "codes": sorted({s.expected.value for s in scenarios}),
+                "codes": sorted({codes.code(s.expected) for s in scenarios}),
                 "scenarios": manifest,
             },
             indent=2,
@@ -822,7 +837,7 @@ def _run_one(
         folder=name,
         description=description,
         expected=code,
-        received=read.code.value,
+        received=read.code,
         http_status=reply.status_code,
         verified=True,
     )

@@ -20,7 +20,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from hubreturns.client import TlsSetupError, tls_context
-from hubreturns.codes import CODE_INFO
+from hubreturns.codes import DEFAULT_PROFILE
 from hubreturns.config import DEFAULT_ACB
 from hubreturns.errors import Rejection
 from hubreturns.model import RequestId, eui
@@ -119,7 +119,7 @@ def _print_result(result: SubmitResult) -> None:
         console.print(f"[{colour}]FAILED[/{colour}]  {result.detail}")
     else:
         status = f" (HTTP {result.http_status})" if result.http_status is not None else ""
-        console.print(f"[{colour}]{result.code.value}[/{colour}]  {result.meaning}{status}")
+        console.print(f"[{colour}]{result.code}[/{colour}]  {result.meaning}{status}")
     if not result.ok:
         console.print(f"hint     {result.hint}")
 
@@ -152,7 +152,10 @@ def submit(
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Bulk: requests in flight.")] = 4,
     retries: Annotated[
-        int, typer.Option(min=0, help="Resends after E21 caused by our own concurrent requests.")
+        int,
+        typer.Option(
+            min=0, help="Resends after a replay refusal caused by our own concurrent requests."
+        ),
     ] = 3,
     dcc_cert: DccOption = None,
     target: Annotated[str, typer.Option(help="RequestID target (the DCC ACB).")] = DEFAULT_ACB,
@@ -303,7 +306,8 @@ def _bulk(
         "code", "meaning", "rows", title=f"{csv_file}: {summary.done} of {summary.total} sent"
     )
     for code, count in sorted(summary.by_code.items()):
-        meaning = next((i.meaning for c, i in CODE_INFO.items() if c.value == code), code)
+        found = DEFAULT_PROFILE.explain(code)
+        meaning = found.meaning if found is not None else code
         table.add_row(code, meaning, str(count))
     console.print(table)
     console.print(f"results in {results_path}")
@@ -368,7 +372,8 @@ def verify_cmd(
     try:
         verified = verify_document(data, certificates, as_response=as_response)
     except Rejection as exc:
-        console.print(f"[red]FAILED[/red] {exc.code.value}: {exc.message}")
+        code = DEFAULT_PROFILE.code(exc.code)
+        console.print(f"[red]FAILED[/red] {code} ({exc.code.value}): {exc.message}")
         console.print(f"hint: {exc.hint}")
         raise typer.Exit(EXIT_FAILED) from None
     signer = verified.signer

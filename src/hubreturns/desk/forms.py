@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import DEFAULT_PROFILE, PUBLISHED_UNUSED
 from hubreturns.model import (
     Channel,
     ConnectionMethod,
@@ -48,7 +48,12 @@ RETURN_TYPES: tuple[tuple[ReturnKind, tuple[str, ...]], ...] = (
 )
 #: Roles a return can be filtered by (the ones that may send 8.14.3 / 8.14.4).
 FORM_ROLES: tuple[str, ...] = (Role.IS.value, Role.GS.value, Role.RSA.value)
-AUDIT_CODES: tuple[str, ...] = tuple(c.value for c in ResponseCode)
+#: Codes the audit log can be filtered by: the default profile's, and the codes
+#: refusals were recorded under before the code profile (CHANGELOG).
+AUDIT_CODES: tuple[str, ...] = (
+    *(code for code, _, _ in DEFAULT_PROFILE.rows()),
+    *PUBLISHED_UNUSED,
+)
 
 #: Form field names of the return form, in display order.
 RETURN_FIELDS = (

@@ -41,7 +41,6 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hubreturns.codes import CODE_INFO
 from hubreturns.config import Settings
 from hubreturns.desk import accounts, forms
 from hubreturns.desk.queries import hub_view, service_users
@@ -358,6 +357,8 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
     clock = processor.clock
     next_counter = _Counter()
     css = (resources.files("hubreturns.desk") / "static" / "desk.css").read_bytes()
+    #: Wire code -> meaning under the profile in force (templates explain codes with it).
+    code_info = {code: found for code, _, found in processor.codes.rows()}
 
     def render(
         request: Request, name: str, context: Mapping[str, Any], status_code: int = 200
@@ -366,7 +367,7 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
             "prefix": request.scope.get("root_path", ""),
             "staff": getattr(request.state, "staff", None),
             "csrf_token": _csrf_token(request),
-            "code_info": CODE_INFO,
+            "code_info": code_info,
         }
         return templates.TemplateResponse(
             request, name, {**base, **context}, status_code=status_code
@@ -589,13 +590,13 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
             staff,
             request_value.originator,
             request_value.device_id,
-            outcome.code.value,
+            outcome.code,
         )
         kept: Mapping[str, str] = {} if outcome.accepted else form
         response = await run_in_threadpool(
             form_page, request, kept, outcome=outcome, status_code=outcome.http_status
         )
-        response.headers["X-DUIS-Response-Code"] = outcome.code.value
+        response.headers["X-DUIS-Response-Code"] = outcome.code
         return response
 
     # -- browsing ----------------------------------------------------------------------

@@ -741,7 +741,7 @@ class Ledger:
         # One statement, one round trip, one snapshot: user, counter, device and
         # its suppliers are read together. At READ COMMITTED an accepted request
         # commits its hub claim and counter together, so a claim seen here comes
-        # with its counter (an identical concurrent request gets E21, not E44).
+        # with its counter (an identical concurrent request gets REPLAY, not OPEN_RETURN).
         key = (request.originator, request.device_id)
         rows = self._facts.get(key)
         if rows is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from lxml import etree
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason
 from hubreturns.errors import EnvelopeRejection
 from hubreturns.model import (
     ConnectionMethod,
@@ -37,6 +37,7 @@ __all__ = [
     "DS_NS",
     "SR_NS",
     "HeaderEcho",
+    "check_version",
     "parse",
     "peek_header",
     "read_request",
@@ -91,11 +92,11 @@ def schema() -> etree.XMLSchema:
 
 
 def _refuse(message: str) -> EnvelopeRejection:
-    return EnvelopeRejection(ResponseCode.E30, message)
+    return EnvelopeRejection(Reason.MALFORMED, message)
 
 
 def parse(data: bytes, policy: SecurityPolicy) -> etree._Element:
-    """Parse request bytes under the hardened profile, or raise E30."""
+    """Parse request bytes under the hardened profile, or raise MALFORMED."""
     if not data:
         raise _refuse("the request body is empty")
     if len(data) > policy.max_body_bytes:
@@ -134,17 +135,17 @@ def _node_kind(node: etree._Element) -> str:
 
 
 def validate(root: etree._Element) -> None:
-    """Check the document is an ``sr:Request`` valid against DUIS 5.4, or raise E31."""
+    """Check the document is an ``sr:Request`` valid against DUIS 5.4, or raise SCHEMA."""
     if root.tag != _REQUEST:
         raise EnvelopeRejection(
-            ResponseCode.E31, f"the root element is {clip(str(root.tag))}, not sr:Request"
+            Reason.SCHEMA, f"the root element is {clip(str(root.tag))}, not sr:Request"
         )
     xsd = schema()
     if not xsd.validate(root):
         error: Any = xsd.error_log.last_error  # type: ignore[attr-defined]
         where = f"line {error.line}: " if error is not None else ""
         message = error.message if error is not None else "schema validation failed"
-        raise EnvelopeRejection(ResponseCode.E31, f"{where}{_libxml_message(message)}")
+        raise EnvelopeRejection(Reason.SCHEMA, f"{where}{_libxml_message(message)}")
 
 
 def _libxml_message(message: str) -> str:
@@ -155,6 +156,21 @@ def _libxml_message(message: str) -> str:
     is bounded with the whole reason, where the refusal is recorded.
     """
     return _QUOTED.sub(lambda m: f"'{clip(m.group(1))}'", message.replace(_SR, "sr:"))
+
+
+def check_version(root: etree._Element, policy: SecurityPolicy) -> None:
+    """Refuse a ``schemaVersion`` the policy does not accept (SCHEMA_VERSION).
+
+    The schema types it as any decimal, so 9.9 is schema-valid; a request written
+    for another DUIS version must not be read as if it were 5.4.
+    """
+    version = root.get("schemaVersion")
+    if version not in policy.schema_versions:
+        accepted = ", ".join(sorted(policy.schema_versions))
+        raise EnvelopeRejection(
+            Reason.SCHEMA_VERSION,
+            f"schemaVersion {version!r} is not accepted; this service accepts {accepted}",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,20 +237,20 @@ def read_request(root: etree._Element) -> ReturnRequest:
     header = top.get(_HEADER)
     body = top.get(_BODY)
     if header is None or body is None or len(body) != 1:
-        raise EnvelopeRejection(ResponseCode.E31, "sr:Header and one sr:Body child are required")
+        raise EnvelopeRejection(Reason.SCHEMA, "sr:Header and one sr:Body child are required")
     fields = _texts(header)
     variant = fields.get(_SERVICE_REFERENCE_VARIANT) or ""
     reference = fields.get(_SERVICE_REFERENCE) or ""
     kind = _KINDS.get(variant)
     if kind is None:
         raise EnvelopeRejection(
-            ResponseCode.E31,
+            Reason.SCHEMA,
             f"service request variant {clip(variant)} is not served here (only 8.14.3 and 8.14.4)",
         )
     content = body[0]
     if reference != "8.14" or content.tag != _BODY_TAGS[kind]:
         raise EnvelopeRejection(
-            ResponseCode.E31,
+            Reason.SCHEMA,
             f"ServiceReference {clip(reference)} / variant {clip(variant)} does not match body "
             f"{clip(etree.QName(content).localname)}",
         )
@@ -264,4 +280,4 @@ def read_request(root: etree._Element) -> ReturnRequest:
     except ValueError as exc:
         # The model's messages clip the values they quote; an enum's is bounded by the
         # schema, and with the whole reason where the refusal is recorded.
-        raise EnvelopeRejection(ResponseCode.E31, str(exc)) from None
+        raise EnvelopeRejection(Reason.SCHEMA, str(exc)) from None

@@ -1,7 +1,9 @@
 """Signed DUIS acknowledgements (``sr:Response``) for 8.14.3 / 8.14.4.
 
-The response is compact, carries RequestID/ResponseID when the request's
-RequestID could be read, and is signed with the DCC's XML-signing key.
+The response is compact, repeats the RequestID when the request's RequestID
+could be read, and is signed with the DCC's XML-signing key. Like the DCC's
+own signed answers to DCC-only (Command Variant 8) requests it carries no
+``ResponseID``: only responses from devices do (the schema makes it optional).
 
 It is written from a template, not built as an lxml tree: the document is
 tiny and always the same shape, and tree building, two C14N passes and
@@ -25,7 +27,6 @@ from xml.sax.saxutils import escape
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hubreturns.codes import ResponseCode
 from hubreturns.model import RequestId
 from hubreturns.policy import Algorithm
 from hubreturns.wire.certificate import SigningCertificate
@@ -103,21 +104,19 @@ def _text(value: str) -> str:
 def build_response(
     *,
     request_id: RequestId | None,
-    code: ResponseCode,
+    code: str,
     service_reference: str,
     service_reference_variant: str,
     now: datetime,
     signer: ResponseSigner,
 ) -> bytes:
-    """A signed, schema-valid ``sr:Response`` for one request."""
-    ids = (
-        ""
-        if request_id is None
-        else f"<sr:RequestID>{_text(str(request_id))}</sr:RequestID>"
-        f"<sr:ResponseID>{_text(request_id.response_id())}</sr:ResponseID>"
-    )
+    """A signed, schema-valid ``sr:Response`` for one request.
+
+    ``code`` is the wire code (``CodeProfile.code``), from the DUIS enumeration.
+    """
+    ids = "" if request_id is None else f"<sr:RequestID>{_text(str(request_id))}</sr:RequestID>"
     content = (
-        f"<sr:Header>{ids}<sr:ResponseCode>{_text(code.value)}</sr:ResponseCode>"
+        f"<sr:Header>{ids}<sr:ResponseCode>{_text(code)}</sr:ResponseCode>"
         f"<sr:ResponseDateTime>{_text(format_datetime(now))}</sr:ResponseDateTime></sr:Header>"
         "<sr:Body><sr:ResponseMessage>"
         f"<sr:ServiceReference>{_text(service_reference)}</sr:ServiceReference>"

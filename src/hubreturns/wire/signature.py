@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from lxml import etree
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import Reason
 from hubreturns.errors import SignatureRejection
 from hubreturns.model import clip
 from hubreturns.policy import Algorithm, SecurityPolicy
@@ -55,7 +55,7 @@ _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 def _bad(message: str) -> SignatureRejection:
-    return SignatureRejection(ResponseCode.E40, message)
+    return SignatureRejection(Reason.SIGNATURE, message)
 
 
 def _children(element: etree._Element, *names: str) -> list[etree._Element]:
@@ -96,7 +96,7 @@ _PROFILE_ARITY = [arity for _, arity in _PROFILE_TREE]
 
 
 def _profile_elements(signature: etree._Element) -> list[etree._Element]:
-    """The Signature's elements in document order, if its tree is the profile's; else E40."""
+    """The Signature's elements in document order, if its tree is the profile's; else SIGNATURE."""
     # iter() also yields comments and PIs: their tags are not strings, so they never match.
     found = list(signature.iter())
     if [e.tag for e in found] != _PROFILE_TAGS or [len(e) for e in found] != _PROFILE_ARITY:
@@ -106,7 +106,7 @@ def _profile_elements(signature: etree._Element) -> list[etree._Element]:
 
 
 def _explain_shape(signature: etree._Element) -> None:
-    """Raise E40 naming the first element whose children differ from the profile."""
+    """Raise SIGNATURE naming the first element whose children differ from the profile."""
     signed_info, signature_value, key_info = _children(
         signature, "SignedInfo", "SignatureValue", "KeyInfo"
     )
@@ -190,9 +190,10 @@ def verify(
 ) -> SigningCertificate:
     """Check the document's one signature and return the certificate that made it.
 
-    Raises ``SignatureRejection``: E40 for profile, format or cryptographic
-    failures, E41 when issuer+serial is not in our store, E42 when the
-    certificate is not one allowed to sign (revoked, OU, curve, validity at ``now``).
+    Raises ``SignatureRejection``: SIGNATURE for profile, format or cryptographic
+    failures, UNKNOWN_CERTIFICATE when issuer+serial is not in our store,
+    UNUSABLE_CERTIFICATE when the certificate is not one allowed to sign
+    (revoked, OU, curve, validity at ``now``).
     The caller still checks that the certificate belongs to the originator.
     """
     return complete(verification_steps(root, lookup, policy, now))
@@ -253,11 +254,13 @@ def verification_steps(
     try:
         issuer = normalize_issuer(issuer_name.text or "")
     except ValueError:
-        raise SignatureRejection(ResponseCode.E41, "X509IssuerName is not a valid name") from None
+        raise SignatureRejection(
+            Reason.UNKNOWN_CERTIFICATE, "X509IssuerName is not a valid name"
+        ) from None
     certificate = lookup(issuer, int(serial_text))
     if certificate is None:
         raise SignatureRejection(
-            ResponseCode.E41, f"no certificate issued by {clip(issuer)} with serial {serial_text}"
+            Reason.UNKNOWN_CERTIFICATE, f"no certificate issued by {clip(issuer)} with serial {serial_text}"
         )
     _check_certificate(certificate, policy, now)
     assert certificate.public_key is not None  # checked above
@@ -277,7 +280,9 @@ def verification_steps(
 
 def _check_certificate(cert: SigningCertificate, policy: SecurityPolicy, now: datetime) -> None:
     def refuse(why: str) -> SignatureRejection:
-        return SignatureRejection(ResponseCode.E42, f"certificate serial {cert.serial} {why}")
+        return SignatureRejection(
+            Reason.UNUSABLE_CERTIFICATE, f"certificate serial {cert.serial} {why}"
+        )
 
     if cert.revoked_at is not None:
         raise refuse(f"was revoked on {cert.revoked_at.isoformat()}")

@@ -1,0 +1,183 @@
+"""The code profile: defaults, `[response_codes]` overrides, `hubreturns codes`, and the
+answers a service with an overridden profile and a foreign schemaVersion gives over HTTP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
+
+from hubreturns.cli import app
+from hubreturns.client import read_response
+from hubreturns.codes import (
+    DEFAULT_PROFILE,
+    PUBLISHED_UNUSED,
+    CodeProfile,
+    Reason,
+    ResponseCode,
+    duis_response_codes,
+)
+from hubreturns.config import ConfigError, Settings, load_settings
+from hubreturns.demo import IS, SCENARIOS, DemoWorld, scenario_bodies, scenario_request
+from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.wire.certificate import SigningCertificate
+from hubreturns.wire.request import build_request
+from hubreturns.wire.signature import sign
+
+XML = {"content-type": "application/xml"}
+OVERRIDES = '[response_codes]\nreplay = "E50"\nmalformed = "E51"\n'
+
+
+def test_default_profile_avoids_every_published_meaning() -> None:
+    codes = list(DEFAULT_PROFILE.codes.values())
+    assert set(DEFAULT_PROFILE.codes) == set(Reason)
+    assert len(set(codes)) == len(codes)
+    assert not set(codes) & (set(PUBLISHED_UNUSED) | set(ResponseCode))
+    assert set(codes) <= duis_response_codes()
+    assert {"E17", "E20", "E21", "E30", "E46", "E49", "E100", "E081401"} <= duis_response_codes()
+    assert DEFAULT_PROFILE.code(Reason.REPLAY) == "E48"
+    assert DEFAULT_PROFILE.code(Reason.WRONG_TARGET) == "E47"
+    assert DEFAULT_PROFILE.code(Reason.MALFORMED) == "E46"
+    assert DEFAULT_PROFILE.code(ResponseCode.E4) == "E4"
+    assert DEFAULT_PROFILE.verdict("E48") is Reason.REPLAY
+    assert DEFAULT_PROFILE.verdict("E21") is None
+
+
+def _load(tmp_path: Path, text: str) -> Settings:
+    path = tmp_path / "hubreturns.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_settings(path, environ={})
+
+
+def test_override_changes_only_the_named_reasons(tmp_path: Path) -> None:
+    profile = _load(tmp_path, OVERRIDES).response_codes
+    assert (profile.code(Reason.REPLAY), profile.code(Reason.MALFORMED)) == ("E50", "E51")
+    others = set(Reason) - {Reason.REPLAY, Reason.MALFORMED}
+    assert all(profile.code(r) == DEFAULT_PROFILE.code(r) for r in others)
+    beside = _load(tmp_path, '[hubreturns]\nacb_eui = "90-B3-D5-1F-30-00-00-02"\n' + OVERRIDES)
+    assert beside.response_codes == profile
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ('replays = "E50"', "unknown reason(s) ['replays']"),
+        ('replay = "E999"', "not a code of the DUIS 5.4 sr:ResponseCode enumeration"),
+        ('replay = "E21"', "published DUIS meaning (No response received from the device)"),
+        ('wrong_target = "E20"', "published DUIS meaning (Unable to communicate"),
+        ('malformed = "E30"', "published DUIS meaning (Time-out of a future-dated command)"),
+        ('schema = "E17"', "published DUIS meaning"),
+        ('replay = "E4"', "E4 is DUIS-defined (User not authorised for this device)"),
+        ('replay = "I99"', "I99 is DUIS-defined"),
+        ('replay = "E40"', "E40 is given to both"),
+        ('replay = "E50"\nmalformed = "E50"', "E50 is given to both"),
+        ("replay = 48", "must be a response code string"),
+    ],
+)
+def test_bad_overrides_are_refused_at_start(tmp_path: Path, table: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, f"[response_codes]\n{table}\n")
+    assert fragment in str(caught.value)
+    assert "[response_codes]" in str(caught.value)
+
+
+def test_response_codes_must_be_a_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must be a TOML table"):
+        _load(tmp_path, 'response_codes = "E48"\n')
+
+
+def test_profile_refuses_a_missing_reason() -> None:
+    partial = {r: c for r, c in DEFAULT_PROFILE.codes.items() if r is not Reason.REPLAY}
+    with pytest.raises(ValueError, match="no response code for \\['replay'\\]"):
+        CodeProfile(partial)
+
+
+# -- hubreturns codes ----------------------------------------------------------------------
+
+
+def _codes(*args: str) -> str:
+    result = CliRunner().invoke(
+        app, ["codes", *args], env={"HUBRETURNS_CONFIG": None, "COLUMNS": "160"}
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_codes_prints_the_profile_in_force_within_100_columns(tmp_path: Path) -> None:
+    text = _codes()
+    assert max(len(line) for line in text.splitlines()) <= 100
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if "│" in line}
+    assert set(lines) >= {code for code, _, _ in DEFAULT_PROFILE.rows()}
+    assert "replay" in lines["E48"]
+    assert "configurable" in lines["E48"]
+    assert "409" in lines["E48"]
+    assert "DUIS" in lines["E4"]
+    assert "configurable" not in lines["E4"]
+    assert not {"E20", "E21", "E30"} & set(lines)
+    assert "pending DCC's DUGIDS" in text
+    (tmp_path / "hubreturns.toml").write_text(OVERRIDES, encoding="utf-8")
+    overridden = _codes("--config", str(tmp_path / "hubreturns.toml"), "--markdown")
+    rows = {line.split("|")[1].strip(): line for line in overridden.splitlines()[2:]}
+    assert "replay" in rows["E50"]
+    assert "E48" not in rows
+    assert "malformed" in rows["E51"]
+    assert "E46" not in rows
+
+
+# -- over HTTP ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    """The service under test runs with the overridden profile (conftest's ``processor``)."""
+    path = tmp_path / "overrides.toml"
+    path.write_text(f'database_url = "{database_url}"\n{OVERRIDES}', encoding="utf-8")
+    return load_settings(path, environ={})
+
+
+def _answer(reply: httpx.Response, world: DemoWorld) -> str:
+    code = read_response(reply.content, world.dcc_certificates()).code
+    assert reply.headers["x-duis-response-code"] == code
+    return code
+
+
+def _audit(seeded: sessionmaker[Session]) -> list[tuple[str, bool, int]]:
+    with seeded() as session:
+        rows = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+        return [(r.code, r.accepted, r.http_status) for r in rows]
+
+
+def test_an_override_is_the_code_in_the_signed_answer_and_the_audit_row(
+    http: httpx.Client, world: DemoWorld, seeded: sessionmaker[Session]
+) -> None:
+    scenario = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
+    ((_, body),) = scenario_bodies(world, [scenario], first_counter=7000)
+    assert _answer(http.post("/api/v1/serviceD", content=body, headers=XML), world) == "I99"
+    replay = http.post("/api/v1/serviceD", content=body, headers=XML)
+    assert (_answer(replay, world), replay.status_code) == ("E50", 409)
+    garbage = http.post("/api/v1/serviceD", content=b"not xml", headers=XML)
+    assert (_answer(garbage, world), garbage.status_code) == ("E51", 400)
+    assert _audit(seeded) == [("I99", True, 200), ("E50", False, 409), ("E51", False, 400)]
+    with seeded() as session:
+        assert len(session.scalars(select(ReturnRecord)).all()) == 1
+
+
+def test_foreign_schema_version_is_refused(
+    http: httpx.Client, world: DemoWorld, seeded: sessionmaker[Session]
+) -> None:
+    scenario = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
+    root = build_request(scenario_request(scenario, 7100))
+    root.set("schemaVersion", "9.9")  # schema-valid (any decimal), correctly signed
+    credential = world.credentials[IS]
+    body = sign(root, credential.key, SigningCertificate.from_x509(credential.certificate))
+    reply = http.post("/api/v1/serviceD", content=body, headers=XML)
+    assert (_answer(reply, world), reply.status_code) == ("E49", 400)
+    assert _audit(seeded) == [("E49", False, 400)]
+    with seeded() as session:
+        (row,) = session.scalars(select(AuditEntry)).all()
+        assert "schemaVersion '9.9' is not accepted; this service accepts 5.4" in row.reason
+        assert session.scalars(select(ReturnRecord)).all() == []

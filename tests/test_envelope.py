@@ -294,7 +294,9 @@ MALFORMED_CASES: dict[str, tuple[bytes, str]] = {
 }
 
 
-@pytest.mark.parametrize(("data", "fragment"), list(MALFORMED_CASES.values()), ids=list(MALFORMED_CASES))
+@pytest.mark.parametrize(
+    ("data", "fragment"), list(MALFORMED_CASES.values()), ids=list(MALFORMED_CASES)
+)
 def test_malformed_documents_are_refused_as_malformed(data: bytes, fragment: str) -> None:
     rejection = refusal(data)
     assert rejection.code is MALFORMED

@@ -101,7 +101,7 @@ def test_a_replay_and_a_second_return_of_a_hub_in_the_same_batch_are_refused(
     (_, body), (_, second) = scenario_bodies(world, [first, again], first_counter=500)
     batches = processor.committer.batches
     outcomes = _together(processor, [(b, Endpoint.NON_DEVICE) for b in (body, body, second)])
-    assert [o.code for o in outcomes] == [ResponseCode.I99, Reason.REPLAY, Reason.OPEN_RETURN]
+    assert [o.verdict for o in outcomes] == [ResponseCode.I99, Reason.REPLAY, Reason.OPEN_RETURN]
     # Decided in the batch itself, not by rolling it back and going one by one.
     assert processor.committer.batches - batches == 1
     with seeded() as session:
@@ -125,7 +125,7 @@ def test_counters_out_of_order_within_a_batch_refuse_the_lower_one(
     (_, low), (_, high) = scenario_bodies(world, [first, other], first_counter=900)
     batches = processor.committer.batches
     outcomes = _together(processor, [(high, Endpoint.NON_DEVICE), (low, Endpoint.NON_DEVICE)])
-    assert [o.code for o in outcomes] == [ResponseCode.I99, Reason.REPLAY]
+    assert [o.verdict for o in outcomes] == [ResponseCode.I99, Reason.REPLAY]
     assert processor.committer.batches - batches == 1
     with seeded() as session:
         counter = session.get(ReplayCounter, first.sender)
@@ -143,7 +143,7 @@ def test_two_returns_by_one_sender_in_a_batch_are_both_recorded(
     other = _scenario("IS no-fault return, Commissioned hub")
     (_, low), (_, high) = scenario_bodies(world, [first, other], first_counter=300)
     outcomes = _together(processor, [(low, Endpoint.NON_DEVICE), (high, Endpoint.NON_DEVICE)])
-    assert [o.code for o in outcomes] == [ResponseCode.I99, ResponseCode.I99]
+    assert [o.verdict for o in outcomes] == [ResponseCode.I99, ResponseCode.I99]
     with seeded() as session:
         counter = session.get(ReplayCounter, first.sender)
         assert counter is not None
@@ -326,7 +326,7 @@ def test_a_race_lost_between_read_and_write_is_decided_again_alone(
         outcomes = _together(processor, [(body, Endpoint.NON_DEVICE), (other, Endpoint.NON_DEVICE)])
     finally:
         Ledger.prefetch = original  # type: ignore[method-assign]
-    assert [o.code for o in outcomes] == [Reason.REPLAY, ResponseCode.I99]
+    assert [o.verdict for o in outcomes] == [Reason.REPLAY, ResponseCode.I99]
     with seeded() as session:
         assert [r.originator for r in session.scalars(select(ReturnRecord))] == [neighbour.sender]
         codes = sorted(a.code for a in session.scalars(select(AuditEntry)))

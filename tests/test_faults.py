@@ -299,7 +299,7 @@ def test_trickling_clients_are_cut_off_and_others_still_served(
     for answer in answers:
         head, _, payload = answer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 408"), head
-        assert b"x-duis-response-code: e30" in head.lower()
+        assert b"x-duis-response-code: e46" in head.lower()
         assert read_response(payload, world.dcc_certificates()).code == "E46"
     with processor.sessions() as session:
         reasons = session.scalars(select(AuditEntry.reason).where(~AuditEntry.accepted)).all()

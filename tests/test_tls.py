@@ -183,7 +183,7 @@ def test_a_client_with_a_certificate_from_the_ca_gets_i99_over_https(
     assert https.startswith("https://")
     reply = _post(https, _body(world), tls_context(pki.ca, *pki.client))
     assert reply.status_code == 200
-    assert read_response(reply.content, world.dcc_certificates()).code is ResponseCode.I99
+    assert read_response(reply.content, world.dcc_certificates()).code == ResponseCode.I99
     assert _count(seeded, ReturnRecord) == 1
     assert _count(seeded, AuditEntry) == 1
 
@@ -215,7 +215,7 @@ def test_https_without_client_certificates_and_a_client_that_does_not_trust_the_
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             _post(url, _body(world), tls_context())  # the system CAs do not know ours
         reply = _post(url, _body(world), tls_context(pki.ca))
-    assert read_response(reply.content, world.dcc_certificates()).code is ResponseCode.I99
+    assert read_response(reply.content, world.dcc_certificates()).code == ResponseCode.I99
 
 
 def test_the_desk_session_cookie_is_secure_under_tls(https: str, pki: Pki) -> None:

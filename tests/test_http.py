@@ -540,17 +540,17 @@ def _senders(scenario: Scenario) -> tuple[str | None, str | None]:
 
     The rules run only on authenticated requests, so their refusals name a
     verified sender; before that the RequestID's originator is only a claim,
-    except that E43's signer is verified (and is not the originator claimed).
+    except that an identity mismatch's signer is verified (and is not the originator claimed).
     """
-    if scenario.expected is ResponseCode.E43:
+    if scenario.expected is Reason.IDENTITY_MISMATCH:
         assert scenario.signer is not None
         return scenario.signer, scenario.sender
     if scenario.expected in (
-        ResponseCode.E30,
-        ResponseCode.E31,
-        ResponseCode.E40,
-        ResponseCode.E41,
-        ResponseCode.E42,
+        Reason.MALFORMED,
+        Reason.SCHEMA,
+        Reason.SIGNATURE,
+        Reason.UNKNOWN_CERTIFICATE,
+        Reason.UNUSABLE_CERTIFICATE,
     ):
         return None, scenario.sender
     return scenario.sender, None

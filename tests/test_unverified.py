@@ -121,7 +121,7 @@ def _post(
 
 
 def _code(reply: httpx.Response, world: DemoWorld) -> str:
-    return read_response(reply.content, world.dcc_certificates()).code.value
+    return read_response(reply.content, world.dcc_certificates()).code
 
 
 def _last(sessions: sessionmaker[Session]) -> AuditEntry:
@@ -202,14 +202,14 @@ HOSTILE: list[tuple[str, Callable[[DemoWorld], bytes], dict[str, str], str, int]
         "tag-mismatch",
         lambda w: b"<" + b"a" * 49_000 + b"></b>",
         {},
-        "E30",
+        "E46",
         400,
     ),
     (
         "content-type",
         lambda w: _with_device_id(w, HUB),
         {"content-type": "application/" + "x" * 8_000},
-        "E30",
+        "E46",
         415,
     ),
 ]
@@ -412,9 +412,9 @@ def test_0007_moves_unverified_originators_to_claims_and_back(engine: Engine) ->
         ("E40", False, IS),  # unsigned: a claim
         ("E43", False, IS),  # signed by another User: a claim
         ("E31", False, IS),  # schema-invalid: a claim
-        ("E30", False, None),  # unreadable: nothing named
+        ("E46", False, None),  # unreadable: nothing named
         ("E5", False, GS),  # decided by the rules: authenticated
-        ("E21", False, GS),  # a replay: authenticated
+        ("E48", False, GS),  # a replay: authenticated
         ("I99", True, IS),  # accepted: authenticated
     ]
     with engine.begin() as conn:
@@ -441,9 +441,9 @@ def test_0007_moves_unverified_originators_to_claims_and_back(engine: Engine) ->
         ("E40", None, IS),
         ("E43", None, IS),
         ("E31", None, IS),
-        ("E30", None, None),
+        ("E46", None, None),
         ("E5", GS, None),
-        ("E21", GS, None),
+        ("E48", GS, None),
         ("I99", IS, None),
     ]
     _downgrade(engine, "0006")

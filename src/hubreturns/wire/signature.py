@@ -260,7 +260,8 @@ def verification_steps(
     certificate = lookup(issuer, int(serial_text))
     if certificate is None:
         raise SignatureRejection(
-            Reason.UNKNOWN_CERTIFICATE, f"no certificate issued by {clip(issuer)} with serial {serial_text}"
+            Reason.UNKNOWN_CERTIFICATE,
+            f"no certificate issued by {clip(issuer)} with serial {serial_text}",
         )
     _check_certificate(certificate, policy, now)
     assert certificate.public_key is not None  # checked above

@@ -412,9 +412,9 @@ def test_0007_moves_unverified_originators_to_claims_and_back(engine: Engine) ->
         ("E40", False, IS),  # unsigned: a claim
         ("E43", False, IS),  # signed by another User: a claim
         ("E31", False, IS),  # schema-invalid: a claim
-        ("E46", False, None),  # unreadable: nothing named
+        ("E30", False, None),  # unreadable: nothing named (codes of before issue 24)
         ("E5", False, GS),  # decided by the rules: authenticated
-        ("E48", False, GS),  # a replay: authenticated
+        ("E21", False, GS),  # a replay: authenticated
         ("I99", True, IS),  # accepted: authenticated
     ]
     with engine.begin() as conn:
@@ -441,9 +441,9 @@ def test_0007_moves_unverified_originators_to_claims_and_back(engine: Engine) ->
         ("E40", None, IS),
         ("E43", None, IS),
         ("E31", None, IS),
-        ("E46", None, None),
+        ("E30", None, None),
         ("E5", GS, None),
-        ("E48", GS, None),
+        ("E21", GS, None),
         ("I99", IS, None),
     ]
     _downgrade(engine, "0006")

@@ -384,7 +384,7 @@ def test_a_crl_is_checked_against_the_ca_and_revokes_loaded_and_later_certificat
 
 
 def _reply_code(reply: httpx.Response, world: DemoWorld) -> str:
-    return read_response(reply.content, world.dcc_certificates()).code.value
+    return read_response(reply.content, world.dcc_certificates()).code
 
 
 def _bodies(world: DemoWorld, count: int, first_counter: int) -> list[bytes]:
@@ -404,7 +404,7 @@ def test_revoked_then_removed_certificate_is_refused_e42_then_e41(
     processor: Processor, seeded: sessionmaker[Session], world: DemoWorld
 ) -> None:
     first, second, third = _bodies(world, 3, 1)
-    assert processor.handle_duis(first, Endpoint.NON_DEVICE).code.value == "I99"
+    assert processor.handle_duis(first, Endpoint.NON_DEVICE).code == "I99"
     cert = SigningCertificate.from_x509(world.credentials[IS].certificate)
     now = datetime.now(UTC)
     with seeded.begin() as session:
@@ -413,12 +413,12 @@ def test_revoked_then_removed_certificate_is_refused_e42_then_e41(
         )
     time.sleep(REVOCATION_WINDOW)
     outcome = processor.handle_duis(second, Endpoint.NON_DEVICE)
-    assert (outcome.code.value, outcome.http_status) == ("E42", 401)
+    assert (outcome.code, outcome.http_status) == ("E42", 401)
     assert "was revoked on" in outcome.reason
     with seeded.begin() as session:
         Repository(session).remove_certificate(cert.issuer, cert.serial)
     time.sleep(REVOCATION_WINDOW)
-    assert processor.handle_duis(third, Endpoint.NON_DEVICE).code.value == "E41"
+    assert processor.handle_duis(third, Endpoint.NON_DEVICE).code == "E41"
     assert [a.reason for a in _audit(seeded, "E42")] == [outcome.reason]
     assert len(_audit(seeded, "E41")) == 1
 

@@ -35,8 +35,10 @@ __all__ = [
     "RETURN_TYPES",
     "AuditQuery",
     "FormErrors",
+    "Paging",
     "ReturnForm",
     "parse_audit_query",
+    "parse_paging",
     "parse_return_filter",
     "read_return_form",
 ]
@@ -69,8 +71,11 @@ RETURN_FIELDS = (
     "additional_information",
 )
 _MAX_LENGTH = {"user_ref_id": 25, "incident_reference": 15, "additional_information": 200}
-_MAX_LIST = 1000
 _MAX_EXPORT = 100_000
+#: Rows per page of the returns and audit lists: the default and the most one may ask for.
+PER_PAGE = 50
+_MAX_PER_PAGE = 200
+_MAX_PAGE = 100_000
 
 FormErrors = dict[str, str]
 _E = TypeVar("_E", ConnectionMethod, FaultReason)
@@ -253,9 +258,7 @@ def parse_return_filter(
         channel=_one_of(query, "channel", tuple(c.value for c in Channel), errors),
         since=_optional_date(query, "since", "From", errors),
         until=_optional_date(query, "until", "Until", errors),
-        limit=_limit(
-            query, _MAX_EXPORT if export else 100, _MAX_EXPORT if export else _MAX_LIST, errors
-        ),
+        limit=_limit(query, _MAX_EXPORT, _MAX_EXPORT, errors) if export else PER_PAGE,
     )
     return where, errors
 
@@ -265,22 +268,60 @@ class AuditQuery:
     """Filter of the request audit log (the arguments of ``Repository.audit``)."""
 
     originator: str | None = None
+    device_id: str | None = None
     code: str | None = None
     accepted: bool | None = None
-    limit: int = 100
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = PER_PAGE
+    offset: int = 0
 
 
 def parse_audit_query(
     query: Mapping[str, str], *, export: bool = False
 ) -> tuple[AuditQuery, FormErrors]:
+    """The audit list/CSV filter; the page's rows come from ``parse_paging``."""
     errors: FormErrors = {}
     outcome = _one_of(query, "outcome", ("accepted", "refused"), errors)
     audit = AuditQuery(
         originator=_optional_eui(query, "originator", "Sender", errors),
+        device_id=_optional_eui(query, "device_id", "Device ID", errors),
         code=_one_of(query, "code", AUDIT_CODES, errors),
         accepted=None if outcome is None else outcome == "accepted",
-        limit=_limit(
-            query, _MAX_EXPORT if export else 100, _MAX_EXPORT if export else _MAX_LIST, errors
-        ),
+        since=_optional_date(query, "since", "From", errors),
+        until=_optional_date(query, "until", "Until", errors),
+        limit=_limit(query, _MAX_EXPORT, _MAX_EXPORT, errors) if export else PER_PAGE,
     )
     return audit, errors
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Paging:
+    """Which page of a newest-first list to show (``page`` from 1, ``per_page`` rows)."""
+
+    page: int = 1
+    per_page: int = PER_PAGE
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
+
+
+def _whole(
+    query: Mapping[str, str], name: str, default: int, maximum: int, errors: FormErrors
+) -> int:
+    value = _text(query, name)
+    if not value:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        errors[name] = f"{name} must be a whole number from 1 to {maximum}."
+        return default
+    return int(value)
+
+
+def parse_paging(query: Mapping[str, str], errors: FormErrors) -> Paging:
+    """``page`` and ``per_page`` from the query; bad values are reported in ``errors``."""
+    return Paging(
+        page=_whole(query, "page", 1, _MAX_PAGE, errors),
+        per_page=_whole(query, "per_page", PER_PAGE, _MAX_PER_PAGE, errors),
+    )

@@ -56,6 +56,8 @@ class HubView:
     gpf_id: str | None
     open_return_id: int | None
     updated_at: datetime
+    #: For a GPF: the hub (CHF) whose OtherDeviceID it is, if the inventory names one.
+    hub_of_gpf: str | None
     suppliers: tuple[Party, ...]
     appointed: tuple[Appointed, ...]
     returns: tuple[ReturnRecord, ...]
@@ -95,6 +97,16 @@ def hub_view(session: Session, device_id: str, now: datetime) -> HubView | None:
         .order_by(AuditEntry.id.desc())
         .limit(50)
     ).all()
+    hub_of_gpf = (
+        session.scalar(
+            select(Device.device_id)
+            .where(Device.gpf_id == device_id)
+            .order_by(Device.device_id)
+            .limit(1)
+        )
+        if device.device_type == "GPF"
+        else None
+    )
     return HubView(
         device_id=device.device_id,
         device_type=device.device_type,
@@ -102,6 +114,7 @@ def hub_view(session: Session, device_id: str, now: datetime) -> HubView | None:
         gpf_id=device.gpf_id,
         open_return_id=device.open_return_id,
         updated_at=device.updated_at,
+        hub_of_gpf=hub_of_gpf,
         suppliers=tuple(_party(s) for s in suppliers),
         appointed=tuple(
             Appointed(

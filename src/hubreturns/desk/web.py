@@ -14,6 +14,7 @@ same rule table and the same codes as DUIS, recorded with channel
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hmac
 import io
 import logging
@@ -25,9 +26,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import jinja2
+from markupsafe import Markup, escape
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -41,6 +43,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hubreturns.codes import ResponseCode
 from hubreturns.config import Settings
 from hubreturns.desk import accounts, forms
 from hubreturns.desk.queries import hub_view, service_users
@@ -128,6 +131,57 @@ def _utc(moment: datetime | None) -> datetime | None:
 def _show_time(moment: datetime | None) -> str:
     value = _utc(moment)
     return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _short_time(moment: datetime | None) -> str:
+    """Table cells: to the minute, without the zone (the column heading says UTC)."""
+    value = _utc(moment)
+    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _breakable(value: object) -> Markup:
+    """Long identifiers (EUI-64s, RequestIDs) that may wrap after a ``-`` or ``:``.
+
+    A narrow table then folds them onto two lines instead of pushing its last
+    columns off the screen; the text, when copied, is unchanged.
+    """
+    text = str(escape("" if value is None else value))
+    return Markup(text.replace("-", "-<wbr>").replace(":", ":<wbr>"))  # noqa: S704 escaped above
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Pager:
+    """What the list pages show about paging: the rows on this page and the links around it."""
+
+    page: int
+    first_row: int
+    last_row: int
+    prev_url: str | None
+    next_url: str | None
+
+
+def _pager(request: Request, paging: forms.Paging, shown: int, more: bool) -> Pager:
+    """Prev/Next links that keep every other query parameter as it is."""
+    here = f"{request.scope.get('root_path', '')}{_sub_path(request.scope)}"
+    kept = [(k, v) for k, v in request.query_params.multi_items() if k != "page"]
+
+    def url(page: int) -> str:
+        return f"{here}?{urlencode([*kept, ('page', str(page))])}"
+
+    return Pager(
+        page=paging.page,
+        first_row=paging.offset + 1 if shown else 0,
+        last_row=paging.offset + shown,
+        prev_url=url(paging.page - 1) if paging.page > 1 else None,
+        next_url=url(paging.page + 1) if more else None,
+    )
+
+
+def _export_query(request: Request) -> str:
+    """The list's filters for its CSV link (paging left out: the export has every row)."""
+    return urlencode(
+        [(k, v) for k, v in request.query_params.multi_items() if k not in ("page", "per_page")]
+    )
 
 
 def _sub_path(scope: Scope) -> str:
@@ -337,6 +391,8 @@ def _templates() -> Jinja2Templates:
         lstrip_blocks=True,
     )
     env.filters["when"] = _show_time
+    env.filters["short_when"] = _short_time
+    env.filters["breakable"] = _breakable
     return Jinja2Templates(env=env)
 
 
@@ -359,6 +415,7 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
     css = (resources.files("hubreturns.desk") / "static" / "desk.css").read_bytes()
     #: Wire code -> meaning under the profile in force (templates explain codes with it).
     code_info = {code: found for code, _, found in processor.codes.rows()}
+    accepted_code = processor.codes.code(ResponseCode.I99)
 
     def render(
         request: Request, name: str, context: Mapping[str, Any], status_code: int = 200
@@ -592,10 +649,16 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
             request_value.device_id,
             outcome.code,
         )
-        kept: Mapping[str, str] = {} if outcome.accepted else form
-        response = await run_in_threadpool(
-            form_page, request, kept, outcome=outcome, status_code=outcome.http_status
-        )
+        response: Response
+        if outcome.accepted and outcome.return_id is not None:
+            # POST/redirect/GET: a reload shows the record, it never logs the return twice.
+            response = RedirectResponse(
+                f"{prefix(request)}/returns/{outcome.return_id}?logged=1", status_code=303
+            )
+        else:
+            response = await run_in_threadpool(
+                form_page, request, form, outcome=outcome, status_code=outcome.http_status
+            )
         response.headers["X-DUIS-Response-Code"] = outcome.code
         return response
 
@@ -604,22 +667,26 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
     async def returns_page(request: Request) -> Response:
         query = dict(request.query_params)
         where, errors = forms.parse_return_filter(query)
+        paging = forms.parse_paging(query, errors)
+        where = dataclasses.replace(where, limit=paging.per_page + 1, offset=paging.offset)
 
         def read() -> Sequence[ReturnRecord]:
             with sessions() as session:
                 return Repository(session).returns(where)
 
         rows = await run_in_threadpool(read)
+        shown = rows[: paging.per_page]
         return render(
             request,
             "returns.html",
             {
                 "query": query,
                 "errors": errors,
-                "rows": rows,
+                "rows": shown,
+                "pager": _pager(request, paging, len(shown), len(rows) > paging.per_page),
                 "roles": forms.FORM_ROLES,
                 "channels": [c.value for c in Channel],
-                "csv_query": request.url.query,
+                "csv_query": _export_query(request),
             },
             status_code=422 if errors else 200,
         )
@@ -646,30 +713,45 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
         record = await run_in_threadpool(read)
         if record is None:
             raise HTTPException(404, f"No return {raw} is recorded.")
-        return render(request, "return_detail.html", {"record": record})
+        logged = request.query_params.get("logged") == "1" and record.channel == "servicedesk"
+        return render(
+            request,
+            "return_detail.html",
+            {"record": record, "logged": logged, "accepted": accepted_code},
+        )
 
     def read_audit(query: forms.AuditQuery) -> Sequence[AuditEntry]:
         with sessions() as session:
             return Repository(session).audit(
                 originator=query.originator,
+                device_id=query.device_id,
                 code=query.code,
                 accepted=query.accepted,
+                since=query.since,
+                until=query.until,
                 limit=query.limit,
+                offset=query.offset,
             )
 
     async def audit_page(request: Request) -> Response:
         query = dict(request.query_params)
         audit_query, errors = forms.parse_audit_query(query)
+        paging = forms.parse_paging(query, errors)
+        audit_query = dataclasses.replace(
+            audit_query, limit=paging.per_page + 1, offset=paging.offset
+        )
         rows = await run_in_threadpool(read_audit, audit_query)
+        shown = rows[: paging.per_page]
         return render(
             request,
             "audit.html",
             {
                 "query": query,
                 "errors": errors,
-                "rows": rows,
+                "rows": shown,
+                "pager": _pager(request, paging, len(shown), len(rows) > paging.per_page),
                 "codes": forms.AUDIT_CODES,
-                "csv_query": request.url.query,
+                "csv_query": _export_query(request),
             },
             status_code=422 if errors else 200,
         )

@@ -116,6 +116,8 @@ class ReturnFilter:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 100
+    #: Rows skipped first (newest first), for paging.
+    offset: int = 0
 
 
 class _Compiled:
@@ -1256,7 +1258,8 @@ class Repository:
             conditions.append(ReturnRecord.received_at < where.until)
         if conditions:
             query = query.where(and_(*conditions))
-        return self.session.scalars(query.order_by(ReturnRecord.id.desc()).limit(where.limit)).all()
+        query = query.order_by(ReturnRecord.id.desc()).limit(where.limit).offset(where.offset)
+        return self.session.scalars(query).all()
 
     def audit(
         self,
@@ -1265,13 +1268,25 @@ class Repository:
         code: str | None = None,
         accepted: bool | None = None,
         limit: int = 100,
+        device_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        offset: int = 0,
     ) -> Sequence[AuditEntry]:
         """Audit rows, newest first; ``originator`` matches a verified sender or a claimed one.
+
+        ``since`` is inclusive, ``until`` exclusive.
 
         An operator looking into a User's traffic needs to see what was sent in
         its name too; each row says which of the two it is.
         """
         query = select(AuditEntry)
+        if device_id is not None:
+            query = query.where(AuditEntry.device_id == device_id)
+        if since is not None:
+            query = query.where(AuditEntry.received_at >= since)
+        if until is not None:
+            query = query.where(AuditEntry.received_at < until)
         if originator is not None:
             query = query.where(
                 or_(
@@ -1283,7 +1298,8 @@ class Repository:
             query = query.where(AuditEntry.code == code)
         if accepted is not None:
             query = query.where(AuditEntry.accepted.is_(accepted))
-        return self.session.scalars(query.order_by(AuditEntry.id.desc()).limit(limit)).all()
+        query = query.order_by(AuditEntry.id.desc()).limit(limit).offset(offset)
+        return self.session.scalars(query).all()
 
     def counts(self) -> dict[str, int]:
         """Row counts of the main tables (for ``hubreturns status`` and tests)."""

@@ -24,8 +24,10 @@ from typer.testing import CliRunner
 from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, ResponseCode
 from hubreturns.config import Settings
-from hubreturns.demo import IS, RSA
+from hubreturns.demo import IS, RSA, DemoWorld, run_scenarios
+from hubreturns.desk import forms
 from hubreturns.extensions import register_commands
+from hubreturns.processing import Processor
 from hubreturns.store.models import ReturnRecord
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -42,6 +44,7 @@ SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "service-desk.png
 PASSWORD = "correct horse battery staple"
 HUB_PENDING = "00-DB-12-34-56-78-90-A2"
 HUB_INSTALLED = "00-DB-12-34-56-78-90-D2"
+HUB_OPEN = "00-DB-12-34-56-78-90-F2"
 
 if not any(group.name == "desk" for group in app.registered_groups):
     register_commands(app)
@@ -54,7 +57,8 @@ def database_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def chromium_page(tmp_path: Path) -> Iterator[object]:
+def chromium(tmp_path: Path) -> Iterator[object]:
+    """Debian's Chromium under Playwright (never a downloaded browser)."""
     if not CHROMIUM.exists() or shutil.which("chromium") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("Chromium is required in CI: scripts/install installs Debian's chromium")
@@ -63,13 +67,21 @@ def chromium_page(tmp_path: Path) -> Iterator[object]:
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            page = context.new_page()
-            page.set_default_timeout(20_000)
-            yield page
-            context.close()
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def chromium_page(chromium: object) -> Iterator[object]:
+    from playwright.sync_api import Browser
+
+    assert isinstance(chromium, Browser)
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
 
 
 def test_staff_member_looks_up_hubs_and_logs_returns_in_chromium(
@@ -162,3 +174,120 @@ def test_staff_member_looks_up_hubs_and_logs_returns_in_chromium(
     expect(page).to_have_url(f"{server}/desk/login?signed_out=1")
     page.goto(f"{server}/desk/returns")
     expect(page.locator("#name")).to_be_visible()
+
+
+IMAGES = SCREENSHOT.parent / "images"
+#: (name, width, height): a desktop and a phone.
+VIEWPORTS = (("desktop", 1280, 800), ("phone", 375, 812))
+
+
+def _fill_the_desk(server: str, world: DemoWorld, processor: Processor) -> int:
+    """Realistic rows: every demo DUIS scenario, then one return logged at the desk."""
+    run_scenarios(server, world)
+    request, errors = forms.read_return_form(
+        {
+            "originator": IS,
+            "device_id": HUB_OPEN,
+            "return_type": "Fault identified prior to installation",
+            "other_device_id": HUB_OPEN[:-1] + "0",
+            "connection_method": "Hot-shoe",
+            "fault_reason": "Damaged case",
+            "additional_information": "Case cracked on delivery; courier reference 12345.",
+        },
+        target=processor.access_control_broker,
+        counter=1,
+    )
+    assert request is not None, errors
+    outcome = processor.handle_desk(request, entered_by="alice")
+    assert outcome.return_id is not None, outcome
+    return outcome.return_id
+
+
+def _desk_pages(return_id: int) -> tuple[tuple[str, str], ...]:
+    """Every desk page, as (name, path) (the sign-in page is visited signed out)."""
+    return (
+        ("returns", "/desk/returns"),
+        ("return-detail", f"/desk/returns/{return_id}?logged=1"),
+        ("hub", f"/desk/hub?device_id={HUB_PENDING}"),
+        ("gpf", f"/desk/hub?device_id={HUB_PENDING[:-1]}0"),
+        ("form", "/desk/returns/new"),
+        ("audit", "/desk/audit?per_page=10"),
+        ("error", "/desk/returns/999999"),
+    )
+
+
+def _fits(page: object) -> tuple[int, int]:
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    return int(widths[0]), int(widths[1])
+
+
+def _shoot(page: object, name: str, folder: Path) -> None:
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"desk-{name}.png"), full_page=True)
+
+
+def test_every_desk_page_fits_a_desktop_and_a_phone_screen(
+    server: str,
+    settings: Settings,
+    world: DemoWorld,
+    processor: Processor,
+    chromium: object,
+    tmp_path: Path,
+) -> None:
+    from playwright.sync_api import Browser, expect
+
+    assert isinstance(chromium, Browser)
+    result = CliRunner().invoke(
+        app,
+        ["desk", "add-user", "alice", "--password-stdin"],
+        input=PASSWORD,
+        env={"HUBRETURNS_DATABASE_URL": settings.database_url},
+    )
+    assert result.exit_code == 0, result.output
+    return_id = _fill_the_desk(server, world, processor)
+    update = os.environ.get("HUBRETURNS_UPDATE_SCREENSHOT") == "1"
+    folder = IMAGES if update else tmp_path
+    too_wide: list[str] = []
+    for label, width, height in VIEWPORTS:
+        context = chromium.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.goto(f"{server}/desk/login")
+        expect(page.locator("#name")).to_be_visible()
+        pages = [("login", _fits(page))]
+        _shoot(page, f"login-{label}", folder)
+        page.fill("#name", "alice")
+        page.fill("#password", PASSWORD)
+        page.click("button[type=submit]")
+        expect(page.locator("#staff-name")).to_have_text("alice")
+        for name, path in _desk_pages(return_id):
+            page.goto(f"{server}{path}")
+            expect(page.locator("main h1, main h2").first).to_be_visible()
+            pages.append((name, _fits(page)))
+            _shoot(page, f"{name}-{label}", folder)
+            if name in ("returns", "audit") and label == "desktop":
+                # every column on screen, the last (Status, Reason) included
+                right = page.evaluate(
+                    f"document.querySelector('#{name} th:last-child').getBoundingClientRect().right"
+                )
+                assert right <= width, (name, right)
+        # the form with its errors shown in place
+        page.goto(f"{server}/desk/returns/new")
+        page.fill("#device_id", "00-DB-12")
+        page.click("#submit-return")
+        expect(page.locator("#error-device_id")).to_be_visible()
+        expect(page.locator("#device_id")).to_have_attribute("aria-invalid", "true")
+        pages.append(("form-errors", _fits(page)))
+        _shoot(page, f"form-errors-{label}", folder)
+        context.close()
+        too_wide += [
+            f"{name} at {width}px: {w} > {inner}" for name, (w, inner) in pages if w > inner
+        ]
+        assert len(pages) == 9
+    assert too_wide == []

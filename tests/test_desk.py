@@ -787,3 +787,45 @@ def test_field_errors_are_tied_to_their_fields_and_pages_have_a_skip_link(desk: 
     for placeholder in re.findall(r'placeholder="([^"]*)"', page.text):
         assert not re.search(r"[0-9A-F]{2}-[0-9A-F]{2}-", placeholder), placeholder
         assert not re.search(r"\d{4}-\d{2}", placeholder), placeholder
+
+
+def test_cli_shows_locked_accounts_resets_passwords_and_removes_accounts(
+    desk: Desk, settings: Settings
+) -> None:
+    with httpx.Client(base_url=desk.url, timeout=30) as intruder:
+        for _ in range(accounts.FREE_FAILURES + 1):
+            sign_in(intruder, "alice", "wrong password guess")
+        assert sign_in(intruder, "alice", PASSWORD).status_code == 429
+    code, output, _ = cli(settings, "desk", "list-users")
+    assert code == 0, output
+    assert "locked until" in " ".join(output.split())
+    assert desk.client.get("/desk/hub").status_code == 200  # the signed-in session still works
+    new_password = "a brand new passphrase"
+    code, output, _ = cli(
+        settings, "desk", "reset-password", "alice", "--password-stdin", stdin=new_password
+    )
+    assert code == 0, output
+    assert new_password not in output
+    assert desk.client.get("/desk/hub").status_code == 303  # its sessions ended
+    with desk.sessions() as session:
+        assert session.get(SignInFailures, "alice") is None
+    code, output, _ = cli(settings, "desk", "list-users")
+    assert "locked" not in output
+    with httpx.Client(base_url=desk.url, timeout=30) as fresh:
+        assert sign_in(fresh, "alice", PASSWORD).status_code == 401
+        assert sign_in(fresh, "alice", new_password).status_code == 303
+    code, _, error = cli(settings, "desk", "reset-password", "alice", "--password-stdin", stdin="x")
+    assert code != 0
+    assert isinstance(error, CliError)
+    assert "fewer than 12" in str(error)
+    code, _, error = cli(settings, "desk", "remove", "nobody")
+    assert code != 0
+    assert isinstance(error, CliError)
+    assert "list-users" in error.hint
+    code, output, _ = cli(settings, "desk", "remove", "alice")
+    assert code == 0, output
+    with desk.sessions() as session:
+        assert session.get(StaffAccount, "alice") is None
+        assert session.scalar(select(func.count()).select_from(DeskSession)) == 0
+    code, output, _ = cli(settings, "desk", "list-users")
+    assert "no staff accounts yet" in output

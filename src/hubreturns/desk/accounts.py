@@ -43,6 +43,9 @@ __all__ = [
     "add_staff",
     "end_session",
     "list_staff",
+    "locks",
+    "remove_staff",
+    "reset_password",
     "set_active",
     "sign_in",
     "staff_for_session",
@@ -136,21 +139,67 @@ def list_staff(session: Session) -> Sequence[Staff]:
     return [_staff(r) for r in rows]
 
 
-def set_active(session: Session, name: str, active: bool, now: datetime) -> Staff:
-    """Enable or disable an account; disabling also ends all its sessions at once."""
+def locks(session: Session, now: datetime) -> dict[str, datetime]:
+    """Names (accounts or not) whose sign-in is locked at ``now``, with when the lock ends."""
+    rows = session.scalars(
+        select(SignInFailures).where(SignInFailures.locked_until.is_not(None))
+    ).all()
+    ends = {row.name: _utc(row.locked_until) for row in rows if row.locked_until is not None}
+    return {name: until for name, until in ends.items() if until > now}
+
+
+def _account(session: Session, name: str) -> StaffAccount:
     row = session.get(StaffAccount, name)
     if row is None:
         raise AccountError(
             f"no staff account {name!r}", "`hubreturns desk list-users` shows the accounts."
         )
+    return row
+
+
+def _end_sessions(session: Session, name: str, now: datetime) -> None:
+    session.execute(
+        update(DeskSession)
+        .where(DeskSession.staff_name == name, DeskSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def reset_password(session: Session, name: str, password: str, now: datetime) -> Staff:
+    """A new password for an account: its sessions end and its failed sign-ins are forgotten.
+
+    For a staff member who forgot theirs or whose password may be known to others.
+    """
+    row = _account(session, name)
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(
+            f"the password has {len(password)} characters, fewer than {MIN_PASSWORD_LENGTH}",
+            f"Choose a password (or passphrase) of at least {MIN_PASSWORD_LENGTH} characters.",
+        )
+    row.password_hash = _hasher.hash(password)
+    row.updated_at = now
+    _end_sessions(session, name, now)
+    session.execute(delete(SignInFailures).where(SignInFailures.name == name))
+    session.flush()
+    return _staff(row)
+
+
+def remove_staff(session: Session, name: str) -> None:
+    """Delete an account and its sessions; returns it entered keep its name."""
+    row = _account(session, name)
+    session.execute(delete(DeskSession).where(DeskSession.staff_name == name))
+    session.execute(delete(SignInFailures).where(SignInFailures.name == name))
+    session.delete(row)
+    session.flush()
+
+
+def set_active(session: Session, name: str, active: bool, now: datetime) -> Staff:
+    """Enable or disable an account; disabling also ends all its sessions at once."""
+    row = _account(session, name)
     row.active = active
     row.updated_at = now
     if not active:
-        session.execute(
-            update(DeskSession)
-            .where(DeskSession.staff_name == name, DeskSession.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
+        _end_sessions(session, name, now)
     session.flush()
     return _staff(row)
 

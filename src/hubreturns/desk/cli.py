@@ -89,20 +89,71 @@ def add_user(
     console.print(f"[green]staff account created[/green]: {name}")
 
 
+def _minute(moment: datetime) -> str:
+    """UTC to the minute (SQLite hands back stored moments without their zone)."""
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+
+
 @desk_app.command("list-users")
 def list_users(config: ConfigOption = None) -> None:
-    """Staff accounts, with status and last sign-in."""
+    """Staff accounts, with status (active, disabled, locked), creation and last sign-in (UTC)."""
+    now = datetime.now(UTC)
     with _transaction(config) as session:
         staff = accounts.list_staff(session)
-    table = Table("name", "status", "created", "last sign-in", title="Service Desk staff")
+        locks = accounts.locks(session, now)
+    if not staff:
+        console.print("no staff accounts yet: add one with `hubreturns desk add-user NAME`")
+        return
+    table = Table(title="Service Desk staff (times UTC)")
+    table.add_column("name", overflow="fold")
+    table.add_column("status", overflow="fold")
+    for heading in ("created", "last sign-in"):
+        table.add_column(heading, no_wrap=True)
     for s in staff:
+        status = "active" if s.active else "disabled"
+        if s.name in locks:
+            status += f", locked until {_minute(locks[s.name])}"
         table.add_row(
             s.name,
-            "active" if s.active else "disabled",
-            s.created_at.strftime("%Y-%m-%d %H:%M"),
-            s.last_sign_in_at.strftime("%Y-%m-%d %H:%M") if s.last_sign_in_at else "never",
+            status,
+            _minute(s.created_at),
+            _minute(s.last_sign_in_at) if s.last_sign_in_at else "never",
         )
     console.print(table)
+
+
+@desk_app.command("reset-password")
+def reset_password(
+    name: Annotated[str, typer.Argument(help="Staff sign-in name.")],
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from the first line of stdin."),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Set a new password; the account's sessions end and its sign-in lock is cleared."""
+    password = _read_password(password_stdin)
+    try:
+        with _transaction(config) as session:
+            accounts.reset_password(session, name, password, datetime.now(UTC))
+    except accounts.AccountError as exc:
+        _fail(exc)
+    console.print(f"[green]password reset[/green]: {name} (its sessions have ended)")
+
+
+@desk_app.command("remove")
+def remove(
+    name: Annotated[str, typer.Argument(help="Staff sign-in name.")],
+    config: ConfigOption = None,
+) -> None:
+    """Delete an account for good (returns it entered keep its name); `disable` is reversible."""
+    try:
+        with _transaction(config) as session:
+            accounts.remove_staff(session, name)
+    except accounts.AccountError as exc:
+        _fail(exc)
+    console.print(f"[yellow]staff account removed[/yellow]: {name}")
 
 
 def _set_active(name: str, active: bool, config: Path | None) -> None:

@@ -531,3 +531,57 @@ def _wait_ready(base: str, server: subprocess.Popen[bytes], log_file: Path) -> N
             pass
         time.sleep(0.1)
     raise AssertionError("serve did not become ready within 180 s")
+
+
+def test_route_labels_are_full_templates_with_the_mount_prefix(server: str) -> None:
+    with httpx.Client(base_url=server, timeout=30) as client:
+        assert client.get("/desk/returns").status_code == 303  # sign-in first
+        assert client.get("/desk/returns/7").status_code == 303
+        assert client.get("/desk/no-such-page").status_code in (303, 404)
+        client.get("/api/ops/openapi.json")
+        assert client.get("/no-such-page").status_code == 404
+    samples = scrape(server)
+    routes = {
+        dict(labels)["route"]
+        for (name, labels), _ in samples.items()
+        if name == "hubreturns_http_request_duration_seconds_count"
+    }
+    assert {
+        "/desk/returns",
+        "/desk/returns/{return_id:int}",
+        "/desk/unmatched",
+        "/api/ops/openapi.json",
+        "unmatched",
+    } <= routes
+    # nothing is labelled by the inner path alone, where desk and API routes would merge
+    assert not {"/returns", "/returns/{return_id:int}", "/openapi.json"} & routes
+    assert all(r == "unmatched" or r.startswith("/") for r in routes)
+
+
+def test_json_lines_carry_no_terminal_colour_codes() -> None:
+    record: logging.LogRecord | None = None
+
+    class Keep(logging.Handler):
+        def emit(self, rec: logging.LogRecord) -> None:
+            nonlocal record
+            record = rec
+
+    log = logging.getLogger("uvicorn.error")
+    keep = Keep()
+    log.addHandler(keep)
+    try:
+        # as uvicorn logs it: a plain message, and a coloured copy in "color_message"
+        log.warning(
+            "Uvicorn running on %s (\x1b[32mgreen\x1b[0m)",
+            "http://127.0.0.1:8000",
+            extra={"color_message": "Uvicorn running on \x1b[1m%s\x1b[0m"},
+        )
+    finally:
+        log.removeHandler(keep)
+    assert record is not None
+    text = JsonFormatter().format(record)
+    assert "\x1b" not in text
+    assert "\\u001b" not in text
+    line = json.loads(text)
+    assert "color_message" not in line
+    assert line["message"] == "Uvicorn running on http://127.0.0.1:8000 (green)"

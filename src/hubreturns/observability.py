@@ -55,7 +55,7 @@ from prometheus_client import (
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hubreturns.codes import DEFAULT_PROFILE, Reason, Verdict
@@ -79,6 +79,7 @@ __all__ = [
     "metrics_for",
     "prepare_multiprocess_dir",
     "reap_dead_workers",
+    "route_label",
     "routes",
 ]
 
@@ -366,7 +367,16 @@ def prepare_multiprocess_dir(folder: Path) -> Path:
 _STANDARD = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
     | {"message", "asctime", "taskName", "request_id", "http_request_id"}
+    # uvicorn's copy of the message with terminal colours: escape codes have no
+    # place in a JSON line, and the plain message is there already.
+    | {"color_message"}
 )
+#: Terminal escape sequences (colours, cursor moves), stripped from logged text.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _plain(text: str) -> str:
+    return _ANSI.sub("", text) if "\x1b" in text else text
 
 
 class _ContextFilter(logging.Filter):
@@ -427,7 +437,7 @@ class JsonFormatter(logging.Formatter):
             record.created,
             record.levelname,
             record.name,
-            record.getMessage(),
+            _plain(record.getMessage()),
             request_id,
             http_request_id,
             fields,
@@ -656,8 +666,40 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            exchange.close(status, route)
+            exchange.close(status, route_label(scope))
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route's full template, the prefixes of the mounts it sits in included.
+
+    Starlette records only the innermost route (``/returns``); its mounts show in
+    how far ``root_path`` has grown past the application's own root path. So the
+    desk's ``/desk/returns`` and an API's ``/api/ops/returns`` never share a label.
+    A request answered inside a mount before its router ran (the desk's sign-in
+    gate) is labelled by the route its path matches. A path matching no route is
+    ``unmatched`` (inside a mount: ``/desk/unmatched``).
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return "unmatched"
+    root = str(scope.get("root_path", ""))
+    mounted = root[len(str(scope.get("app_root_path", root))) :]
+    if isinstance(route, Mount):
+        return f"{mounted}{_inner_template(route, scope) or '/unmatched'}"
+    return f"{mounted}{path}"
+
+
+def _inner_template(mount: Mount, scope: Scope) -> str | None:
+    """The template of the route inside ``mount`` that the request's path matches, if any."""
+    partial = None
+    for inner in mount.routes:
+        match, _ = inner.matches(scope)
+        if match is Match.FULL and not isinstance(inner, Mount):
+            return str(getattr(inner, "path", "")) or None
+        if match is Match.PARTIAL and partial is None:
+            partial = str(getattr(inner, "path", "")) or None
+    return partial
 
 
 def _http_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:

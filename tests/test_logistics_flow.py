@@ -180,6 +180,7 @@ def test_order_delivery_return_lifecycle_and_return_again(
     plan = list(csv.DictReader(io.StringIO(result.stdout)))
     assert plan[0]["location"] == "Leeds depot"
     assert plan[0]["hubs"] == "1"
+    assert {"consolidated_gbp", "one_per_hub_gbp", "saving_gbp"} <= set(plan[0])
 
     # A step out of order is refused and changes nothing.
     result = cli("lifecycle", "receive", str(return_id))
@@ -240,7 +241,7 @@ def test_order_delivery_return_lifecycle_and_return_again(
     result = cli("charges", "--from", str(today), "--to", str(today), "--csv")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert [(r["party"], r["returns"], r["provisional"], r["total £"]) for r in rows] == [
+    assert [(r["party"], r["returns"], r["provisional"], r["amount_gbp"]) for r in rows] == [
         (IS, "2", "1", "74.45")  # 15.70 tested + 58.75 damaged case, not yet tested
     ]
 

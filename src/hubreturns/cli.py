@@ -22,7 +22,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +41,7 @@ from hubreturns.model import Role, eui
 from hubreturns.rules import RULES
 from hubreturns.store.db import make_engine, make_sessionmaker, migrate
 from hubreturns.store.repository import Repository, ReturnFilter
+from hubreturns.tables import print_rows
 from hubreturns.wire.certificate import normalize_issuer
 
 __all__ = ["app", "main"]
@@ -519,16 +519,9 @@ def demo(
     console.print(
         f"demo world in [bold]{out}/[/bold]: users.csv, appointments.csv, devices.csv, pki/"
     )
-    table = Table(
-        "#",
-        "scenario",
-        "expected",
-        "received",
-        "HTTP",
-        "signed",
-        "result",
-        title="8.14.3 / 8.14.4 scenarios over HTTP",
-    )
+    table = Table(title="8.14.3 / 8.14.4 scenarios over HTTP")
+    for heading in ("#", "scenario", "expected", "received", "HTTP", "signed", "result"):
+        table.add_column(heading, overflow="fold")
     with running_server(create_app(processor, settings)) as url:
         console.print(f"service on {url}; sending {len(SCENARIOS)} signed requests")
         results = run_scenarios(url, world)
@@ -558,17 +551,28 @@ def demo(
 # -- queries ---------------------------------------------------------------------------
 
 
+#: Columns printed whole, never folded or cut: identifiers and timestamps.
+_WHOLE = frozenset(
+    {
+        "received",
+        "request_id",
+        "originator",
+        "on_behalf_of",
+        "device",
+        "sender",
+        "claimed, unverified",
+    }
+)
+
+
 def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, title: str) -> None:
     if as_csv:
         writer = csv.writer(sys.stdout)
         writer.writerow(headers)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
         return
-    table = Table(*headers, title=title)
-    for row in rows:
-        # Text, not markup: a refusal's reason quotes the request ("[/x]" would be a tag).
-        table.add_row(*(Text("" if v is None else str(v)) for v in row))
-    console.print(table)
+    # Cells are Text, not markup: a refusal's reason quotes the request ("[/x]" would be a tag).
+    print_rows(console, headers, rows, title=title, whole=_WHOLE)
 
 
 @app.command("returns")

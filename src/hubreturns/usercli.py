@@ -302,9 +302,10 @@ def _bulk(
         _usage(f"cannot write {results_path}: {exc.strerror}", "Check the path and permissions.")
     except ClientError as exc:
         _usage(str(exc), exc.hint)
-    table = Table(
-        "code", "meaning", "rows", title=f"{csv_file}: {summary.done} of {summary.total} sent"
-    )
+    table = Table(title=f"{csv_file}: {summary.done} of {summary.total} sent")
+    table.add_column("code", no_wrap=True)
+    table.add_column("meaning", overflow="fold")
+    table.add_column("rows", no_wrap=True)
     for code, count in sorted(summary.by_code.items()):
         found = DEFAULT_PROFILE.explain(code)
         meaning = found.meaning if found is not None else code

@@ -22,7 +22,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from hubreturns.config import ConfigError, Settings, load_settings
@@ -39,6 +38,7 @@ from hubreturns.logistics.render import to_csv, to_html, to_rich
 from hubreturns.logistics.reports import build_report
 from hubreturns.logistics.values import OrderRequest, Period, check_eui, check_month
 from hubreturns.store.db import make_engine, make_sessionmaker
+from hubreturns.tables import print_rows
 
 __all__ = ["register"]
 
@@ -130,12 +130,7 @@ def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, ti
         writer.writerow(headers)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
         return
-    table = Table(title=title)
-    for header in headers:
-        table.add_column(header, overflow="fold")  # never hide part of an ID
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
+    print_rows(console, headers, rows, title=title, whole=_WHOLE)
 
 
 def _show_return(view: ReturnView) -> None:
@@ -167,6 +162,9 @@ def _consignment_rows(found: Sequence[ConsignmentView]) -> list[Sequence[object]
         for c in found
     ]
 
+
+#: Columns printed whole, never folded (User IDs of parties, months).
+_WHOLE = frozenset({"supplier", "placed_by", "party", "month"})
 
 #: Narrow column headings for the terminal (CSV keeps the tariff keys).
 _SHORT_ITEMS = ("redepl.", "fault", "damage", "NFF")
@@ -300,7 +298,11 @@ def register(app: typer.Typer) -> None:
             ("TOTAL", "", plan.hubs, plan.consolidated_cost, plan.individual_cost, plan.saving)
         )
         _emit(
-            ("location", "parties", "hubs", "consolidated £", "one per hub £", "saving £"),
+            (
+                ("location", "parties", "hubs", "consolidated_gbp", "one_per_hub_gbp", "saving_gbp")
+                if as_csv
+                else ("location", "parties", "hubs", "consolidated £", "one per hub £", "saving £")
+            ),
             rows,
             as_csv,
             f"Collection plan {plan.month} (shipment £{plan.shipment_cost})",
@@ -421,7 +423,7 @@ def register(app: typer.Typer) -> None:
                 if as_csv
                 else ("party", "month", "returns", "prov.", *_SHORT_ITEMS)
             )
-            + ("total £",),
+            + (("amount_gbp",) if as_csv else ("total £",)),
             [
                 (
                     s.party,

@@ -15,10 +15,11 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
+from hubreturns.codes import CODE_INFO
 from hubreturns.logistics.charges import ChargeSummary, money
 from hubreturns.logistics.operations import ConsignmentView, Logistics, ProgressCallback
 from hubreturns.logistics.values import Period
-from hubreturns.store.models import AuditEntry
+from hubreturns.store.models import AuditEntry, User
 
 __all__ = ["REPORT_SECTIONS", "Report", "ReportRow", "build_report"]
 
@@ -43,6 +44,8 @@ class ReportRow:
     count: int
     detail: str = ""
     amount: Decimal | None = None
+    #: What the key stands for, shown next to it: a party's registered name, a code's meaning.
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,11 +60,30 @@ class Report:
         return tuple(row for row in self.rows if row.section == name)
 
 
-def _counted(section: str, counter: Counter[str]) -> list[ReportRow]:
+def _counted(
+    section: str, counter: Counter[str], names: dict[str, str] | None = None
+) -> list[ReportRow]:
+    """Rows by count, largest first; ``names`` puts a name in the row's detail (and chart)."""
+    named = names or {}
     return [
-        ReportRow(section=section, key=key, count=count)
+        ReportRow(
+            section=section,
+            key=key,
+            count=count,
+            detail=named.get(key, ""),
+            name=named.get(key, ""),
+        )
         for key, count in sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
     ]
+
+
+#: What each response code means, by its value (for the rejection rows).
+_MEANINGS = {code.value: info.meaning for code, info in CODE_INFO.items()}
+
+
+def _party_names(logistics: Logistics) -> dict[str, str]:
+    with logistics.sessions() as session:
+        return {str(u): str(n) for u, n in session.execute(select(User.user_id, User.name))}
 
 
 def build_report(
@@ -72,10 +94,14 @@ def build_report(
     rows: list[ReportRow] = []
     state: dict[str, object] = {}
 
+    names = _party_names(logistics)
+
     def returns() -> None:
         priced = logistics.priced_returns(period)
         state["returns"] = len(priced)
-        rows.extend(_counted("returns_by_party", Counter(r.originator for r, _, _ in priced)))
+        rows.extend(
+            _counted("returns_by_party", Counter(r.originator for r, _, _ in priced), names)
+        )
         rows.extend(_counted("returns_by_role", Counter(r.role for r, _, _ in priced)))
         rows.extend(_counted("returns_by_type", Counter(r.return_type for r, _, _ in priced)))
         rows.extend(
@@ -99,7 +125,7 @@ def build_report(
             ).all()
         counter = Counter({str(code): int(count) for code, count in found})
         state["rejections"] = sum(counter.values())
-        rows.extend(_counted("rejections_by_code", counter))
+        rows.extend(_counted("rejections_by_code", counter, _MEANINGS))
 
     def consignments() -> None:
         found = logistics.consignments(period)
@@ -121,9 +147,18 @@ def build_report(
             ReportRow(
                 section="charges",
                 key=s.party,
-                detail=s.month + (f", {s.provisional} provisional" if s.provisional else ""),
+                detail=", ".join(
+                    part
+                    for part in (
+                        names.get(s.party, ""),
+                        s.month,
+                        f"{s.provisional} provisional" if s.provisional else "",
+                    )
+                    if part
+                ),
                 count=s.returns,
                 amount=s.total,
+                name=names.get(s.party, ""),
             )
             for s in summaries
         )

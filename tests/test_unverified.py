@@ -357,8 +357,8 @@ def test_the_desk_audit_page_and_export_mark_a_claimed_sender_as_unverified(
     assert f"claimed {IS} (unverified)" in rows["E43"]
     for code in ("E4", "I99"):
         assert "unverified" not in rows[code]
-    assert f'<td class="eui">{IS}</td>' in rows["I99"]
-    assert f'<td class="eui">{GS}</td>' in rows["E4"]
+    assert f'<td data-label="Sender" class="eui sender">{IS}</td>' in rows["I99"]
+    assert f'<td data-label="Sender" class="eui sender">{GS}</td>' in rows["E4"]
 
     export = signed_in.get("/desk/audit.csv", params={"originator": IS})
     assert export.status_code == 200

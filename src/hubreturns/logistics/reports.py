@@ -15,7 +15,7 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from hubreturns.codes import CODE_INFO
+from hubreturns.codes import DEFAULT_PROFILE
 from hubreturns.logistics.charges import ChargeSummary, money
 from hubreturns.logistics.operations import ConsignmentView, Logistics, ProgressCallback
 from hubreturns.logistics.values import Period
@@ -77,8 +77,8 @@ def _counted(
     ]
 
 
-#: What each response code means, by its value (for the rejection rows).
-_MEANINGS = {code.value: info.meaning for code, info in CODE_INFO.items()}
+#: What each wire code means under the default profile (for the rejection rows).
+_MEANINGS = {code: info.meaning for code, _, info in DEFAULT_PROFILE.rows()}
 
 
 def _party_names(logistics: Logistics) -> dict[str, str]:

@@ -20,6 +20,7 @@ The pieces a Supplier's or RSA's developer needs, without any printing:
 from __future__ import annotations
 
 import csv
+import enum
 import fcntl
 import io
 import json
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TextIO
@@ -63,10 +64,12 @@ from hubreturns.wire.request import build_request, sign_request
 __all__ = [
     "COLUMNS",
     "FAULT_ONLY_COLUMNS",
+    "RESULT_COLUMNS",
     "BulkSummary",
     "ClientError",
     "CounterStore",
     "CsvRow",
+    "Failure",
     "FieldProblem",
     "InvalidFields",
     "InvalidReturnsFile",
@@ -75,8 +78,10 @@ __all__ = [
     "Submitter",
     "default_dcc_certificates",
     "default_state_dir",
+    "is_response",
     "load_certificates",
     "load_signer",
+    "read_results",
     "read_returns_csv",
     "request_from_values",
     "run_bulk",
@@ -366,8 +371,8 @@ class CounterStore:
     the last counter handed out, writes the next one to a temporary file,
     fsyncs it, renames it over the state file and fsyncs the folder, and only
     then returns the counter: a crash after that may waste a counter, never
-    reuse one. A fresh state starts at the current time in milliseconds, so a
-    lost or new state file does not collide with counters an earlier run used.
+    reuse one. Counters follow the current time in milliseconds (as DCC's own
+    signing tool does), never lower than the last one plus one.
     """
 
     def __init__(self, folder: Path, clock_ms: Callable[[], int] = _now_ms) -> None:
@@ -414,15 +419,26 @@ class CounterStore:
             )
         return value
 
-    def allocate(self, originator: str) -> int:
-        """A counter never handed out before for ``originator``, durably recorded."""
+    def allocate(self, originator: str, exactly: int | None = None) -> int:
+        """A counter never handed out before for ``originator``, durably recorded.
+
+        By default the current time in milliseconds, or one more than the last
+        counter when that is higher (several requests within a millisecond, or
+        a clock set back): a counter that follows the clock cannot fall behind
+        what the service last accepted from this User ID, even when the state
+        file was lost, restored from a backup or copied from another machine.
+        ``exactly`` (``--counter N``) uses N and records it as the last one.
+        """
         with self._locked(originator) as state:
             last = self.last(originator)
-            counter = self._clock_ms() if last is None else last + 1
-            if counter > COUNTER_MAX:
+            if exactly is not None:
+                counter = exactly
+            else:
+                counter = self._clock_ms() if last is None else max(self._clock_ms(), last + 1)
+            if not 0 <= counter <= COUNTER_MAX:
                 raise ClientError(
-                    f"the RequestID counter of {originator} is exhausted",
-                    "Counters are 64-bit; this should never happen. Check the state file.",
+                    f"the RequestID counter {counter} of {originator} is out of range",
+                    f"Counters are 0 to {COUNTER_MAX}; check --counter and the state file.",
                 )
             temporary = state.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
             payload = json.dumps({"originator": eui(originator), "last_counter": counter})
@@ -509,6 +525,24 @@ def service_url(base: str, endpoint: Endpoint = Endpoint.NON_DEVICE) -> str:
 # ------------------------------------------------------------------------ sending
 
 
+class Failure(enum.Enum):
+    """Why a request has no verified answer."""
+
+    TRANSPORT = "no response"
+    UNVERIFIED = "response did not verify"
+    MISMATCH = "response for another request"
+
+
+_FAILURE_HINTS: Final = {
+    Failure.TRANSPORT: "Nothing came back: check --url and the network, then send the row "
+    "again later (if the service did record it, the resend is refused as already returned).",
+    Failure.UNVERIFIED: "An answer came back but did not verify: check --dcc-cert (the DCC's "
+    "response-signing certificate) and --url; look the hub up before sending it again.",
+    Failure.MISMATCH: "The answer is for another RequestID: check that --url reaches the "
+    "service directly (no caching proxy); look the hub up before sending it again.",
+}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SubmitResult:
     """What became of one request: the verified code, or why there is none."""
@@ -518,6 +552,7 @@ class SubmitResult:
     http_status: int | None = None
     detail: str = ""
     attempts: int = 1
+    failure: Failure | None = None
     #: The service's code profile: what ``code`` means (the service's own table).
     codes: CodeProfile = DEFAULT_PROFILE
 
@@ -539,20 +574,31 @@ class SubmitResult:
     @property
     def hint(self) -> str:
         if self.code is None:
-            return "Check the URL and --dcc-cert; nothing verified came back, so resend later."
+            return _FAILURE_HINTS[self.failure or Failure.TRANSPORT]
         found = self._info
         if found is None:
             return "Compare the code with the DCC's documentation of response codes."
-        return found.hint
+        hint = found.hint
+        if self.codes.verdict(self.code) is Reason.REPLAY:
+            counter = self.request_id.rsplit(":", 1)[-1]
+            hint += (
+                f" The service holds a higher counter for this User ID than {counter}: "
+                "send again with --counter set above it."
+            )
+            if self.attempts > 1:
+                hint += " (An earlier attempt of this same request may have been recorded.)"
+        return hint
 
 
 class Submitter:
     """Signs, sends and checks requests for one Service User.
 
-    ``retries`` covers one case only: a replay refusal (the profile's REPLAY
-    code) caused by our *own* concurrent requests
-    (a higher counter overtook this one on the way); nothing was recorded, so
-    the request is rebuilt with a fresh counter and sent again.
+    An answered request is never sent again: resending a refusal only adds
+    refusals. ``retries`` covers the two cases where nothing was recorded for
+    sure or no answer came at all: a transport failure and the "unavailable"
+    answer (the profile's UNAVAILABLE, E100 by default). Those are resent
+    with the *same* RequestID and bytes, after ``retry_delay`` seconds,
+    doubling, so a request the service did record cannot be recorded twice.
     """
 
     def __init__(
@@ -565,6 +611,9 @@ class Submitter:
         target: str = DEFAULT_ACB,
         http: httpx.Client,
         retries: int = 3,
+        retry_delay: float = 1.0,
+        first_counter: int | None = None,
+        save_dir: Path | None = None,
         codes: CodeProfile = DEFAULT_PROFILE,
     ) -> None:
         self.url = service_url(url)
@@ -574,32 +623,50 @@ class Submitter:
         self.target = eui(target)
         self.http = http
         self.retries = retries
+        self.retry_delay = retry_delay
+        self.save_dir = save_dir
         self.codes = codes
+        self._first_counter = first_counter
+        self._lock = threading.Lock()
+
+    def _counter(self) -> int:
+        """``first_counter`` for the first request (``--counter N``), then the store's."""
+        with self._lock:
+            exactly, self._first_counter = self._first_counter, None
+        return self.counters.allocate(self.signer.originator, exactly)
 
     def submit(self, values: Mapping[str, str | None]) -> SubmitResult:
         """Allocate a counter, sign, POST, verify the response; never raises for the wire."""
+        request_id = RequestId(
+            originator=self.signer.originator, target=self.target, counter=self._counter()
+        )
+        request = request_from_values(values, request_id)
+        body = sign_request(request, self.signer.key, self.signer.certificate)
+        self._save(request_id, "request", body)
         attempt = 0
         while True:
             attempt += 1
-            counter = self.counters.allocate(self.signer.originator)
-            request_id = RequestId(
-                originator=self.signer.originator, target=self.target, counter=counter
+            result = replace(self.send(body, str(request_id)), attempts=attempt)
+            again = result.failure is Failure.TRANSPORT or (
+                result.code == self.codes.code(Reason.UNAVAILABLE)
             )
-            request = request_from_values(values, request_id)
-            result = self.send(
-                sign_request(request, self.signer.key, self.signer.certificate),
-                str(request_id),
-            )
-            result = SubmitResult(
-                request_id=result.request_id,
-                code=result.code,
-                http_status=result.http_status,
-                detail=result.detail,
-                attempts=attempt,
-                codes=self.codes,
-            )
-            if result.code != self.codes.code(Reason.REPLAY) or attempt > self.retries:
+            if not again or attempt > self.retries:
                 return result
+            time.sleep(self.retry_delay * 2 ** (attempt - 1))
+
+    def _save(self, request_id: RequestId, what: str, body: bytes) -> None:
+        """``--save-dir``: keep the exact bytes sent or received, one file each."""
+        if self.save_dir is None:
+            return
+        stem = f"{request_id.originator.replace('-', '')}-{request_id.counter}"
+        path = self.save_dir / f"{stem}.{what}.xml"
+        try:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(body)
+        except OSError as exc:
+            raise ClientError(
+                f"cannot save {path}: {exc.strerror}", "Give a writable folder with --save-dir."
+            ) from None
 
     def send(self, body: bytes, request_id: str) -> SubmitResult:
         """POST signed bytes and read the verified response code."""
@@ -609,8 +676,12 @@ class Submitter:
             )
         except httpx.HTTPError as exc:
             return SubmitResult(
-                request_id=request_id, code=None, detail=f"no response: {exc or type(exc).__name__}"
+                request_id=request_id,
+                code=None,
+                detail=f"no response: {exc or type(exc).__name__}",
+                failure=Failure.TRANSPORT,
             )
+        self._save(RequestId.parse(request_id), "response", reply.content)
         try:
             read = read_response(reply.content, self.dcc_certificates)
         except Rejection as exc:
@@ -620,6 +691,7 @@ class Submitter:
                 code=None,
                 http_status=reply.status_code,
                 detail=f"response (claiming {claimed}) did not verify: {exc.message}",
+                failure=Failure.UNVERIFIED,
             )
         if read.request_id is not None and read.request_id != request_id:
             return SubmitResult(
@@ -627,6 +699,7 @@ class Submitter:
                 code=None,
                 http_status=reply.status_code,
                 detail=f"response is for {read.request_id}, not this request",
+                failure=Failure.MISMATCH,
             )
         return SubmitResult(
             request_id=request_id, code=read.code, http_status=reply.status_code, codes=self.codes
@@ -635,16 +708,31 @@ class Submitter:
 
 # -------------------------------------------------------------------------- bulk
 
-RESULT_COLUMNS: Final = ("row", "request_id", "code", "meaning")
+#: The results file: one row per input row, in input order.
+RESULT_COLUMNS: Final = (
+    "row",
+    "device_id",
+    "user_ref_id",
+    "request_id",
+    "code",
+    "meaning",
+    "hint",
+)
+_NOT_SENT: Final = "not sent (interrupted)"
 
 
 @dataclass(slots=True)
 class BulkSummary:
-    """Counts per code (or ``"no response"``) and whether the run was interrupted."""
+    """Counts per code (or ``"no response"``) and whether the run was interrupted.
+
+    ``total`` is the rows to send; ``carried`` the rows accepted in the run
+    resumed from (not sent again).
+    """
 
     total: int
     done: int = 0
     failed: int = 0
+    carried: int = 0
     by_code: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -655,6 +743,50 @@ class BulkSummary:
         self.by_code[key] = self.by_code.get(key, 0) + 1
 
 
+def _result_row(row: CsvRow, result: SubmitResult | None) -> dict[str, str]:
+    base = {
+        "row": str(row.line),
+        "device_id": row.values.get("device_id", ""),
+        "user_ref_id": row.values.get("user_ref_id", ""),
+    }
+    if result is None:
+        hint = "Resume with --resume RESULTS to send the rows not accepted."
+        return base | {"request_id": "", "code": "", "meaning": _NOT_SENT, "hint": hint}
+    return base | {
+        "request_id": result.request_id,
+        "code": result.code if result.code is not None else "",
+        "meaning": result.meaning,
+        "hint": "" if result.ok else result.hint,
+    }
+
+
+def read_results(data: str, rows: Sequence[CsvRow]) -> dict[int, dict[str, str]]:
+    """The accepted rows of an earlier results file, by input line, checked against ``rows``.
+
+    Raises ``ClientError`` when the file is not a results file or does not
+    belong to this returns CSV (a line names another device).
+    """
+    reader = csv.DictReader(io.StringIO(data.removeprefix("\ufeff"), newline=""))
+    if reader.fieldnames is None or not set(RESULT_COLUMNS) <= set(reader.fieldnames):
+        raise ClientError(
+            "not a results file of `hubreturns submit --csv`",
+            f"Give the file --results wrote (columns {','.join(RESULT_COLUMNS)}).",
+        )
+    devices = {row.line: row.values.get("device_id", "") for row in rows}
+    accepted: dict[int, dict[str, str]] = {}
+    for record in reader:
+        line = int(record["row"]) if (record["row"] or "").isdigit() else -1
+        if devices.get(line) != record["device_id"]:
+            raise ClientError(
+                f"results row {record['row']} ({record['device_id']}) is not line "
+                f"{record['row']} of the returns CSV",
+                "Resume with the same CSV the results were written for.",
+            )
+        if record["code"] == ResponseCode.I99.value:
+            accepted[line] = {name: record[name] or "" for name in RESULT_COLUMNS}
+    return accepted
+
+
 def run_bulk(
     rows: Sequence[CsvRow],
     submit: Callable[[Mapping[str, str]], SubmitResult],
@@ -662,31 +794,58 @@ def run_bulk(
     *,
     concurrency: int,
     on_result: Callable[[CsvRow, SubmitResult], None] | None = None,
+    accepted: Mapping[int, Mapping[str, str]] | None = None,
 ) -> BulkSummary:
-    """Send every row with at most ``concurrency`` in flight; write results as they come.
+    """Send every row not in ``accepted`` with at most ``concurrency`` in flight.
 
-    Each result is written and flushed (and fsynced) to ``results`` the moment
-    it is known. On ``KeyboardInterrupt`` no further row starts; rows already in
-    flight are waited for and recorded (they were sent), then the summary comes
-    back with ``interrupted`` set. A row whose sender was interrupted itself is
-    not recorded, since it was not done.
+    The results file gets one row per input row, in input order: each written
+    and flushed (and fsynced) as soon as it and every row before it are known.
+    ``accepted`` (``--resume``) rows are copied, not sent. On
+    ``KeyboardInterrupt`` no further row starts; rows in flight are waited for
+    and recorded (they were sent), then every row not sent is written as such
+    and the summary comes back with ``interrupted`` set.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    writer = csv.writer(results)
-    writer.writerow(RESULT_COLUMNS)
+    carried = dict(accepted or {})
+    writer = csv.DictWriter(results, RESULT_COLUMNS)
+    writer.writeheader()
     results.flush()
-    summary = BulkSummary(total=len(rows))
+    to_send = [row for row in rows if row.line not in carried]
+    summary = BulkSummary(total=len(to_send), carried=len(rows) - len(to_send))
+    known: dict[int, dict[str, str]] = {line: dict(r) for line, r in carried.items()}
+    written = 0
 
-    def record(row: CsvRow, result: SubmitResult) -> None:
-        writer.writerow((row.line, result.request_id, result.code or "", result.meaning))
+    def flush_ready() -> None:
+        nonlocal written
+        while written < len(rows) and rows[written].line in known:
+            writer.writerow(known.pop(rows[written].line))
+            written += 1
         results.flush()
         with suppress(OSError, io.UnsupportedOperation):  # e.g. a StringIO: nothing to sync
             os.fsync(results.fileno())
+
+    def record(row: CsvRow, result: SubmitResult) -> None:
+        known[row.line] = _result_row(row, result)
         summary.add(result)
+        flush_ready()
         if on_result is not None:
             on_result(row, result)
 
+    summary.interrupted = _send_all(to_send, submit, concurrency, record)
+    for row in rows[written:]:
+        known.setdefault(row.line, _result_row(row, None))
+    flush_ready()
+    return summary
+
+
+def _send_all(
+    rows: Sequence[CsvRow],
+    submit: Callable[[Mapping[str, str]], SubmitResult],
+    concurrency: int,
+    record: Callable[[CsvRow, SubmitResult], None],
+) -> bool:
+    """Send ``rows`` in order, ``concurrency`` at a time; True when interrupted."""
     pending = iter(rows)
     in_flight: dict[Future[SubmitResult], CsvRow] = {}
     executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="submit")
@@ -705,7 +864,6 @@ def run_bulk(
                     if following is not None:
                         in_flight[executor.submit(submit, following.values)] = following
         except KeyboardInterrupt:
-            summary.interrupted = True
             for future, row in list(in_flight.items()):
                 if future.cancel():
                     continue
@@ -713,9 +871,10 @@ def run_bulk(
                     record(row, future.result())
                 except KeyboardInterrupt:
                     continue
+            return True
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    return summary
+    return False
 
 
 # ------------------------------------------------------------------- sign / verify
@@ -730,12 +889,17 @@ def _compact(root: etree._Element) -> None:
             element.tail = None
 
 
-def sign_document(data: bytes, key: ec.EllipticCurvePrivateKey, cert: SigningCertificate) -> bytes:
+def sign_document(
+    data: bytes,
+    key: ec.EllipticCurvePrivateKey,
+    cert: SigningCertificate,
+    counter: int | None = None,
+) -> bytes:
     """Sign an unsigned ``sr:Request`` document (compacted first) with the SMKI profile.
 
     Refuses an already signed document, a schema-invalid one, and one whose
     RequestID originator is not the certificate's User ID (the service would
-    refuse it: IDENTITY_MISMATCH).
+    answer E43). ``counter`` (``--counter``) replaces the RequestID counter.
     """
     try:
         root = envelope.parse(data, REQUEST_POLICY)
@@ -756,11 +920,18 @@ def sign_document(data: bytes, key: ec.EllipticCurvePrivateKey, cert: SigningCer
         raise ClientError(
             f"the document is not valid DUIS 5.4: {exc.message}", CODE_INFO[exc.code].hint
         ) from None
-    text = root.findtext(f"{_SR}Header/{_SR}RequestID") or ""
+    element = root.find(f"{_SR}Header/{_SR}RequestID")
     try:
-        originator = RequestId.parse(text).originator
+        request_id = RequestId.parse(element.text or "" if element is not None else "")
+        if counter is not None:
+            request_id = replace(request_id, counter=counter)
     except ValueError as exc:
-        raise ClientError(str(exc), "RequestID must be ORIGINATOR:TARGET:COUNTER.") from None
+        raise ClientError(
+            str(exc), "RequestID must be ORIGINATOR:TARGET:COUNTER; --counter 0 to 2^64-1."
+        ) from None
+    if element is not None and counter is not None:
+        element.text = str(request_id)
+    originator = request_id.originator
     if cert.eui != originator:
         raise ClientError(
             f"the RequestID originator {originator} is not the certificate's User ID {cert.eui}",
@@ -770,27 +941,44 @@ def sign_document(data: bytes, key: ec.EllipticCurvePrivateKey, cert: SigningCer
     return signature.sign(root, key, cert)
 
 
+def is_response(data: bytes) -> bool:
+    """Whether the document's root is ``sr:Response`` (parsed with the hardened parser)."""
+    try:
+        return envelope.parse(data, DSP_RESPONSE_POLICY).tag == f"{_SR}Response"
+    except EnvelopeRejection:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """A document whose signature checked out, and the certificate that made it."""
+    """A document whose signature checked out, and the certificate that made it.
+
+    ``code`` is the response code when the document is a DCC response.
+    """
 
     signer: SigningCertificate
     request_id: str | None
+    is_response: bool = False
+    code: str | None = None
 
 
 def verify_document(
     data: bytes,
     certificates: Sequence[SigningCertificate],
     *,
-    as_response: bool = False,
+    as_response: bool | None = None,
     now: datetime | None = None,
 ) -> Verified:
-    """Check a signed request (or DCC response) with the exact profile, as the service does.
+    """Check a signed request or DCC response with the exact profile, as the service does.
 
-    Raises ``Rejection`` naming the reason the service would refuse it with:
-    MALFORMED/SCHEMA for the document, SIGNATURE … UNUSABLE_CERTIFICATE for the
-    signature, IDENTITY_MISMATCH when a request's originator is not the signer.
+    Which it is comes from the root element (``sr:Request`` / ``sr:Response``)
+    unless ``as_response`` says. Raises ``Rejection`` naming the code the
+    reason the service would refuse it with: MALFORMED/SCHEMA for the document,
+    SIGNATURE … UNUSABLE_CERTIFICATE for the signature, IDENTITY_MISMATCH when a
+    request's originator is not the signer.
     """
+    if as_response is None:
+        as_response = is_response(data)
     policy = DSP_RESPONSE_POLICY if as_response else REQUEST_POLICY
     known = {c.key: c for c in certificates}
     root = envelope.parse(data, policy)
@@ -799,22 +987,23 @@ def verify_document(
         raise EnvelopeRejection(
             Reason.SCHEMA,
             f"the root element is {etree.QName(root).localname}, "
-            f"expected {etree.QName(expected).localname}"
-            + ("" if as_response else " (use --as-response for a DCC response)"),
+            f"expected {etree.QName(expected).localname}",
         )
     signer = signature.verify(
         root, lambda issuer, serial: known.get((issuer, serial)), policy, now or datetime.now(UTC)
     )
     request_id = root.findtext(f"{_SR}Header/{_SR}RequestID")
-    if not as_response:
-        envelope.validate(root)
-        try:
-            originator = RequestId.parse(request_id or "").originator
-        except ValueError as exc:
-            raise EnvelopeRejection(Reason.SCHEMA, str(exc)) from None
-        if signer.eui != originator:
-            raise SignatureRejection(
-                Reason.IDENTITY_MISMATCH,
-                f"signed by {signer.eui}'s certificate, but the originator is {originator}",
-            )
+    if as_response:
+        read = read_response(data, certificates, now)
+        return Verified(signer, request_id, is_response=True, code=read.code)
+    envelope.validate(root)
+    try:
+        originator = RequestId.parse(request_id or "").originator
+    except ValueError as exc:
+        raise EnvelopeRejection(Reason.SCHEMA, str(exc)) from None
+    if signer.eui != originator:
+        raise SignatureRejection(
+            Reason.IDENTITY_MISMATCH,
+            f"signed by {signer.eui}'s certificate, but the originator is {originator}",
+        )
     return Verified(signer, request_id)

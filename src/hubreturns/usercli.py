@@ -9,6 +9,7 @@ response did not verify, or a scenario failed; 2 = a usage problem (printed as
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -20,22 +21,26 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from hubreturns.client import TlsSetupError, tls_context
-from hubreturns.codes import DEFAULT_PROFILE
+from hubreturns.codes import DEFAULT_PROFILE, Reason, Verdict
 from hubreturns.config import DEFAULT_ACB
 from hubreturns.errors import Rejection
 from hubreturns.model import RequestId, eui
 from hubreturns.submission import (
     COLUMNS,
+    BulkSummary,
     ClientError,
     CounterStore,
+    CsvRow,
     InvalidFields,
     InvalidReturnsFile,
     SubmitResult,
     Submitter,
     default_dcc_certificates,
     default_state_dir,
+    is_response,
     load_certificates,
     load_signer,
+    read_results,
     read_returns_csv,
     request_from_values,
     run_bulk,
@@ -148,15 +153,48 @@ def submit(
         Path | None, typer.Option("--csv", help="Bulk: a CSV of returns (see README).")
     ] = None,
     results: Annotated[
-        Path | None, typer.Option(help="Bulk: results CSV (row,request_id,code,meaning).")
+        Path | None,
+        typer.Option(help="Bulk: results CSV, one row per input row (never overwritten)."),
     ] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Bulk: requests in flight.")] = 4,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Bulk: an earlier results CSV; send only the rows it has not I99."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Bulk: replace an existing --results file.")
+    ] = False,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Bulk: requests in flight. Above 1 a request overtaken by a later one of "
+            "yours may be refused as a replay (send those again with --resume).",
+        ),
+    ] = 1,
     retries: Annotated[
         int,
         typer.Option(
-            min=0, help="Resends after a replay refusal caused by our own concurrent requests."
+            min=0,
+            help="Resends (same RequestID and bytes) after no response or E100; "
+            "an answered request is never resent.",
         ),
     ] = 3,
+    retry_delay: Annotated[
+        float, typer.Option(min=0, help="Seconds before the first resend (then doubling).")
+    ] = 1.0,
+    counter: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="RequestID counter of the (first) request; default: the time in ms, "
+            "above the last one in the state file.",
+        ),
+    ] = None,
+    save_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keep each signed request and the response as XML files here."),
+    ] = None,
     dcc_cert: DccOption = None,
     target: Annotated[str, typer.Option(help="RequestID target (the DCC ACB).")] = DEFAULT_ACB,
     state_dir: Annotated[
@@ -191,6 +229,19 @@ def submit(
         "incident_reference": incident_reference,
         "additional_information": additional_information,
     }
+    sending = _Sending(
+        url=url,
+        signer=signer,
+        dcc=dcc,
+        counters=counters,
+        target=target_eui,
+        retries=retries,
+        retry_delay=retry_delay,
+        counter=counter,
+        save_dir=save_dir,
+        timeout=timeout,
+        verify=verify,
+    )
     if csv_file is not None:
         given = [_OPTION_OF[k] for k, v in fields.items() if v]
         if given:
@@ -199,20 +250,10 @@ def submit(
             )
         if results is None:
             _usage("--csv needs --results OUT.csv", "Name a file for the per-row results.")
-        _bulk(
-            csv_file,
-            results,
-            concurrency,
-            signer,
-            dcc,
-            counters,
-            url,
-            target_eui,
-            retries,
-            timeout,
-            verify,
-        )
+        _bulk(csv_file, results, resume, overwrite, concurrency, sending)
         return
+    if resume is not None or overwrite:
+        _usage("--resume and --overwrite are for --csv", "Use them with --csv and --results.")
     try:  # check before a counter is spent
         request_from_values(
             fields, RequestId(originator=signer.originator, target=target_eui, counter=0)
@@ -223,17 +264,8 @@ def submit(
             "Options mirror the CSV columns: " + ", ".join(COLUMNS) + ".",
         )
     with httpx.Client(timeout=timeout, verify=verify) as http:
-        submitter = Submitter(
-            url=url,
-            signer=signer,
-            dcc_certificates=dcc,
-            counters=counters,
-            target=target_eui,
-            http=http,
-            retries=retries,
-        )
         try:
-            result = submitter.submit(fields)
+            result = sending.submitter(http).submit(fields)
         except ClientError as exc:
             _usage(str(exc), exc.hint)
     _print_result(result)
@@ -241,19 +273,41 @@ def submit(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _bulk(
-    csv_file: Path,
-    results_path: Path,
-    concurrency: int,
-    signer: Any,
-    dcc: list[Any],
-    counters: CounterStore,
-    url: str,
-    target: str,
-    retries: int,
-    timeout: float,
-    verify: Any,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Sending:
+    """Everything ``submit`` needs to make a ``Submitter``, single or bulk."""
+
+    url: str
+    signer: Any
+    dcc: list[Any]
+    counters: CounterStore
+    target: str
+    retries: int
+    retry_delay: float
+    counter: int | None
+    save_dir: Path | None
+    timeout: float
+    verify: Any
+
+    def submitter(self, http: httpx.Client) -> Submitter:
+        return Submitter(
+            url=self.url,
+            signer=self.signer,
+            dcc_certificates=self.dcc,
+            counters=self.counters,
+            target=self.target,
+            http=http,
+            retries=self.retries,
+            retry_delay=self.retry_delay,
+            first_counter=self.counter,
+            save_dir=self.save_dir,
+        )
+
+
+def _bulk_inputs(
+    csv_file: Path, results_path: Path, resume: Path | None, overwrite: bool
+) -> tuple[list[CsvRow], dict[int, dict[str, str]]]:
+    """The checked rows and the rows accepted before (``--resume``); nothing sent yet."""
     try:
         rows = read_returns_csv(csv_file.read_bytes())
     except OSError as exc:
@@ -262,11 +316,41 @@ def _bulk(
         err.print(f"[red]error:[/red] {csv_file}: {exc}")
         err.print("[yellow]hint:[/yellow] fix the listed lines; columns: " + ",".join(COLUMNS))
         raise typer.Exit(EXIT_USAGE) from None
+    accepted: dict[int, dict[str, str]] = {}
+    if resume is not None:
+        try:
+            accepted = read_results(resume.read_text(encoding="utf-8"), rows)
+        except OSError as exc:
+            _usage(f"cannot read --resume {resume}: {exc.strerror}", "Check the path.")
+        except ClientError as exc:
+            _usage(f"--resume {resume}: {exc}", exc.hint)
+    if results_path.exists() and not overwrite:
+        _usage(
+            f"{results_path} exists; results are never overwritten silently",
+            "Name a new file with --results (to resume from it: --resume "
+            f"{results_path} --results NEW.csv), or add --overwrite.",
+        )
+    return rows, accepted
+
+
+def _bulk(
+    csv_file: Path,
+    results_path: Path,
+    resume: Path | None,
+    overwrite: bool,
+    concurrency: int,
+    sending: _Sending,
+) -> None:
+    rows, accepted = _bulk_inputs(csv_file, results_path, resume, overwrite)
+    if resume is not None:
+        console.print(
+            f"resuming from {resume}: {len(accepted)} of {len(rows)} rows were accepted "
+            f"and are not sent again"
+        )
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    interrupted = False
     try:
         with (
-            httpx.Client(timeout=timeout, limits=limits, verify=verify) as http,
+            httpx.Client(timeout=sending.timeout, limits=limits, verify=sending.verify) as http,
             results_path.open("w", encoding="utf-8", newline="") as out,
             Progress(
                 TextColumn("sending"),
@@ -277,16 +361,7 @@ def _bulk(
                 console=console,
             ) as progress,
         ):
-            task = progress.add_task("returns", total=len(rows), failed=0)
-            submitter = Submitter(
-                url=url,
-                signer=signer,
-                dcc_certificates=dcc,
-                counters=counters,
-                target=target,
-                http=http,
-                retries=retries,
-            )
+            task = progress.add_task("returns", total=len(rows) - len(accepted), failed=0)
             failed = 0
 
             def advance(_row: Any, result: SubmitResult) -> None:
@@ -295,13 +370,23 @@ def _bulk(
                 progress.update(task, advance=1, failed=failed)
 
             summary = run_bulk(
-                rows, submitter.submit, out, concurrency=concurrency, on_result=advance
+                rows,
+                sending.submitter(http).submit,
+                out,
+                concurrency=concurrency,
+                on_result=advance,
+                accepted=accepted,
             )
-            interrupted = summary.interrupted
     except OSError as exc:
         _usage(f"cannot write {results_path}: {exc.strerror}", "Check the path and permissions.")
     except ClientError as exc:
         _usage(str(exc), exc.hint)
+    _bulk_report(csv_file, results_path, summary, sending.save_dir)
+
+
+def _bulk_report(
+    csv_file: Path, results_path: Path, summary: BulkSummary, save_dir: Path | None
+) -> None:
     table = Table(title=f"{csv_file}: {summary.done} of {summary.total} sent")
     table.add_column("code", no_wrap=True)
     table.add_column("meaning", overflow="fold")
@@ -311,15 +396,23 @@ def _bulk(
         meaning = found.meaning if found is not None else code
         table.add_row(code, meaning, str(count))
     console.print(table)
-    console.print(f"results in {results_path}")
-    if interrupted:
+    if summary.carried:
+        console.print(f"{summary.carried} rows accepted earlier were not sent again")
+    console.print(f"results in {results_path} (one row per input row)")
+    if save_dir is not None:
+        console.print(f"requests and responses in {save_dir}/")
+    if summary.interrupted:
         err.print(
             f"[yellow]interrupted[/yellow]: {summary.done} of {summary.total} rows done and "
-            f"recorded in {results_path}; the rest were not sent"
+            f"recorded in {results_path}; the rest were not sent "
+            f"(send them with --resume {results_path} --results NEW.csv)"
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.failed:
-        err.print(f"[red]{summary.failed} of {summary.total} rows were not accepted[/red]")
+        err.print(
+            f"[red]{summary.failed} of {summary.total} rows were not accepted[/red]; "
+            f"the hint column of {results_path} says what to do"
+        )
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -330,11 +423,15 @@ def sign_cmd(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here (default: stdout).")
     ] = None,
+    counter: Annotated[
+        int | None,
+        typer.Option(min=0, help="Set the RequestID counter (default: keep the document's)."),
+    ] = None,
 ) -> None:
     """Sign an unsigned request document with the SMKI XML-signing profile."""
     try:
         signer = load_signer(key, cert)
-        signed = sign_document(document.read_bytes(), signer.key, signer.certificate)
+        signed = sign_document(document.read_bytes(), signer.key, signer.certificate, counter)
     except OSError as exc:
         _usage(f"cannot read {document}: {exc.strerror}", "Check the path.")
     except ClientError as exc:
@@ -348,40 +445,78 @@ def sign_cmd(
     err.print(f"signed {document} -> {out} as {signer.originator}")
 
 
+#: What to do when a *response* fails a check (the codes' own hints are for requests).
+_RESPONSE_HINTS: dict[Verdict, str] = {
+    Reason.MALFORMED: "Keep the exact bytes the service sent (submit --save-dir does); "
+    "the file is not one well-formed XML document.",
+    Reason.SCHEMA: "The file is not a DUIS 5.4 response; keep the exact bytes the "
+    "service sent (submit --save-dir does).",
+    Reason.SIGNATURE: "The response was changed after signing or is not signed; do not "
+    "edit saved responses, fetch the original.",
+    Reason.UNKNOWN_CERTIFICATE: "Give the DCC's response-signing certificate with --cert (default: "
+    "the DCC test DSP certificates).",
+    Reason.UNUSABLE_CERTIFICATE: "The certificate given is not a valid DCC response-signing "
+    "certificate (OU 89 or 137) at this time.",
+}
+
+
+def _verify_hint(exc: Rejection, response: bool) -> str:
+    if not response:
+        if exc.code is Reason.UNKNOWN_CERTIFICATE:
+            return "Give the signer's XML-signing certificate with --cert."
+        return exc.hint
+    return _RESPONSE_HINTS.get(exc.code, exc.hint)
+
+
 def verify_cmd(
-    document: Annotated[Path, typer.Argument(help="Signed request (or response) XML.")],
+    document: Annotated[Path, typer.Argument(help="Signed request or response XML.")],
     cert: Annotated[
         list[Path] | None,
         typer.Option(
             "--cert",
-            help="Certificate(s) that may have signed it (PEM); for --as-response the "
+            help="Certificate(s) that may have signed it (PEM); for a response the "
             "default is the DCC test DSP certificates.",
         ),
     ] = None,
     as_response: Annotated[
-        bool, typer.Option("--as-response", help="The file is a DCC sr:Response.")
+        bool,
+        typer.Option(
+            "--as-response", help="Check the file as a DCC sr:Response whatever its root."
+        ),
     ] = False,
 ) -> None:
-    """Check a signed document with the exact profile the service uses; print OK or why not."""
-    if not cert and not as_response:
-        _usage("--cert is required for a request", "Give the sender's certificate (PEM).")
-    certificates = _dcc(cert)
+    """Check a signed request or response (told apart by its root element) with the
+    exact profile the service uses; print OK, and a response's code, or why not."""
     try:
         data = document.read_bytes()
     except OSError as exc:
         _usage(f"cannot read {document}: {exc.strerror}", "Check the path.")
+    response = as_response or is_response(data)
+    if not cert and not response:
+        _usage(
+            f"{document} is a request (root sr:Request): --cert is required",
+            "Give the sender's XML-signing certificate (PEM) with --cert.",
+        )
+    certificates = _dcc(cert)
+    what = "response" if response else "request"
     try:
-        verified = verify_document(data, certificates, as_response=as_response)
+        verified = verify_document(data, certificates, as_response=response)
     except Rejection as exc:
         code = DEFAULT_PROFILE.code(exc.code)
-        console.print(f"[red]FAILED[/red] {code} ({exc.code.value}): {exc.message}")
-        console.print(f"hint: {exc.hint}")
+        console.print(f"[red]FAILED[/red] {what} {code} ({exc.code.value}): {exc.message}")
+        console.print(f"hint: {_verify_hint(exc, response)}")
         raise typer.Exit(EXIT_FAILED) from None
     signer = verified.signer
     console.print(
-        f"[green]OK[/green] {document}: signed by {signer.eui or '-'} "
+        f"[green]OK[/green] {what} {document}: signed by {signer.eui or '-'} "
         f"(issuer {signer.issuer}, serial {signer.serial}); RequestID {verified.request_id}"
     )
+    if verified.code is not None:
+        info = DEFAULT_PROFILE.explain(verified.code)
+        meaning = info.meaning if info is not None else "not in this service's code profile"
+        console.print(f"response code {verified.code}: {meaning}")
+        if info is not None and verified.code != "I99":
+            console.print(f"hint: {info.hint}")
 
 
 class _DefaultWrite(TyperGroup):

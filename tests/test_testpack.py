@@ -16,11 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
+from hubreturns.codes import ResponseCode
+from hubreturns.demo import HUBS as DEMO_HUBS
 from hubreturns.demo import SCENARIOS as DEMO_SCENARIOS
+from hubreturns.demo import USERS as DEMO_USERS
+from hubreturns.demo import DemoWorld
 from hubreturns.extensions import register_commands
 from hubreturns.loading import load_appointments, load_certificates, load_devices, load_users
 from hubreturns.model import ReturnKind
-from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.store.models import AuditEntry, ReturnRecord, User
 from hubreturns.testpack import pack_scenarios
 
 runner = CliRunner()
@@ -155,3 +159,99 @@ def test_run_refuses_a_folder_that_is_not_a_pack(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["testpack", "--help"], ["testpack", "run", "--help"]])
 def test_help(args: list[str]) -> None:
     assert runner.invoke(_app(), args).exit_code == 0
+
+
+def _config(tmp_path: Path, database_url: str, world: DemoWorld, pack: Path) -> Path:
+    """The service's configuration: its database, and SMKI CAs the demo's and the pack's."""
+    cas = tmp_path / "smki-cas"
+    cas.mkdir()
+    (cas / "demo.pem").write_bytes(world.smki_ca_certs.read_bytes())
+    (cas / "pack.pem").write_bytes((pack / "pack-ca.cert.pem").read_bytes())
+    config = tmp_path / "hubreturns.toml"
+    config.write_text(
+        f"database_url = {json.dumps(database_url)}\nsmki_ca_certs = {json.dumps(str(cas))}\n"
+    )
+    return config
+
+
+def test_the_pack_loads_beside_the_demo_and_runs_again_and_again(
+    tmp_path: Path,
+    server: str,
+    seeded: sessionmaker[Session],
+    database_url: str,
+    world: DemoWorld,
+) -> None:
+    pack = tmp_path / "pack"
+    _write(pack)
+    config = _config(tmp_path, database_url, world, pack)
+    demo_ids = {u[0] for u in DEMO_USERS} | {h[0] for h in DEMO_HUBS} | {h[4] for h in DEMO_HUBS}
+    with seeded() as session:
+        demo_before = sorted((u.user_id, u.name, u.status) for u in session.scalars(select(User)))
+    total = len(pack_scenarios())
+    accepted = sum(s.expected is ResponseCode.I99 for s in pack_scenarios())
+    runs: list[dict[str, str]] = []
+    for n in (1, 2, 3):
+        result = runner.invoke(
+            _app(),
+            ["testpack", "run", str(pack), "--url", server, "--load", "--config", str(config)],
+        )
+        assert result.exit_code == 0, result.output
+        assert f"{total}/{total} scenarios passed" in result.output
+        assert ("renewed as run" in result.output) == (n > 1)
+        manifest = json.loads((pack / "manifest.json").read_text())
+        assert manifest["run"] == n
+        runs.append(manifest)
+        pack_ids = {
+            line.split(",")[0]
+            for name in ("users.csv", "devices.csv")
+            for line in (pack / "load" / name).read_text().splitlines()[1:]
+        }
+        assert not pack_ids & demo_ids  # its own User IDs and hubs, never the demo's
+        assert not any(i.startswith("90-B3-D5") for i in pack_ids)  # nor DCC's test registry's
+    assert len({r["hubs"] for r in runs}) == 3  # fresh hubs each run
+    assert (
+        runs[0]["last_counter"]
+        < runs[1]["counter_base"]
+        <= runs[1]["last_counter"]
+        < runs[2]["counter_base"]
+    )
+    with seeded() as session:
+        users = session.scalars(select(User)).all()
+        demo_after = sorted((u.user_id, u.name, u.status) for u in users if u.user_id in demo_ids)
+        assert demo_after == demo_before  # the demo's data is untouched
+        assert len(session.scalars(select(ReturnRecord)).all()) == 3 * accepted
+        audit = Counter(a.code for a in session.scalars(select(AuditEntry)))
+        expected = Counter(s.expected_code for s in pack_scenarios())
+        assert audit == Counter({code: 3 * n for code, n in expected.items()})
+
+
+def test_a_sent_run_is_not_sent_again_until_renewed(
+    tmp_path: Path, server: str, sessions: sessionmaker[Session]
+) -> None:
+    pack = tmp_path / "pack"
+    _write(pack)
+    _load_each_scenario(sessions, pack)
+    first = runner.invoke(_app(), ["testpack", "run", str(pack), "--url", server])
+    assert first.exit_code == 0, first.output
+    before = json.loads((pack / "manifest.json").read_text())
+
+    again = runner.invoke(_app(), ["testpack", "run", str(pack), "--url", server])
+    assert again.exit_code == 2
+    assert "run 1 of" in again.output
+    assert "was already sent" in again.output
+    assert "testpack renew" in again.output
+    with sessions() as session:
+        assert len(session.scalars(select(AuditEntry)).all()) == len(pack_scenarios())
+
+    renewed = runner.invoke(_app(), ["testpack", "renew", str(pack)])
+    assert renewed.exit_code == 0, renewed.output
+    after = json.loads((pack / "manifest.json").read_text())
+    assert after["run"] == 2
+    assert after["pack"] == before["pack"]  # same users and credentials
+    assert after["hubs"] != before["hubs"]
+    assert after["counter_base"] > before["last_counter"]
+    _load_each_scenario(sessions, pack)  # the renewed run's hubs; the users are already there
+    total = len(pack_scenarios())
+    second = runner.invoke(_app(), ["testpack", "run", str(pack), "--url", server])
+    assert second.exit_code == 0, second.output
+    assert f"{total}/{total} scenarios passed" in second.output

@@ -7,11 +7,15 @@ the users / appointments / devices CSVs and certificates to load into the
 service under test, the signed ``request.xml`` and ``expected.json``.
 ``run_pack`` sends them in manifest order and checks each signed response.
 
-The pack is single-use by design: an accepted request cannot be accepted
-twice (replay counter) and a returned hub stays returned. So every pack gets
-hubs of its own (random Device IDs) and RequestID counters starting at the
-time it was written in milliseconds, above anything a clock-based client sent
-before; write a new pack to run again.
+The pack has User IDs of its own (``00-DB-<pack>-A0-0n``, never the demo's or
+a registry's) with certificates from a CA of its own, so it loads beside real
+or demo data without touching it. A *run* of the pack (its hubs and RequestID
+counters) can be sent once: an accepted request cannot be accepted twice and a
+returned hub stays returned. ``renew_pack`` makes the next run: new hubs
+(``00-DB-<run>-…``) and counters above the last run's (the time in ms), signed
+again with the pack's keys; ``hubreturns testpack run --load`` renews when
+needed and loads the run's data into this service's database, so the pack can
+be run again and again against the same database.
 """
 
 from __future__ import annotations
@@ -28,13 +32,21 @@ from typing import Any, Final
 
 import httpx
 from lxml import etree
+from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.client import read_response
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, CodeProfile, Reason, ResponseCode, Verdict
-from hubreturns.config import DEFAULT_ACB, packaged_pki
+from hubreturns.config import DEFAULT_ACB
 from hubreturns.demo import SCENARIOS as DEMO_SCENARIOS
 from hubreturns.demo import Tamper
 from hubreturns.errors import Rejection
+from hubreturns.loading import (
+    CertificatesRefused,
+    load_appointments,
+    load_certificates,
+    load_devices,
+    load_users,
+)
 from hubreturns.model import (
     ConnectionMethod,
     Endpoint,
@@ -46,6 +58,7 @@ from hubreturns.model import (
     ReturnRequest,
 )
 from hubreturns.pki import Credential, DemoCA, load_credential, write_credential
+from hubreturns.smki import TrustAnchors
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import build_request, sign_request
 from hubreturns.wire.signature import sign
@@ -55,33 +68,39 @@ __all__ = [
     "PackError",
     "PackScenario",
     "ScenarioOutcome",
+    "current_run",
+    "load_pack",
     "pack_scenarios",
+    "renew_pack",
     "run_pack",
+    "sent_run",
     "write_pack",
 ]
 
 #: manifest.json ``format``; bump when the layout changes.
-FORMAT: Final = 1
+FORMAT: Final = 2
 
-# The three senders use DCC's public test SMKI credentials (package data), so a
-# DCC-like test service that already holds those certificates recognises them.
-IS, GS, RSA = "90-B3-D5-1F-30-01-00-00", "90-B3-D5-1F-30-02-00-00", "00-DB-12-34-56-78-00-04"
-RSA_UNAPPOINTED, ED = "00-DB-12-34-56-78-00-05", "00-DB-12-34-56-78-00-06"
-GS_SUSPENDED, UNREGISTERED = "00-DB-12-34-56-78-00-07", "00-DB-12-34-56-78-00-08"
-IS_SUSPENDED, RSA_SUSPENDED = "00-DB-12-34-56-78-00-0A", "00-DB-12-34-56-78-00-0B"
-WRONG_TARGET: Final = "00-DB-12-34-56-78-FF-FF"
+# The pack's users, by name; their User IDs are the pack's own (``_World.eui``).
+IS, GS, RSA = "is", "gs", "rsa"
+RSA_UNAPPOINTED, ED = "rsa-unappointed", "ed"
+GS_SUSPENDED, UNREGISTERED = "gs-suspended", "unregistered"
+IS_SUSPENDED, RSA_SUSPENDED = "is-suspended", "rsa-suspended"
+#: Stands for the pack's own non-ACB RequestID target (``00-DB-<pack>-FF-FF``).
+WRONG_TARGET: Final = "wrong-target"
 
-#: user_id -> (role, name, status, shipped test-pki stem or None = generated per pack)
-_USERS: Final[dict[str, tuple[str, str, str, str | None]]] = {
-    IS: ("IS", "Pack Import Supplier", "active", "xml-sign-90B3D51F30010000-ds"),
-    GS: ("GS", "Pack Gas Supplier", "active", "xml-sign-90B3D51F30020000-ds"),
-    RSA: ("RSA", "Pack Agent (appointed by the IS)", "active", "xml-sign-00DB123456780004-ds"),
-    RSA_UNAPPOINTED: ("RSA", "Pack Agent (appointed by nobody)", "active", None),
-    ED: ("ED", "Pack Electricity Distributor", "active", None),
-    IS_SUSPENDED: ("IS", "Pack Suspended Import Supplier", "suspended", None),
-    GS_SUSPENDED: ("GS", "Pack Suspended Gas Supplier", "suspended", None),
-    RSA_SUSPENDED: ("RSA", "Pack Suspended Agent (appointed by the IS)", "suspended", None),
+#: user name -> (role, name, status); the last byte of the User ID is the position.
+_USERS: Final[dict[str, tuple[str, str, str]]] = {
+    IS: ("IS", "Pack Import Supplier", "active"),
+    GS: ("GS", "Pack Gas Supplier", "active"),
+    RSA: ("RSA", "Pack Agent (appointed by the IS)", "active"),
+    RSA_UNAPPOINTED: ("RSA", "Pack Agent (appointed by nobody)", "active"),
+    ED: ("ED", "Pack Electricity Distributor", "active"),
+    IS_SUSPENDED: ("IS", "Pack Suspended Import Supplier", "suspended"),
+    GS_SUSPENDED: ("GS", "Pack Suspended Gas Supplier", "suspended"),
+    RSA_SUSPENDED: ("RSA", "Pack Suspended Agent (appointed by the IS)", "suspended"),
 }
+#: Every user name with a User ID (the unregistered one is not in users.csv).
+_USER_IDS: Final = (*_USERS, UNREGISTERED)
 #: RSA -> the Suppliers that have confirmed it.
 _APPOINTED_BY: Final = {RSA: (IS,), RSA_SUSPENDED: (IS,)}
 _ROLE_SENDERS: Final = {"IS": IS, "GS": GS, "RSA": RSA}
@@ -122,7 +141,7 @@ class PackScenario:
     slug: str
     description: str
     role: str
-    sender: str
+    sender: str  # a user name (``IS``, ``GS``, …), not a User ID
     expected: Verdict
     device: str  # hub name, "esme" or "unknown"
     kind: ReturnKind
@@ -411,20 +430,39 @@ def pack_scenarios() -> list[PackScenario]:
 
 @dataclass(slots=True)
 class _World:
-    """The pack's hubs (unique per pack) and every credential, by name."""
+    """The pack's users (``tag``), one run's hubs (``hub_tag``) and every credential.
+
+    ``tag`` and ``hub_tag`` are random 4-byte values, so User and Device IDs
+    (``00-DB-<tag>-…``) are the pack's own and a new run's hubs are new.
+    """
 
     tag: str
+    hub_tag: str
     hubs: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (CHF, GPF)
     credentials: dict[str, Credential] = field(default_factory=dict)
     valid_from: str = ""
 
+    def eui(self, name: str) -> str:
+        """The User ID of a user name, or a request target."""
+        if name == WRONG_TARGET:
+            return f"00-DB-{self.tag}-FF-FF"
+        if name in _USER_IDS:
+            return f"00-DB-{self.tag}-A0-{_USER_IDS.index(name) + 1:02X}"
+        return name  # already a User ID (the ACB)
+
+    def stem(self, credential_name: str) -> str:
+        """File stem of a credential: the User ID without dashes, or its own name."""
+        if credential_name in _USER_IDS:
+            return self.eui(credential_name).replace("-", "").lower()
+        return credential_name
+
     @property
     def esme(self) -> str:
-        return f"00-DB-{self.tag}-F0-01"
+        return f"00-DB-{self.hub_tag}-F0-01"
 
     @property
     def unknown(self) -> str:
-        return f"00-DB-{self.tag}-FE-02"
+        return f"00-DB-{self.hub_tag}-FE-02"
 
     def chf(self, device: str) -> str:
         if device == "esme":
@@ -437,34 +475,58 @@ class _World:
         return self.hubs.get(device, self.hubs["spare-is"])[1]
 
 
-def _build_world(now: datetime) -> _World:
-    raw = secrets.token_bytes(4)
-    world = _World(tag="-".join(f"{b:02X}" for b in raw))
+def _tag() -> str:
+    return "-".join(f"{b:02X}" for b in secrets.token_bytes(4))
+
+
+#: Credentials besides each user's own: (name, user, expired).
+_EXTRA_CREDENTIALS: Final = tuple(
+    (f"{role.lower()}-{what}", user, what == "expired")
+    for role, user in (("IS", IS), ("GS", GS), ("RSA", RSA))
+    for what in ("unloaded", "expired")
+)
+
+
+def _build_world(
+    now: datetime,
+    tag: str | None = None,
+    credentials: Path | None = None,
+    ca: DemoCA | None = None,
+) -> _World:
+    """A new pack's world, or (``tag`` and its ``credentials`` folder) the next run of one."""
+    world = _World(tag=tag or _tag(), hub_tag=_tag())
     for n, name in enumerate(_HUBS):
-        base = f"00-DB-{world.tag}-{n:02X}"
+        base = f"00-DB-{world.hub_tag}-{n:02X}"
         world.hubs[name] = (f"{base}-02", f"{base}-00")
     world.valid_from = (now - timedelta(days=30)).date().isoformat()
-    ca = DemoCA.generate()
-    shipped = packaged_pki()
-    for user_id, (_role, _name, _status, stem) in _USERS.items():
-        world.credentials[user_id] = (
-            load_credential(shipped / f"{stem}.key.pem", shipped / f"{stem}.cert.pem")
-            if stem is not None
-            else ca.issue_xml_signing(user_id)
-        )
-    world.credentials[UNREGISTERED] = ca.issue_xml_signing(UNREGISTERED)
-    for role, user_id in _ROLE_SENDERS.items():
-        world.credentials[f"{role.lower()}-unloaded"] = ca.issue_xml_signing(user_id)
-        world.credentials[f"{role.lower()}-expired"] = ca.issue_xml_signing(
-            user_id, not_before=now - timedelta(days=400), not_after=now - timedelta(days=35)
+    names = [*_USER_IDS, *(name for name, _, _ in _EXTRA_CREDENTIALS)]
+    if credentials is not None:
+        for name in names:
+            stem = credentials / world.stem(name)
+            try:
+                world.credentials[name] = load_credential(
+                    stem.with_name(stem.name + ".key.pem"), stem.with_name(stem.name + ".cert.pem")
+                )
+            except (OSError, ValueError) as exc:
+                raise PackError(
+                    f"cannot read the pack's credential {stem}: {exc}",
+                    "The pack's credentials/ folder is incomplete; write a new pack.",
+                ) from None
+        return world
+    ca = ca or DemoCA.generate(common_name=f"hubreturns-pack-{world.tag}")
+    for name in _USER_IDS:
+        world.credentials[name] = ca.issue_xml_signing(world.eui(name))
+    for name, user, expired in _EXTRA_CREDENTIALS:
+        world.credentials[name] = (
+            ca.issue_xml_signing(
+                world.eui(user),
+                not_before=now - timedelta(days=400),
+                not_after=now - timedelta(days=35),
+            )
+            if expired
+            else ca.issue_xml_signing(world.eui(user))
         )
     return world
-
-
-def _stem(credential_name: str) -> str:
-    return (
-        credential_name.replace("-", "").lower() if ":" not in credential_name else credential_name
-    )
 
 
 def _csv(header: str, rows: list[str]) -> str:
@@ -496,27 +558,27 @@ def _data(sc: PackScenario) -> _Data:
     return _Data(frozenset(users), frozenset(devices), frozenset(credentials))
 
 
-def _user_rows(users: frozenset[str]) -> list[str]:
-    return [f"{u},{_USERS[u][0]},{_USERS[u][1]},{_USERS[u][2]}" for u in sorted(users)]
+def _user_rows(world: _World, users: frozenset[str]) -> list[str]:
+    return sorted(f"{world.eui(u)},{','.join(_USERS[u])}" for u in users)
 
 
 def _appointment_rows(world: _World, users: frozenset[str]) -> list[str]:
-    return [
-        f"{rsa},{supplier},{world.valid_from},"
-        for rsa in sorted(users)
+    return sorted(
+        f"{world.eui(rsa)},{world.eui(supplier)},{world.valid_from},"
+        for rsa in users
         for supplier in _APPOINTED_BY.get(rsa, ())
-    ]
+    )
 
 
 def _device_rows(world: _World, devices: frozenset[str]) -> list[str]:
     rows = []
     for name in sorted(devices):
         if name == "esme":
-            rows.append(f"{world.esme},ESME,Commissioned,{IS},")
+            rows.append(f"{world.esme},ESME,Commissioned,{world.eui(IS)},")
             continue
         status, supplier = _HUBS[name]
         chf, gpf = world.hubs[name]
-        rows.append(f"{chf},CHF,{status},{supplier},{gpf}")
+        rows.append(f"{chf},CHF,{status},{world.eui(supplier)},{gpf}")
         rows.append(f"{gpf},GPF,{status},,")
     return rows
 
@@ -528,7 +590,7 @@ _DEVICES_HEADER = "device_id,device_type,smi_status,responsible_suppliers,gpf_id
 
 def _write_data(folder: Path, world: _World, data: _Data) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "users.csv").write_text(_csv(_USERS_HEADER, _user_rows(data.users)), "utf-8")
+    (folder / "users.csv").write_text(_csv(_USERS_HEADER, _user_rows(world, data.users)), "utf-8")
     (folder / "appointments.csv").write_text(
         _csv(_APPOINTMENTS_HEADER, _appointment_rows(world, data.users)), "utf-8"
     )
@@ -538,7 +600,7 @@ def _write_data(folder: Path, world: _World, data: _Data) -> None:
     certs = folder / "certs"
     certs.mkdir(exist_ok=True)
     for name in sorted(data.credentials):
-        (certs / f"{_stem(name)}.cert.pem").write_bytes(world.credentials[name].cert_pem)
+        (certs / f"{world.stem(name)}.cert.pem").write_bytes(world.credentials[name].cert_pem)
 
 
 # ---------------------------------------------------------------------- requests
@@ -548,7 +610,9 @@ def _request(world: _World, sc: PackScenario, counter: int) -> ReturnRequest:
     fault = sc.kind is ReturnKind.FAULT
     gpf = world.gpf("installed-is") if sc.wrong_gpf else world.gpf(sc.device)
     return ReturnRequest(
-        request_id=RequestId(originator=sc.sender, target=sc.target, counter=counter),
+        request_id=RequestId(
+            originator=world.eui(sc.sender), target=world.eui(sc.target), counter=counter
+        ),
         command_variant=sc.command_variant,
         service_reference="8.14",
         kind=sc.kind,
@@ -588,16 +652,22 @@ def _body(world: _World, sc: PackScenario, request: ReturnRequest) -> bytes:
 _README: Final = """\
 # hubreturns conformance test pack
 
-Written {written} (pack {tag}) by `hubreturns testpack`. {count} scenarios cover
-every success and error outcome of DUIS 8.14.3 CHFFaultReturn and 8.14.4
-CHFNoFaultReturn for IS, GS and RSA senders (SECMP0039). E100 ("try again
-later") cannot be provoked by a client and is not in the pack.
+Written {written} (pack {tag}, run {run}) by `hubreturns testpack`. {count}
+scenarios cover every success and error outcome of DUIS 8.14.3 CHFFaultReturn
+and 8.14.4 CHFNoFaultReturn for IS, GS and RSA senders (SECMP0039). E100 ("try
+again later") cannot be provoked by a client and is not in the pack.
+
+The pack has User IDs of its own (`00-DB-{tag}-A0-0n`) and hubs of its own
+(`00-DB-{hub_tag}-…`), certified by a test CA of its own (`pack-ca.cert.pem`),
+so its data loads beside real or demo data without touching it.
 
 ## 1. Load the data FIRST
 
 The service under test must hold this pack's users, SMKI certificates, RSA
-appointments and devices **before** any request is sent. Load, in this order,
-either everything at once from `load/`:
+appointments and devices **before** any request is sent. If the service only
+accepts certificates chaining to its SMKI CAs (`smki_ca_certs`), add
+`pack-ca.cert.pem` to them first (a test CA: take it out again afterwards).
+Load, in this order, either everything at once from `load/`:
 
 ```bash
 hubreturns load users        load/users.csv
@@ -623,25 +693,29 @@ wrong-endpoint scenarios), verifies the signed response with the DCC
 certificate (`--dcc-cert`, default the DCC test DSP certificates) and compares
 the code with `expected_code`. Exit status 0 only when every scenario passes.
 
-## Single use
+## 3. Run again
 
-A pack can pass once per service: accepted requests cannot be accepted again
-(RequestID counters, starting at {base}, the time of writing in ms) and
-returned hubs stay returned (every pack has hubs of its own, `00-DB-{tag}-…`).
-Write a new pack to run again. Scenarios that replay or re-return a hub list
-the acceptance they need in `depends_on`. The pack assumes the service's data
-for the pack's users and hubs is exactly what `load/` says.
+A run can pass once per service: accepted requests cannot be accepted again
+(RequestID counters, from {base}, the time of writing in ms) and returned hubs
+stay returned. `hubreturns testpack renew {folder}` makes the next run: new
+hubs and higher counters, signed again with the pack's keys (the users and
+certificates stay); load `load/devices.csv` again, then run. Against this
+service, `hubreturns testpack run {folder} --url URL --load` does all of it
+(renew when the run was sent, load into the configured database, run).
 
 ## Contents
 
-- `manifest.json`: format, scenario folders in run order, expected codes
+- `manifest.json`: format, run, scenario folders in run order, expected codes
 - `scenarios/NNN-<role>-<variant>-<case>/`: `request.xml` (signed bytes, send as
   they are), `expected.json`, and the data to load
 - `load/`: the union of all scenarios' data
+- `pack-ca.cert.pem`: the pack's test SMKI CA
 - `credentials/`: every key and certificate used, including ones that must
   NOT be loaded (`*unloaded*`: the unknown-certificate scenarios). These are
   test keys: never use them anywhere else.
 """
+
+_SENT: Final = "sent.json"
 
 
 def write_pack(
@@ -664,8 +738,51 @@ def write_pack(
             )
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    world = _build_world(moment)
-    base = int(moment.timestamp() * 1000)
+    world, ca_pem = _new_world(moment)
+    credentials = folder / "credentials"
+    for cred_name, credential in sorted(world.credentials.items()):
+        write_credential(credential, credentials, world.stem(cred_name))
+    (folder / "pack-ca.cert.pem").write_bytes(ca_pem)
+    return _write_run(folder, world, moment, run=1, base=_ms(moment), codes=codes)
+
+
+def renew_pack(folder: Path, *, now: datetime | None = None) -> int:
+    """Make the pack's next run: new hubs, counters above the last run's, signed again.
+
+    The users, credentials and code profile stay; ``scenarios/`` and ``load/``
+    are rewritten. Returns the new run number.
+    """
+    moment = now or datetime.now(UTC)
+    manifest = _manifest(folder)
+    try:
+        codes = CodeProfile.with_overrides(dict(manifest.get("response_codes", {})))
+    except (TypeError, ValueError) as exc:
+        raise PackError(
+            f"{folder}/manifest.json: response_codes: {exc}", "Write a new pack."
+        ) from None
+    world = _build_world(moment, str(manifest["pack"]), folder / "credentials")
+    run = int(manifest.get("run", 1)) + 1
+    base = max(_ms(moment), int(manifest.get("last_counter", 0)) + 1)
+    shutil.rmtree(folder / "scenarios", ignore_errors=True)
+    shutil.rmtree(folder / "load", ignore_errors=True)
+    _write_run(folder, world, moment, run=run, base=base, codes=codes)
+    return run
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _new_world(now: datetime) -> tuple[_World, bytes]:
+    tag = _tag()
+    ca = DemoCA.generate(common_name=f"hubreturns-pack-{tag}")
+    return _build_world(now, tag, ca=ca), ca.credential.cert_pem
+
+
+def _write_run(
+    folder: Path, world: _World, moment: datetime, *, run: int, base: int, codes: CodeProfile
+) -> int:
+    """Write one run's scenarios, load/ data, manifest and README; the scenario count."""
     scenarios = pack_scenarios()
     counters: dict[str, int] = {}
     bodies: dict[str, bytes] = {}
@@ -698,8 +815,8 @@ def write_pack(
             "description": sc.description,
             "role": sc.role,
             "variant": sc.kind.variant,
-            "sender": sc.sender,
-            "signed_with": _stem(sc.signer or sc.sender),
+            "sender": world.eui(sc.sender),
+            "signed_with": world.stem(sc.signer or sc.sender),
             "request_id": str(request_id),
             "endpoint": f"/api/v1/{sc.endpoint.value}",
             "expected_code": codes.code(sc.expected),
@@ -709,17 +826,18 @@ def write_pack(
         (where / "expected.json").write_text(json.dumps(expected, indent=2) + "\n", "utf-8")
         manifest.append({"folder": f"scenarios/{name}", "expected_code": codes.code(sc.expected)})
     _write_data(folder / "load", world, everything)
-    credentials = folder / "credentials"
-    for cred_name, credential in sorted(world.credentials.items()):
-        write_credential(credential, credentials, _stem(cred_name))
     (folder / "manifest.json").write_text(
         json.dumps(
             {
                 "format": FORMAT,
                 "pack": world.tag,
+                "run": run,
+                "hubs": world.hub_tag,
                 "written_at": moment.isoformat(timespec="seconds"),
                 "counter_base": base,
+                "last_counter": max(counters.values()),
                 "codes": sorted({codes.code(s.expected) for s in scenarios}),
+                "response_codes": {r.value: codes.code(r) for r in Reason},
                 "scenarios": manifest,
             },
             indent=2,
@@ -731,6 +849,8 @@ def write_pack(
         _README.format(
             written=moment.isoformat(timespec="seconds"),
             tag=world.tag,
+            hub_tag=world.hub_tag,
+            run=run,
             count=len(scenarios),
             folder=folder,
             base=base,
@@ -738,6 +858,45 @@ def write_pack(
         "utf-8",
     )
     return len(scenarios)
+
+
+def sent_run(folder: Path) -> int | None:
+    """The run of this pack last sent to a service (``sent.json``), if any."""
+    try:
+        data = json.loads((folder / _SENT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    run = data.get("run") if isinstance(data, dict) else None
+    return run if isinstance(run, int) else None
+
+
+def current_run(folder: Path) -> int:
+    return int(_manifest(folder).get("run", 1))
+
+
+def load_pack(
+    folder: Path,
+    sessions: sessionmaker[Session],
+    now: datetime,
+    anchors: TrustAnchors | None = None,
+) -> None:
+    """Load the current run's ``load/`` data, as the README asks (``testpack run --load``).
+
+    ``anchors``: the service's SMKI CAs, when it has them; the pack's
+    certificates must chain to one (add ``pack-ca.cert.pem`` to them).
+    """
+    data = folder / "load"
+    try:
+        load_users(sessions, (data / "users.csv").read_bytes(), now)
+        load_certificates(sessions, [data / "certs"], now, anchors=anchors)
+        load_appointments(sessions, (data / "appointments.csv").read_bytes())
+        load_devices(sessions, (data / "devices.csv").read_bytes(), now)
+    except (OSError, ValueError, CertificatesRefused) as exc:
+        raise PackError(
+            f"cannot load {data}: " + "; ".join(str(exc).splitlines()),
+            "With smki_ca_certs set, add the pack's pack-ca.cert.pem to it; "
+            "otherwise write the pack again.",
+        ) from None
 
 
 # --------------------------------------------------------------------------- run
@@ -770,13 +929,18 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _scenario_folders(pack: Path) -> list[str]:
+def _manifest(pack: Path) -> dict[str, Any]:
     manifest = _read_json(pack / "manifest.json")
     if manifest.get("format") != FORMAT:
         raise PackError(
             f"{pack}/manifest.json has format {manifest.get('format')!r}, expected {FORMAT}",
             "Write the pack with this version of hubreturns.",
         )
+    return manifest
+
+
+def _scenario_folders(pack: Path) -> list[str]:
+    manifest = _manifest(pack)
     entries = manifest.get("scenarios")
     if not isinstance(entries, list) or not all(
         isinstance(e, dict) and isinstance(e.get("folder"), str) for e in entries
@@ -851,13 +1015,28 @@ def run_pack(
     on_outcome: Callable[[ScenarioOutcome], None] | None = None,
     timeout: float = 30.0,
     verify: ssl.SSLContext | bool = True,
+    resend: bool = False,
 ) -> list[ScenarioOutcome]:
     """Send every scenario in manifest order; an unlisted scenario folder fails the run.
 
-    ``verify`` is httpx's: an ``ssl.SSLContext`` for a private CA or mutual TLS
-    (``client.tls_context``).
+    A run that was sent before is refused (its hubs are returned, its counters
+    used: it would fail) unless ``resend`` (e.g. to another service); the run is
+    marked as sent before its first request leaves. ``verify`` is httpx's: an
+    ``ssl.SSLContext`` for a private CA or mutual TLS (``client.tls_context``).
     """
     folders = _scenario_folders(pack)
+    run = current_run(pack)
+    if sent_run(pack) == run and not resend:
+        raise PackError(
+            f"run {run} of {pack} was already sent: its hubs are returned and its "
+            "counters used, so it would fail",
+            f"`hubreturns testpack renew {pack}` makes a fresh run (load load/ again), or "
+            "`testpack run --load` renews and loads it into this service's database; "
+            "--resend sends it as it is (to another service).",
+        )
+    (pack / _SENT).write_text(
+        json.dumps({"run": run, "url": url, "at": datetime.now(UTC).isoformat()}) + "\n", "utf-8"
+    )
     present = (
         {f"scenarios/{p.name}" for p in (pack / "scenarios").iterdir() if p.is_dir()}
         if (pack / "scenarios").is_dir()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -22,9 +23,10 @@ from typer.core import TyperGroup
 
 from hubreturns.client import TlsSetupError, tls_context
 from hubreturns.codes import DEFAULT_PROFILE, Reason, Verdict
-from hubreturns.config import DEFAULT_ACB
+from hubreturns.config import DEFAULT_ACB, ConfigError, load_settings
 from hubreturns.errors import Rejection
 from hubreturns.model import RequestId, eui
+from hubreturns.store.db import make_engine, make_sessionmaker
 from hubreturns.submission import (
     COLUMNS,
     BulkSummary,
@@ -47,7 +49,16 @@ from hubreturns.submission import (
     sign_document,
     verify_document,
 )
-from hubreturns.testpack import PackError, ScenarioOutcome, run_pack, write_pack
+from hubreturns.testpack import (
+    PackError,
+    ScenarioOutcome,
+    current_run,
+    load_pack,
+    renew_pack,
+    run_pack,
+    sent_run,
+    write_pack,
+)
 
 __all__ = ["register_cli"]
 
@@ -552,6 +563,38 @@ def write_pack_cmd(
     )
 
 
+@testpack_app.command("renew")
+def renew_pack_cmd(
+    pack: Annotated[Path, typer.Argument(help="A folder written by `hubreturns testpack`.")],
+) -> None:
+    """Make the pack's next run: new hubs, higher counters, signed again (load load/ again)."""
+    try:
+        run = renew_pack(pack)
+    except PackError as exc:
+        _usage(str(exc), exc.hint)
+    console.print(
+        f"[green]run {run}[/green] of {pack}: new hubs and counters; load {pack}/load/ "
+        f"again, then: hubreturns testpack run {pack} --url URL"
+    )
+
+
+def _load_into_service(pack: Path, config: Path | None) -> None:
+    """``--load``: renew the run if it was sent, then load it into the configured database."""
+    try:
+        settings = load_settings(config)
+        anchors = settings.trust_anchors()
+    except ConfigError as exc:
+        _usage(f"configuration: {exc}", "Check --config / HUBRETURNS_CONFIG (the service's).")
+    if sent_run(pack) == current_run(pack):
+        console.print(f"run {current_run(pack)} was sent before: renewed as run {renew_pack(pack)}")
+    engine = make_engine(settings.database_url)
+    try:
+        load_pack(pack, make_sessionmaker(engine), datetime.now(UTC), anchors)
+    finally:
+        engine.dispose()
+    console.print(f"loaded {pack}/load/ into the service's database")
+
+
 @testpack_app.command("run")
 def run_pack_cmd(
     pack: Annotated[Path, typer.Argument(help="A folder written by `hubreturns testpack`.")],
@@ -561,6 +604,20 @@ def run_pack_cmd(
     ca: CaOption = None,
     client_cert: ClientCertOption = None,
     client_key: ClientKeyOption = None,
+    load: Annotated[
+        bool,
+        typer.Option(
+            "--load",
+            help="This service: renew the run if it was sent, load it into the database of "
+            "--config, then run (so the pack can run again and again).",
+        ),
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option(help="With --load: the service's configuration file.")
+    ] = None,
+    resend: Annotated[
+        bool, typer.Option("--resend", help="Send a run that was sent before (another service).")
+    ] = False,
 ) -> None:
     """Send every scenario in manifest order; pass/fail per scenario and a summary."""
     verify = _verify(ca, client_cert, client_key)
@@ -576,7 +633,11 @@ def run_pack_cmd(
         console.print(line, soft_wrap=True)
 
     try:
-        outcomes = run_pack(pack, url, dcc, on_outcome=show, timeout=timeout, verify=verify)
+        if load:
+            _load_into_service(pack, config)
+        outcomes = run_pack(
+            pack, url, dcc, on_outcome=show, timeout=timeout, verify=verify, resend=resend
+        )
     except PackError as exc:
         _usage(str(exc), exc.hint)
     passed = sum(o.passed for o in outcomes)

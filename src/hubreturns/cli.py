@@ -38,7 +38,7 @@ from hubreturns.loading import (
     registry_roles,
 )
 from hubreturns.model import Role, eui
-from hubreturns.rules import RULES
+from hubreturns.rules import RULES, EligibilityProfile
 from hubreturns.store.db import make_engine, make_sessionmaker, migrate
 from hubreturns.store.repository import Repository, ReturnFilter
 from hubreturns.tables import print_rows
@@ -741,18 +741,45 @@ def codes(
     )
 
 
+def _matrix(profile: EligibilityProfile) -> list[tuple[str, str, str, str]]:
+    """The role to 8.14.3/8.14.4 matrix of ``profile``: every role, allowed or not."""
+    rows = []
+    for role in Role:
+        grant = profile.grant(role)
+        if grant is None:
+            rows.append((role.value, "no (E2)", "", ""))
+            continue
+        rows.append(
+            (
+                role.value,
+                "yes",
+                " or ".join(kind.value for kind in grant.authorisations),
+                "Pending only (else E5)" if grant.pending_only else "any",
+            )
+        )
+    return rows
+
+
 @app.command()
 def rules(
-    markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False,
     config: ConfigOption = None,
+    markdown: Annotated[bool, typer.Option(help="Markdown tables (docs).")] = False,
 ) -> None:
-    """The decision table, in the order it is applied (codes from the profile in force)."""
-    profile = _settings(config).response_codes
-    rows = [(str(n), profile.code(r.code), r.name, r.source) for n, r in enumerate(RULES, 1)]
+    """The decision table, in the order it is applied (codes from the profile in force),
+    and the eligibility matrix in force."""
+    settings = _settings(config)
+    codes, profile = settings.response_codes, settings.eligibility()
+    rows = [(str(n), codes.code(r.code), r.name, r.source) for n, r in enumerate(RULES, 1)]
+    matrix = _matrix(profile)
+    headers = ("role", "8.14.3/8.14.4", "authorised as (else E4)", "hub SMI status")
     if markdown:
         print("| # | code | check | source |\n|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(row) + " |")
+        print(f"\nEligibility profile `{profile.name}`: {profile.summary}\n")
+        print("| " + " | ".join(headers) + " |\n|---|---|---|---|")
+        for m in matrix:
+            print("| " + " | ".join(m) + " |")
         return
     _emit(
         ("#", "code", "check", "source"),
@@ -760,6 +787,8 @@ def rules(
         False,
         "Decision rules (first failing row wins)",
     )
+    _emit(headers, list(matrix), False, f"Eligibility profile {profile.name}")
+    console.print(profile.summary, highlight=False)
 
 
 def main() -> None:

@@ -29,6 +29,11 @@ The connection limits and TLS are described in docs/configuration.md and docs/tl
 over the defaults; an unknown reason, a code outside the DUIS 5.4 enumeration, a
 DUIS-defined or published-meaning code, or a code given twice is refused at start
 (docs/response-codes.md).
+
+The role to 8.14.3/8.14.4 matrix is its own table, as DCC Data Management
+holds it apart from the service's settings: ``[eligibility] profile = "…"``
+(``HUBRETURNS_ELIGIBILITY_PROFILE``; default ``secmp0039``; the names are
+``rules.PROFILES``; docs/eligibility.md).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from hubreturns.codes import DEFAULT_PROFILE, CodeProfile
 from hubreturns.model import eui
 from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
+from hubreturns.rules import DEFAULT_PROFILE as DEFAULT_ELIGIBILITY
+from hubreturns.rules import EligibilityProfile, eligibility_profile
 from hubreturns.smki import TrustAnchors, load_trust_anchors
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.response import ResponseSigner
@@ -128,8 +135,12 @@ class Settings:
     smki_ca_certs: Path | None = None
     #: The wire code of each refusal reason (``[response_codes]`` over the defaults).
     response_codes: CodeProfile = DEFAULT_PROFILE
+    #: Name of the role to 8.14.3/8.14.4 matrix in force (``rules.PROFILES``).
+    eligibility_profile: str = DEFAULT_ELIGIBILITY
 
     def __post_init__(self) -> None:
+        # Fail at start-up, not on the first request: an unknown profile is refused here.
+        self.eligibility()
         # A half-configured TLS would serve plain HTTP or skip client certificates:
         # refused at start rather than failing open.
         if self.tls_key is not None and self.tls_cert is None:
@@ -147,6 +158,14 @@ class Settings:
                 "tls_client_ca needs TLS: set tls_cert and tls_key too (client certificates "
                 "are only asked for over HTTPS)"
             )
+
+    def eligibility(self) -> EligibilityProfile:
+        try:
+            return eligibility_profile(self.eligibility_profile)
+        except ValueError as exc:
+            raise ConfigError(
+                f"[eligibility] profile: {exc} (HUBRETURNS_ELIGIBILITY_PROFILE)"
+            ) from None
 
     @property
     def tls(self) -> bool:
@@ -272,6 +291,17 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def _eligibility_section(section: Any, path: Path) -> dict[str, Any]:
+    """``[eligibility]``: its one key ``profile``, as the setting ``eligibility_profile``."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict) or set(section) - {"profile"}:
+        raise ConfigError(
+            f'[eligibility] in {path} takes one key, profile = "NAME"; got {section!r}'
+        )
+    return {"eligibility_profile": section["profile"]} if "profile" in section else {}
+
+
 def load_settings(
     config_file: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
@@ -291,6 +321,9 @@ def load_settings(
         section = dict(data.get("hubreturns", data))
         if "response_codes" in data:  # a top-level table beside [hubreturns]
             section.setdefault("response_codes", data["response_codes"])
+        # [eligibility] sits beside the settings, or inside [hubreturns].
+        eligibility = section.pop("eligibility", data.get("eligibility"))
+        values.update(_eligibility_section(eligibility, path))
         unknown = set(section) - known
         if unknown:
             raise ConfigError(

@@ -33,7 +33,7 @@ from hubreturns.committer import Arrival, Committer, Contended, FunctionJob, Job
 from hubreturns.errors import Rejection, SignatureRejection
 from hubreturns.model import REASON_LIMIT, Channel, Endpoint, RequestId, ReturnRequest, clip
 from hubreturns.policy import SecurityPolicy
-from hubreturns.rules import Decision, decide
+from hubreturns.rules import SECMP0039, Decision, EligibilityProfile, decide
 from hubreturns.stages import Stages, Steps, complete, one_step
 from hubreturns.store.db import reading
 from hubreturns.store.repository import AuditFields, FactsKey, Ledger
@@ -369,6 +369,7 @@ class _RecordReturn:
     request: ReturnRequest
     endpoint: Endpoint
     access_control_broker: str
+    eligibility: EligibilityProfile
     raw: bytes | None
     entered_by: str | None
     audit: dict[str, object]
@@ -400,6 +401,7 @@ class _RecordReturn:
             access_control_broker=self.access_control_broker,
             now=self.now,
             check_counter=self.check_counter,
+            eligibility=self.eligibility,
         )
         decision = decide(facts)
         role = facts.user.role.value if facts.user is not None else None
@@ -509,6 +511,7 @@ class Processor:
         clock: Callable[[], datetime] = utcnow,
         commit_hold: float | None = None,
         codes: CodeProfile = DEFAULT_PROFILE,
+        eligibility: EligibilityProfile = SECMP0039,
     ) -> None:
         self.sessions = sessions
         #: Which wire code each refusal ``Reason`` is answered with.
@@ -516,6 +519,8 @@ class Processor:
         self.signer = signer
         self.policy = policy
         self.access_control_broker = access_control_broker
+        #: The role to 8.14.3/8.14.4 matrix in force (``Settings.eligibility``).
+        self.eligibility = eligibility
         self.clock = clock
         self.certificates = CertificateCache(sessions)
         self.committer = (
@@ -597,6 +602,7 @@ class Processor:
             request=request,
             endpoint=Endpoint.NON_DEVICE,
             access_control_broker=self.access_control_broker,
+            eligibility=self.eligibility,
             raw=None,
             entered_by=entered_by,
             audit={"received_at": self.clock(), "channel": Channel.SERVICE_DESK, "endpoint": None},
@@ -678,6 +684,7 @@ class Processor:
             request=request,
             endpoint=endpoint,
             access_control_broker=self.access_control_broker,
+            eligibility=self.eligibility,
             raw=body,
             entered_by=None,
             audit=audit,

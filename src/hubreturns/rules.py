@@ -6,12 +6,21 @@ returns a reason decides the verdict (a DUIS-defined code, or a ``Reason``
 whose wire code the ``CodeProfile`` gives). Each row names the text it implements, so
 it can be matched against DUIS and the SEC line by line. Both channels (DUIS
 and the Service Desk) decide through ``decide``.
+
+Who may send 8.14.3/8.14.4 is not a constant: SECMP0039 grants the RSA role
+through DCC Data Management *configuration* (the role to service request
+matrix), so the matrix is an ``EligibilityProfile`` chosen by name in the
+settings. ``PROFILES`` holds the known ones; every profile keeps the Suppliers'
+behaviour and makes every other role follow business requirement 2 (only while
+the hub is Pending, judged on the latest inventory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from hubreturns.codes import Reason, ResponseCode, Verdict
 from hubreturns.model import (
@@ -25,18 +34,136 @@ from hubreturns.model import (
 )
 
 __all__ = [
-    "ELIGIBLE_ROLES",
+    "DEFAULT_PROFILE",
+    "PROFILES",
     "RULES",
+    "SECMP0039",
+    "Authorisation",
     "Decision",
     "DeviceFacts",
+    "EligibilityProfile",
     "Facts",
+    "RoleGrant",
     "Rule",
     "UserFacts",
     "decide",
+    "eligibility_profile",
 ]
 
-#: DUIS 8.14.3/8.14.4 eligible User roles; RSA added by SECMP0039.
-ELIGIBLE_ROLES = frozenset({Role.IS, Role.GS, Role.RSA})
+
+class Authorisation(enum.Enum):
+    """How a sender is tied to the hub it returns (the E4 check)."""
+
+    #: The sender is one of the hub's responsible Suppliers (SEC F5).
+    RESPONSIBLE_SUPPLIER = "responsible Supplier for the hub"
+    #: A responsible Supplier has confirmed (appointed) the sender as its RSA (SECMP0039).
+    APPOINTED = "appointed by a responsible Supplier"
+    #: The sender placed the order the hub was delivered against (logistics records).
+    ORDERED = "placed the order the hub was delivered against"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoleGrant:
+    """One row of the role to 8.14.3/8.14.4 matrix: a role that may send the requests."""
+
+    role: Role
+    #: Any one of these ties the sender to the hub; checked in this order.
+    authorisations: tuple[Authorisation, ...]
+    #: Business requirement 2: only prior to installation (SMI status Pending), else E5.
+    pending_only: bool
+
+    def __post_init__(self) -> None:
+        if not self.authorisations:
+            raise ValueError(f"{self.role} needs at least one kind of authorisation")
+        supplier = self.authorisations == (Authorisation.RESPONSIBLE_SUPPLIER,)
+        if self.role.is_supplier != supplier or self.pending_only == self.role.is_supplier:
+            # Suppliers keep their pre-SECMP0039 behaviour in every profile; every
+            # other role returns only Pending hubs (SECMP0039 business requirement 2).
+            raise ValueError(
+                f"{self.role}: Suppliers are authorised as the responsible Supplier and may "
+                "return hubs in any status; every other role only Pending hubs"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EligibilityProfile:
+    """A named role to 8.14.3/8.14.4 matrix, as DCC Data Management configures it."""
+
+    name: str
+    summary: str
+    grants: tuple[RoleGrant, ...]
+
+    def __post_init__(self) -> None:
+        roles = [g.role for g in self.grants]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"profile {self.name} lists a role twice")
+        if not {Role.IS, Role.GS} <= set(roles):
+            raise ValueError(f"profile {self.name} must keep the Suppliers (IS, GS)")
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return frozenset(g.role for g in self.grants)
+
+    def grant(self, role: Role) -> RoleGrant | None:
+        """The role's row, or None: the role may not send 8.14.3/8.14.4 (E2)."""
+        for g in self.grants:
+            if g.role is role:
+                return g
+        return None
+
+
+_A = Authorisation
+_SUPPLIERS = (
+    RoleGrant(role=Role.IS, authorisations=(_A.RESPONSIBLE_SUPPLIER,), pending_only=False),
+    RoleGrant(role=Role.GS, authorisations=(_A.RESPONSIBLE_SUPPLIER,), pending_only=False),
+)
+_RSA = RoleGrant(role=Role.RSA, authorisations=(_A.APPOINTED,), pending_only=True)
+
+#: The matrix in force after SECMP0039 (the default).
+SECMP0039 = EligibilityProfile(
+    name="secmp0039",
+    summary="SECMP0039 as approved: Suppliers, and RSAs for Pending hubs",
+    grants=(*_SUPPLIERS, _RSA),
+)
+PROFILES: Mapping[str, EligibilityProfile] = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            EligibilityProfile(
+                name="pre-secmp0039",
+                summary="before SECMP0039: Suppliers only (regression tests of the old behaviour)",
+                grants=_SUPPLIERS,
+            ),
+            SECMP0039,
+            EligibilityProfile(
+                name="all-ordering-parties",
+                summary="SECMP0039 business requirement 1 as first proposed: also any party "
+                "that ordered the hub, for hubs delivered against its own orders",
+                grants=(
+                    *_SUPPLIERS,
+                    RoleGrant(
+                        role=Role.RSA,
+                        authorisations=(_A.APPOINTED, _A.ORDERED),
+                        pending_only=True,
+                    ),
+                    *(
+                        RoleGrant(role=role, authorisations=(_A.ORDERED,), pending_only=True)
+                        for role in (Role.ES, Role.ED, Role.GT, Role.OU)
+                    ),
+                ),
+            ),
+        )
+    }
+)
+DEFAULT_PROFILE = SECMP0039.name
+
+
+def eligibility_profile(name: str) -> EligibilityProfile:
+    """The profile called ``name``; ``ValueError`` naming the known ones otherwise."""
+    found = PROFILES.get(name)
+    if found is None:
+        raise ValueError(f"unknown eligibility profile {name!r}; known: {', '.join(PROFILES)}")
+    return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,7 +190,10 @@ class Facts:
     """Everything the decision depends on, read in the request's transaction.
 
     ``appointed_by`` holds the Suppliers whose appointment of the sending user
-    (as their RSA) is valid now; it is empty for other roles.
+    (as their RSA) is valid now; ``ordered_for`` the Suppliers whose order,
+    placed by the sending user, the hub was delivered against. Each is read
+    only when ``eligibility`` authorises the sender's role that way, and is
+    empty otherwise.
     """
 
     request: ReturnRequest
@@ -73,6 +203,8 @@ class Facts:
     last_counter: int | None
     device: DeviceFacts | None
     appointed_by: frozenset[str] = frozenset()
+    ordered_for: frozenset[str] = frozenset()
+    eligibility: EligibilityProfile = SECMP0039
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +231,26 @@ class Rule:
     check: Check
 
 
+def _grant(f: Facts) -> RoleGrant:
+    assert f.user is not None
+    grant = f.eligibility.grant(f.user.role)
+    assert grant is not None, "checked by the eligible-role row"
+    return grant
+
+
 def _acting_suppliers(facts: Facts) -> frozenset[str]:
-    """Responsible Suppliers the sender may act for on this hub."""
+    """The Suppliers the sender may act for on this hub, by the role's authorisations."""
     assert facts.user is not None and facts.device is not None
-    if facts.user.role.is_supplier:
-        return facts.device.responsible_suppliers & {facts.user.user_id}
-    return facts.device.responsible_suppliers & facts.appointed_by
+    responsible = facts.device.responsible_suppliers
+    by_kind = {
+        Authorisation.RESPONSIBLE_SUPPLIER: responsible & {facts.user.user_id},
+        Authorisation.APPOINTED: responsible & facts.appointed_by,
+        Authorisation.ORDERED: facts.ordered_for,
+    }
+    acting: frozenset[str] = frozenset()
+    for kind in _grant(facts).authorisations:
+        acting |= by_kind[kind]
+    return acting
 
 
 def _target(f: Facts) -> str | None:
@@ -129,8 +275,11 @@ def _active_user(f: Facts) -> str | None:
 
 def _eligible_role(f: Facts) -> str | None:
     assert f.user is not None
-    if f.user.role not in ELIGIBLE_ROLES:
-        return f"role {f.user.role.value} may not send {f.request.kind.variant}"
+    if f.eligibility.grant(f.user.role) is None:
+        return (
+            f"role {f.user.role.value} may not send {f.request.kind.variant} "
+            f"(eligibility profile {f.eligibility.name})"
+        )
     return None
 
 
@@ -168,20 +317,28 @@ def _authorised(f: Facts) -> str | None:
     assert f.user is not None and f.device is not None
     if _acting_suppliers(f):
         return None
-    if f.user.role.is_supplier:
+    kinds = _grant(f).authorisations
+    if kinds == (Authorisation.RESPONSIBLE_SUPPLIER,):
         return f"{f.user.user_id} is not a responsible Supplier for {f.device.device_id}"
+    if kinds == (Authorisation.APPOINTED,):
+        return (
+            f"RSA {f.user.user_id} holds no current appointment from a Supplier responsible "
+            f"for {f.device.device_id}"
+        )
     return (
-        f"RSA {f.user.user_id} holds no current appointment from a Supplier responsible "
-        f"for {f.device.device_id}"
+        f"{f.user.role.value} {f.user.user_id} is not authorised for {f.device.device_id}: "
+        f"needs to be {' or '.join(kind.value for kind in kinds)}"
     )
 
 
-def _rsa_pending_only(f: Facts) -> str | None:
+def _pending_only(f: Facts) -> str | None:
     assert f.user is not None and f.device is not None
-    if f.user.role is Role.RSA and f.device.smi_status is not SmiStatus.PENDING:
+    if _grant(f).pending_only and f.device.smi_status is not SmiStatus.PENDING:
+        role = f.user.role.value
+        article = "a" if role == Role.GT else "an"
         return (
-            f"an RSA may return a hub only while it is Pending; {f.device.device_id} is "
-            f"{f.device.smi_status.value}"
+            f"{article} {role} may return a hub only while it is Pending; "
+            f"{f.device.device_id} is {f.device.smi_status.value}"
         )
     return None
 
@@ -207,7 +364,12 @@ RULES: tuple[Rule, ...] = (
     Rule(_R.WRONG_TARGET, "business target", "DUIS 3.4.1: target of 8.14 is the DCC ACB", _target),
     Rule(_C.E1, "known user", "DUIS 3.5: originator is a registered User ID", _known_user),
     Rule(_C.E3, "active user", "DUIS 3.5: User ID status allows requests", _active_user),
-    Rule(_C.E2, "eligible role", "DUIS 8.14.3/8.14.4 + SECMP0039: IS, GS, RSA", _eligible_role),
+    Rule(
+        _C.E2,
+        "eligible role",
+        "DUIS 8.14.3/8.14.4 + SECMP0039: the eligibility profile's roles",
+        _eligible_role,
+    ),
     Rule(_R.REPLAY, "fresh counter", "DUIS 3.4.1: counter strictly increases", _fresh_counter),
     Rule(_C.E12, "command variant", "DUIS 8.14: CommandVariant 8 (DCC only)", _command_variant),
     Rule(_C.E13, "endpoint", "DUIS 8.14: non-device endpoint", _endpoint),
@@ -216,14 +378,14 @@ RULES: tuple[Rule, ...] = (
     Rule(
         _C.E4,
         "authorised for hub",
-        "SEC F5 / SECMP0039: responsible Supplier, or RSA it has confirmed",
+        "SEC F5 / SECMP0039: as the profile says (responsible Supplier, its RSA, orderer)",
         _authorised,
     ),
     Rule(
         _C.E5,
-        "RSA: hub Pending",
-        "SECMP0039: RSA only while SMI status is Pending (latest inventory)",
-        _rsa_pending_only,
+        "non-Supplier: hub Pending",
+        "SECMP0039 BR2: roles beyond the Suppliers only while Pending (latest inventory)",
+        _pending_only,
     ),
     Rule(
         _R.GPF_MISMATCH, "GPF matches", "DUIS 8.14.3: OtherDeviceID is the hub's GPF", _gpf_matches

@@ -61,6 +61,7 @@ def processor_from_settings(settings: Settings) -> Processor:
         access_control_broker=settings.acb_eui,
         commit_hold=settings.commit_hold_ms / 1000,
         codes=settings.response_codes,
+        eligibility=settings.eligibility(),
     )
 
 

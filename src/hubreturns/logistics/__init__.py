@@ -28,7 +28,9 @@ def routes(processor: Processor, settings: Settings) -> list[BaseRoute]:
     from hubreturns.logistics.charges import load_tariff
     from hubreturns.logistics.operations import Logistics
 
-    logistics = Logistics(processor.sessions, load_tariff(settings.tariff_file))
+    logistics = Logistics(
+        processor.sessions, load_tariff(settings.tariff_file), eligibility=processor.eligibility
+    )
     return api.routes(logistics, settings)
 
 

@@ -79,7 +79,7 @@ def _logistics(config: Path | None) -> Iterator[Logistics]:
         tariff = load_tariff(settings.tariff_file)
         engine = make_engine(settings.database_url)
         try:
-            yield Logistics(make_sessionmaker(engine), tariff)
+            yield Logistics(make_sessionmaker(engine), tariff, eligibility=settings.eligibility())
         finally:
             engine.dispose()
     except LogisticsError as exc:

@@ -46,6 +46,7 @@ from hubreturns.logistics.models import (
 from hubreturns.logistics.orders import check_delivery, parse_delivery
 from hubreturns.logistics.values import OrderRequest, Period, check_location, month_of
 from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
+from hubreturns.rules import SECMP0039, Authorisation, EligibilityProfile
 from hubreturns.store.models import Device, ReturnRecord, User
 from hubreturns.store.repository import Repository
 
@@ -143,10 +144,13 @@ class Logistics:
         tariff: Tariff,
         *,
         clock: Callable[[], datetime] = _utcnow,
+        eligibility: EligibilityProfile = SECMP0039,
     ) -> None:
         self.sessions = sessions
         self.tariff = tariff
         self.clock = clock
+        #: Under a profile that authorises orderers, their roles may place orders.
+        self.eligibility = eligibility
 
     # -- orders and deliveries -----------------------------------------------------
 
@@ -175,26 +179,7 @@ class Logistics:
                     field="placed_by",
                 )
             if placer.user_id != supplier.user_id:
-                if placer.role != Role.RSA.value:
-                    raise Invalid(
-                        f"placed_by: {placer.user_id} has role {placer.role}; only the "
-                        "Supplier or its RSA may order",
-                        "Leave placed_by out for the Supplier's own order.",
-                        field="placed_by",
-                    )
-                if placer.status != UserStatus.ACTIVE.value:
-                    raise Conflict(
-                        f"placed_by: RSA {placer.user_id} is {placer.status}",
-                        "A suspended RSA cannot order hubs.",
-                        field="placed_by",
-                    )
-                if supplier.user_id not in Repository(session).appointed_by(placer.user_id, now):
-                    raise Conflict(
-                        f"placed_by: RSA {placer.user_id} is not currently appointed by "
-                        f"{supplier.user_id}",
-                        "The Supplier must confirm the RSA first (`hubreturns appoint`).",
-                        field="placed_by",
-                    )
+                self._check_placer(session, placer, supplier.user_id, now)
             row = HubOrder(
                 supplier_user_id=supplier.user_id,
                 placed_by=placer.user_id,
@@ -208,6 +193,33 @@ class Logistics:
             session.add(row)
             session.flush()
             return self._order_view(session, row)
+
+    def _check_placer(self, session: Session, placer: User, supplier: str, now: datetime) -> None:
+        """Someone other than the Supplier orders for it: its RSA, or (under a profile
+        that authorises orderers, e.g. ``all-ordering-parties``) a party of such a role."""
+        grant = self.eligibility.grant(Role(placer.role))
+        orderer = grant is not None and Authorisation.ORDERED in grant.authorisations
+        if placer.role != Role.RSA.value and not orderer:
+            raise Invalid(
+                f"placed_by: {placer.user_id} has role {placer.role}; only the "
+                "Supplier or its RSA may order",
+                "Leave placed_by out for the Supplier's own order.",
+                field="placed_by",
+            )
+        if placer.status != UserStatus.ACTIVE.value:
+            raise Conflict(
+                f"placed_by: {placer.role} {placer.user_id} is {placer.status}",
+                f"A suspended {placer.role} cannot order hubs.",
+                field="placed_by",
+            )
+        if placer.role == Role.RSA.value and supplier not in Repository(session).appointed_by(
+            placer.user_id, now
+        ):
+            raise Conflict(
+                f"placed_by: RSA {placer.user_id} is not currently appointed by {supplier}",
+                "The Supplier must confirm the RSA first (`hubreturns appoint`).",
+                field="placed_by",
+            )
 
     def orders(self, supplier: str | None = None) -> list[OrderView]:
         with self.sessions() as session:

@@ -44,6 +44,7 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import ClauseElement, ColumnElement
 
+from hubreturns.logistics.models import DeliveredHub, HubOrder
 from hubreturns.model import (
     Channel,
     DeviceType,
@@ -53,7 +54,14 @@ from hubreturns.model import (
     SmiStatus,
     UserStatus,
 )
-from hubreturns.rules import DeviceFacts, Facts, UserFacts
+from hubreturns.rules import (
+    SECMP0039,
+    Authorisation,
+    DeviceFacts,
+    EligibilityProfile,
+    Facts,
+    UserFacts,
+)
 from hubreturns.store.models import (
     Appointment,
     AuditEntry,
@@ -347,6 +355,17 @@ _APPOINTED_BY = (
         ),
         User.status == UserStatus.ACTIVE.value,
         User.role.in_([Role.IS.value, Role.GS.value]),
+    )
+)
+
+#: The Supplier whose order, placed by this user, the hub was delivered against
+#: (logistics records); read only under a profile that authorises orderers.
+_ORDERED_FOR = (
+    select(HubOrder.supplier_user_id)
+    .join(DeliveredHub, DeliveredHub.order_id == HubOrder.id)
+    .where(
+        DeliveredHub.device_id == bindparam("b_device", type_=String(23)),
+        HubOrder.placed_by == bindparam("b_placed_by", type_=String(23)),
     )
 )
 
@@ -712,6 +731,13 @@ class Ledger:
         rows = self.connection.execute(_APPOINTED_BY, {"b_rsa": rsa_user_id, "b_now": now})
         return frozenset(rows.scalars())
 
+    def ordered_for(self, user_id: str, device_id: str) -> frozenset[str]:
+        """Suppliers whose order placed by ``user_id`` the hub was delivered against."""
+        rows = self.connection.execute(
+            _ORDERED_FOR, {"b_device": device_id, "b_placed_by": user_id}
+        )
+        return frozenset(rows.scalars())
+
     def prefetch(self, keys: Iterable[FactsKey]) -> None:
         """Deferred mode: read the facts of a batch's requests, and reserve their return ids.
 
@@ -739,6 +765,7 @@ class Ledger:
         access_control_broker: str,
         now: datetime,
         check_counter: bool = True,
+        eligibility: EligibilityProfile = SECMP0039,
     ) -> Facts:
         # One statement, one round trip, one snapshot: user, counter, device and
         # its suppliers are read together. At READ COMMITTED an accepted request
@@ -772,6 +799,15 @@ class Ledger:
         queued = self._counters.get(request.originator)
         if queued is not None and (last_counter is None or queued > last_counter):
             last_counter = queued
+        # The authorisation facts cost a statement each: read only those the
+        # profile's row for the sender's role can use.
+        grant = eligibility.grant(user.role) if user is not None else None
+        kinds = grant.authorisations if grant is not None else ()
+        appointed_by = ordered_for = frozenset[str]()
+        if user is not None and Authorisation.APPOINTED in kinds:
+            appointed_by = self.appointed_by(user.user_id, now)
+        if user is not None and device is not None and Authorisation.ORDERED in kinds:
+            ordered_for = self.ordered_for(user.user_id, device.device_id)
         return Facts(
             request=request,
             endpoint=endpoint,
@@ -779,11 +815,9 @@ class Ledger:
             user=user,
             last_counter=last_counter if check_counter else None,
             device=device,
-            appointed_by=(
-                self.appointed_by(user.user_id, now)
-                if user is not None and user.role is Role.RSA
-                else frozenset()
-            ),
+            appointed_by=appointed_by,
+            ordered_for=ordered_for,
+            eligibility=eligibility,
         )
 
     # -- the accepted-request writes --------------------------------------------
@@ -1033,6 +1067,7 @@ class Repository:
         access_control_broker: str,
         now: datetime,
         check_counter: bool = True,
+        eligibility: EligibilityProfile = SECMP0039,
     ) -> Facts:
         return self.ledger.facts(
             request,
@@ -1040,6 +1075,7 @@ class Repository:
             access_control_broker=access_control_broker,
             now=now,
             check_counter=check_counter,
+            eligibility=eligibility,
         )
 
     def advance_counter(self, originator: str, counter: int, now: datetime) -> bool:

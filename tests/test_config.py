@@ -206,3 +206,49 @@ def test_signer_refuses_a_key_that_does_not_match_the_certificate() -> None:
     other = packaged_pki() / "xml-sign-90B3D51F30010000-ds.key.pem"
     with pytest.raises(ConfigError, match="does not belong to signing_cert"):
         Settings(signing_key=other).signer()
+
+
+# -- the eligibility profile ------------------------------------------------------------------
+
+
+def test_the_eligibility_profile_comes_from_its_own_table_then_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(environ={}).eligibility().name == "secmp0039"
+    path = toml(
+        tmp_path, 'database_url = "sqlite:///x.db"\n\n[eligibility]\nprofile = "pre-secmp0039"\n'
+    )
+    assert load_settings(path, environ={}).eligibility().name == "pre-secmp0039"
+    nested = toml(
+        tmp_path,
+        '[hubreturns]\nacb_eui = "90-B3-D5-1F-30-00-00-02"\n\n[eligibility]\n'
+        'profile = "all-ordering-parties"\n',
+        "nested.toml",
+    )
+    assert load_settings(nested, environ={}).eligibility_profile == "all-ordering-parties"
+    env = {"HUBRETURNS_ELIGIBILITY_PROFILE": "all-ordering-parties"}
+    assert load_settings(path, environ=env).eligibility().name == "all-ordering-parties"
+    processor = processor_from_settings(
+        load_settings(path, environ={"HUBRETURNS_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"})
+    )
+    try:
+        assert processor.eligibility.name == "pre-secmp0039"
+    finally:
+        processor.sessions.kw["bind"].dispose()
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "fragment"),
+    [
+        ('[eligibility]\nprofile = "everyone"\n', {}, "unknown eligibility profile 'everyone'"),
+        ("", {"HUBRETURNS_ELIGIBILITY_PROFILE": "RSA"}, "known: pre-secmp0039, secmp0039, all-"),
+        ('[eligibility]\nroles = ["IS"]\n', {}, "takes one key, profile"),
+        ("[eligibility]\nprofile = 3\n", {}, "eligibility_profile must be a string"),
+    ],
+    ids=["unknown in file", "unknown in env", "other key", "not a string"],
+)
+def test_a_bad_eligibility_profile_is_refused_at_start(
+    tmp_path: Path, text: str, env: dict[str, str], fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(toml(tmp_path, text), environ=env)

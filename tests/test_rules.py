@@ -1,4 +1,5 @@
-"""The SECMP0039 decision table, row by row, plus a supplier regression table."""
+"""The SECMP0039 decision table, row by row, under every eligibility profile, plus a
+supplier regression table that every profile must keep."""
 
 from __future__ import annotations
 
@@ -24,7 +25,19 @@ from hubreturns.model import (
     SmiStatus,
     UserStatus,
 )
-from hubreturns.rules import RULES, DeviceFacts, Facts, UserFacts, decide
+from hubreturns.rules import (
+    PROFILES,
+    RULES,
+    SECMP0039,
+    Authorisation,
+    DeviceFacts,
+    EligibilityProfile,
+    Facts,
+    RoleGrant,
+    UserFacts,
+    decide,
+    eligibility_profile,
+)
 
 C = ResponseCode
 R = Reason
@@ -73,6 +86,8 @@ def facts(
     device_type: DeviceType = DeviceType.CHF,
     responsible: frozenset[str] = frozenset({SUPPLIER}),
     appointed_by: frozenset[str] = frozenset(),
+    ordered_for: frozenset[str] = frozenset(),
+    eligibility: EligibilityProfile = SECMP0039,
 ) -> Facts:
     """Minimal facts that are accepted unless a keyword says otherwise."""
     return Facts(
@@ -90,6 +105,8 @@ def facts(
             has_open_return=False,
         ),
         appointed_by=appointed_by,
+        ordered_for=ordered_for,
+        eligibility=eligibility,
     )
 
 
@@ -173,11 +190,21 @@ def test_baseline_facts_are_accepted() -> None:
     assert decision.on_behalf_of == SUPPLIER
 
 
+PROFILE_NAMES = list(PROFILES)
+
+
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
 @pytest.mark.parametrize(
     ("code", "breaker", "fragment"), ROWS, ids=[code.value for code, _, _ in ROWS]
 )
-def test_each_rule_row(code: ResponseCode, breaker: Breaker, fragment: str) -> None:
-    decision = decide(breaker(facts()))
+def test_each_rule_row(code: ResponseCode, breaker: Breaker, fragment: str, profile: str) -> None:
+    decision = decide(replace(breaker(facts()), eligibility=PROFILES[profile]))
+    if code is C.E5 and profile == "pre-secmp0039":
+        # The E5 row's sender is an RSA, which this profile does not know at all.
+        code, fragment = C.E2, "role RSA may not send 8.14.3 (eligibility profile pre-secmp0039)"
+    if code is C.E2 and profile == "all-ordering-parties":
+        # Every role may send; an ED is then tied to the hub only by an order it placed.
+        code, fragment = C.E4, "needs to be placed the order the hub was delivered against"
     assert decision.code is code
     assert fragment in decision.reason
     assert not decision.accepted
@@ -194,6 +221,11 @@ def test_first_failing_row_decides(
 ) -> None:
     broken = first[1](second[1](facts()))
     assert decide(broken).code is first[0]
+    if first[0] is not C.E2:  # under the orderers' profile every role passes E2
+        # It decides in the same order (its RSA is authorised as before).
+        assert (
+            decide(replace(broken, eligibility=PROFILES["all-ordering-parties"])).code is first[0]
+        )
 
 
 def test_everything_broken_gives_the_first_row() -> None:
@@ -284,6 +316,137 @@ def test_rsa_listed_as_responsible_itself_is_still_e4() -> None:
 def test_rsa_unauthorised_on_installed_hub_is_e4_before_e5() -> None:
     f = rsa_facts(appointed_by=frozenset({SUPPLIER_2}), status=SmiStatus.COMMISSIONED)
     assert decide(f).code is C.E4
+
+
+# ------------------------------------------------------------------ eligibility profiles
+
+PRE = PROFILES["pre-secmp0039"]
+ORDERERS = PROFILES["all-ordering-parties"]
+ORDERER = "00-DB-12-34-56-78-00-0A"
+
+
+def test_the_default_profile_is_secmp0039_and_the_names_are_known() -> None:
+    assert Facts.__dataclass_fields__["eligibility"].default is SECMP0039
+    assert SECMP0039.name == "secmp0039"
+    assert PROFILE_NAMES == ["pre-secmp0039", "secmp0039", "all-ordering-parties"]
+    assert PRE.roles == {Role.IS, Role.GS}
+    assert SECMP0039.roles == {Role.IS, Role.GS, Role.RSA}
+    assert ORDERERS.roles == set(Role)
+    with pytest.raises(ValueError, match="known: pre-secmp0039, secmp0039, all-ordering"):
+        eligibility_profile("everyone")
+
+
+@pytest.mark.parametrize("kind", list(ReturnKind), ids=lambda k: k.variant)
+def test_rsa_is_refused_e2_before_secmp0039(kind: ReturnKind) -> None:
+    decision = decide(rsa_facts(kind=kind, eligibility=PRE))
+    assert decision.code is C.E2
+    assert decision.reason == (
+        f"role RSA may not send {kind.variant} (eligibility profile pre-secmp0039)"
+    )
+
+
+@pytest.mark.parametrize("role", [Role.ES, Role.ED, Role.GT, Role.OU])
+@pytest.mark.parametrize("kind", list(ReturnKind), ids=lambda k: k.variant)
+def test_ordering_party_returns_its_delivered_pending_hub(role: Role, kind: ReturnKind) -> None:
+    f = facts(
+        kind=kind,
+        role=role,
+        user_id=ORDERER,
+        ordered_for=frozenset({SUPPLIER}),
+        eligibility=ORDERERS,
+    )
+    decision = decide(f)
+    assert (decision.code, decision.on_behalf_of) == (C.I99, SUPPLIER)
+    # The same facts under the other profiles: the role is not eligible at all.
+    assert decide(replace(f, eligibility=SECMP0039)).code is C.E2
+    assert decide(replace(f, eligibility=PRE)).code is C.E2
+
+
+@pytest.mark.parametrize("status", NON_PENDING, ids=lambda s: s.value)
+def test_ordering_party_on_installed_hub_is_e5(status: SmiStatus) -> None:
+    f = facts(
+        role=Role.GT,
+        user_id=ORDERER,
+        status=status,
+        ordered_for=frozenset({SUPPLIER}),
+        eligibility=ORDERERS,
+    )
+    decision = decide(f)
+    assert decision.code is C.E5
+    assert decision.reason == (
+        f"a GT may return a hub only while it is Pending; {DEVICE} is {status.value}"
+    )
+
+
+def test_ordering_party_without_an_order_for_the_hub_is_e4_before_e5() -> None:
+    for status in (SmiStatus.PENDING, SmiStatus.COMMISSIONED):
+        decision = decide(facts(role=Role.OU, user_id=ORDERER, status=status, eligibility=ORDERERS))
+        assert decision.code is C.E4
+        assert decision.reason == (
+            f"OU {ORDERER} is not authorised for {DEVICE}: needs to be placed the order the "
+            "hub was delivered against"
+        )
+
+
+def test_rsa_under_the_orderers_profile_may_rely_on_its_order() -> None:
+    ordered = rsa_facts(appointed_by=frozenset(), ordered_for=frozenset({SUPPLIER_2}))
+    assert decide(ordered).code is C.E4
+    decision = decide(replace(ordered, eligibility=ORDERERS))
+    assert (decision.code, decision.on_behalf_of) == (C.I99, SUPPLIER_2)
+    installed = _device(replace(ordered, eligibility=ORDERERS), smi_status=SmiStatus.WHITELISTED)
+    assert decide(installed).code is C.E5
+    nothing = replace(ordered, eligibility=ORDERERS, ordered_for=frozenset())
+    assert decide(nothing).reason == (
+        f"RSA {RSA_USER} is not authorised for {DEVICE}: needs to be appointed by a "
+        "responsible Supplier or placed the order the hub was delivered against"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (
+            lambda: RoleGrant(
+                role=Role.IS,
+                authorisations=(Authorisation.RESPONSIBLE_SUPPLIER,),
+                pending_only=True,
+            ),
+            "Suppliers are authorised as the responsible Supplier",
+        ),
+        (
+            lambda: RoleGrant(
+                role=Role.GS, authorisations=(Authorisation.ORDERED,), pending_only=False
+            ),
+            "Suppliers are authorised as the responsible Supplier",
+        ),
+        (
+            lambda: RoleGrant(
+                role=Role.OU, authorisations=(Authorisation.ORDERED,), pending_only=False
+            ),
+            "every other role only Pending hubs",
+        ),
+        (
+            lambda: RoleGrant(role=Role.OU, authorisations=(), pending_only=True),
+            "needs at least one kind of authorisation",
+        ),
+        (
+            lambda: EligibilityProfile(name="x", summary="", grants=SECMP0039.grants[1:]),
+            "must keep the Suppliers",
+        ),
+        (
+            lambda: EligibilityProfile(
+                name="x", summary="", grants=(*SECMP0039.grants, SECMP0039.grants[2])
+            ),
+            "lists a role twice",
+        ),
+    ],
+    ids=["pending IS", "GS by order", "OU any status", "no authorisation", "no IS", "twice"],
+)
+def test_a_profile_that_breaks_the_requirements_cannot_exist(
+    make: Callable[[], object], fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        make()
 
 
 # ------------------------------------------------------------------ supplier regression
@@ -461,15 +624,26 @@ def test_golden_table_covers_every_combination() -> None:
     assert {status for _, status, *_ in GOLDEN} == {s.value for s in SmiStatus}
 
 
+@pytest.mark.parametrize("profile", PROFILE_NAMES)
 @pytest.mark.parametrize(
     ("role", "status", "responsible", "device_type", "variant", "expected"),
     GOLDEN,
     ids=["-".join(row) for row in GOLDEN],
 )
 def test_supplier_regression(
-    role: str, status: str, responsible: str, device_type: str, variant: str, expected: str
+    role: str,
+    status: str,
+    responsible: str,
+    device_type: str,
+    variant: str,
+    expected: str,
+    profile: str,
 ) -> None:
+    """The same golden table under every profile: Supplier outcomes never change."""
     f = facts(
+        eligibility=PROFILES[profile],
+        # Nor do orders the Supplier placed (its RSA's, another Supplier's).
+        ordered_for=frozenset({SUPPLIER_2}),
         kind=ReturnKind.from_variant(variant),
         role=Role(role),
         status=SmiStatus(status),
@@ -528,6 +702,8 @@ any_facts = st.builds(
         has_open_return=st.booleans(),
     ),
     appointed_by=st.frozensets(eui_values, max_size=3),
+    ordered_for=st.frozensets(eui_values, max_size=2),
+    eligibility=st.sampled_from(list(PROFILES.values())),
 )
 
 ALLOWED_CODES = {rule.code for rule in RULES} | {C.I99}
@@ -545,10 +721,16 @@ def test_decide_is_total_and_never_lets_an_rsa_through_wrongly(f: Facts) -> None
     assert f.user is not None
     assert f.device is not None
     assert f.device.device_type is DeviceType.CHF
-    assert f.user.role in (Role.IS, Role.GS, Role.RSA)
-    assert decision.on_behalf_of in f.device.responsible_suppliers
-    if f.user.role is Role.RSA:
-        assert f.device.smi_status is SmiStatus.PENDING
-        assert decision.on_behalf_of in f.appointed_by
-    else:
+    grant = f.eligibility.grant(f.user.role)
+    assert grant is not None
+    if f.user.role.is_supplier:
+        assert decision.on_behalf_of in f.device.responsible_suppliers
         assert decision.on_behalf_of == f.user.user_id
+        return
+    assert f.device.smi_status is SmiStatus.PENDING
+    assert f.user.role in (Role.RSA, Role.ES, Role.ED, Role.GT, Role.OU)
+    appointed = f.device.responsible_suppliers & f.appointed_by
+    ordered = f.ordered_for if Authorisation.ORDERED in grant.authorisations else frozenset()
+    if Authorisation.APPOINTED not in grant.authorisations:
+        appointed = frozenset()
+    assert decision.on_behalf_of in appointed | ordered

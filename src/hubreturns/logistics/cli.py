@@ -192,7 +192,11 @@ def register(app: typer.Typer) -> None:
         location: Annotated[str, typer.Option(help="Delivery location (site or postcode).")],
         month: Annotated[str, typer.Option(help="Requested delivery month, YYYY-MM.")],
         placed_by: Annotated[
-            str | None, typer.Option(help="RSA placing the order for the Supplier.")
+            str | None,
+            typer.Option(
+                help="RSA placing the order for the Supplier (or, under the "
+                "all-ordering-parties eligibility profile, any ordering party)."
+            ),
         ] = None,
         config: ConfigOption = None,
     ) -> None:

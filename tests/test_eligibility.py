@@ -10,6 +10,7 @@ refused E2 while the Supplier is served as before. The database is read after.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,9 @@ CHF2, GPF2 = "00-DB-12-34-56-78-E2-01", "00-DB-12-34-56-78-E2-00"
 HUB_OF_IS = "00-DB-12-34-56-78-90-F2"  # demo world: IS responsible, Pending, not ED's order
 HUB_RSA = "00-DB-12-34-56-78-90-C2"  # demo world: IS responsible, Pending
 ORDERERS = "all-ordering-parties"
+#: ``--config`` exports HUBRETURNS_CONFIG for worker processes; the runner takes it
+#: back after each command so no later test reads this module's files.
+NO_CONFIG_LEFT: dict[str, str | None] = {"HUBRETURNS_CONFIG": None}
 
 
 @pytest.fixture
@@ -70,7 +74,7 @@ def cli(processor: Processor, settings: Settings, tmp_path: Path) -> Callable[..
 
     def run(*args: str, profile: str | None = ORDERERS) -> Result:
         config = _config(tmp_path, settings.database_url, profile)
-        return runner.invoke(_app(), [*args, "--config", str(config)])
+        return runner.invoke(_app(), [*args, "--config", str(config)], env=NO_CONFIG_LEFT)
 
     return run
 
@@ -171,7 +175,9 @@ def test_only_the_orderers_profile_lets_other_roles_order(
 def test_rules_prints_the_matrix_of_the_configured_profile(cli: Callable[..., Result]) -> None:
     wide = {"COLUMNS": "100"}
     orderers = runner.invoke(
-        _app(), ["rules", "--markdown"], env={"HUBRETURNS_ELIGIBILITY_PROFILE": ORDERERS, **wide}
+        _app(),
+        ["rules", "--markdown"],
+        env={"HUBRETURNS_ELIGIBILITY_PROFILE": ORDERERS, **wide, **NO_CONFIG_LEFT},
     )
     assert orderers.exit_code == 0, orderers.output
     assert "Eligibility profile `all-ordering-parties`" in orderers.output
@@ -188,7 +194,8 @@ def test_rules_prints_the_matrix_of_the_configured_profile(cli: Callable[..., Re
 
 def test_an_unknown_profile_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     config = _config(tmp_path, f"sqlite:///{tmp_path / 'x.db'}", "everyone")
-    result = runner.invoke(_app(), ["rules", "--config", str(config)])
+    result = runner.invoke(_app(), ["rules", "--config", str(config)], env=NO_CONFIG_LEFT)
+    assert "HUBRETURNS_CONFIG" not in os.environ
     assert result.exit_code != 0
     assert "unknown eligibility profile 'everyone'" in str(result.exception)
     assert "pre-secmp0039, secmp0039, all-ordering-parties" in str(result.exception)

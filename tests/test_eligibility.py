@@ -89,7 +89,7 @@ def _send(http: httpx.Client, world: DemoWorld, sender: str, device: str, counte
     )
     ((_, body),) = scenario_bodies(world, [scenario], first_counter=counter)
     reply = http.post("/api/v1/serviceD", content=body, headers={"content-type": "text/xml"})
-    code = read_response(reply.content, world.dcc_certificates()).code.value
+    code = read_response(reply.content, world.dcc_certificates()).code
     assert reply.headers["x-duis-response-code"] == code
     return code
 

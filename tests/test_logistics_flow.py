@@ -2,7 +2,10 @@
 
 Order → delivery → hubs Pending in the inventory → a signed DUIS return →
 consignment → collected → received → tested → closed → the hub can be returned
-again; refusals write nothing; the report's CSV equals the database.
+again; a lost or stolen hub is written off, never collected, and listed as
+accruing the stock charge; orders are amended and cancelled before delivery,
+with history; charges follow the test outcome and the hub's variant; refusals
+write nothing; the report's CSV equals the database.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -32,13 +36,16 @@ from hubreturns.logistics.models import (
     DeliveredHub,
     HubDelivery,
     HubOrder,
+    HubOrderEvent,
     ReturnEvent,
+    ReturnProgress,
 )
 from hubreturns.model import (
     ConnectionMethod,
     Endpoint,
     FaultReason,
     FaultReturnType,
+    NoFaultReturnType,
     RequestId,
     ReturnKind,
     ReturnRequest,
@@ -51,7 +58,16 @@ from hubreturns.wire.request import sign_request
 runner = CliRunner()
 CHF1, GPF1 = "00-DB-12-34-56-78-C1-01", "00-DB-12-34-56-78-C1-00"
 CHF2, GPF2 = "00-DB-12-34-56-78-C2-01", "00-DB-12-34-56-78-C2-00"
-VARIANT = "HAN variant: dual band"
+VARIANT = "dual_band"
+
+
+def _month(offset: int) -> str:
+    today = datetime.now(UTC).date()
+    index = today.year * 12 + today.month - 1 + offset
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+MONTH = _month(1)  # a requested delivery month ahead of today
 
 
 def _app() -> typer.Typer:
@@ -72,17 +88,31 @@ def cli(processor: Processor, settings: Settings, tmp_path: Path) -> Callable[..
     return run
 
 
-def duis_return(world: DemoWorld, sender: str, device: str, gpf: str, counter: int) -> bytes:
-    request = ReturnRequest(
-        request_id=RequestId(originator=sender, target=DEFAULT_ACB, counter=counter),
-        command_variant=8,
-        service_reference="8.14",
-        kind=ReturnKind.FAULT,
-        device_id=device,
-        return_type=FaultReturnType.PRE_INSTALL.value,
-        other_device_id=gpf,
-        connection_method=ConnectionMethod.HOT_SHOE,
-        fault_reason=FaultReason.DAMAGED_CASE,
+def duis_return(
+    world: DemoWorld, sender: str, device: str, gpf: str, counter: int, *, lost: bool = False
+) -> bytes:
+    """A signed 8.14.3 fault return, or with ``lost`` an 8.14.4 "Lost or Stolen Hub"."""
+    request = (
+        ReturnRequest(
+            request_id=RequestId(originator=sender, target=DEFAULT_ACB, counter=counter),
+            command_variant=8,
+            service_reference="8.14",
+            kind=ReturnKind.NO_FAULT,
+            device_id=device,
+            return_type=NoFaultReturnType.LOST_OR_STOLEN.value,
+        )
+        if lost
+        else ReturnRequest(
+            request_id=RequestId(originator=sender, target=DEFAULT_ACB, counter=counter),
+            command_variant=8,
+            service_reference="8.14",
+            kind=ReturnKind.FAULT,
+            device_id=device,
+            return_type=FaultReturnType.PRE_INSTALL.value,
+            other_device_id=gpf,
+            connection_method=ConnectionMethod.HOT_SHOE,
+            fault_reason=FaultReason.DAMAGED_CASE,
+        )
     )
     credential = world.credentials[sender]
     return sign_request(
@@ -98,7 +128,9 @@ def delivery_file(tmp_path: Path, *rows: tuple[str, str], name: str = "delivery.
     return path
 
 
-def add_order(cli: Callable[..., Result], *extra: str, quantity: int = 3) -> Result:
+def add_order(
+    cli: Callable[..., Result], *extra: str, quantity: int = 3, variant: str = VARIANT
+) -> Result:
     return cli(
         "orders",
         "add",
@@ -107,11 +139,11 @@ def add_order(cli: Callable[..., Result], *extra: str, quantity: int = 3) -> Res
         "--quantity",
         str(quantity),
         "--variant",
-        VARIANT,
+        variant,
         "--location",
         "Leeds depot",
         "--month",
-        "2026-12",
+        MONTH,
         *extra,
     )
 
@@ -146,7 +178,7 @@ def test_order_delivery_return_lifecycle_and_return_again(
         assert (order.hub_variant, order.delivery_location, order.requested_month) == (
             VARIANT,
             "Leeds depot",
-            "2026-12",
+            MONTH,
         )
 
     result = cli(
@@ -209,7 +241,7 @@ def test_order_delivery_return_lifecycle_and_return_again(
     assert cli("lifecycle", "receive", str(return_id)).exit_code == 0
     result = cli("lifecycle", "test", str(return_id), "--outcome", "no_fault_found")
     assert result.exit_code == 0, result.output
-    assert "charge £15.70" in result.output  # 8.27 redeployable + 7.43 no fault found
+    assert "charge £8.27 (No fault found: redeployable, charged)" in result.output
 
     # While the return is open, the hub cannot be returned again (E44).
     again = processor.handle_duis(duis_return(world, IS, CHF1, GPF1, 2), Endpoint.NON_DEVICE)
@@ -241,9 +273,10 @@ def test_order_delivery_return_lifecycle_and_return_again(
     result = cli("charges", "--from", str(today), "--to", str(today), "--csv")
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
-    assert [(r["party"], r["returns"], r["provisional"], r["amount_gbp"]) for r in rows] == [
-        (IS, "2", "1", "74.45")  # 15.70 tested + 58.75 damaged case, not yet tested
-    ]
+    assert [
+        (r["party"], r["returns"], r["charged"], r["pending"], r["redeployable"], r["amount_gbp"])
+        for r in rows
+    ] == [(IS, "2", "1", "1", "1", "8.27")]  # the second return is not tested yet: pending
 
 
 def test_rsa_orders_only_for_a_supplier_that_appoints_it(
@@ -265,7 +298,7 @@ def test_rsa_orders_only_for_a_supplier_that_appoints_it(
         "--location",
         "Hull",
         "--month",
-        "2026-12",
+        MONTH,
     )
     assert result.exit_code == 2
     assert "is not currently appointed by" in result.output
@@ -403,10 +436,12 @@ def test_report_csv_matches_the_database_and_html_is_one_file(
     assert section("totals")["returns"] == 4
     assert section("totals")["rejections"] == 22
     charges = {r["key"]: Decimal(r["amount_gbp"]) for r in rows if r["section"] == "charges"}
-    # IS: 2 damaged-case fault returns (one sent by its RSA) + 1 general no-fault; GS: 1 no-fault.
-    assert charges == {IS: Decimal("125.77"), GS: Decimal("8.27")}
+    # Nothing is tested yet, so nothing is charged: IS 3 returns pending, GS 1.
+    assert charges == {IS: Decimal("0.00"), GS: Decimal("0.00")}
+    details = {r["key"]: r["detail"] for r in rows if r["section"] == "charges"}
+    assert details[IS].endswith("0 charged, 3 pending test")
     total = next(r for r in rows if r["section"] == "totals" and r["key"] == "charges")
-    assert Decimal(total["amount_gbp"]) == Decimal("134.04")
+    assert Decimal(total["amount_gbp"]) == Decimal("0.00")
 
     out = tmp_path / "out" / "report.html"
     result = cli("report", *period, "--format", "html", "--out", str(out))
@@ -453,3 +488,230 @@ def test_unlocated_returns_need_a_location(
     result = cli("consignments", "create", "--month", month)
     assert result.exit_code == 2
     assert "no notified returns" in result.output
+
+
+def _deliver_one(
+    cli: Callable[..., Result], tmp_path: Path, variant: str, chf: str, gpf: str
+) -> int:
+    assert add_order(cli, quantity=1, variant=variant).exit_code == 0
+    order_id = int(cli("orders", "list", "--csv").stdout.strip().splitlines()[-1].split(",")[0])
+    result = cli(
+        "orders",
+        "deliver",
+        str(order_id),
+        str(delivery_file(tmp_path, (chf, gpf), name=f"{chf}.csv")),
+    )
+    assert result.exit_code == 0, result.output
+    return order_id
+
+
+def test_lost_or_stolen_hub_is_written_off_never_collected(
+    cli: Callable[..., Result],
+    processor: Processor,
+    seeded: sessionmaker[Session],
+    world: DemoWorld,
+    tmp_path: Path,
+) -> None:
+    _deliver_one(cli, tmp_path, "dual_band", CHF1, GPF1)
+    _deliver_one(cli, tmp_path, "single_band", CHF2, GPF2)
+    lost = processor.handle_duis(
+        duis_return(world, IS, CHF1, GPF1, 1, lost=True), Endpoint.NON_DEVICE
+    )
+    assert lost.code is ResponseCode.I99, lost.reason
+    kept = processor.handle_duis(duis_return(world, IS, CHF2, GPF2, 2), Endpoint.NON_DEVICE)
+    assert kept.code is ResponseCode.I99, kept.reason
+    assert lost.return_id is not None
+    assert kept.return_id is not None
+    month = datetime.now(UTC).strftime("%Y-%m")
+
+    # Never planned, consigned or located; never collected, received or tested.
+    plan = list(
+        csv.DictReader(io.StringIO(cli("consignments", "plan", "--month", month, "--csv").stdout))
+    )
+    assert [row["hubs"] for row in plan] == ["1", "1"]  # one shipment + the TOTAL row
+    refused = cli("lifecycle", "locate", str(lost.return_id), "Hull")
+    assert refused.exit_code == 2
+    assert "lost or stolen hub; it cannot be given a collection location" in refused.output
+    assert cli("consignments", "create", "--month", month).exit_code == 0
+    with seeded() as session:
+        consigned = session.scalars(
+            select(ReturnProgress.return_id).where(ReturnProgress.consignment_id.is_not(None))
+        ).all()
+        assert consigned == [kept.return_id]
+    for step in (("receive",), ("test", "--outcome", "fault_confirmed"), ("close",)):
+        result = cli("lifecycle", step[0], str(lost.return_id), *step[1:])
+        assert result.exit_code == 2, step
+        assert "next step is write_off" in result.output
+    assert status_of(seeded, lost.return_id) == "notified"
+
+    # The kept hub is tested: it cannot be redeployed, single band → £30.87.
+    assert cli("consignments", "create", "--month", month).exit_code == 2
+    with seeded() as session:
+        consignment_id = session.scalars(select(Consignment.id)).one()
+    assert cli("lifecycle", "collect", str(consignment_id)).exit_code == 0
+    assert cli("lifecycle", "receive", str(kept.return_id)).exit_code == 0
+    result = cli("lifecycle", "test", str(kept.return_id), "--outcome", "fault_confirmed")
+    assert (
+        "charge £30.87 (Fault confirmed: not redeployable, single band, charged)" in result.output
+    )
+
+    # The lost hub's one closing step: write off (releases the hub).
+    result = cli("lifecycle", "write-off", str(lost.return_id))
+    assert result.exit_code == 0, result.output
+    assert "written_off" in result.output
+    assert "not_returned" in result.output
+    assert status_of(seeded, lost.return_id) == "written_off"
+    with seeded() as session:
+        hub = session.get(Device, CHF1)
+        assert hub is not None
+        assert hub.open_return_id is None
+        progress = session.get(ReturnProgress, lost.return_id)
+        assert progress is not None
+        assert progress.written_off_at is not None
+        assert progress.collected_at is None
+        assert progress.consignment_id is None
+        steps = session.scalars(
+            select(ReturnEvent.step).where(ReturnEvent.return_id == lost.return_id)
+        ).all()
+        assert steps == ["write_off"]
+    assert cli("lifecycle", "write-off", str(lost.return_id)).exit_code == 2
+    assert cli("lifecycle", "write-off", str(kept.return_id)).exit_code == 2
+
+    today = str(datetime.now(UTC).date())
+    result = cli("charges", "--from", today, "--to", today, "--csv")
+    (row,) = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert (row["returns"], row["charged"], row["lost/stolen"], row["amount_gbp"]) == (
+        "2",
+        "1",
+        "1",
+        "30.87",
+    )
+    assert row["non_redeployable_single_band"] == "1"
+    table = cli("charges", "--from", today, "--to", today)
+    assert f"{CHF1} ({IS}" in table.output
+    assert "pre-installation stock charge goes on accruing" in table.output
+    report = list(
+        csv.DictReader(
+            io.StringIO(cli("report", "--from", today, "--to", today, "--format", "csv").stdout)
+        )
+    )
+    assert [r["key"] for r in report if r["section"] == "stock_charges_accruing"] == [CHF1]
+
+
+def test_charge_follows_the_hub_variant_it_was_delivered_as(
+    cli: Callable[..., Result],
+    processor: Processor,
+    seeded: sessionmaker[Session],
+    world: DemoWorld,
+    tmp_path: Path,
+) -> None:
+    _deliver_one(cli, tmp_path, "dual_band", CHF1, GPF1)
+    with seeded() as session:
+        assert session.scalars(select(DeliveredHub.hub_variant)).all() == ["dual_band"]
+    accepted = processor.handle_duis(duis_return(world, IS, CHF1, GPF1, 1), Endpoint.NON_DEVICE)
+    assert accepted.return_id is not None
+    month = datetime.now(UTC).strftime("%Y-%m")
+    assert cli("consignments", "create", "--month", month).exit_code == 0
+    assert cli("lifecycle", "collect", "1").exit_code == 0
+    assert cli("lifecycle", "receive", str(accepted.return_id)).exit_code == 0
+    shown = cli("lifecycle", "show", str(accepted.return_id))
+    assert "charge £0.00 (Not tested yet, pending)" in shown.output
+    result = cli("lifecycle", "test", str(accepted.return_id), "--outcome", "fault_confirmed")
+    assert "charge £58.75 (Fault confirmed: not redeployable, dual band, charged)" in result.output
+
+
+def test_orders_are_amended_and_cancelled_before_delivery_with_history(
+    cli: Callable[..., Result], seeded: sessionmaker[Session], tmp_path: Path
+) -> None:
+    assert add_order(cli, quantity=3).exit_code == 0
+    later = _month(2)
+    result = cli(
+        "orders", "amend", "1", "--quantity", "2", "--month", later, "--variant", "single_band"
+    )
+    assert result.exit_code == 0, result.output
+    assert "order 1 amended" in result.output
+    before = counts(seeded)
+
+    past = cli("orders", "amend", "1", "--month", _month(-1), "--quantity", "0")
+    assert past.exit_code == 2
+    assert "requested_month" in past.output
+    assert "in the past" in past.output
+    assert "quantity" in past.output  # every wrong field at once
+    assert cli("orders", "amend", "1").exit_code == 2  # nothing to change
+    assert cli("orders", "amend", "9", "--quantity", "1").exit_code == 2
+    refused_add = cli(
+        "orders",
+        "add",
+        "--supplier",
+        IS,
+        "--quantity",
+        "1",
+        "--variant",
+        "dual_band",
+        "--location",
+        "Hull",
+        "--month",
+        _month(-1),
+    )
+    assert refused_add.exit_code == 2
+    assert "is in the past" in refused_add.output
+    bad_variant = cli(
+        "orders",
+        "add",
+        "--supplier",
+        IS,
+        "--quantity",
+        "1",
+        "--variant",
+        "HAN variant: dual band",
+        "--location",
+        "Hull",
+        "--month",
+        MONTH,
+    )
+    assert bad_variant.exit_code == 2
+    assert counts(seeded) == before
+
+    assert cli("orders", "deliver", "1", str(delivery_file(tmp_path, (CHF1, GPF1)))).exit_code == 0
+    for refused in (cli("orders", "amend", "1", "--quantity", "5"), cli("orders", "cancel", "1")):
+        assert refused.exit_code == 2
+        assert "order 1 has 1 hub(s) delivered" in refused.output
+
+    assert add_order(cli, quantity=1).exit_code == 0
+    assert cli("orders", "cancel", "2").exit_code == 0
+    refused = cli("orders", "deliver", "2", str(delivery_file(tmp_path, (CHF2, GPF2))))
+    assert refused.exit_code == 2
+    assert "order 2 is cancelled" in refused.output
+    assert cli("orders", "amend", "2", "--quantity", "2").exit_code == 2
+
+    with seeded() as session:
+        first = session.get(HubOrder, 1)
+        second = session.get(HubOrder, 2)
+        assert first is not None
+        assert second is not None
+        assert (first.quantity, first.requested_month, first.hub_variant, first.status) == (
+            2,
+            later,
+            "single_band",
+            "open",
+        )
+        assert second.status == "cancelled"
+        assert session.scalars(select(DeliveredHub.hub_variant)).all() == ["single_band"]
+        events = session.scalars(select(HubOrderEvent).order_by(HubOrderEvent.id)).all()
+        assert [(e.order_id, e.action) for e in events] == [
+            (1, "placed"),
+            (1, "amended"),
+            (2, "placed"),
+            (2, "cancelled"),
+        ]
+        assert json.loads(events[1].changes) == {
+            "quantity": [3, 2],
+            "requested_month": [MONTH, later],
+            "hub_variant": ["dual_band", "single_band"],
+        }
+        assert events[1].actor.startswith("cli:")
+    history = cli("orders", "history", "1", "--csv")
+    assert [r["action"] for r in csv.DictReader(io.StringIO(history.stdout))] == [
+        "placed",
+        "amended",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -9,8 +10,12 @@ import pytest
 
 from hubreturns.logistics.charges import (
     CHARGE_RULES,
+    DCC_SOURCE,
     DEFAULT_TARIFF,
+    Basis,
     ChargeFacts,
+    ChargeStatus,
+    ExtraItem,
     TariffItem,
     load_tariff,
     price,
@@ -20,54 +25,76 @@ from hubreturns.logistics.consignments import PlanItem, group_consignments, plan
 from hubreturns.logistics.errors import Conflict, Invalid
 from hubreturns.logistics.lifecycle import (
     TRANSITIONS,
+    HubPath,
     ReturnStatus,
     Step,
     TestOutcome,
     next_status,
 )
 from hubreturns.logistics.orders import check_delivery, parse_delivery
-from hubreturns.logistics.values import OrderRequest, Period
-from hubreturns.model import FaultReason, FaultReturnType, NoFaultReturnType
+from hubreturns.logistics.values import HubVariant, OrderChange, OrderRequest, Period
+from hubreturns.model import FaultReturnType, NoFaultReturnType
 
 A, B, C = "00-DB-12-34-56-78-AA-01", "00-DB-12-34-56-78-AA-02", "00-DB-12-34-56-78-AA-03"
 D = "00-DB-12-34-56-78-AA-04"
 
 # -- lifecycle ---------------------------------------------------------------------------
 
+R, L = HubPath.RETURNED, HubPath.LOST_OR_STOLEN
 HAPPY = [
-    (ReturnStatus.NOTIFIED, Step.COLLECT, ReturnStatus.COLLECTED),
-    (ReturnStatus.COLLECTED, Step.RECEIVE, ReturnStatus.RECEIVED),
-    (ReturnStatus.RECEIVED, Step.TEST, ReturnStatus.TESTED),
-    (ReturnStatus.TESTED, Step.CLOSE, ReturnStatus.CLOSED),
+    (R, ReturnStatus.NOTIFIED, Step.COLLECT, ReturnStatus.COLLECTED),
+    (R, ReturnStatus.COLLECTED, Step.RECEIVE, ReturnStatus.RECEIVED),
+    (R, ReturnStatus.RECEIVED, Step.TEST, ReturnStatus.TESTED),
+    (R, ReturnStatus.TESTED, Step.CLOSE, ReturnStatus.CLOSED),
+    (L, ReturnStatus.NOTIFIED, Step.WRITE_OFF, ReturnStatus.WRITTEN_OFF),
 ]
 
 
 def test_transition_table_is_exactly_the_documented_chain() -> None:
-    assert sorted((s, st, n) for (s, st), n in TRANSITIONS.items()) == sorted(HAPPY)
+    assert sorted((p, s, st, n) for (p, s, st), n in TRANSITIONS.items()) == sorted(HAPPY)
 
 
-@pytest.mark.parametrize(("status", "step", "new"), HAPPY)
-def test_each_allowed_step(status: ReturnStatus, step: Step, new: ReturnStatus) -> None:
-    assert next_status(7, status.value, step) is new
+@pytest.mark.parametrize(("path", "status", "step", "new"), HAPPY)
+def test_each_allowed_step(
+    path: HubPath, status: ReturnStatus, step: Step, new: ReturnStatus
+) -> None:
+    assert next_status(7, status.value, step, path) is new
 
 
 INVALID = [
-    (status, step) for status in ReturnStatus for step in Step if (status, step) not in TRANSITIONS
+    (path, status, step)
+    for path in HubPath
+    for status in ReturnStatus
+    for step in Step
+    if (path, status, step) not in TRANSITIONS
 ]
 
 
-@pytest.mark.parametrize(("status", "step"), INVALID)
-def test_every_other_step_is_refused_with_the_allowed_one(status: ReturnStatus, step: Step) -> None:
+@pytest.mark.parametrize(("path", "status", "step"), INVALID)
+def test_every_other_step_is_refused_with_the_allowed_one(
+    path: HubPath, status: ReturnStatus, step: Step
+) -> None:
     with pytest.raises(Conflict) as caught:
-        next_status(7, status.value, step)
-    assert f"return 7 is {status.value}" in caught.value.message
-    assert "notified → collected → received → tested → closed" in caught.value.hint
+        next_status(7, status.value, step, path)
+    assert f" 7 is {status.value}" in caught.value.message
+    order = "notified → collected" if path is R else "never collected: notified → written_off"
+    assert order in caught.value.hint
     assert caught.value.status == 409
+
+
+def test_a_lost_or_stolen_hub_is_never_collected_received_or_tested() -> None:
+    for step in (Step.COLLECT, Step.RECEIVE, Step.TEST, Step.CLOSE):
+        with pytest.raises(Conflict) as caught:
+            next_status(3, "notified", step, L)
+        assert "lost or stolen hub return 3" in caught.value.message
+        assert "next step is write_off" in caught.value.hint
+    with pytest.raises(Conflict):
+        next_status(3, "notified", Step.WRITE_OFF, R)
 
 
 def test_unknown_status_is_refused() -> None:
     with pytest.raises(Conflict, match="unknown status"):
-        next_status(1, "lost", Step.CLOSE)
+        next_status(1, "lost", Step.CLOSE, R)
 
 
 # -- delivery files -------------------------------------------------------------------------
@@ -129,6 +156,17 @@ def test_delivery_check_refuses_known_ids_and_over_delivery() -> None:
     check_delivery(order_id=3, quantity=4, already_delivered=2, rows=rows, known={})
 
 
+NOW = datetime(2026, 12, 5, tzinfo=UTC)
+GOOD_ORDER: dict[str, object] = {
+    "supplier": A,
+    "placed_by": None,
+    "quantity": 5,
+    "hub_variant": "dual_band",
+    "delivery_location": "Leeds depot",
+    "requested_month": "2026-12",
+}
+
+
 @pytest.mark.parametrize(
     ("field", "changes"),
     [
@@ -136,23 +174,47 @@ def test_delivery_check_refuses_known_ids_and_over_delivery() -> None:
         ("quantity", {"quantity": 0}),
         ("quantity", {"quantity": True}),
         ("hub_variant", {"hub_variant": "  "}),
+        ("hub_variant", {"hub_variant": "HAN variant: triple band"}),
         ("delivery_location", {"delivery_location": ""}),
         ("requested_month", {"requested_month": "2026-13"}),
+        ("requested_month", {"requested_month": "2026-11"}),  # the past
         ("placed_by", {"placed_by": "x"}),
     ],
 )
 def test_order_fields_are_checked(field: str, changes: dict[str, object]) -> None:
-    values: dict[str, object] = {
-        "supplier": A,
-        "placed_by": None,
-        "quantity": 5,
-        "hub_variant": "HAN variant: dual band",
-        "delivery_location": "Leeds depot",
-        "requested_month": "2026-12",
-    } | changes
     with pytest.raises(Invalid) as caught:
-        OrderRequest.parse(**values)  # type: ignore[arg-type]
+        OrderRequest.parse(**(GOOD_ORDER | changes), now=NOW)  # type: ignore[arg-type]
     assert caught.value.field == field
+    assert [p.field for p in caught.value.problems] == [field]
+
+
+def test_every_wrong_order_field_is_reported_at_once() -> None:
+    bad = {"supplier": "nope", "quantity": 0, "hub_variant": "x", "requested_month": "2020-01"}
+    with pytest.raises(Invalid) as caught:
+        OrderRequest.parse(**(GOOD_ORDER | bad), now=NOW)  # type: ignore[arg-type]
+    assert [p.field for p in caught.value.problems] == [
+        "supplier",
+        "quantity",
+        "hub_variant",
+        "requested_month",
+    ]
+    assert "2020-01 is in the past (this month is 2026-12)" in str(caught.value)
+
+
+def test_hub_variant_is_an_enumeration() -> None:
+    order = OrderRequest.parse(**(GOOD_ORDER | {"hub_variant": "Single Band"}), now=NOW)  # type: ignore[arg-type]
+    assert order.hub_variant is HubVariant.SINGLE_BAND
+    assert order.requested_month == "2026-12"  # this month is allowed
+
+
+def test_an_amendment_changes_only_what_it_names() -> None:
+    change = OrderChange.parse(quantity=3, requested_month="2027-01", now=NOW)
+    assert change.changes() == {"quantity": 3, "requested_month": "2027-01"}
+    with pytest.raises(Invalid, match="nothing to change"):
+        OrderChange.parse(now=NOW)
+    with pytest.raises(Invalid) as caught:
+        OrderChange.parse(quantity=-1, requested_month="2026-01", now=NOW)
+    assert [p.field for p in caught.value.problems] == ["quantity", "requested_month"]
 
 
 def test_period_includes_both_days_and_checks_order() -> None:
@@ -205,91 +267,104 @@ def test_empty_plan_costs_nothing() -> None:
 
 # -- charges ---------------------------------------------------------------------------------
 
-FAULT, NO_FAULT = "8.14.3", "8.14.4"
-
-
-def facts(
-    variant: str, return_type: str, reason: str | None, outcome: TestOutcome | None
-) -> ChargeFacts:
-    return ChargeFacts(
-        variant=variant, return_type=return_type, fault_reason=reason, test_outcome=outcome
-    )
-
-
 PRE = FaultReturnType.PRE_INSTALL.value
+LOST = NoFaultReturnType.LOST_OR_STOLEN.value
+GENERAL = NoFaultReturnType.GENERAL.value
+FAULT, NFF = TestOutcome.FAULT_CONFIRMED, TestOutcome.NO_FAULT_FOUND
+SINGLE, DUAL = HubVariant.SINGLE_BAND, HubVariant.DUAL_BAND
+
+
+def facts(return_type: str, outcome: TestOutcome | None, variant: HubVariant | None) -> ChargeFacts:
+    return ChargeFacts(return_type=return_type, test_outcome=outcome, hub_variant=variant)
+
+
 CASES = [
-    # (facts, rule items, default amount, provisional)
-    (facts(FAULT, PRE, FaultReason.LED.value, None), "30.87", True),
-    (facts(FAULT, PRE, FaultReason.LED.value, TestOutcome.FAULT_CONFIRMED), "30.87", False),
-    (
-        facts(FAULT, PRE, FaultReason.DAMAGED_CASE.value, TestOutcome.FAULT_CONFIRMED),
-        "58.75",
-        False,
-    ),
-    (facts(FAULT, PRE, FaultReason.ENVIRONMENTAL.value, None), "58.75", True),
-    (facts(FAULT, PRE, FaultReason.LED.value, TestOutcome.NO_FAULT_FOUND), "15.70", False),
-    (facts(NO_FAULT, NoFaultReturnType.GENERAL.value, None, None), "8.27", True),
-    (
-        facts(NO_FAULT, NoFaultReturnType.GENERAL.value, None, TestOutcome.NO_FAULT_FOUND),
-        "8.27",
-        False,
-    ),
-    (
-        facts(
-            NO_FAULT, NoFaultReturnType.DUAL_SUPPLIER_HAN.value, None, TestOutcome.FAULT_CONFIRMED
-        ),
-        "30.87",
-        False,
-    ),
-    (facts(NO_FAULT, NoFaultReturnType.SM_WAN_VARIANT.value, None, None), "0.00", True),
-    (facts(NO_FAULT, NoFaultReturnType.LOST_OR_STOLEN.value, None, None), "58.75", True),
+    # (facts, amount, status): by test outcome and hub variant, never by return type
+    (facts(PRE, None, DUAL), "0.00", ChargeStatus.PENDING),
+    (facts(GENERAL, None, SINGLE), "0.00", ChargeStatus.PENDING),
+    (facts(PRE, NFF, DUAL), "8.27", ChargeStatus.CHARGED),
+    (facts(GENERAL, NFF, None), "8.27", ChargeStatus.CHARGED),
+    (facts(PRE, FAULT, SINGLE), "30.87", ChargeStatus.CHARGED),
+    (facts(GENERAL, FAULT, SINGLE), "30.87", ChargeStatus.CHARGED),
+    (facts(PRE, FAULT, DUAL), "58.75", ChargeStatus.CHARGED),
+    (facts(PRE, FAULT, None), "0.00", ChargeStatus.VARIANT_UNKNOWN),
+    (facts(LOST, None, DUAL), "0.00", ChargeStatus.NOT_RETURNED),
+    (facts(LOST, None, None), "0.00", ChargeStatus.NOT_RETURNED),
 ]
 
 
-@pytest.mark.parametrize(("fact", "amount", "provisional"), CASES)
-def test_default_tariff_prices(fact: ChargeFacts, amount: str, provisional: bool) -> None:
+@pytest.mark.parametrize(("fact", "amount", "status"), CASES)
+def test_default_tariff_prices(fact: ChargeFacts, amount: str, status: ChargeStatus) -> None:
     charge = price(fact, DEFAULT_TARIFF)
     assert charge.amount == Decimal(amount)
-    assert charge.provisional is provisional
+    assert charge.status is status
 
 
-def test_impact_assessment_defaults() -> None:
-    assert dict(DEFAULT_TARIFF.prices) == {
+def test_built_in_tariff_is_dccs_published_returns_charges_with_their_source() -> None:
+    assert {item: p.amount for item, p in DEFAULT_TARIFF.prices.items()} == {
         TariffItem.REDEPLOYABLE: Decimal("8.27"),
-        TariffItem.NON_REDEPLOYABLE_FAULT: Decimal("30.87"),
-        TariffItem.NON_REDEPLOYABLE_DAMAGE: Decimal("58.75"),
-        TariffItem.NO_FAULT_FOUND: Decimal("7.43"),
+        TariffItem.NON_REDEPLOYABLE_SINGLE_BAND: Decimal("30.87"),
+        TariffItem.NON_REDEPLOYABLE_DUAL_BAND: Decimal("58.75"),
     }
+    assert {p.source for p in DEFAULT_TARIFF.prices.values()} == {DCC_SOURCE}
+    assert "DP238" in DCC_SOURCE
+    assert DEFAULT_TARIFF.extras == ()
     assert load_tariff(None) is DEFAULT_TARIFF
 
 
 def test_every_rule_is_reachable() -> None:
-    used = {price(f, DEFAULT_TARIFF).rule for f, _a, _p in CASES}
+    used = {price(f, DEFAULT_TARIFF).rule for f, _a, _s in CASES}
     assert used == {rule.name for rule in CHARGE_RULES}
 
 
 def test_custom_tariff_file(tmp_path: Path) -> None:
     path = tmp_path / "tariff.toml"
     path.write_text(
-        '[charges]\nredeployable = "10.00"\nno_fault_found = 5\n[logistics]\nshipment = "40.125"\n',
+        '[charges.redeployable]\namount = "10.00"\nsource = "Agreement A"\n'
+        '[charges.handling]\namount = 2\nsource = "Agreement B"\napplies_to = "non_redeployable"\n'
+        '[logistics]\nshipment = "40.125"\n',
         encoding="utf-8",
     )
     tariff = load_tariff(path)
-    assert tariff.prices[TariffItem.REDEPLOYABLE] == Decimal("10.00")
-    assert tariff.prices[TariffItem.NO_FAULT_FOUND] == Decimal("5.00")
-    assert tariff.prices[TariffItem.NON_REDEPLOYABLE_FAULT] == Decimal("30.87")  # default kept
+    assert tariff.prices[TariffItem.REDEPLOYABLE].amount == Decimal("10.00")
+    assert tariff.prices[TariffItem.REDEPLOYABLE].source == "Agreement A"
+    assert tariff.prices[TariffItem.NON_REDEPLOYABLE_DUAL_BAND].amount == Decimal("58.75")
+    assert tariff.extras == (
+        ExtraItem(
+            key="handling",
+            amount=Decimal("2.00"),
+            source="Agreement B",
+            applies_to=Basis.NON_REDEPLOYABLE,
+        ),
+    )
     assert tariff.shipment == Decimal("40.13")  # rounded half-up to pence
-    nff = facts(FAULT, PRE, FaultReason.LED.value, TestOutcome.NO_FAULT_FOUND)
-    assert price(nff, tariff).amount == Decimal("15.00")
+    assert price(facts(PRE, NFF, DUAL), tariff).amount == Decimal("10.00")
+    dual = price(facts(PRE, FAULT, DUAL), tariff)
+    assert (dual.amount, dual.items) == (
+        Decimal("60.75"),
+        ("non_redeployable_dual_band", "handling"),
+    )
+    assert price(facts(LOST, None, DUAL), tariff).amount == Decimal("0.00")
+    assert price(facts(PRE, None, DUAL), tariff).amount == Decimal("0.00")
 
 
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        ('[charges]\nredeployable = "-1"\n', "charges.redeployable"),
-        ('[charges]\nredeployable = "lots"\n', "charges.redeployable"),
-        ("[charges]\nredeployable = true\n", "charges.redeployable"),
-        ('[charges]\nredeploy = "1"\n', "charges.redeploy"),
+        ('[charges.redeployable]\namount = "-1"\nsource = "x"\n', "charges.redeployable.amount"),
+        ('[charges.redeployable]\namount = "lots"\nsource = "x"\n', "charges.redeployable.amount"),
+        ("[charges.redeployable]\namount = true\nsource = 'x'\n", "charges.redeployable.amount"),
+        ('[charges.redeployable]\namount = "1"\n', "charges.redeployable.source"),
+        ('[charges.redeployable]\namount = "1"\nsource = " "\n', "charges.redeployable.source"),
+        ('[charges]\nredeployable = "8.27"\n', "charges.redeployable"),
+        ('[charges.no_fault_found]\namount = "7.43"\n', "charges.no_fault_found.source"),
+        ('[charges.fee]\namount = "1"\nsource = "s"\n', "charges.fee.applies_to"),
+        ('[charges.fee]\namount = "1"\nsource = "s"\napplies_to = "x"\n', "charges.fee.applies_to"),
+        (
+            '[charges.redeployable]\namount = "1"\nsource = "s"\napplies_to = "tested"\n',
+            "charges.redeployable.applies_to",
+        ),
+        ('[charges."Bad Name"]\namount = "1"\nsource = "s"\n', "charges.Bad Name"),
         ('[logistics]\ntruck = "1"\n', "logistics.truck"),
         ("[charges\n", None),
         ("[other]\nx = 1\n", None),
@@ -310,27 +385,40 @@ def test_missing_tariff_file(tmp_path: Path) -> None:
 
 
 def test_summary_per_party_and_month() -> None:
-    led = price(facts(FAULT, PRE, FaultReason.LED.value, None), DEFAULT_TARIFF)
-    nff = price(
-        facts(FAULT, PRE, FaultReason.LED.value, TestOutcome.NO_FAULT_FOUND), DEFAULT_TARIFF
+    single = price(facts(PRE, FAULT, SINGLE), DEFAULT_TARIFF)
+    nff = price(facts(PRE, NFF, DUAL), DEFAULT_TARIFF)
+    pending = price(facts(PRE, None, DUAL), DEFAULT_TARIFF)
+    lost = price(facts(LOST, None, DUAL), DEFAULT_TARIFF)
+    out = summarise(
+        [
+            ("S1", "2026-11", A, single),
+            ("S1", "2026-11", B, nff),
+            ("S1", "2026-11", C, lost),
+            ("S2", "2026-10", D, pending),
+        ],
+        DEFAULT_TARIFF.item_keys,
     )
-    out = summarise([("S1", "2026-11", led), ("S1", "2026-11", nff), ("S2", "2026-10", led)])
-    assert [(s.party, s.month, s.returns, s.provisional, s.total) for s in out] == [
-        ("S1", "2026-11", 2, 1, Decimal("46.57")),
-        ("S2", "2026-10", 1, 1, Decimal("30.87")),
+    assert [
+        (s.party, s.month, s.returns, s.charged, s.pending, s.not_returned, s.total) for s in out
+    ] == [
+        ("S1", "2026-11", 3, 2, 0, 1, Decimal("39.14")),
+        ("S2", "2026-10", 1, 0, 1, 0, Decimal("0.00")),
     ]
-    assert out[0].counts[TariffItem.REDEPLOYABLE] == 1
-    assert out[0].counts[TariffItem.NO_FAULT_FOUND] == 1
+    assert out[0].stock_charge_hubs == (C,)
+    assert dict(out[0].counts) == {
+        "redeployable": 1,
+        "non_redeployable_single_band": 1,
+        "non_redeployable_dual_band": 0,
+    }
 
 
 # -- README stays in step with the tables ----------------------------------------------------
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "logistics.md"
 
 
 def _readme_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    return text.split("## Hub logistics", 1)[1].split("\n## ", 1)[0]
+    return DOC.read_text(encoding="utf-8")
 
 
 def test_readme_charges_table_is_the_rule_table() -> None:
@@ -343,16 +431,19 @@ def test_readme_charges_table_is_the_rule_table() -> None:
         (n, rule.name) for n, rule in enumerate(CHARGE_RULES, 1)
     ]
     for row, rule in zip(rows, CHARGE_RULES, strict=True):
-        amount = sum((DEFAULT_TARIFF.prices[i] for i in rule.items), Decimal("0"))
-        assert row[3] == f"£{amount:.2f}"
+        amount = sum((DEFAULT_TARIFF.prices[i].amount for i in rule.items), Decimal("0"))
+        assert row[3] == (f"£{amount:.2f}" if rule.items else "none")
         assert row[2] == (" + ".join(f"`{i.value}`" for i in rule.items) or "nothing")
+        assert row[4] == f"`{rule.status.value}`"
 
 
 def test_readme_lifecycle_table_is_the_transition_table() -> None:
-    statuses = {s.value for s in ReturnStatus}
+    paths = {p.value for p in HubPath}
     rows = {
-        tuple(cell.strip() for cell in line.strip("|").split("|")[:3])
+        tuple(cell.strip() for cell in line.strip("|").split("|")[:4])
         for line in _readme_section().splitlines()
-        if line.startswith("| ") and line.split("|")[1].strip() in statuses
+        if line.startswith("| ") and line.split("|")[1].strip() in paths
     }
-    assert rows == {(s.value, step.value, new.value) for (s, step), new in TRANSITIONS.items()}
+    assert rows == {
+        (p.value, s.value, step.value, new.value) for (p, s, step), new in TRANSITIONS.items()
+    }

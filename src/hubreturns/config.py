@@ -12,7 +12,7 @@ it exists. Keys (TOML / environment):
 ``max_body_bytes``     ``HUBRETURNS_MAX_BODY_BYTES``    ``65536``
 ``session_secret``     ``HUBRETURNS_SESSION_SECRET``    random per process
 ``operator_token``     ``HUBRETURNS_OPERATOR_TOKEN``    none (desk sessions only)
-``tariff_file``        ``HUBRETURNS_TARIFF_FILE``       SECMP0039 IA defaults
+``tariff_file``        ``HUBRETURNS_TARIFF_FILE``       DCC returns charges (DP238)
 ``header_timeout_s``   ``HUBRETURNS_HEADER_TIMEOUT_S``  ``10`` (a request head)
 ``idle_timeout_s``     ``HUBRETURNS_IDLE_TIMEOUT_S``    ``10`` (a silent connection)
 ``max_connections``    ``HUBRETURNS_MAX_CONNECTIONS``   ``512`` per worker
@@ -114,7 +114,7 @@ class Settings:
     session_secret: str | None = None
     #: Bearer token for the operator JSON API; None = the API only accepts desk sessions.
     operator_token: str | None = None
-    #: Charges tariff (TOML); None = the SECMP0039 impact-assessment defaults.
+    #: Charges tariff (TOML); None = DCC's returns charges as quoted on SECAS's DP238 page.
     tariff_file: Path | None = None
     #: SQLite: how long a commit may wait for more requests to share it under
     #: steady load (``committer._HOLD``); 0 = never wait.

@@ -1,14 +1,23 @@
 """Returns charges: a tariff (TOML, Decimal money) and the rules that price a return.
 
+The built-in amounts are DCC's published returns charges, as quoted on SECAS's
+DP238 page: £8.27 per returned hub that can be redeployed, and per returned hub
+that cannot, £30.87 for a single band hub or £58.75 for a dual band hub. Whether
+a hub can be redeployed is what the DCC test finds, so a return is priced once
+its test outcome is known; before that it is *pending* (a figure guessed from
+the declaration could flip either way on test). A lost or stolen hub is never
+returned: it bears no return charge, but it goes on accruing the
+pre-installation stock charge, so it is listed as such (our sources give no
+stock charge figure, so none is computed).
+
 ``CHARGE_RULES`` is applied top to bottom; the first row whose condition holds
-prices the return as the sum of its tariff items. A return that has not been
-tested yet is priced on what was declared and marked *provisional*. Defaults
-are the SECMP0039 impact-assessment figures; the shipment cost is this
-project's placeholder (the IA gives none) and should be set in the tariff file.
+prices the return. Every built-in tariff item carries its source; a tariff file
+may change an amount or add its own items, each with a ``source`` string.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -17,19 +26,24 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Final
+from typing import Any, Final
 
 from hubreturns.logistics.errors import Invalid
-from hubreturns.logistics.lifecycle import TestOutcome
-from hubreturns.model import FaultReason, NoFaultReturnType
+from hubreturns.logistics.lifecycle import TestOutcome, is_lost_or_stolen
+from hubreturns.logistics.values import HubVariant
 
 __all__ = [
     "CHARGE_RULES",
+    "DCC_SOURCE",
     "DEFAULT_TARIFF",
+    "Basis",
     "Charge",
     "ChargeFacts",
     "ChargeRule",
+    "ChargeStatus",
     "ChargeSummary",
+    "ExtraItem",
+    "Price",
     "Tariff",
     "TariffItem",
     "load_tariff",
@@ -39,6 +53,7 @@ __all__ = [
 ]
 
 PENNY: Final = Decimal("0.01")
+DCC_SOURCE: Final = "DCC returns charges, as quoted on SECAS's DP238 page"
 
 
 def money(value: Decimal) -> Decimal:
@@ -47,46 +62,93 @@ def money(value: Decimal) -> Decimal:
 
 
 class TariffItem(StrEnum):
-    """Keys of the ``[charges]`` table of a tariff file."""
+    """The built-in charges (keys of the ``[charges]`` table of a tariff file)."""
 
     REDEPLOYABLE = "redeployable"
-    NON_REDEPLOYABLE_FAULT = "non_redeployable_fault"
-    NON_REDEPLOYABLE_DAMAGE = "non_redeployable_damage"
-    NO_FAULT_FOUND = "no_fault_found"
+    NON_REDEPLOYABLE_SINGLE_BAND = "non_redeployable_single_band"
+    NON_REDEPLOYABLE_DUAL_BAND = "non_redeployable_dual_band"
+
+
+class Basis(StrEnum):
+    """Which tested returns an item a tariff file adds is charged on."""
+
+    REDEPLOYABLE = "redeployable"
+    NON_REDEPLOYABLE = "non_redeployable"
+    TESTED = "tested"
+
+
+class ChargeStatus(StrEnum):
+    CHARGED = "charged"
+    #: Returned hub whose test outcome is not known yet.
+    PENDING = "pending"
+    #: Tested, cannot be redeployed, but the hub was not delivered here: variant unknown.
+    VARIANT_UNKNOWN = "variant_unknown"
+    #: Lost or stolen: no return charge; the pre-installation stock charge accrues.
+    NOT_RETURNED = "not_returned"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Price:
+    amount: Decimal
+    source: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExtraItem:
+    """An item a tariff file adds, charged on top of the built-in one on ``applies_to``."""
+
+    key: str
+    amount: Decimal
+    source: str
+    applies_to: Basis
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tariff:
-    """Prices in GBP; ``shipment`` is the cost of one collection shipment."""
+    """Prices in GBP with their sources; ``shipment`` is the cost of one collection shipment."""
 
-    prices: Mapping[TariffItem, Decimal]
+    prices: Mapping[TariffItem, Price]
     shipment: Decimal
-    source: str = "SECMP0039 impact assessment defaults"
+    extras: tuple[ExtraItem, ...] = ()
+    source: str = DCC_SOURCE
 
     def __post_init__(self) -> None:
         missing = [item.value for item in TariffItem if item not in self.prices]
         if missing:
             raise ValueError(f"tariff lacks {', '.join(missing)}")
 
+    @property
+    def item_keys(self) -> tuple[str, ...]:
+        """Built-in items, then added ones, in tariff order (report columns)."""
+        return (*(i.value for i in TariffItem), *(e.key for e in self.extras))
+
 
 DEFAULT_TARIFF: Final = Tariff(
     prices=MappingProxyType(
         {
-            TariffItem.REDEPLOYABLE: Decimal("8.27"),
-            TariffItem.NON_REDEPLOYABLE_FAULT: Decimal("30.87"),
-            TariffItem.NON_REDEPLOYABLE_DAMAGE: Decimal("58.75"),
-            TariffItem.NO_FAULT_FOUND: Decimal("7.43"),
+            TariffItem.REDEPLOYABLE: Price(amount=Decimal("8.27"), source=DCC_SOURCE),
+            TariffItem.NON_REDEPLOYABLE_SINGLE_BAND: Price(
+                amount=Decimal("30.87"), source=DCC_SOURCE
+            ),
+            TariffItem.NON_REDEPLOYABLE_DUAL_BAND: Price(
+                amount=Decimal("58.75"), source=DCC_SOURCE
+            ),
         }
     ),
+    # Not a charge: the cost of one collection shipment in the monthly plan. No
+    # published figure exists; set yours in the tariff file ([logistics] shipment).
     shipment=Decimal("25.00"),
 )
+
+_HINT: Final = "See docs/logistics.md, Charges, for the tariff file format."
+_KEY_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
 def _amount(value: object, where: str) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise Invalid(
             f"{where}: {value!r} is not an amount",
-            'Write amounts in pounds as strings, e.g. redeployable = "8.27".',
+            'Write amounts in pounds as strings, e.g. amount = "8.27".',
             field=where,
         )
     try:
@@ -94,7 +156,7 @@ def _amount(value: object, where: str) -> Decimal:
     except InvalidOperation:
         raise Invalid(
             f"{where}: {value!r} is not a number",
-            'Write amounts in pounds, e.g. redeployable = "8.27".',
+            'Write amounts in pounds, e.g. amount = "8.27".',
             field=where,
         ) from None
     if not amount.is_finite() or amount < 0:
@@ -106,44 +168,63 @@ def _amount(value: object, where: str) -> Decimal:
     return money(amount)
 
 
-def load_tariff(path: Path | None) -> Tariff:
-    """The tariff in ``path`` (missing keys take the defaults), or the defaults for None.
+def _source(value: object, where: str) -> str:
+    text = " ".join(value.split()) if isinstance(value, str) else ""
+    if not text or len(text) > 200:
+        raise Invalid(
+            f"{where}: every charge needs a source (1 to 200 characters)",
+            'Say where the amount comes from, e.g. source = "Supply agreement, schedule 3".',
+            field=where,
+        )
+    return text
 
-    Format::
 
-        [charges]
-        redeployable = "8.27"
-        non_redeployable_fault = "30.87"
-        non_redeployable_damage = "58.75"
-        no_fault_found = "7.43"
+def _item(key: str, entry: object, path: Path) -> Price | ExtraItem:
+    where = f"charges.{key}"
+    if not isinstance(entry, dict):
+        raise Invalid(
+            f"tariff file {path}: {where} must be a table with amount and source",
+            f'Write [{where}] with amount = "…" and source = "…". {_HINT}',
+            field=where,
+        )
+    builtin = key in {i.value for i in TariffItem}
+    allowed = {"amount", "source"} | (set() if builtin else {"applies_to"})
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise Invalid(
+            f"tariff file {path}: unknown setting(s) {unknown} in {where}",
+            f"[{where}] takes {', '.join(sorted(allowed))}.",
+            field=f"{where}.{unknown[0]}",
+        )
+    amount = _amount(entry.get("amount"), f"{where}.amount")
+    source = _source(entry.get("source"), f"{where}.source")
+    if builtin:
+        return Price(amount=amount, source=source)
+    try:
+        basis = Basis(str(entry.get("applies_to")))
+    except ValueError:
+        raise Invalid(
+            f"tariff file {path}: {where}.applies_to must be one of "
+            f"{', '.join(b.value for b in Basis)}",
+            "An added item is charged on top of the built-in one for these tested returns.",
+            field=f"{where}.applies_to",
+        ) from None
+    return ExtraItem(key=key, amount=amount, source=source, applies_to=basis)
 
-        [logistics]
-        shipment = "25.00"
-    """
-    if path is None:
-        return DEFAULT_TARIFF
-    hint = "See README, Hub logistics, for the tariff file format."
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise Invalid(f"cannot read tariff file {path}: {exc.strerror}", hint) from None
+        raise Invalid(f"cannot read tariff file {path}: {exc.strerror}", _HINT) from None
     except tomllib.TOMLDecodeError as exc:
-        raise Invalid(f"tariff file {path} is not valid TOML: {exc}", hint) from None
+        raise Invalid(f"tariff file {path} is not valid TOML: {exc}", _HINT) from None
     unknown = set(data) - {"charges", "logistics"}
     if unknown:
-        raise Invalid(f"tariff file {path}: unknown table(s) {sorted(unknown)}", hint)
-    charges = data.get("charges", {})
-    logistics = data.get("logistics", {})
+        raise Invalid(f"tariff file {path}: unknown table(s) {sorted(unknown)}", _HINT)
+    charges, logistics = data.get("charges", {}), data.get("logistics", {})
     if not isinstance(charges, dict) or not isinstance(logistics, dict):
-        raise Invalid(f"tariff file {path}: [charges] and [logistics] must be tables", hint)
-    known = {item.value for item in TariffItem}
-    for key in charges:
-        if key not in known:
-            raise Invalid(
-                f"tariff file {path}: unknown charge {key!r}",
-                f"Known charges: {', '.join(sorted(known))}.",
-                field=f"charges.{key}",
-            )
+        raise Invalid(f"tariff file {path}: [charges] and [logistics] must be tables", _HINT)
     for key in logistics:
         if key != "shipment":
             raise Invalid(
@@ -151,42 +232,60 @@ def load_tariff(path: Path | None) -> Tariff:
                 "The [logistics] table has one key, shipment.",
                 field=f"logistics.{key}",
             )
-    prices = {
-        item: _amount(charges[item.value], f"charges.{item.value}")
-        if item.value in charges
-        else DEFAULT_TARIFF.prices[item]
-        for item in TariffItem
-    }
+    return charges, logistics
+
+
+def load_tariff(path: Path | None) -> Tariff:
+    """The tariff in ``path`` (items not named keep the built-in ones), or the defaults.
+
+    Format (every item is a table with an amount and its source)::
+
+        [charges.non_redeployable_dual_band]
+        amount = "58.75"
+        source = "DCC returns charges, as quoted on SECAS's DP238 page"
+
+        [charges.handling]            # an item of your own
+        amount = "2.00"
+        source = "Supply agreement, schedule 3"
+        applies_to = "non_redeployable"   # or redeployable, tested
+
+        [logistics]
+        shipment = "25.00"
+    """
+    if path is None:
+        return DEFAULT_TARIFF
+    charges, logistics = _read(path)
+    prices: dict[TariffItem, Price] = dict(DEFAULT_TARIFF.prices)
+    extras: list[ExtraItem] = []
+    for key, entry in charges.items():
+        if not _KEY_RE.fullmatch(key):
+            raise Invalid(
+                f"tariff file {path}: {key!r} is not a charge name",
+                "Name charges in lower case letters, digits and _, e.g. handling_fee.",
+                field=f"charges.{key}",
+            )
+        item = _item(key, entry, path)
+        if isinstance(item, Price):
+            prices[TariffItem(key)] = item
+        else:
+            extras.append(item)
     shipment = (
         _amount(logistics["shipment"], "logistics.shipment")
         if "shipment" in logistics
         else DEFAULT_TARIFF.shipment
     )
-    return Tariff(prices=MappingProxyType(prices), shipment=shipment, source=str(path))
+    return Tariff(
+        prices=MappingProxyType(prices), shipment=shipment, extras=tuple(extras), source=str(path)
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChargeFacts:
-    """What pricing looks at: the request variant and type, the fault, the test."""
+    """What pricing looks at: the return type, the test outcome, the hub's variant."""
 
-    variant: str
     return_type: str
-    fault_reason: str | None
     test_outcome: TestOutcome | None
-
-    @property
-    def is_fault_return(self) -> bool:
-        return self.variant == "8.14.3"
-
-
-_HANDLING_FAULTS: Final = frozenset(
-    {
-        FaultReason.DAMAGED_CASE.value,
-        FaultReason.DAMAGED_CONNECTOR.value,
-        FaultReason.ILLEGAL_INTERFERENCE.value,
-        FaultReason.ENVIRONMENTAL.value,
-    }
-)
+    hub_variant: HubVariant | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,53 +293,67 @@ class ChargeRule:
     name: str
     applies: Callable[[ChargeFacts], bool]
     items: tuple[TariffItem, ...]
+    status: ChargeStatus
+    basis: Basis | None
     explanation: str
 
 
+def _fault(f: ChargeFacts) -> bool:
+    return f.test_outcome is TestOutcome.FAULT_CONFIRMED
+
+
 _I = TariffItem
-#: First matching row prices the return. README's charges table mirrors this.
+#: First matching row prices the return. docs/logistics.md's charges table mirrors this.
 CHARGE_RULES: Final[tuple[ChargeRule, ...]] = (
     ChargeRule(
-        name="SM WAN variant replacement requested by DCC",
-        applies=lambda f: f.return_type == NoFaultReturnType.SM_WAN_VARIANT.value,
-        items=(),
-        explanation="DCC asked for the swap, so the Supplier is not charged",
-    ),
-    ChargeRule(
         name="Lost or stolen hub",
-        applies=lambda f: f.return_type == NoFaultReturnType.LOST_OR_STOLEN.value,
-        items=(_I.NON_REDEPLOYABLE_DAMAGE,),
-        explanation="the hub never comes back, so it cannot be redeployed",
+        applies=lambda f: is_lost_or_stolen(f.return_type),
+        items=(),
+        status=ChargeStatus.NOT_RETURNED,
+        basis=None,
+        explanation="never returned: no return charge; the pre-installation stock charge "
+        "goes on accruing",
     ),
     ChargeRule(
-        name="Fault return, no fault found on test",
-        applies=lambda f: f.is_fault_return and f.test_outcome is TestOutcome.NO_FAULT_FOUND,
-        items=(_I.REDEPLOYABLE, _I.NO_FAULT_FOUND),
-        explanation="the hub is redeployable; the no-fault-found fee covers the test",
+        name="Not tested yet",
+        applies=lambda f: f.test_outcome is None,
+        items=(),
+        status=ChargeStatus.PENDING,
+        basis=None,
+        explanation="the charge depends on whether the DCC test finds the hub redeployable",
     ),
     ChargeRule(
-        name="Fault return, damage / interference / environment",
-        applies=lambda f: f.is_fault_return and f.fault_reason in _HANDLING_FAULTS,
-        items=(_I.NON_REDEPLOYABLE_DAMAGE,),
-        explanation="damaged case or connector, missing seals, environment exceeded",
-    ),
-    ChargeRule(
-        name="Fault return, hub fault",
-        applies=lambda f: f.is_fault_return,
-        items=(_I.NON_REDEPLOYABLE_FAULT,),
-        explanation="SM WAN, SMHAN, LED, aerial or manufacturing fault",
-    ),
-    ChargeRule(
-        name="No-fault return, fault found on test",
-        applies=lambda f: f.test_outcome is TestOutcome.FAULT_CONFIRMED,
-        items=(_I.NON_REDEPLOYABLE_FAULT,),
-        explanation="declared sound but the DCC test found a fault",
-    ),
-    ChargeRule(
-        name="No-fault return",
-        applies=lambda f: True,
+        name="No fault found: redeployable",
+        applies=lambda f: f.test_outcome is TestOutcome.NO_FAULT_FOUND,
         items=(_I.REDEPLOYABLE,),
-        explanation="general, non-dom opt out, dual-supplier HAN variant replacement",
+        status=ChargeStatus.CHARGED,
+        basis=Basis.REDEPLOYABLE,
+        explanation="the hub can be redeployed",
+    ),
+    ChargeRule(
+        name="Fault confirmed: not redeployable, single band",
+        applies=lambda f: _fault(f) and f.hub_variant is HubVariant.SINGLE_BAND,
+        items=(_I.NON_REDEPLOYABLE_SINGLE_BAND,),
+        status=ChargeStatus.CHARGED,
+        basis=Basis.NON_REDEPLOYABLE,
+        explanation="the hub cannot be redeployed; single band hub",
+    ),
+    ChargeRule(
+        name="Fault confirmed: not redeployable, dual band",
+        applies=lambda f: _fault(f) and f.hub_variant is HubVariant.DUAL_BAND,
+        items=(_I.NON_REDEPLOYABLE_DUAL_BAND,),
+        status=ChargeStatus.CHARGED,
+        basis=Basis.NON_REDEPLOYABLE,
+        explanation="the hub cannot be redeployed; dual band hub",
+    ),
+    ChargeRule(
+        name="Fault confirmed: variant unknown",
+        applies=lambda f: True,
+        items=(),
+        status=ChargeStatus.VARIANT_UNKNOWN,
+        basis=None,
+        explanation="the hub was not delivered against an order here, so its variant "
+        "(and charge) is unknown",
     ),
 )
 
@@ -248,58 +361,80 @@ CHARGE_RULES: Final[tuple[ChargeRule, ...]] = (
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Charge:
     rule: str
-    items: tuple[TariffItem, ...]
+    items: tuple[str, ...]
     amount: Decimal
-    provisional: bool
+    status: ChargeStatus
+
+    @property
+    def pending(self) -> bool:
+        return self.status in (ChargeStatus.PENDING, ChargeStatus.VARIANT_UNKNOWN)
 
 
 def price(facts: ChargeFacts, tariff: Tariff) -> Charge:
-    """The charge for one return under ``tariff`` (first matching rule)."""
+    """The charge for one return under ``tariff`` (first matching rule, plus added items)."""
     for rule in CHARGE_RULES:
         if rule.applies(facts):
-            amount = sum((tariff.prices[item] for item in rule.items), Decimal("0"))
+            amount = sum((tariff.prices[item].amount for item in rule.items), Decimal("0"))
+            extras = tuple(
+                e
+                for e in tariff.extras
+                if rule.basis is not None and e.applies_to in (rule.basis, Basis.TESTED)
+            )
             return Charge(
                 rule=rule.name,
-                items=rule.items,
-                amount=money(amount),
-                provisional=facts.test_outcome is None,
+                items=(*(i.value for i in rule.items), *(e.key for e in extras)),
+                amount=money(amount + sum((e.amount for e in extras), Decimal("0"))),
+                status=rule.status,
             )
     raise AssertionError("the last charge rule matches every return")  # pragma: no cover
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChargeSummary:
-    """Charges of one party in one month (month of notification, YYYY-MM)."""
+    """Charges of one party in one month (month of notification, YYYY-MM).
+
+    ``stock_charge_hubs`` are the lost or stolen hubs (Device IDs): no return
+    charge, but they go on accruing the pre-installation stock charge.
+    """
 
     party: str
     month: str
     returns: int
-    provisional: int
-    counts: Mapping[TariffItem, int] = field(default_factory=dict)
+    charged: int
+    pending: int
+    not_returned: int
+    counts: Mapping[str, int] = field(default_factory=dict)
     total: Decimal = Decimal("0.00")
+    stock_charge_hubs: tuple[str, ...] = ()
 
 
 def summarise(
-    priced: Iterable[tuple[str, str, Charge]],
+    priced: Iterable[tuple[str, str, str, Charge]], item_keys: Iterable[str]
 ) -> list[ChargeSummary]:
-    """(party, month, charge) triples grouped per party and month, sorted."""
-    groups: dict[tuple[str, str], list[Charge]] = defaultdict(list)
-    for party, month, charge in priced:
-        groups[(party, month)].append(charge)
+    """(party, month, device id, charge) grouped per party and month, sorted."""
+    keys = tuple(item_keys)
+    groups: dict[tuple[str, str], list[tuple[str, Charge]]] = defaultdict(list)
+    for party, month, device_id, charge in priced:
+        groups[(party, month)].append((device_id, charge))
     out = []
     for (party, month), charges in sorted(groups.items()):
-        counts = {item: 0 for item in TariffItem}
-        for charge in charges:
+        counts = dict.fromkeys(keys, 0)
+        for _device, charge in charges:
             for item in charge.items:
-                counts[item] += 1
+                counts[item] = counts.get(item, 0) + 1
         out.append(
             ChargeSummary(
                 party=party,
                 month=month,
                 returns=len(charges),
-                provisional=sum(c.provisional for c in charges),
-                counts=MappingProxyType(counts),
-                total=money(sum((c.amount for c in charges), Decimal("0"))),
+                charged=sum(c.status is ChargeStatus.CHARGED for _d, c in charges),
+                pending=sum(c.pending for _d, c in charges),
+                not_returned=sum(c.status is ChargeStatus.NOT_RETURNED for _d, c in charges),
+                counts=counts,  # a plain dict: JSON-serialisable as it is
+                total=money(sum((c.amount for _d, c in charges), Decimal("0"))),
+                stock_charge_hubs=tuple(
+                    sorted(d for d, c in charges if c.status is ChargeStatus.NOT_RETURNED)
+                ),
             )
         )
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import getpass
 import io
+import json
 import os
 import sys
 import tempfile
@@ -25,18 +26,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy.exc import SQLAlchemyError
 
 from hubreturns.config import ConfigError, Settings, load_settings
-from hubreturns.logistics.charges import TariffItem, load_tariff
-from hubreturns.logistics.errors import LogisticsError
+from hubreturns.logistics.charges import load_tariff
+from hubreturns.logistics.errors import LogisticsError, problem_text
 from hubreturns.logistics.lifecycle import TRANSITIONS, TestOutcome
 from hubreturns.logistics.operations import (
     ConsignmentView,
     Logistics,
+    OrderView,
     ProgressCallback,
     ReturnView,
 )
 from hubreturns.logistics.render import to_csv, to_html, to_rich
 from hubreturns.logistics.reports import build_report
-from hubreturns.logistics.values import OrderRequest, Period, check_eui, check_month
+from hubreturns.logistics.values import (
+    HubVariant,
+    OrderChange,
+    OrderRequest,
+    Period,
+    check_eui,
+    check_month,
+)
 from hubreturns.store.db import make_engine, make_sessionmaker
 from hubreturns.tables import print_rows
 
@@ -85,7 +94,7 @@ def _logistics(config: Path | None) -> Iterator[Logistics]:
     except LogisticsError as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         for problem in exc.problems:
-            err.print(f"  {problem}", highlight=False)
+            err.print(f"  {problem_text(problem)}", highlight=False)
         err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
         raise typer.Exit(2) from None
     except ConfigError as exc:
@@ -137,11 +146,10 @@ def _show_return(view: ReturnView) -> None:
     console.print(
         f"return {view.id} ({view.device_id}) is [bold]{view.status}[/bold]"
         + (f"; test: {view.test_outcome}" if view.test_outcome else "")
-        + f"; charge £{view.charge} ({view.charge_rule}"
-        + (", provisional)" if view.charge_provisional else ")")
+        + f"; charge £{view.charge} ({view.charge_rule}, {view.charge_status})"
         + (
             "; hub released, it can be returned again"
-            if view.status == "closed" and view.hub_open_return_id is None
+            if view.status in ("closed", "written_off") and view.hub_open_return_id is None
             else ""
         ),
         highlight=False,
@@ -166,9 +174,15 @@ def _consignment_rows(found: Sequence[ConsignmentView]) -> list[Sequence[object]
 #: Columns printed whole, never folded (User IDs of parties, months).
 _WHOLE = frozenset({"supplier", "placed_by", "party", "month"})
 
-#: Narrow column headings for the terminal (CSV keeps the tariff keys).
-_SHORT_ITEMS = ("redepl.", "fault", "damage", "NFF")
-assert len(_SHORT_ITEMS) == len(TariffItem)
+
+def _show_order(order: OrderView, what: str) -> None:
+    console.print(
+        f"[green]order {order.id} {what}[/green]: {order.quantity} × {order.hub_variant} for "
+        f"{order.supplier} (placed by {order.placed_by_role} {order.placed_by}), "
+        f"to {order.delivery_location} in {order.requested_month}; {order.status}",
+        highlight=False,
+    )
+
 
 _CONSIGNMENT_HEADERS = ("id", "party", "location", "month", "status", "hubs", "returns")
 
@@ -178,7 +192,8 @@ def register(app: typer.Typer) -> None:
     orders_app = typer.Typer(help="Communications Hub orders and deliveries (SEC F5).")
     consignments_app = typer.Typer(help="Group returned hubs for collection; monthly plan.")
     lifecycle_app = typer.Typer(
-        help="Move a return along notified → collected → received → tested → closed."
+        help="Move a return along notified → collected → received → tested → closed "
+        "(a lost or stolen hub: notified → written_off)."
     )
     app.add_typer(orders_app, name="orders")
     app.add_typer(consignments_app, name="consignments")
@@ -188,7 +203,7 @@ def register(app: typer.Typer) -> None:
     def orders_add(
         supplier: Annotated[str, typer.Option(help="User ID of the IS/GS the hubs are for.")],
         quantity: Annotated[int, typer.Option(help="Number of hubs.")],
-        variant: Annotated[str, typer.Option(help="Hub variant, e.g. 'HAN variant: dual band'.")],
+        variant: Annotated[HubVariant, typer.Option(help="Hub variant.")],
         location: Annotated[str, typer.Option(help="Delivery location (site or postcode).")],
         month: Annotated[str, typer.Option(help="Requested delivery month, YYYY-MM.")],
         placed_by: Annotated[
@@ -207,16 +222,63 @@ def register(app: typer.Typer) -> None:
                     supplier=supplier,
                     placed_by=placed_by,
                     quantity=quantity,
-                    hub_variant=variant,
+                    hub_variant=variant.value,
                     delivery_location=location,
                     requested_month=month,
-                )
+                    now=logistics.clock(),
+                ),
+                _actor(),
             )
-        console.print(
-            f"[green]order {order.id}[/green]: {order.quantity} × {order.hub_variant} for "
-            f"{order.supplier} (placed by {order.placed_by_role} {order.placed_by}), "
-            f"to {order.delivery_location} in {order.requested_month}",
-            highlight=False,
+        _show_order(order, "placed")
+
+    @orders_app.command("amend")
+    def orders_amend(
+        order: Annotated[int, typer.Argument(help="Order id.")],
+        quantity: Annotated[int | None, typer.Option(help="New number of hubs.")] = None,
+        variant: Annotated[HubVariant | None, typer.Option(help="New hub variant.")] = None,
+        location: Annotated[str | None, typer.Option(help="New delivery location.")] = None,
+        month: Annotated[str | None, typer.Option(help="New delivery month, YYYY-MM.")] = None,
+        config: ConfigOption = None,
+    ) -> None:
+        """Change an order before its first delivery (kept in its history)."""
+        with _logistics(config) as logistics:
+            change = OrderChange.parse(
+                quantity=quantity,
+                hub_variant=variant.value if variant else None,
+                delivery_location=location,
+                requested_month=month,
+                now=logistics.clock(),
+            )
+            view = logistics.amend_order(order, change, _actor())
+        _show_order(view, "amended")
+
+    @orders_app.command("cancel")
+    def orders_cancel(
+        order: Annotated[int, typer.Argument(help="Order id.")],
+        config: ConfigOption = None,
+    ) -> None:
+        """Cancel an order before its first delivery."""
+        with _logistics(config) as logistics:
+            view = logistics.cancel_order(order, _actor())
+        _show_order(view, "cancelled")
+
+    @orders_app.command("history")
+    def orders_history(
+        order: Annotated[int, typer.Argument(help="Order id.")],
+        as_csv: CsvOption = False,
+        config: ConfigOption = None,
+    ) -> None:
+        """Everything done to an order: placed, amended (before → after), cancelled."""
+        with _logistics(config) as logistics:
+            events = logistics.order_history(order)
+        _emit(
+            ("at", "action", "actor", "changes"),
+            [
+                (e.at.isoformat(timespec="seconds"), e.action, e.actor, json.dumps(e.changes))
+                for e in events
+            ],
+            as_csv,
+            f"Order {order} history",
         )
 
     @orders_app.command("list")
@@ -239,6 +301,7 @@ def register(app: typer.Typer) -> None:
                 "month",
                 "ordered",
                 "delivered",
+                "status",
             ),
             [
                 (
@@ -251,6 +314,7 @@ def register(app: typer.Typer) -> None:
                     o.requested_month,
                     o.quantity,
                     o.delivered,
+                    o.status,
                 )
                 for o in found
             ],
@@ -380,6 +444,15 @@ def register(app: typer.Typer) -> None:
         with _logistics(config) as logistics:
             _show_return(logistics.close(return_id, _actor()))
 
+    @lifecycle_app.command("write-off")
+    def lifecycle_write_off(
+        return_id: Annotated[int, typer.Argument(help="Return id.")],
+        config: ConfigOption = None,
+    ) -> None:
+        """Step write off: closes a lost or stolen hub's return (it is never collected)."""
+        with _logistics(config) as logistics:
+            _show_return(logistics.write_off(return_id, _actor()))
+
     @lifecycle_app.command("locate")
     def lifecycle_locate(
         return_id: Annotated[int, typer.Argument(help="Return id.")],
@@ -404,8 +477,11 @@ def register(app: typer.Typer) -> None:
     def lifecycle_transitions() -> None:
         """The lifecycle table: which step is allowed from which status."""
         _emit(
-            ("from", "step", "to"),
-            [(s.value, step.value, new.value) for (s, step), new in TRANSITIONS.items()],
+            ("hub", "from", "step", "to"),
+            [
+                (path.value, s.value, step.value, new.value)
+                for (path, s, step), new in TRANSITIONS.items()
+            ],
             False,
             "Return lifecycle",
         )
@@ -417,31 +493,39 @@ def register(app: typer.Typer) -> None:
         as_csv: CsvOption = False,
         config: ConfigOption = None,
     ) -> None:
-        """Charges estimate per party (Supplier charged) and month of notification."""
+        """Charges per party (Supplier charged) and month of notification, by tariff item."""
         with _logistics(config) as logistics:
             summaries = logistics.charges(Period.parse(first, last))
-            source = logistics.tariff.source
+            tariff = logistics.tariff
+        keys = tariff.item_keys
         _emit(
-            (
-                ("party", "month", "returns", "provisional", *(i.value for i in TariffItem))
-                if as_csv
-                else ("party", "month", "returns", "prov.", *_SHORT_ITEMS)
-            )
+            ("party", "month", "returns", "charged", "pending", "lost/stolen", *keys)
             + (("amount_gbp",) if as_csv else ("total £",)),
             [
                 (
                     s.party,
                     s.month,
                     s.returns,
-                    s.provisional,
-                    *(s.counts[i] for i in TariffItem),
+                    s.charged,
+                    s.pending,
+                    s.not_returned,
+                    *(s.counts.get(k, 0) for k in keys),
                     s.total,
                 )
                 for s in summaries
             ],
             as_csv,
-            f"Charges estimate ({source})",
+            f"Charges ({tariff.source})",
         )
+        if as_csv:
+            return
+        for s in summaries:
+            for device_id in s.stock_charge_hubs:
+                console.print(
+                    f"{device_id} ({s.party}, {s.month}): lost or stolen, no return charge; "
+                    "the pre-installation stock charge goes on accruing",
+                    highlight=False,
+                )
 
     @app.command("report")
     def report_cmd(

@@ -2,7 +2,9 @@
 
 Operations raise ``LogisticsError`` (or a subclass naming the HTTP status it
 maps to); the CLI prints ``error:``/``hint:`` and the API answers JSON. Row
-problems of an uploaded file travel as ``RowProblem`` values.
+problems of an uploaded file travel as ``RowProblem`` values; a problem with a
+field of a command or JSON body (not a file row) has line 0 and is shown
+without one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,29 @@ from collections.abc import Sequence
 
 from hubreturns.importers import RowProblem
 
-__all__ = ["Conflict", "Invalid", "LogisticsError", "NotFound", "RowProblem"]
+__all__ = [
+    "Conflict",
+    "Invalid",
+    "LogisticsError",
+    "NotFound",
+    "RowProblem",
+    "problem_json",
+    "problem_text",
+]
+
+
+def problem_text(problem: RowProblem) -> str:
+    """``line N, field: message``, or ``field: message`` for a field that is not a row."""
+    if problem.line:
+        return str(problem)
+    return f"{problem.field}: {problem.message}" if problem.field else problem.message
+
+
+def problem_json(problem: RowProblem) -> dict[str, object]:
+    body: dict[str, object] = {"field": problem.field, "message": problem.message}
+    if problem.line:
+        body["line"] = problem.line
+    return body
 
 
 class LogisticsError(Exception):
@@ -34,7 +58,7 @@ class LogisticsError(Exception):
         self.problems = tuple(sorted(problems, key=lambda p: p.line))
 
     def __str__(self) -> str:
-        lines = [self.message, *(f"  {p}" for p in self.problems)]
+        lines = [self.message, *(f"  {problem_text(p)}" for p in self.problems)]
         return "\n".join(lines)
 
     def as_json(self) -> dict[str, object]:
@@ -42,9 +66,7 @@ class LogisticsError(Exception):
         if self.field is not None:
             body["field"] = self.field
         if self.problems:
-            body["problems"] = [
-                {"line": p.line, "field": p.field, "message": p.message} for p in self.problems
-            ]
+            body["problems"] = [problem_json(p) for p in self.problems]
         return body
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hubreturns.store.models import Base
@@ -21,6 +21,7 @@ __all__ = [
     "DeliveredHub",
     "HubDelivery",
     "HubOrder",
+    "HubOrderEvent",
     "ReturnEvent",
     "ReturnProgress",
 ]
@@ -43,10 +44,28 @@ class HubOrder(Base):
     placed_by: Mapped[str] = mapped_column(EUI, ForeignKey("users.user_id"))
     placed_by_role: Mapped[str] = mapped_column(String(3))
     quantity: Mapped[int] = mapped_column(Integer)
+    #: A ``values.HubVariant`` value.
     hub_variant: Mapped[str] = mapped_column(String(64))
     delivery_location: Mapped[str] = mapped_column(String(200))
     requested_month: Mapped[str] = mapped_column(String(7))
     created_at: Mapped[datetime] = mapped_column(Moment)
+    #: ``open`` or ``cancelled`` (migration 0008).
+    status: Mapped[str] = mapped_column(String(16), default="open")
+
+
+class HubOrderEvent(Base):
+    """One thing done to an order (placed, amended, cancelled), by whom; append-only."""
+
+    __tablename__ = "hub_order_events"
+    __table_args__ = (Index("ix_hub_order_events_order", "order_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_orders.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    #: JSON object: the fields as placed, or ``{field: [before, after]}`` for an amendment.
+    changes: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime] = mapped_column(Moment)
 
 
 class HubDelivery(Base):
@@ -72,6 +91,8 @@ class DeliveredHub(Base):
     gpf_id: Mapped[str] = mapped_column(EUI, unique=True)
     delivery_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_deliveries.id"))
     order_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_orders.id"))
+    #: The order's ``values.HubVariant`` when the hub was delivered (migration 0008).
+    hub_variant: Mapped[str] = mapped_column(String(16))
 
 
 class Consignment(Base):
@@ -103,6 +124,7 @@ class ReturnProgress(Base):
     tested_at: Mapped[datetime | None] = mapped_column(Moment)
     test_outcome: Mapped[str | None] = mapped_column(String(16))
     closed_at: Mapped[datetime | None] = mapped_column(Moment)
+    written_off_at: Mapped[datetime | None] = mapped_column(Moment)
 
 
 class ReturnEvent(Base):

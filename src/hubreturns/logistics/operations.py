@@ -10,10 +10,12 @@ between two operators are settled by conditional updates (``WHERE status =
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import TypeVar
 
 from sqlalchemy import func, select, update
@@ -34,18 +36,33 @@ from hubreturns.logistics.consignments import (
     plan_month,
 )
 from hubreturns.logistics.errors import Conflict, Invalid, NotFound
-from hubreturns.logistics.lifecycle import ReturnStatus, Step, TestOutcome, next_status
+from hubreturns.logistics.lifecycle import (
+    ReturnStatus,
+    Step,
+    TestOutcome,
+    is_lost_or_stolen,
+    next_status,
+    path_of,
+)
 from hubreturns.logistics.models import (
     Consignment,
     DeliveredHub,
     HubDelivery,
     HubOrder,
+    HubOrderEvent,
     ReturnEvent,
     ReturnProgress,
 )
 from hubreturns.logistics.orders import check_delivery, parse_delivery
-from hubreturns.logistics.values import OrderRequest, Period, check_location, month_of
-from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
+from hubreturns.logistics.values import (
+    HubVariant,
+    OrderChange,
+    OrderRequest,
+    Period,
+    check_location,
+    month_of,
+)
+from hubreturns.model import DeviceType, NoFaultReturnType, Role, SmiStatus, UserStatus
 from hubreturns.rules import SECMP0039, Authorisation, EligibilityProfile
 from hubreturns.store.models import Device, ReturnRecord, User
 from hubreturns.store.repository import Repository
@@ -54,6 +71,8 @@ __all__ = [
     "ConsignmentView",
     "DeliveryView",
     "Logistics",
+    "OrderEventView",
+    "OrderStatus",
     "OrderView",
     "ProgressCallback",
     "ReturnView",
@@ -65,6 +84,23 @@ ProgressCallback = Callable[[str, int, int], None]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class OrderStatus(StrEnum):
+    """Values of ``hub_orders.status``."""
+
+    OPEN = "open"
+    CANCELLED = "cancelled"
+
+
+def _check_month_now(month: str, now: datetime) -> None:
+    """A requested month before the current one is refused (checked at the write's clock)."""
+    if month < month_of(now):
+        raise Invalid(
+            f"requested_month: {month} is in the past (this month is {month_of(now)})",
+            f"Ask for delivery in {month_of(now)} or later.",
+            field="requested_month",
+        )
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -86,6 +122,18 @@ class OrderView:
     delivery_location: str
     requested_month: str
     created_at: datetime
+    status: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderEventView:
+    """One entry of an order's history; ``changes`` as recorded (see ``HubOrderEvent``)."""
+
+    order_id: int
+    action: str
+    changes: dict[str, object]
+    actor: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,9 +177,11 @@ class ReturnView:
     tested_at: datetime | None
     test_outcome: str | None
     closed_at: datetime | None
+    written_off_at: datetime | None
+    hub_variant: str | None
     charge_rule: str
     charge: Decimal
-    charge_provisional: bool
+    charge_status: str
     hub_open_return_id: int | None
 
 
@@ -154,9 +204,10 @@ class Logistics:
 
     # -- orders and deliveries -----------------------------------------------------
 
-    def create_order(self, order: OrderRequest) -> OrderView:
+    def create_order(self, order: OrderRequest, actor: str = "") -> OrderView:
         """Record an order for a Supplier, placed by it or by an RSA it appoints now."""
         now = self.clock()
+        _check_month_now(order.requested_month, now)
         with self.sessions.begin() as session:
             supplier = session.get(User, order.supplier)
             if supplier is None or supplier.role not in (Role.IS.value, Role.GS.value):
@@ -185,13 +236,21 @@ class Logistics:
                 placed_by=placer.user_id,
                 placed_by_role=placer.role,
                 quantity=order.quantity,
-                hub_variant=order.hub_variant,
+                hub_variant=order.hub_variant.value,
                 delivery_location=order.delivery_location,
                 requested_month=order.requested_month,
                 created_at=now,
+                status=OrderStatus.OPEN,
             )
             session.add(row)
             session.flush()
+            placed = {
+                "quantity": order.quantity,
+                "hub_variant": order.hub_variant.value,
+                "delivery_location": order.delivery_location,
+                "requested_month": order.requested_month,
+            }
+            self._order_event(session, row.id, "placed", placed, actor or placer.user_id, now)
             return self._order_view(session, row)
 
     def _check_placer(self, session: Session, placer: User, supplier: str, now: datetime) -> None:
@@ -220,6 +279,95 @@ class Logistics:
                 "The Supplier must confirm the RSA first (`hubreturns appoint`).",
                 field="placed_by",
             )
+
+    def amend_order(self, order_id: int, change: OrderChange, actor: str) -> OrderView:
+        """Change an open order before any hub is delivered against it; kept in its history."""
+        now = self.clock()
+        if change.requested_month is not None:
+            _check_month_now(change.requested_month, now)
+        with self.sessions.begin() as session:
+            row = self._undelivered_order(session, order_id, "amended")
+            recorded: dict[str, object] = {}
+            for name, value in change.changes().items():
+                before = getattr(row, name)
+                if before != value:
+                    recorded[name] = [before, value]
+                    setattr(row, name, value)
+            if not recorded:
+                raise Invalid(
+                    f"order {order_id} already has these values; nothing to change",
+                    "Give the fields that should change.",
+                )
+            self._order_event(session, order_id, "amended", recorded, actor, now)
+            session.flush()
+            return self._order_view(session, row)
+
+    def cancel_order(self, order_id: int, actor: str) -> OrderView:
+        """Cancel an open order before any hub is delivered against it."""
+        now = self.clock()
+        with self.sessions.begin() as session:
+            row = self._undelivered_order(session, order_id, "cancelled")
+            row.status = OrderStatus.CANCELLED
+            self._order_event(session, order_id, "cancelled", {}, actor, now)
+            session.flush()
+            return self._order_view(session, row)
+
+    def order_history(self, order_id: int) -> list[OrderEventView]:
+        with self.sessions() as session:
+            self._get_order(session, order_id)
+            events = session.scalars(
+                select(HubOrderEvent)
+                .where(HubOrderEvent.order_id == order_id)
+                .order_by(HubOrderEvent.id)
+            )
+            return [
+                OrderEventView(
+                    order_id=e.order_id,
+                    action=e.action,
+                    changes=json.loads(e.changes),
+                    actor=e.actor,
+                    at=_aware(e.at) or e.at,
+                )
+                for e in events
+            ]
+
+    def _undelivered_order(self, session: Session, order_id: int, done: str) -> HubOrder:
+        """The order, locked, if it is open and nothing was delivered against it yet."""
+        row = self._get_order(session, order_id, lock=True)
+        if row.status != OrderStatus.OPEN:
+            raise Conflict(
+                f"order {order_id} is {row.status}; it cannot be {done}",
+                "Record a new order instead.",
+                field="order",
+            )
+        delivered = self._delivered(session, order_id)
+        if delivered:
+            raise Conflict(
+                f"order {order_id} has {delivered} hub(s) delivered; it cannot be {done}",
+                "An order can be amended or cancelled only before its first delivery; "
+                "record a new order for a change.",
+                field="order",
+            )
+        return row
+
+    @staticmethod
+    def _order_event(
+        session: Session,
+        order_id: int,
+        action: str,
+        changes: Mapping[str, object],
+        actor: str,
+        now: datetime,
+    ) -> None:
+        session.add(
+            HubOrderEvent(
+                order_id=order_id,
+                action=action,
+                changes=json.dumps(changes, sort_keys=True),
+                actor=actor[:100],
+                at=now,
+            )
+        )
 
     def orders(self, supplier: str | None = None) -> list[OrderView]:
         with self.sessions() as session:
@@ -251,6 +399,12 @@ class Logistics:
             # Row lock on PostgreSQL (SQLite's BEGIN IMMEDIATE already serialises):
             # two deliveries against one order cannot both pass the quantity check.
             order = self._get_order(session, order_id, lock=True)
+            if order.status != OrderStatus.OPEN:
+                raise Conflict(
+                    f"order {order_id} is {order.status}; nothing can be delivered against it",
+                    "Check the order number, or record a new order.",
+                    field="order",
+                )
             delivered = self._delivered(session, order_id)
             ids = [value for row in rows for value in (row.chf_id, row.gpf_id)]
             known: dict[str, str] = {}
@@ -308,6 +462,7 @@ class Logistics:
                         gpf_id=row.gpf_id,
                         delivery_id=delivery.id,
                         order_id=order_id,
+                        hub_variant=order.hub_variant,
                     )
                 )
                 if progress is not None:
@@ -329,6 +484,7 @@ class Logistics:
         place = check_location(location, "location")
         with self.sessions.begin() as session:
             record = self._get_return(session, return_id)
+            _refuse_lost(record, "given a collection location")
             if record.status != ReturnStatus.NOTIFIED.value:
                 raise Conflict(
                     f"return {return_id} is {record.status}; only a notified return can be "
@@ -456,6 +612,13 @@ class Logistics:
         """Step *close*: releases the hub (``devices.open_return_id`` back to NULL)."""
         return self._single_step(return_id, Step.CLOSE, actor)
 
+    def write_off(self, return_id: int, actor: str) -> ReturnView:
+        """Step *write off*, the one closing step of a lost or stolen hub's return.
+
+        Like close it releases the hub (should it turn up, it can be returned).
+        """
+        return self._single_step(return_id, Step.WRITE_OFF, actor)
+
     def return_view(self, return_id: int) -> ReturnView:
         with self.sessions() as session:
             return self._return_view(session, self._get_return(session, return_id))
@@ -474,8 +637,11 @@ class Logistics:
                 assert outcome is not None
                 row.tested_at = now
                 row.test_outcome = outcome.value
-            elif step is Step.CLOSE:
-                row.closed_at = now
+            elif step in (Step.CLOSE, Step.WRITE_OFF):
+                if step is Step.CLOSE:
+                    row.closed_at = now
+                else:
+                    row.written_off_at = now
                 session.execute(
                     update(Device)
                     .where(Device.device_id == record.device_id, Device.open_return_id == return_id)
@@ -491,7 +657,7 @@ class Logistics:
     ) -> None:
         """Apply one table transition with a conditional write (a lost race is a Conflict)."""
         current = record.status
-        new = next_status(record.id, current, step)
+        new = next_status(record.id, current, step, path_of(record.return_type))
         result = session.execute(
             update(ReturnRecord)
             .where(ReturnRecord.id == record.id, ReturnRecord.status == current)
@@ -520,30 +686,41 @@ class Logistics:
         """Every return notified in ``period`` with its test outcome and charge."""
         with self.sessions() as session:
             rows = session.execute(
-                select(ReturnRecord, ReturnProgress.test_outcome)
+                select(ReturnRecord, ReturnProgress.test_outcome, DeliveredHub.hub_variant)
                 .outerjoin(ReturnProgress, ReturnProgress.return_id == ReturnRecord.id)
+                .outerjoin(DeliveredHub, DeliveredHub.device_id == ReturnRecord.device_id)
                 .where(
                     ReturnRecord.received_at >= period.start,
                     ReturnRecord.received_at < period.end,
                 )
                 .order_by(ReturnRecord.id)
             ).all()
-            return [(record, outcome, self._price(record, outcome)) for record, outcome in rows]
+            return [
+                (record, outcome, self._price(record, outcome, variant))
+                for record, outcome, variant in rows
+            ]
 
     def charges(self, period: Period) -> list[ChargeSummary]:
         """Charges per charged party (the Supplier the return was made for) and month."""
         return summarise(
-            (record.on_behalf_of, month_of(_aware(record.received_at) or self.clock()), charge)
-            for record, _outcome, charge in self.priced_returns(period)
+            (
+                (
+                    record.on_behalf_of,
+                    month_of(_aware(record.received_at) or self.clock()),
+                    record.device_id,
+                    charge,
+                )
+                for record, _outcome, charge in self.priced_returns(period)
+            ),
+            self.tariff.item_keys,
         )
 
-    def _price(self, record: ReturnRecord, outcome: str | None) -> Charge:
+    def _price(self, record: ReturnRecord, outcome: str | None, variant: str | None) -> Charge:
         return price(
             ChargeFacts(
-                variant=record.service_reference_variant,
                 return_type=record.return_type,
-                fault_reason=record.fault_reason,
                 test_outcome=TestOutcome(outcome) if outcome else None,
+                hub_variant=HubVariant(variant) if variant else None,
             ),
             self.tariff,
         )
@@ -604,6 +781,7 @@ class Logistics:
             delivery_location=row.delivery_location,
             requested_month=row.requested_month,
             created_at=_aware(row.created_at) or row.created_at,
+            status=row.status,
         )
 
     def _consignment_returns(self, session: Session, consignment_id: int) -> tuple[int, ...]:
@@ -632,6 +810,8 @@ class Logistics:
     ) -> list[PlanItem]:
         """Notified, unconsigned returns of ``month`` with their collection location.
 
+        A lost or stolen hub is never collected, so its return is never planned.
+
         The location is the one set with ``locate``, else the delivery location
         of the order the hub came in, else ``default_location``.
         """
@@ -654,6 +834,7 @@ class Logistics:
             .outerjoin(HubOrder, HubOrder.id == DeliveredHub.order_id)
             .where(
                 ReturnRecord.status == ReturnStatus.NOTIFIED.value,
+                ReturnRecord.return_type != NoFaultReturnType.LOST_OR_STOLEN.value,
                 ReturnProgress.consignment_id.is_(None),
                 ReturnRecord.received_at >= period.start,
                 ReturnRecord.received_at < period.end,
@@ -684,7 +865,10 @@ class Logistics:
     def _return_view(self, session: Session, record: ReturnRecord) -> ReturnView:
         progress = session.get(ReturnProgress, record.id)
         outcome = progress.test_outcome if progress is not None else None
-        charge = self._price(record, outcome)
+        variant = session.scalar(
+            select(DeliveredHub.hub_variant).where(DeliveredHub.device_id == record.device_id)
+        )
+        charge = self._price(record, outcome, variant)
         device = session.get(Device, record.device_id)
         return ReturnView(
             id=record.id,
@@ -704,10 +888,22 @@ class Logistics:
             tested_at=_aware(progress.tested_at) if progress else None,
             test_outcome=outcome,
             closed_at=_aware(progress.closed_at) if progress else None,
+            written_off_at=_aware(progress.written_off_at) if progress else None,
+            hub_variant=variant,
             charge_rule=charge.rule,
             charge=charge.amount,
-            charge_provisional=charge.provisional,
+            charge_status=charge.status.value,
             hub_open_return_id=device.open_return_id if device is not None else None,
+        )
+
+
+def _refuse_lost(record: ReturnRecord, what: str) -> None:
+    if is_lost_or_stolen(record.return_type):
+        raise Conflict(
+            f"return {record.id} is for a lost or stolen hub; it cannot be {what}",
+            "A lost or stolen hub is never collected: write it off with "
+            f"`hubreturns lifecycle write-off {record.id}`.",
+            field="return",
         )
 
 

@@ -33,6 +33,7 @@ REPORT_SECTIONS: tuple[tuple[str, str], ...] = (
     ("rejections_by_code", "Rejections by response code"),
     ("consignments", "Consignments created"),
     ("charges", "Charges by party and month"),
+    ("stock_charges_accruing", "Lost or stolen hubs: no return charge, stock charge accrues"),
     ("totals", "Totals"),
 )
 
@@ -152,7 +153,9 @@ def build_report(
                     for part in (
                         names.get(s.party, ""),
                         s.month,
-                        f"{s.provisional} provisional" if s.provisional else "",
+                        f"{s.charged} charged",
+                        f"{s.pending} pending test" if s.pending else "",
+                        f"{s.not_returned} lost or stolen" if s.not_returned else "",
                     )
                     if part
                 ),
@@ -161,6 +164,16 @@ def build_report(
                 name=names.get(s.party, ""),
             )
             for s in summaries
+        )
+        rows.extend(
+            ReportRow(
+                section="stock_charges_accruing",
+                key=device_id,
+                detail=f"{s.party}, notified {s.month}; pre-installation stock charge accrues",
+                count=1,
+            )
+            for s in summaries
+            for device_id in s.stock_charge_hubs
         )
 
     steps.extend((returns, rejections, consignments, charges))

@@ -7,21 +7,97 @@ CLI and the API report the same message for the same mistake.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Final
+from enum import StrEnum
+from typing import Final, TypeVar
 
-from hubreturns.logistics.errors import Invalid
+from hubreturns.logistics.errors import Invalid, RowProblem
 from hubreturns.model import eui
 
 __all__ = [
+    "HubVariant",
+    "OrderChange",
     "OrderRequest",
     "Period",
     "check_eui",
     "check_location",
     "check_month",
+    "check_quantity",
+    "check_requested_month",
+    "check_variant",
     "month_of",
 ]
+
+_T = TypeVar("_T")
+
+
+class HubVariant(StrEnum):
+    """The Communications Hub variants a Supplier orders, as the charges distinguish them.
+
+    DCC's returns charges for a hub that cannot be redeployed differ between a
+    single band and a dual band (HAN) hub, so an order names one of these and
+    every hub delivered against it keeps it.
+    """
+
+    SINGLE_BAND = "single_band"
+    DUAL_BAND = "dual_band"
+
+
+def check_variant(text: str, field: str = "hub_variant") -> HubVariant:
+    """``single_band`` or ``dual_band`` (spaces and case forgiven)."""
+    value = "_".join(text.strip().lower().replace("-", " ").split())
+    try:
+        return HubVariant(value)
+    except ValueError:
+        raise Invalid(
+            f"{field}: {text!r} is not a hub variant",
+            f"Give one of: {', '.join(v.value for v in HubVariant)}.",
+            field=field,
+        ) from None
+
+
+def check_quantity(quantity: object, field: str = "quantity") -> int:
+    if isinstance(quantity, bool) or not isinstance(quantity, int) or not 1 <= quantity <= 100_000:
+        raise Invalid(
+            f"{field}: {quantity!r} is not a whole number from 1 to 100000",
+            "Order at least one hub.",
+            field=field,
+        )
+    return quantity
+
+
+def check_requested_month(text: str, now: datetime, field: str = "requested_month") -> str:
+    """A ``YYYY-MM`` month that is this month or later (hubs cannot be delivered in the past)."""
+    value = check_month(text, field)
+    current = month_of(now)
+    if value < current:
+        raise Invalid(
+            f"{field}: {value} is in the past (this month is {current})",
+            f"Ask for delivery in {current} or later.",
+            field=field,
+        )
+    return value
+
+
+def _collect(problems: list[RowProblem], check: Callable[[], _T]) -> _T | None:
+    """Run one field check, keeping its problem instead of stopping at it."""
+    try:
+        return check()
+    except Invalid as exc:
+        problems.append(RowProblem(line=0, field=exc.field, message=exc.message))
+        return None
+
+
+def _refuse(problems: list[RowProblem], what: str) -> Invalid:
+    return Invalid(
+        f"{what} refused ({len(problems)} problem(s)); nothing was written:",
+        "Fix every listed field and send it again.",
+        field=problems[0].field if len(problems) == 1 else None,
+        problems=problems,
+    )
+
 
 _MONTH_RE: Final = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 
@@ -69,7 +145,7 @@ class OrderRequest:
     supplier: str
     placed_by: str
     quantity: int
-    hub_variant: str
+    hub_variant: HubVariant
     delivery_location: str
     requested_month: str
 
@@ -83,34 +159,81 @@ class OrderRequest:
         hub_variant: str,
         delivery_location: str,
         requested_month: str,
+        now: datetime,
     ) -> OrderRequest:
-        supplier_id = check_eui(supplier, "supplier")
-        if (
-            isinstance(quantity, bool)
-            or not isinstance(quantity, int)
-            or not (1 <= quantity <= 100_000)
-        ):
-            raise Invalid(
-                f"quantity: {quantity!r} is not a whole number from 1 to 100000",
-                "Order at least one hub.",
-                field="quantity",
-            )
-        variant = " ".join(hub_variant.split())
-        if not variant or len(variant) > 64:
-            raise Invalid(
-                f"hub_variant: needs 1 to 64 characters, got {len(variant)}",
-                "Name the Communications Hub variant as in the DCC catalogue, "
-                "e.g. 'SM WAN variant: dual band' or 'HAN variant: single band'.",
-                field="hub_variant",
-            )
+        """Every field checked; ``Invalid`` lists every wrong field at once."""
+        problems: list[RowProblem] = []
+        supplier_id = _collect(problems, lambda: check_eui(supplier, "supplier"))
+        placer = _collect(problems, lambda: check_eui(placed_by, "placed_by") if placed_by else "")
+        count = _collect(problems, lambda: check_quantity(quantity))
+        variant = _collect(problems, lambda: check_variant(hub_variant))
+        place = _collect(problems, lambda: check_location(delivery_location, "delivery_location"))
+        month = _collect(problems, lambda: check_requested_month(requested_month, now))
+        if problems:
+            raise _refuse(problems, "order")
+        assert supplier_id is not None and placer is not None and count is not None
+        assert variant is not None and place is not None and month is not None
         return cls(
             supplier=supplier_id,
-            placed_by=check_eui(placed_by, "placed_by") if placed_by else supplier_id,
-            quantity=quantity,
+            placed_by=placer or supplier_id,
+            quantity=count,
             hub_variant=variant,
-            delivery_location=check_location(delivery_location, "delivery_location"),
-            requested_month=check_month(requested_month, "requested_month"),
+            delivery_location=place,
+            requested_month=month,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderChange:
+    """An amendment: only the fields given change (at least one)."""
+
+    quantity: int | None = None
+    hub_variant: HubVariant | None = None
+    delivery_location: str | None = None
+    requested_month: str | None = None
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        quantity: object = None,
+        hub_variant: str | None = None,
+        delivery_location: str | None = None,
+        requested_month: str | None = None,
+        now: datetime,
+    ) -> OrderChange:
+        problems: list[RowProblem] = []
+        change = cls(
+            quantity=None
+            if quantity is None
+            else _collect(problems, lambda: check_quantity(quantity)),
+            hub_variant=None
+            if hub_variant is None
+            else _collect(problems, lambda: check_variant(hub_variant)),
+            delivery_location=None
+            if delivery_location is None
+            else _collect(problems, lambda: check_location(delivery_location, "delivery_location")),
+            requested_month=None
+            if requested_month is None
+            else _collect(problems, lambda: check_requested_month(requested_month, now)),
+        )
+        if problems:
+            raise _refuse(problems, "amendment")
+        if change == cls():
+            raise Invalid(
+                "amendment: nothing to change",
+                "Give at least one of quantity, hub_variant, delivery_location, requested_month.",
+            )
+        return change
+
+    def changes(self) -> dict[str, str | int]:
+        """The given fields only, as plain values (for the order's history)."""
+        out: dict[str, str | int] = {}
+        for name in ("quantity", "hub_variant", "delivery_location", "requested_month"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.value if isinstance(value, HubVariant) else value
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

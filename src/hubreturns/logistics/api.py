@@ -2,8 +2,11 @@
 
 Every route comes from one table, ``ENDPOINTS``: the Starlette routes and the
 OpenAPI 3.1 document (``/api/ops/openapi.json``) are both generated from it, so
-they cannot drift apart. Response schemas are derived from the dataclasses the
-operations return.
+they cannot drift apart. Request bodies and query strings are pydantic models
+that refuse unknown fields (``extra="forbid"``) and report every field problem
+at once (422); the document's schemas are those models' and the response
+types' JSON Schemas (pydantic), and each operation lists only the responses it
+can give. Every error, 404 and 405 included, is JSON.
 
 Authentication is never optional: ``authenticate_operator`` accepts
 ``Authorization: Bearer <operator_token>`` (compared in constant time) and
@@ -14,25 +17,37 @@ with 401 and a hint. It is the one hook to extend (e.g. Service Desk sign-in).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, is_dataclass
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from enum import Enum
-from typing import Any, Final, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Final, Literal, TypeVar
 
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from typing_extensions import TypedDict  # pydantic needs it before Python 3.12
 
 from hubreturns.config import Settings
+from hubreturns.logistics.charges import ChargeSummary
 from hubreturns.logistics.consignments import MonthlyPlan
 from hubreturns.logistics.errors import Invalid, LogisticsError
 from hubreturns.logistics.lifecycle import TRANSITIONS, TestOutcome
@@ -40,12 +55,22 @@ from hubreturns.logistics.operations import (
     ConsignmentView,
     DeliveryView,
     Logistics,
+    OrderEventView,
     OrderView,
     ReturnView,
 )
 from hubreturns.logistics.render import to_csv
-from hubreturns.logistics.reports import build_report
-from hubreturns.logistics.values import OrderRequest, Period, check_eui, check_month
+from hubreturns.logistics.reports import ReportRow, build_report
+from hubreturns.logistics.values import (
+    HubVariant,
+    OrderChange,
+    OrderRequest,
+    Period,
+    check_eui,
+    check_location,
+    check_month,
+    check_requested_month,
+)
 
 __all__ = [
     "ENDPOINTS",
@@ -56,7 +81,6 @@ __all__ = [
     "authenticate_operator",
     "openapi_document",
     "routes",
-    "to_json",
 ]
 
 log = logging.getLogger("hubreturns.logistics.api")
@@ -65,6 +89,10 @@ PREFIX: Final = "/api/ops"
 #: Largest request body (a delivery CSV of ~100 000 hubs fits).
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 _SETTINGS_KEY: Final = "hubreturns.settings"
+_M = TypeVar("_M", bound=BaseModel)
+_Q = TypeVar("_Q", bound=BaseModel)
+#: Largest id a path may name (BIGINT); beyond it nothing exists.
+_MAX_ID: Final = 2**63 - 1
 
 
 # -- authentication ------------------------------------------------------------------
@@ -115,47 +143,201 @@ class _WithSettings:
         await self.app(scope, receive, send)
 
 
-# -- JSON ----------------------------------------------------------------------------
+# -- request models ------------------------------------------------------------------
 
 
-def to_json(value: object) -> Any:
-    """Dataclasses, Decimals (as strings), datetimes (ISO 8601) and enums as JSON values."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Mapping):
-        return {str(to_json(k)): to_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    return value
+def _checked(check: Callable[[str], object]) -> Callable[[str], Any]:
+    """A pydantic validator from a ``values`` check: its message, without the field name."""
+
+    def validate(value: str) -> Any:
+        try:
+            return check(value)
+        except Invalid as exc:
+            message = exc.message.split(": ", 1)[-1]
+            raise PydanticCustomError(
+                "invalid", "{message}; {hint}", {"message": message, "hint": exc.hint}
+            ) from None
+
+    return validate
 
 
-def _plan_json(plan: MonthlyPlan) -> dict[str, Any]:
-    return {
-        "month": plan.month,
-        "shipment_cost": str(plan.shipment_cost),
-        "hubs": plan.hubs,
-        "consolidated_cost": str(plan.consolidated_cost),
-        "individual_cost": str(plan.individual_cost),
-        "saving": str(plan.saving),
-        "shipments": [
-            {
-                "location": s.location,
-                "parties": list(s.parties),
-                "return_ids": list(s.return_ids),
-                "hubs": s.hubs,
-                "consolidated_cost": str(s.consolidated_cost),
-                "individual_cost": str(s.individual_cost),
-                "saving": str(s.saving),
-            }
+def _future_month(value: str, info: ValidationInfo) -> str:
+    now = info.context.get("now") if isinstance(info.context, dict) else None
+    return check_requested_month_text(value, now or datetime.now(UTC))
+
+
+def check_requested_month_text(value: str, now: datetime) -> str:
+    month = _checked(lambda text: check_requested_month(text, now))(value)
+    assert isinstance(month, str)
+    return month
+
+
+Eui = Annotated[str, AfterValidator(_checked(lambda t: check_eui(t, "id")))]
+Location = Annotated[str, AfterValidator(_checked(lambda t: check_location(t, "location")))]
+Month = Annotated[str, AfterValidator(_checked(lambda t: check_month(t, "month")))]
+FutureMonth = Annotated[str, AfterValidator(_future_month)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=100_000)]
+
+
+class _Strict(BaseModel):
+    """Unknown fields are refused: a misspelt field must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OrderIn(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "supplier": "90-B3-D5-1F-30-01-00-00",
+                    "quantity": 50,
+                    "hub_variant": "dual_band",
+                    "delivery_location": "Leeds depot",
+                    "requested_month": "2027-01",
+                }
+            ]
+        }
+    )
+    supplier: Eui = Field(description="IS or GS User ID the hubs are for")
+    placed_by: Eui | None = Field(None, description="RSA placing the order for the Supplier")
+    quantity: Quantity
+    hub_variant: HubVariant
+    delivery_location: Location
+    requested_month: FutureMonth = Field(description="YYYY-MM, this month or later")
+
+
+class OrderChangeIn(_Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"quantity": 40, "requested_month": "2027-02"}]}
+    )
+    quantity: Quantity | None = None
+    hub_variant: HubVariant | None = None
+    delivery_location: Location | None = None
+    requested_month: FutureMonth | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> OrderChangeIn:
+        if not self.model_fields_set:
+            raise PydanticCustomError(
+                "nothing_to_change",
+                "give at least one of quantity, hub_variant, delivery_location, requested_month",
+            )
+        return self
+
+
+class ConsignmentsIn(_Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"month": "2026-11"}]})
+    month: Month = Field(description="YYYY-MM the returns were notified")
+    default_location: Location | None = Field(None, description="for returns without one")
+
+
+class LocateIn(_Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"location": "Bristol yard"}]})
+    location: Location
+
+
+class TestIn(_Strict):
+    __test__ = False  # not a pytest test class
+    model_config = ConfigDict(json_schema_extra={"examples": [{"outcome": "fault_confirmed"}]})
+    outcome: TestOutcome
+
+
+class NoQuery(_Strict):
+    """No query parameters (an unknown one is refused)."""
+
+
+class OrdersQuery(_Strict):
+    supplier: Eui | None = Field(None, description="only this Supplier's orders")
+
+
+class DeliveryQuery(_Strict):
+    source: Annotated[str, Field(max_length=200)] | None = Field(
+        None, description="name of the delivery file, for the record"
+    )
+
+
+class ConsignmentsQuery(_Strict):
+    status: Literal["planned", "collected"] | None = None
+
+
+class PlanQuery(_Strict):
+    month: Month = Field(description="YYYY-MM the returns were notified")
+    default_location: Location | None = Field(None, description="for returns without one")
+
+
+class PeriodQuery(_Strict):
+    model_config = ConfigDict(populate_by_name=False)
+    first: date = Field(alias="from", description="first day, YYYY-MM-DD (included)")
+    last: date = Field(alias="to", description="last day, YYYY-MM-DD (included)")
+
+    def period(self) -> Period:
+        return Period.parse(self.first.isoformat(), self.last.isoformat())
+
+
+# -- response shapes -----------------------------------------------------------------
+
+
+class ShipmentOut(TypedDict):
+    location: str
+    parties: list[str]
+    return_ids: list[int]
+    hubs: int
+    consolidated_cost: Decimal
+    individual_cost: Decimal
+    saving: Decimal
+
+
+class PlanOut(TypedDict):
+    month: str
+    shipment_cost: Decimal
+    hubs: int
+    consolidated_cost: Decimal
+    individual_cost: Decimal
+    saving: Decimal
+    shipments: list[ShipmentOut]
+
+
+ReportOut = TypedDict(
+    "ReportOut", {"from": date, "to": date, "tariff": str, "rows": list[ReportRow], "csv": str}
+)
+TransitionOut = TypedDict("TransitionOut", {"hub": str, "from": str, "step": str, "to": str})
+
+
+class ProblemOut(TypedDict, total=False):
+    field: str | None
+    message: str
+    line: int
+
+
+class ErrorOut(TypedDict, total=False):
+    error: str
+    hint: str
+    field: str
+    problems: list[ProblemOut]
+
+
+def _plan_out(plan: MonthlyPlan) -> PlanOut:
+    return PlanOut(
+        month=plan.month,
+        shipment_cost=plan.shipment_cost,
+        hubs=plan.hubs,
+        consolidated_cost=plan.consolidated_cost,
+        individual_cost=plan.individual_cost,
+        saving=plan.saving,
+        shipments=[
+            ShipmentOut(
+                location=s.location,
+                parties=list(s.parties),
+                return_ids=list(s.return_ids),
+                hubs=s.hubs,
+                consolidated_cost=s.consolidated_cost,
+                individual_cost=s.individual_cost,
+                saving=s.saving,
+            )
             for s in plan.shipments
         ],
-    }
+    )
 
 
 # -- calls ---------------------------------------------------------------------------
@@ -163,238 +345,119 @@ def _plan_json(plan: MonthlyPlan) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiCall:
-    """What a handler gets: path and query parameters, the body, the operator."""
+    """What a handler gets: path ids, the checked query and body, the operator."""
 
-    path: Mapping[str, Any]
-    query: Mapping[str, str]
-    body: bytes
+    path: Mapping[str, int]
+    query: BaseModel
+    body: BaseModel | bytes | None
     operator: str
 
-    def json(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.body or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Invalid(
-                f"body is not JSON: {exc}",
-                "Send a JSON object with Content-Type: application/json.",
-                field="body",
-            ) from None
-        if not isinstance(data, dict):
-            raise Invalid("body must be a JSON object", 'Send {"field": value, …}.', field="body")
-        return data
+    def model(self, kind: type[_M]) -> _M:
+        assert isinstance(self.body, kind)
+        return self.body
 
-    def text(self, data: Mapping[str, Any], name: str, *, required: bool = True) -> str | None:
-        value = data.get(name)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str):
-            raise Invalid(
-                f"{name}: {'missing' if value is None else 'must be a string'}",
-                f"Give {name} as a JSON string.",
-                field=name,
-            )
-        return value
-
-    def param(self, name: str, *, required: bool = True) -> str | None:
-        value = self.query.get(name)
-        if value is None and required:
-            raise Invalid(
-                f"{name}: missing query parameter", f"Add ?{name}=… to the URL.", field=name
-            )
-        return value
+    def params(self, kind: type[_Q]) -> _Q:
+        assert isinstance(self.query, kind)
+        return self.query
 
 
 Handler = Callable[[Logistics, ApiCall], object]
 
 
+def _create_order(ops: Logistics, call: ApiCall) -> object:
+    body = call.model(OrderIn)
+    order = OrderRequest(
+        supplier=body.supplier,
+        placed_by=body.placed_by or body.supplier,
+        quantity=body.quantity,
+        hub_variant=body.hub_variant,
+        delivery_location=body.delivery_location,
+        requested_month=body.requested_month,
+    )
+    return ops.create_order(order, call.operator)
+
+
+def _amend_order(ops: Logistics, call: ApiCall) -> object:
+    body = call.model(OrderChangeIn)
+    change = OrderChange(
+        quantity=body.quantity,
+        hub_variant=body.hub_variant,
+        delivery_location=body.delivery_location,
+        requested_month=body.requested_month,
+    )
+    return ops.amend_order(call.path["order_id"], change, call.operator)
+
+
+def _deliver(ops: Logistics, call: ApiCall) -> object:
+    assert isinstance(call.body, bytes)
+    source = call.params(DeliveryQuery).source
+    return ops.deliver(call.path["order_id"], call.body, source=source or "api upload")
+
+
+def _create_consignments(ops: Logistics, call: ApiCall) -> object:
+    body = call.model(ConsignmentsIn)
+    return ops.create_consignments(body.month, body.default_location)
+
+
+def _plan(ops: Logistics, call: ApiCall) -> object:
+    query = call.params(PlanQuery)
+    return _plan_out(ops.plan(query.month, query.default_location))
+
+
+def _report(ops: Logistics, call: ApiCall) -> object:
+    report = build_report(ops, call.params(PeriodQuery).period())
+    return {
+        "from": report.period.first_day,
+        "to": report.period.last_day,
+        "tariff": report.tariff_source,
+        "rows": list(report.rows),
+        "csv": to_csv(report),
+    }
+
+
+def _transitions(_ops: Logistics, _call: ApiCall) -> object:
+    return [
+        {"hub": path.value, "from": s.value, "step": step.value, "to": new.value}
+        for (path, s, step), new in TRANSITIONS.items()
+    ]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApiEndpoint:
+    """One operation: its route, checked inputs, response type and possible errors."""
+
     method: str
     path: str
     name: str
     summary: str
     handler: Handler
+    response: Any
     status: int = 200
-    query: tuple[tuple[str, bool, str], ...] = ()
-    body: Mapping[str, Any] | None = None
-    body_type: str = "application/json"
-    response: Mapping[str, Any] | None = None
+    body: type[BaseModel] | None = None
+    csv_body: bool = False
+    query: type[BaseModel] = NoQuery
+    #: Refusals besides 401, 422 (and 413 with a body, 503 with the database).
+    refusals: tuple[int, ...] = ()
+    database: bool = True
+    example: object = None
 
 
-def _text(call: ApiCall, data: Mapping[str, Any], name: str) -> str:
-    value = call.text(data, name)
-    assert value is not None
-    return value
-
-
-def _create_order(ops: Logistics, call: ApiCall) -> object:
-    data = call.json()
-    return ops.create_order(
-        OrderRequest.parse(
-            supplier=_text(call, data, "supplier"),
-            placed_by=call.text(data, "placed_by", required=False),
-            quantity=data.get("quantity"),
-            hub_variant=_text(call, data, "hub_variant"),
-            delivery_location=_text(call, data, "delivery_location"),
-            requested_month=_text(call, data, "requested_month"),
-        )
-    )
-
-
-def _list_orders(ops: Logistics, call: ApiCall) -> object:
-    supplier = call.param("supplier", required=False)
-    return ops.orders(check_eui(supplier, "supplier") if supplier else None)
-
-
-def _deliver(ops: Logistics, call: ApiCall) -> object:
-    return ops.deliver(
-        call.path["order_id"], call.body, source=call.query.get("source") or "api upload"
-    )
-
-
-def _plan(ops: Logistics, call: ApiCall) -> object:
-    month = check_month(call.param("month") or "", "month")
-    return _plan_json(ops.plan(month, call.param("default_location", required=False)))
-
-
-def _create_consignments(ops: Logistics, call: ApiCall) -> object:
-    data = call.json()
-    return ops.create_consignments(
-        check_month(_text(call, data, "month"), "month"),
-        call.text(data, "default_location", required=False),
-    )
-
-
-def _test(ops: Logistics, call: ApiCall) -> object:
-    data = call.json()
-    text = _text(call, data, "outcome")
-    try:
-        outcome = TestOutcome(text)
-    except ValueError:
-        raise Invalid(
-            f"outcome: {text!r} is not fault_confirmed or no_fault_found",
-            'Send {"outcome": "fault_confirmed"} or {"outcome": "no_fault_found"}.',
-            field="outcome",
-        ) from None
-    return ops.test(call.path["return_id"], outcome, call.operator)
-
-
-def _period(call: ApiCall) -> Period:
-    return Period.parse(call.param("from") or "", call.param("to") or "")
-
-
-def _report(ops: Logistics, call: ApiCall) -> object:
-    report = build_report(ops, _period(call))
-    return {
-        "from": report.period.first_day.isoformat(),
-        "to": report.period.last_day.isoformat(),
-        "tariff": report.tariff_source,
-        "rows": to_json(report.rows),
-        "csv": to_csv(report),
-    }
-
-
-# -- schemas -------------------------------------------------------------------------
-
-
-def _type_schema(hint: Any) -> dict[str, Any]:
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        inner = [a for a in get_args(hint) if a is not type(None)]
-        schema = _type_schema(inner[0])
-        return {**schema, "type": [schema["type"], "null"]}
-    if origin is tuple:
-        return {"type": "array", "items": _type_schema(get_args(hint)[0])}
-    simple: dict[Any, dict[str, Any]] = {
-        int: {"type": "integer"},
-        str: {"type": "string"},
-        bool: {"type": "boolean"},
-        Decimal: {"type": "string", "format": "decimal", "description": "GBP"},
-        datetime: {"type": "string", "format": "date-time"},
-    }
-    return dict(simple[hint])
-
-
-def schema_of(cls: type) -> dict[str, Any]:
-    """JSON Schema of a view dataclass, from its type hints."""
-    hints = get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    return {
-        "type": "object",
-        "required": names,
-        "properties": {name: _type_schema(hints[name]) for name in names},
-    }
-
-
-def _array(schema: Mapping[str, Any]) -> dict[str, Any]:
-    return {"type": "array", "items": dict(schema)}
-
-
-_STR = {"type": "string"}
-_MONEY = {"type": "string", "format": "decimal"}
-_ORDER = schema_of(OrderView)
-_DELIVERY = schema_of(DeliveryView)
-_CONSIGNMENT = schema_of(ConsignmentView)
-_RETURN = schema_of(ReturnView)
-_PLAN = {
-    "type": "object",
-    "properties": {
-        "month": _STR,
-        "shipment_cost": _MONEY,
-        "hubs": {"type": "integer"},
-        "consolidated_cost": _MONEY,
-        "individual_cost": _MONEY,
-        "saving": _MONEY,
-        "shipments": _array(
-            {
-                "type": "object",
-                "properties": {
-                    "location": _STR,
-                    "parties": _array(_STR),
-                    "return_ids": _array({"type": "integer"}),
-                    "hubs": {"type": "integer"},
-                    "consolidated_cost": _MONEY,
-                    "individual_cost": _MONEY,
-                    "saving": _MONEY,
-                },
-            }
-        ),
-    },
+_ORDER_EXAMPLE: Final = {
+    "id": 1,
+    "supplier": "90-B3-D5-1F-30-01-00-00",
+    "placed_by": "90-B3-D5-1F-30-01-00-00",
+    "placed_by_role": "IS",
+    "quantity": 50,
+    "delivered": 0,
+    "hub_variant": "dual_band",
+    "delivery_location": "Leeds depot",
+    "requested_month": "2027-01",
+    "created_at": "2026-12-05T10:00:00+00:00",
+    "status": "open",
 }
-_CHARGE = {
-    "type": "object",
-    "properties": {
-        "party": _STR,
-        "month": _STR,
-        "returns": {"type": "integer"},
-        "provisional": {"type": "integer"},
-        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "total": _MONEY,
-    },
-}
-_REPORT = {
-    "type": "object",
-    "properties": {
-        "from": {"type": "string", "format": "date"},
-        "to": {"type": "string", "format": "date"},
-        "tariff": _STR,
-        "rows": _array(
-            {
-                "type": "object",
-                "properties": {
-                    "section": _STR,
-                    "key": _STR,
-                    "count": {"type": "integer"},
-                    "detail": _STR,
-                    "amount": {"type": ["string", "null"], "format": "decimal"},
-                },
-            }
-        ),
-        "csv": {"type": "string", "description": "the same report as CSV"},
-    },
-}
-_TRANSITIONS = _array({"type": "object", "properties": {"from": _STR, "step": _STR, "to": _STR}})
-_PERIOD = (("from", True, "first day, YYYY-MM-DD"), ("to", True, "last day, YYYY-MM-DD"))
+_CSV_EXAMPLE: Final = (
+    "chf_device_id,gpf_device_id\n00-DB-12-34-56-78-C1-01,00-DB-12-34-56-78-C1-00\n"
+)
 
 ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
     ApiEndpoint(
@@ -402,9 +465,10 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         path="/orders",
         name="listOrders",
         summary="Hub orders, with hubs delivered so far",
-        handler=_list_orders,
-        query=(("supplier", False, "only this Supplier's orders"),),
-        response=_array(_ORDER),
+        handler=lambda ops, call: ops.orders(call.params(OrdersQuery).supplier),
+        query=OrdersQuery,
+        response=list[OrderView],
+        example=[_ORDER_EXAMPLE],
     ),
     ApiEndpoint(
         method="POST",
@@ -413,25 +477,10 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         summary="Record a hub order for a Supplier (or by an RSA it appoints)",
         handler=_create_order,
         status=201,
-        body={
-            "type": "object",
-            "required": [
-                "supplier",
-                "quantity",
-                "hub_variant",
-                "delivery_location",
-                "requested_month",
-            ],
-            "properties": {
-                "supplier": {"type": "string", "description": "IS/GS User ID"},
-                "placed_by": {"type": "string", "description": "RSA User ID (optional)"},
-                "quantity": {"type": "integer", "minimum": 1},
-                "hub_variant": _STR,
-                "delivery_location": _STR,
-                "requested_month": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
-            },
-        },
-        response=_ORDER,
+        body=OrderIn,
+        refusals=(409,),
+        response=OrderView,
+        example=_ORDER_EXAMPLE,
     ),
     ApiEndpoint(
         method="GET",
@@ -439,7 +488,37 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="getOrder",
         summary="One order",
         handler=lambda ops, call: ops.order(call.path["order_id"]),
-        response=_ORDER,
+        refusals=(404,),
+        response=OrderView,
+        example=_ORDER_EXAMPLE,
+    ),
+    ApiEndpoint(
+        method="POST",
+        path="/orders/{order_id:int}/amend",
+        name="amendOrder",
+        summary="Change an open order before its first delivery (kept in its history)",
+        handler=_amend_order,
+        body=OrderChangeIn,
+        refusals=(404, 409),
+        response=OrderView,
+    ),
+    ApiEndpoint(
+        method="POST",
+        path="/orders/{order_id:int}/cancel",
+        name="cancelOrder",
+        summary="Cancel an open order before its first delivery",
+        handler=lambda ops, call: ops.cancel_order(call.path["order_id"], call.operator),
+        refusals=(404, 409),
+        response=OrderView,
+    ),
+    ApiEndpoint(
+        method="GET",
+        path="/orders/{order_id:int}/history",
+        name="orderHistory",
+        summary="Everything done to an order: placed, amended (before, after), cancelled",
+        handler=lambda ops, call: ops.order_history(call.path["order_id"]),
+        refusals=(404,),
+        response=list[OrderEventView],
     ),
     ApiEndpoint(
         method="POST",
@@ -448,33 +527,31 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         summary="Load a delivery (CSV chf_device_id,gpf_device_id): all hubs or none",
         handler=_deliver,
         status=201,
-        query=(("source", False, "name of the delivery file, for the record"),),
-        body={"type": "string", "description": "CSV with header chf_device_id,gpf_device_id"},
-        body_type="text/csv",
-        response=_DELIVERY,
+        csv_body=True,
+        query=DeliveryQuery,
+        refusals=(404, 409),
+        response=DeliveryView,
     ),
     ApiEndpoint(
         method="GET",
         path="/consignments",
         name="listConsignments",
         summary="Consignments with their returns",
-        handler=lambda ops, call: ops.consignments(status=call.param("status", required=False)),
-        query=(("status", False, "planned or collected"),),
-        response=_array(_CONSIGNMENT),
+        handler=lambda ops, call: ops.consignments(status=call.params(ConsignmentsQuery).status),
+        query=ConsignmentsQuery,
+        response=list[ConsignmentView],
     ),
     ApiEndpoint(
         method="POST",
         path="/consignments",
         name="createConsignments",
-        summary="Group a month's notified returns into consignments (party × location)",
+        summary="Group a month's notified returns into consignments (party × location); "
+        "lost or stolen hubs are never consigned",
         handler=_create_consignments,
         status=201,
-        body={
-            "type": "object",
-            "required": ["month"],
-            "properties": {"month": _STR, "default_location": _STR},
-        },
-        response=_array(_CONSIGNMENT),
+        body=ConsignmentsIn,
+        refusals=(409,),
+        response=list[ConsignmentView],
     ),
     ApiEndpoint(
         method="GET",
@@ -482,11 +559,8 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="planCollections",
         summary="Monthly plan: one shipment per location and the saving against one per hub",
         handler=_plan,
-        query=(
-            ("month", True, "YYYY-MM the returns were notified"),
-            ("default_location", False, "for returns without a location"),
-        ),
-        response=_PLAN,
+        query=PlanQuery,
+        response=PlanOut,
     ),
     ApiEndpoint(
         method="GET",
@@ -494,7 +568,8 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="getConsignment",
         summary="One consignment",
         handler=lambda ops, call: ops.consignment(call.path["consignment_id"]),
-        response=_CONSIGNMENT,
+        refusals=(404,),
+        response=ConsignmentView,
     ),
     ApiEndpoint(
         method="POST",
@@ -502,7 +577,8 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="collect",
         summary="Lifecycle step collect, for every return of the consignment",
         handler=lambda ops, call: ops.collect(call.path["consignment_id"], call.operator),
-        response=_CONSIGNMENT,
+        refusals=(404, 409),
+        response=ConsignmentView,
     ),
     ApiEndpoint(
         method="GET",
@@ -510,18 +586,18 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="getReturn",
         summary="A return's lifecycle state and charge",
         handler=lambda ops, call: ops.return_view(call.path["return_id"]),
-        response=_RETURN,
+        refusals=(404,),
+        response=ReturnView,
     ),
     ApiEndpoint(
         method="POST",
         path="/returns/{return_id:int}/locate",
         name="locate",
-        summary="Set the collection location of a notified return",
-        handler=lambda ops, call: ops.locate(
-            call.path["return_id"], _text(call, call.json(), "location")
-        ),
-        body={"type": "object", "required": ["location"], "properties": {"location": _STR}},
-        response=_RETURN,
+        summary="Set the collection location of a notified return (not a lost or stolen hub)",
+        handler=lambda ops, call: ops.locate(call.path["return_id"], call.model(LocateIn).location),
+        body=LocateIn,
+        refusals=(404, 409),
+        response=ReturnView,
     ),
     ApiEndpoint(
         method="POST",
@@ -529,20 +605,20 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="receive",
         summary="Lifecycle step receive: the hub arrived at the DCC",
         handler=lambda ops, call: ops.receive(call.path["return_id"], call.operator),
-        response=_RETURN,
+        refusals=(404, 409),
+        response=ReturnView,
     ),
     ApiEndpoint(
         method="POST",
         path="/returns/{return_id:int}/test",
         name="test",
-        summary="Lifecycle step test: fault_confirmed or no_fault_found",
-        handler=_test,
-        body={
-            "type": "object",
-            "required": ["outcome"],
-            "properties": {"outcome": {"enum": [o.value for o in TestOutcome]}},
-        },
-        response=_RETURN,
+        summary="Lifecycle step test: fault_confirmed or no_fault_found (prices the return)",
+        handler=lambda ops, call: ops.test(
+            call.path["return_id"], call.model(TestIn).outcome, call.operator
+        ),
+        body=TestIn,
+        refusals=(404, 409),
+        response=ReturnView,
     ),
     ApiEndpoint(
         method="POST",
@@ -550,27 +626,36 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="close",
         summary="Lifecycle step close: releases the hub so it can be returned again",
         handler=lambda ops, call: ops.close(call.path["return_id"], call.operator),
-        response=_RETURN,
+        refusals=(404, 409),
+        response=ReturnView,
+    ),
+    ApiEndpoint(
+        method="POST",
+        path="/returns/{return_id:int}/write-off",
+        name="writeOff",
+        summary="Lifecycle step write off: closes a lost or stolen hub's return",
+        handler=lambda ops, call: ops.write_off(call.path["return_id"], call.operator),
+        refusals=(404, 409),
+        response=ReturnView,
     ),
     ApiEndpoint(
         method="GET",
         path="/lifecycle",
         name="transitions",
         summary="The lifecycle transition table",
-        handler=lambda _ops, _call: [
-            {"from": s.value, "step": step.value, "to": new.value}
-            for (s, step), new in TRANSITIONS.items()
-        ],
-        response=_TRANSITIONS,
+        handler=_transitions,
+        database=False,
+        response=list[TransitionOut],
     ),
     ApiEndpoint(
         method="GET",
         path="/charges",
         name="charges",
-        summary="Charges estimate per party and month of notification",
-        handler=lambda ops, call: ops.charges(_period(call)),
-        query=_PERIOD,
-        response=_array(_CHARGE),
+        summary="Charges per party and month of notification; lost or stolen hubs listed "
+        "as still accruing the stock charge",
+        handler=lambda ops, call: ops.charges(call.params(PeriodQuery).period()),
+        query=PeriodQuery,
+        response=list[ChargeSummary],
     ),
     ApiEndpoint(
         method="GET",
@@ -578,96 +663,173 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         name="report",
         summary="The period report (returns, rejections, consignments, charges)",
         handler=_report,
-        query=_PERIOD,
-        response=_REPORT,
+        query=PeriodQuery,
+        response=ReportOut,
     ),
 )
 
-_ERROR = {
-    "type": "object",
-    "required": ["error", "hint"],
-    "properties": {
-        "error": _STR,
-        "hint": _STR,
-        "field": _STR,
-        "problems": _array(
-            {
-                "type": "object",
-                "properties": {
-                    "line": {"type": "integer"},
-                    "field": {"type": ["string", "null"]},
-                    "message": _STR,
-                },
-            }
-        ),
+_ADAPTERS: Final = {spec.name: TypeAdapter(spec.response) for spec in ENDPOINTS}
+
+
+# -- OpenAPI -------------------------------------------------------------------------
+
+_REF: Final = "#/components/schemas/{model}"
+_ERROR_TEXT: Final = {
+    401: "operator authentication required",
+    404: "the order, consignment or return does not exist",
+    409: "refused in the current state; nothing was written",
+    413: f"body over {MAX_BODY_BYTES} bytes",
+    422: "a field, parameter or row is wrong (every problem listed); nothing was written",
+    503: "database unavailable; nothing was written",
+}
+_ERROR_EXAMPLES: Final[Mapping[int, object]] = {
+    401: {"error": "operator authentication required", "hint": "Send Authorization: Bearer …"},
+    404: {"error": "order 7 does not exist", "hint": "List orders with …", "field": "order"},
+    409: {"error": "return 4 is notified; it cannot be received now", "hint": "…"},
+    413: {"error": f"body over {MAX_BODY_BYTES} bytes", "hint": "Split the delivery …"},
+    422: {
+        "error": "request refused (2 problem(s)); nothing was written",
+        "hint": "Fix every listed field and send it again.",
+        "problems": [
+            {"field": "quantity", "message": "Input should be greater than or equal to 1"},
+            {"field": "colour", "message": "Extra inputs are not permitted"},
+        ],
     },
+    503: {"error": "database unavailable; nothing was written", "hint": "Repeat the call later."},
 }
 
 
-def _openapi_path(path: str) -> str:
-    return PREFIX + path.replace(":int}", "}")
+class _Components:
+    """Collects pydantic's ``$defs`` into ``components.schemas``."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, Any] = {}
+
+    def add(self, schema: dict[str, Any]) -> dict[str, Any]:
+        self.schemas.update(schema.pop("$defs", {}))
+        return schema
+
+    def of(self, adapter: TypeAdapter[Any], mode: Literal["validation", "serialization"]) -> Any:
+        return self.add(adapter.json_schema(mode=mode, ref_template=_REF))
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of ``ENDPOINTS`` (and of itself)."""
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-    paths: dict[str, dict[str, Any]] = {}
-    for spec in ENDPOINTS:
-        parameters = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}
-            for name in _path_names(spec.path)
-        ] + [
+def _statuses(spec: ApiEndpoint) -> list[int]:
+    codes = {401, 422, *spec.refusals}
+    if spec.body is not None or spec.csv_body:
+        codes.add(413)
+    if spec.database:
+        codes.add(503)
+    return sorted(codes)
+
+
+def _parameters(spec: ApiEndpoint, components: _Components) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+        for name in _path_names(spec.path)
+    ]
+    schema = components.add(spec.query.model_json_schema(ref_template=_REF))
+    required = set(schema.get("required", ()))
+    for name, prop in schema.get("properties", {}).items():
+        out.append(
             {
                 "name": name,
                 "in": "query",
-                "required": required,
-                "description": text,
-                "schema": {"type": "string"},
+                "required": name in required,
+                "description": prop.get("description", ""),
+                "schema": prop,
             }
-            for name, required, text in spec.query
-        ]
-        operation: dict[str, Any] = {
-            "operationId": spec.name,
-            "summary": spec.summary,
-            "parameters": parameters,
-            "responses": {
-                str(spec.status): {
-                    "description": "done",
-                    "content": {"application/json": {"schema": spec.response or {}}},
-                },
-                "401": {"description": "operator authentication required", **error},
-                "404": {"description": "order, consignment or return not found", **error},
-                "409": {"description": "refused in the current state", **error},
-                "422": {"description": "a field or row is wrong", **error},
+        )
+    return out
+
+
+def _operation(spec: ApiEndpoint, components: _Components) -> dict[str, Any]:
+    success: dict[str, Any] = {"schema": components.of(_ADAPTERS[spec.name], "serialization")}
+    if spec.example is not None:
+        success["example"] = spec.example
+    responses: dict[str, Any] = {
+        str(spec.status): {"description": "done", "content": {"application/json": success}}
+    }
+    for code in _statuses(spec):
+        responses[str(code)] = {
+            "description": _ERROR_TEXT[code],
+            "content": {
+                "application/json": {
+                    "schema": {"$ref": _REF.format(model="ErrorOut")},
+                    "example": _ERROR_EXAMPLES[code],
+                }
             },
         }
-        if spec.body is not None:
-            operation["requestBody"] = {
-                "required": True,
-                "content": {spec.body_type: {"schema": dict(spec.body)}},
-            }
-        paths.setdefault(_openapi_path(spec.path), {})[spec.method.lower()] = operation
+    operation: dict[str, Any] = {
+        "operationId": spec.name,
+        "summary": spec.summary,
+        "parameters": _parameters(spec, components),
+        "responses": responses,
+    }
+    if spec.body is not None:
+        schema = components.add(spec.body.model_json_schema(ref_template=_REF))
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema, "example": schema["examples"][0]}
+                if "examples" in schema
+                else {"schema": schema}
+            },
+        }
+    elif spec.csv_body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {
+                "text/csv": {
+                    "schema": {
+                        "type": "string",
+                        "description": "header chf_device_id,gpf_device_id",
+                    },
+                    "example": _CSV_EXAMPLE,
+                }
+            },
+        }
+    return operation
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``ENDPOINTS`` (and of itself), schemas from pydantic."""
+    components = _Components()
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in ENDPOINTS:
+        path = PREFIX + spec.path.replace(":int}", "}")
+        paths.setdefault(path, {})[spec.method.lower()] = _operation(spec, components)
+    error = {"$ref": _REF.format(model="ErrorOut")}
     paths[PREFIX + "/openapi.json"] = {
         "get": {
             "operationId": "openapi",
             "summary": "This document",
             "responses": {
                 "200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}},
-                "401": {"description": "operator authentication required", **error},
+                "401": {
+                    "description": _ERROR_TEXT[401],
+                    "content": {
+                        "application/json": {"schema": error, "example": _ERROR_EXAMPLES[401]}
+                    },
+                },
             },
         }
     }
+    components.schemas["ErrorOut"] = components.add(
+        TypeAdapter(ErrorOut).json_schema(ref_template=_REF)
+    )
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "hubreturns operator API: hub logistics",
-            "version": "1",
-            "description": "Orders, deliveries, consignments, the return lifecycle, charges "
-            "and reports. Every call needs Authorization: Bearer <operator_token>.",
+            "version": "2",
+            "description": "Orders (amend, cancel, history), deliveries, consignments, the "
+            "return lifecycle (write-off for lost or stolen hubs), charges and reports. Every "
+            "call needs Authorization: Bearer <operator_token>. Unknown fields are refused.",
         },
+        "servers": [{"url": "/", "description": "the hubreturns service serving this document"}],
         "paths": paths,
         "components": {
-            "schemas": {"Error": _ERROR},
+            "schemas": dict(sorted(components.schemas.items())),
             "securitySchemes": {"operatorToken": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"operatorToken": []}],
@@ -681,6 +843,30 @@ def _path_names(path: str) -> list[str]:
 # -- routes --------------------------------------------------------------------------
 
 
+def _error(status: int, error: str, hint: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "hint": hint, **extra}, status_code=status)
+
+
+def _invalid(exc: ValidationError) -> JSONResponse:
+    """Every problem pydantic found, at once, as the API's 422 error body."""
+    problems = [
+        {
+            "field": ".".join(str(part) for part in problem["loc"]) or "body",
+            "message": problem["msg"],
+        }
+        for problem in exc.errors(include_url=False, include_input=False)
+    ]
+    extra: dict[str, Any] = {"problems": problems}
+    if len(problems) == 1:
+        extra["field"] = problems[0]["field"]
+    return _error(
+        422,
+        f"request refused ({len(problems)} problem(s)); nothing was written",
+        "Fix every listed field and send it again (unknown fields are refused).",
+        **extra,
+    )
+
+
 async def _body(request: Request) -> bytes | None:
     size = 0
     chunks = []
@@ -692,54 +878,81 @@ async def _body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def routes(logistics: Logistics, settings: Settings) -> list[BaseRoute]:
-    """One ``Mount`` at ``/api/ops`` holding every endpoint and the OpenAPI document."""
+async def _call(request: Request, spec: ApiEndpoint, operator: str) -> ApiCall | Response:
+    """Checked inputs of one call, or the error response that refuses it."""
+    if any(value > _MAX_ID for value in request.path_params.values()):
+        return _error(404, "no such id", "Ids are the numbers the list calls show.")
+    raw: bytes | None = b""
+    if spec.body is not None or spec.csv_body:
+        raw = await _body(request)
+        if raw is None:
+            return _error(413, _ERROR_TEXT[413], "Split the delivery into several files.")
+    context = {"now": datetime.now(UTC)}
+    try:
+        query = spec.query.model_validate(dict(request.query_params), context=context)
+        body: BaseModel | bytes | None = raw if spec.csv_body else None
+        if spec.body is not None:
+            body = spec.body.model_validate_json(raw or b"{}", context=context)
+    except ValidationError as exc:
+        return _invalid(exc)
+    return ApiCall(path=request.path_params, query=query, body=body, operator=operator)
 
-    def wrap(spec: ApiEndpoint) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> Response:
-            operator = authenticate_operator(request)
-            if operator is None:
-                return _unauthorised(settings)
-            body = await _body(request)
-            if body is None:
-                return JSONResponse(
-                    {
-                        "error": f"body over {MAX_BODY_BYTES} bytes",
-                        "hint": "Split the delivery into several files.",
-                    },
-                    status_code=413,
-                )
-            call = ApiCall(
-                path=request.path_params,
-                query=dict(request.query_params),
-                body=body,
-                operator=operator,
+
+def _endpoint(logistics: Logistics, settings: Settings, spec: ApiEndpoint) -> Callable[..., Any]:
+    adapter = _ADAPTERS[spec.name]
+
+    async def endpoint(request: Request) -> Response:
+        operator = authenticate_operator(request)
+        if operator is None:
+            return _unauthorised(settings)
+        call = await _call(request, spec, operator)
+        if isinstance(call, Response):
+            return call
+        try:
+            result = await run_in_threadpool(spec.handler, logistics, call)
+        except LogisticsError as exc:
+            return JSONResponse(exc.as_json(), status_code=exc.status)
+        except IntegrityError:
+            return _error(
+                409,
+                "the data changed while this call ran; nothing was written",
+                "Look again and repeat the call if it is still needed.",
             )
-            try:
-                result = await run_in_threadpool(spec.handler, logistics, call)
-            except LogisticsError as exc:
-                return JSONResponse(exc.as_json(), status_code=exc.status)
-            except IntegrityError:
-                return JSONResponse(
-                    {
-                        "error": "the data changed while this call ran; nothing was written",
-                        "hint": "Look again and repeat the call if it is still needed.",
-                    },
-                    status_code=409,
-                )
-            except SQLAlchemyError:
-                log.exception("operator API: database error in %s", spec.name)
-                return JSONResponse(
-                    {
-                        "error": "database unavailable; nothing was written",
-                        "hint": "Repeat the call later.",
-                    },
-                    status_code=503,
-                )
-            return JSONResponse(to_json(result), status_code=spec.status)
+        except SQLAlchemyError:
+            log.exception("operator API: database error in %s", spec.name)
+            return _error(503, _ERROR_TEXT[503], "Repeat the call later.")
+        return JSONResponse(adapter.dump_python(result, mode="json"), status_code=spec.status)
 
-        return endpoint
+    return endpoint
 
+
+def _by_method(handlers: Mapping[str, Callable[..., Any]]) -> Callable[..., Any]:
+    """One endpoint for every method of a path (HEAD is answered as GET)."""
+
+    async def endpoint(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        response: Response = await handlers[method](request)
+        return response
+
+    return endpoint
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """404 and 405 inside the API are JSON like every other answer."""
+    assert isinstance(exc, HTTPException)
+    hints = {
+        404: "See /api/ops/openapi.json for the paths.",
+        405: f"Allowed: {exc.headers.get('Allow', '') if exc.headers else ''}.",
+    }
+    return JSONResponse(
+        {"error": exc.detail, "hint": hints.get(exc.status_code, "See /api/ops/openapi.json.")},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
+
+
+def routes(logistics: Logistics, settings: Settings) -> list[BaseRoute]:
+    """One ``Mount`` at ``/api/ops``: a Starlette sub-app with every endpoint and the document."""
     document = openapi_document()
 
     async def openapi(request: Request) -> Response:
@@ -747,10 +960,20 @@ def routes(logistics: Logistics, settings: Settings) -> list[BaseRoute]:
             return _unauthorised(settings)
         return JSONResponse(document)
 
+    # One route per path, whatever its methods, so a 405's Allow names all of them.
+    by_path: dict[str, dict[str, Callable[..., Any]]] = {}
+    for spec in ENDPOINTS:
+        by_path.setdefault(spec.path, {})[spec.method] = _endpoint(logistics, settings, spec)
     inner: list[BaseRoute] = [
-        Route(spec.path, wrap(spec), methods=[spec.method], name=spec.name) for spec in ENDPOINTS
+        Route(path, _by_method(handlers), methods=list(handlers), name=path)
+        for path, handlers in by_path.items()
     ]
     inner.append(Route("/openapi.json", openapi, methods=["GET"], name="openapi"))
+    api = Starlette(
+        routes=inner,
+        middleware=[Middleware(_WithSettings, settings=settings)],
+        exception_handlers={HTTPException: _http_error},
+    )
     # No trailing-slash redirects: they echo the Host header (issue 21 §4).
-    router = Router(routes=inner, redirect_slashes=False)
-    return [Mount(PREFIX, app=router, middleware=[Middleware(_WithSettings, settings=settings)])]
+    api.router.redirect_slashes = False
+    return [Mount(PREFIX, app=api)]

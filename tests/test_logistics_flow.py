@@ -517,9 +517,9 @@ def test_lost_or_stolen_hub_is_written_off_never_collected(
     lost = processor.handle_duis(
         duis_return(world, IS, CHF1, GPF1, 1, lost=True), Endpoint.NON_DEVICE
     )
-    assert lost.code is ResponseCode.I99, lost.reason
+    assert lost.verdict is ResponseCode.I99, lost.reason
     kept = processor.handle_duis(duis_return(world, IS, CHF2, GPF2, 2), Endpoint.NON_DEVICE)
-    assert kept.code is ResponseCode.I99, kept.reason
+    assert kept.verdict is ResponseCode.I99, kept.reason
     assert lost.return_id is not None
     assert kept.return_id is not None
     month = datetime.now(UTC).strftime("%Y-%m")

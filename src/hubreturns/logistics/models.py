@@ -49,7 +49,7 @@ class HubOrder(Base):
     delivery_location: Mapped[str] = mapped_column(String(200))
     requested_month: Mapped[str] = mapped_column(String(7))
     created_at: Mapped[datetime] = mapped_column(Moment)
-    #: ``open`` or ``cancelled`` (migration 0008).
+    #: ``open`` or ``cancelled`` (migration 0009).
     status: Mapped[str] = mapped_column(String(16), default="open")
 
 
@@ -91,7 +91,7 @@ class DeliveredHub(Base):
     gpf_id: Mapped[str] = mapped_column(EUI, unique=True)
     delivery_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_deliveries.id"))
     order_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_orders.id"))
-    #: The order's ``values.HubVariant`` when the hub was delivered (migration 0008).
+    #: The order's ``values.HubVariant`` when the hub was delivered (migration 0009).
     hub_variant: Mapped[str] = mapped_column(String(16))
 
 

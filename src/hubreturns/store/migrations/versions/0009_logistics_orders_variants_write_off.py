@@ -1,7 +1,7 @@
 """logistics: order status and history, hub variants, write-off (issue 25, section 3)
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-05
 
 - ``hub_orders.status`` (``open`` / ``cancelled``) and ``hub_order_events``:
@@ -23,8 +23,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

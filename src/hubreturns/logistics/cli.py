@@ -175,6 +175,18 @@ def _consignment_rows(found: Sequence[ConsignmentView]) -> list[Sequence[object]
 _WHOLE = frozenset({"supplier", "placed_by", "party", "month"})
 
 
+#: Narrow headings of the built-in tariff items for the terminal (CSV keeps the keys).
+_SHORT_ITEMS = {
+    "redeployable": "redepl.",
+    "non_redeployable_single_band": "1-band",
+    "non_redeployable_dual_band": "2-band",
+}
+
+
+def _short(key: str) -> str:
+    return _SHORT_ITEMS.get(key, key)
+
+
 def _show_order(order: OrderView, what: str) -> None:
     console.print(
         f"[green]order {order.id} {what}[/green]: {order.quantity} × {order.hub_variant} for "
@@ -499,7 +511,11 @@ def register(app: typer.Typer) -> None:
             tariff = logistics.tariff
         keys = tariff.item_keys
         _emit(
-            ("party", "month", "returns", "charged", "pending", "lost/stolen", *keys)
+            (
+                ("party", "month", "returns", "charged", "pending", "lost/stolen", *keys)
+                if as_csv
+                else ("party", "month", "n", "chg.", "pend.", "lost", *map(_short, keys))
+            )
             + (("amount_gbp",) if as_csv else ("total £",)),
             [
                 (
@@ -515,10 +531,11 @@ def register(app: typer.Typer) -> None:
                 for s in summaries
             ],
             as_csv,
-            f"Charges ({tariff.source})",
+            "Charges",
         )
         if as_csv:
             return
+        console.print(f"tariff: {tariff.source}", highlight=False)
         for s in summaries:
             for device_id in s.stock_charge_hubs:
                 console.print(

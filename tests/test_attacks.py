@@ -26,6 +26,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -364,17 +366,18 @@ def test_hostile_xml_changes_nothing_but_the_audit_log(bench: Bench) -> None:
         ),
         ("comment after the root", valid + b"<!--x-->", "E46", 400),
         ("default-namespace swap after signing", default_ns, "E40", 401),
-        ("body in a foreign default namespace", body_namespace(valid, "urn:evil"), "E31", 400),
+        # A namespace no DUIS document uses is refused as malformed before the schema check.
+        ("body in a foreign default namespace", body_namespace(valid, "urn:evil"), "E30", 400),
         (
             "sr prefix rebound on Body",
             _replace(valid, b"<sr:Body>", b'<sr:Body xmlns:sr="urn:evil">'),
-            "E31",
+            "E30",
             400,
         ),
         (
             "ds prefix rebound on Signature",
             _replace(valid, b"<ds:Signature>", b'<ds:Signature xmlns:ds="urn:evil">'),
-            "E31",
+            "E30",
             400,
         ),
         (
@@ -737,7 +740,13 @@ def test_simultaneous_requests_give_exactly_one_acceptance(bench: Bench) -> None
 
 
 def test_the_deep_nesting_case_is_a_parse_refusal_not_a_schema_one() -> None:
-    """Guard for the corpus: 5000 levels exceed libxml2's default depth limit."""
+    """Guard for the corpus: 5000 levels exceed libxml2's default depth limit.
+
+    The default policy refuses so much markup before parsing; with the element
+    limit lifted, libxml2's own depth limit still refuses it.
+    """
+    from dataclasses import replace
+
     from hubreturns.errors import EnvelopeRejection
     from hubreturns.policy import REQUEST_POLICY
     from hubreturns.wire.envelope import parse
@@ -745,4 +754,149 @@ def test_the_deep_nesting_case_is_a_parse_refusal_not_a_schema_one() -> None:
     data = b"<a>" * 5000 + b"</a>" * 5000
     with pytest.raises(EnvelopeRejection) as caught:
         parse(data, REQUEST_POLICY)
+    assert re.search("more markup than 128 elements", caught.value.message)
+    with pytest.raises(EnvelopeRejection) as caught:
+        parse(data, replace(REQUEST_POLICY, max_elements=20_000))
     assert re.search("not well-formed", caught.value.message)
+
+
+# ---------------------------------------------------------------- issue 21: shapes, boundaries
+
+
+def _declare(data: bytes, tag: bytes, declaration: bytes) -> bytes:
+    """``data`` with ``declaration`` added to the first ``tag`` start tag (after signing)."""
+    assert tag in data, tag
+    return data.replace(tag, tag + b" " + declaration, 1)
+
+
+def _declare_in(data: bytes, start: bytes, declaration: bytes) -> bytes:
+    """``data`` with ``declaration`` inserted into the start tag opened by ``start``."""
+    at = data.index(start) + len(start)
+    return data[:at] + b" " + declaration + data[at:]
+
+
+def test_relative_namespace_uris_get_a_signed_e30_and_one_audit_row(bench: Bench) -> None:
+    """These made exclusive C14N raise: an unsigned 500, no audit row (issue 21)."""
+    cases = {
+        "on sr:Request": (b"<sr:Request", b'xmlns:x="u"'),
+        "on sr:Header": (b"<sr:Header", b'xmlns:x="u"'),
+        "DeviceID's default namespace": (b"<sr:DeviceID", b'xmlns="u"'),
+        "on ds:SignedInfo": (b"<ds:SignedInfo", b'xmlns:x="u"'),
+    }
+    for name, (start, declaration) in cases.items():
+        bench.refused(name, _declare_in(bench.signed(), start, declaration), "E30", 400)
+    bench.assert_clean()
+
+
+def test_relative_namespace_past_the_envelope_is_a_signature_refusal() -> None:
+    """With the allow-list lifted, C14N's own failure is an E40, not an exception."""
+    from dataclasses import replace
+
+    from wire_helpers import fault_request, load_signer, pki_store, sign_bytes
+
+    from hubreturns.errors import SignatureRejection
+    from hubreturns.policy import REQUEST_POLICY
+    from hubreturns.wire.envelope import parse
+    from hubreturns.wire.signature import verify
+
+    policy = replace(REQUEST_POLICY, allowed_namespaces=REQUEST_POLICY.allowed_namespaces | {"u"})
+    signed = sign_bytes(fault_request(), load_signer("xml-sign-90B3D51F30010000-ds"))
+    for start in (b"<sr:Request", b"<ds:SignedInfo"):
+        data = _declare_in(signed, start, b'xmlns:x="u"')
+        with pytest.raises(SignatureRejection) as caught:
+            verify(parse(data, policy), pki_store(), policy, datetime.now(UTC))
+        assert caught.value.code.value == "E40"
+        assert "could not be checked (C14NError)" in caught.value.message
+
+
+def test_hostile_shapes_are_refused_as_malformed(bench: Bench) -> None:
+    """Many declarations, foreign or allowed, and too much markup: E30 before any C14N."""
+    valid = bench.signed()
+    many = b" ".join(b'xmlns:p%d="urn:x%d"' % (i, i) for i in range(2500))
+    allowed = b" ".join(b'xmlns:p%d="%s"' % (i, SR_NS.encode()) for i in range(20))
+    attributes = b" ".join(b'a%d="1"' % i for i in range(100))
+    elements = b"<sr:X/>" * 300
+    for name, body in {
+        "2500 declarations": _declare_in(valid, b"<sr:Request", many),
+        "20 allowed declarations": _declare_in(valid, b"<sr:Request", allowed),
+        "100 attributes": _declare_in(valid, b"<sr:Header", attributes),
+        "300 elements": valid.replace(b"<sr:Body>", b"<sr:Body>" + elements, 1),
+    }.items():
+        bench.refused(name, body, "E30", 400)
+    bench.assert_clean()
+
+
+def test_a_bug_while_checking_gets_a_signed_e100_and_an_audit_row(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our own failure is answered (signed E100) and audited, never an unsigned 500."""
+    from hubreturns.wire import envelope
+
+    def broken(root: etree._Element) -> object:
+        raise RuntimeError("a bug")
+
+    body = bench.signed()
+    monkeypatch.setattr(envelope, "read_request", broken)
+    before = bench.state()
+    reply = bench.send(body)
+    assert (bench.code_of(reply), reply.status_code) == ("E100", 503)
+    after = bench.state()
+    assert after.counts == {**before.counts, "audit_log": before.counts["audit_log"] + 1}
+    with bench.sessions() as session:
+        last = session.scalars(select(AuditEntry).order_by(AuditEntry.id.desc())).first()
+        assert last is not None
+        assert (last.code, last.accepted) == ("E100", False)
+        assert last.reason == "internal error (RuntimeError); nothing was recorded"
+        assert "Traceback" not in last.reason
+    assert any(r.exc_info and "a bug" in str(r.exc_info[1]) for r in caplog.records)
+    monkeypatch.undo()
+    bench.accepted("after the bug")
+    bench.assert_clean()
+
+
+_URIS = st.sampled_from(
+    [
+        *("u", "", "../a", "#", SR_NS, DS_NS, "http://www.w3.org/2001/XMLSchema-instance"),
+        *("urn:evil", "http://example.com/\u00fc", "file:///etc/passwd", "x:" + "y" * 300),
+    ]
+)
+_PREFIXES = st.sampled_from([None, "x", "sr", "ds", "xsi", "xml", "a-b", "p1"])
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_any_namespace_declaration_anywhere_gets_a_signed_known_code(
+    bench: Bench, data: st.DataObject
+) -> None:
+    """Namespace declarations inserted at arbitrary elements of a validly signed request:
+    a signed answer with a known refusal code, one audit row, nothing else changed."""
+    signed = bench.signed()
+    starts = [m.start() for m in re.finditer(rb"<[A-Za-z]", signed)]
+    count = data.draw(st.integers(1, 3), label="declarations")
+    body = signed
+    for _ in range(count):
+        starts = [m.start() for m in re.finditer(rb"<[A-Za-z]", body)]
+        at = data.draw(st.sampled_from(starts), label="element")
+        end = body.index(b" ", at) if b" " in body[at : body.index(b">", at)] else None
+        name_end = end if end is not None else body.index(b">", at)
+        if body[name_end - 1 : name_end] == b"/":
+            name_end -= 1
+        prefix = data.draw(_PREFIXES, label="prefix")
+        uri = data.draw(_URIS | st.text(max_size=20), label="uri")
+        name = f"xmlns:{prefix}" if prefix else "xmlns"
+        quoted = uri.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
+        declaration = f' {name}="{quoted}"'.encode()
+        body = body[:name_end] + declaration + body[name_end:]
+    before = bench.state()
+    reply = bench.send(body)
+    code = bench.code_of(reply)  # raises unless the answer is signed by the DCC
+    assert code in {"E30", "E31", "E40"}, (code, body)
+    after = bench.state()
+    assert after.counts == {**before.counts, "audit_log": before.counts["audit_log"] + 1}
+    assert after.counters == before.counters
+    assert after.open_returns == before.open_returns
+    assert bench.problems == []

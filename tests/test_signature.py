@@ -35,7 +35,12 @@ from wire_helpers import (
 
 from hubreturns.codes import Reason, ResponseCode
 from hubreturns.errors import EnvelopeRejection, SignatureRejection
-from hubreturns.policy import DSP_RESPONSE_POLICY, REQUEST_POLICY, SecurityPolicy
+from hubreturns.policy import (
+    DSP_RESPONSE_POLICY,
+    REQUEST_POLICY,
+    RESPONSE_NAMESPACES,
+    SecurityPolicy,
+)
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import DS_NS, SR_NS, parse, read_request, validate
 from hubreturns.wire.signature import CertificateLookup, verify
@@ -206,7 +211,9 @@ def test_dcc_vector_is_refused_by_request_policy_and_unknown_store() -> None:
     pre141 = load_signer(DSP_PRE_141).certificate
     assert refused(data, policy=DSP_RESPONSE_POLICY, lookup=CertStore([])).code is E41
     # OU 137 is a DCC certificate, not a User's DUIS signing certificate.
-    wrong_policy = replace(REQUEST_POLICY, max_body_bytes=10**6)
+    wrong_policy = replace(
+        REQUEST_POLICY, max_body_bytes=10**6, allowed_namespaces=RESPONSE_NAMESPACES
+    )
     rejection = refused(data, policy=wrong_policy, lookup=CertStore([pre141]))
     assert rejection.code is E42
     assert "OU ['137']" in rejection.message
@@ -540,7 +547,13 @@ def test_profile_violations_are_refused_with_e40(
 ) -> None:
     data = mutate(signed, change)
     assert data != signed
-    rejection = refused(data)
+    # The envelope refuses foreign namespaces first (E30); lifted here, the
+    # signature profile must still refuse them on its own.
+    foreign = REQUEST_POLICY.allowed_namespaces | {
+        "urn:x",
+        "http://www.w3.org/2001/10/xml-exc-c14n#",
+    }
+    rejection = refused(data, policy=replace(REQUEST_POLICY, allowed_namespaces=foreign))
     assert rejection.code is E40
     assert fragment in rejection.message
     assert rejection.http_status == 401

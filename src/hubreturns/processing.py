@@ -545,7 +545,12 @@ class Processor:
         try:
             prepared = complete(self._preparing(body, endpoint, self.certificates))
             if not isinstance(prepared, Outcome):
-                prepared = self._conclude(prepared, *self._run(prepared))
+                try:
+                    ran = self._run(prepared)
+                except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
+                    prepared = self._failed_job(exc, prepared)
+                    ran = self._run(prepared)
+                prepared = self._conclude(prepared, *ran)
             return self._finish(prepared, started, Channel.DUIS, endpoint.value)
         finally:
             current_request_id.reset(token)
@@ -583,6 +588,12 @@ class Processor:
                     result = await self.committer.run_async(_job(prepared), arrival)
                 except SQLAlchemyError as exc:
                     error = exc
+                except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
+                    prepared = self._failed_job(exc, prepared)
+                    try:
+                        result = await self.committer.run_async(prepared.job())
+                    except SQLAlchemyError as again:
+                        error = again
                 # A batch's answers are signed together (its jobs' tasks wake in one turn).
                 prepared = await self.answering.run(
                     one_step(partial(self._conclude, prepared, result, error))
@@ -679,6 +690,10 @@ class Processor:
                 echo.service_reference_variant,
                 None,
             )
+        except NotCached:  # not a failure: ``handle_duis_async`` reads the certificate
+            raise
+        except Exception as exc:  # a bug in our own code, not a bad request
+            return self._internal_error(exc, audit, root)
         current_request_id.set(str(request.request_id))
         return _RecordReturn(
             request=request,
@@ -691,6 +706,68 @@ class Processor:
             check_counter=True,
             codes=self.codes,
         )
+
+    def _internal_error(
+        self, exc: Exception, audit: dict[str, object], root: etree._Element | None = None
+    ) -> _Refused:
+        """A bug met while checking a request: refused with E100, never an unsigned 500.
+
+        The traceback goes to the log, once; the audit row says only that it
+        was an internal error (and its type), and that nothing was recorded.
+        """
+        try:
+            echo = self._echo(root)
+        except Exception:  # the header cannot be read either: answer without it
+            echo = envelope.peek_header(None)
+        return self._internal_refusal(exc, audit, echo.request_id, echo.service_reference_variant)
+
+    def _failed_job(self, exc: Exception, prepared: _RecordReturn | _Refused) -> _Refused:
+        """A committer job that raised (a bug; its transaction was rolled back): E100."""
+        if isinstance(prepared, _RecordReturn):
+            request = prepared.request
+            return self._internal_refusal(
+                exc, dict(prepared.audit), request.request_id, request.kind.variant
+            )
+        done = prepared.fields
+        audit: dict[str, object] = {
+            "received_at": done.received_at,
+            "channel": done.channel,
+            "endpoint": done.endpoint,
+            "body_sha256": done.body_sha256,
+            "body_bytes": done.body_bytes,
+        }
+        return self._internal_refusal(exc, audit, prepared.request_id, prepared.variant)
+
+    def _internal_refusal(
+        self,
+        exc: Exception,
+        audit: dict[str, object],
+        request_id: RequestId | None,
+        variant: str,
+    ) -> _Refused:
+        log.error("internal error handling a DUIS request, answered E100", exc_info=exc)
+        reason = f"internal error ({type(exc).__name__}); nothing was recorded"
+        return self._refusal(ResponseCode.E100, reason, request_id, variant, audit)
+
+    async def internal_error_async(self, exc: Exception, endpoint: str | None) -> Outcome:
+        """The service's last resort for a request whose handling raised: a signed E100.
+
+        Its audit row is written if the database allows; if signing fails too,
+        this raises and the service sends a plain 500.
+        """
+        started = time.perf_counter()
+        audit: dict[str, object] = {
+            "received_at": self.clock(),
+            "channel": Channel.DUIS,
+            "endpoint": endpoint,
+        }
+        refused = self._internal_refusal(exc, audit, None, "8.14.3")
+        error: SQLAlchemyError | None = None
+        try:
+            await self.committer.run_async(refused.job())
+        except SQLAlchemyError as failed:
+            error = failed
+        return self._finish(self._conclude(refused, None, error), started, Channel.DUIS, endpoint)
 
     @staticmethod
     def _echo(root: etree._Element | None) -> envelope.HeaderEcho:

@@ -142,22 +142,39 @@ class DuisEndpoint:
             await send({"type": "http.response.body", "body": outcome.response})
         except _ClientGone:
             status = CLIENT_GONE
-        except Exception:
+        except Exception as exc:
             # A bug, not a bad request (those get signed answers): say so and keep serving.
-            log.exception("unexpected error answering a DUIS request")
-            status = 500
-            with contextlib.suppress(Exception):  # the response may have begun already
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 500,
-                        "headers": [(b"content-type", b"text/plain"), exchange.header],
-                    }
-                )
-                await send({"type": "http.response.body", "body": b"Internal Server Error"})
+            status = await self._internal_error(exc, endpoint, send, exchange.header)
         finally:
             arrival.close()
             exchange.close(status, _DUIS_ROUTE)
+
+    async def _internal_error(
+        self, exc: Exception, endpoint: Endpoint, send: Send, header: tuple[bytes, bytes]
+    ) -> int:
+        """Answer a request whose handling raised: a signed E100 with its audit row if
+        the processor can still sign, else a plain 500. Returns the status sent."""
+        try:
+            outcome = await self.processor.internal_error_async(exc, endpoint.value)
+        except Exception:
+            log.exception("unexpected error answering a DUIS request; no signed answer either")
+            outcome = None
+        status = outcome.http_status if outcome is not None else 500
+        if outcome is not None:
+            headers = [
+                (b"content-type", b"application/xml"),
+                (b"content-length", str(len(outcome.response)).encode("ascii")),
+                (b"x-duis-response-code", outcome.code.value.encode("ascii")),
+                header,
+            ]
+            body = outcome.response
+        else:
+            headers = [(b"content-type", b"text/plain"), header]
+            body = b"Internal Server Error"
+        with contextlib.suppress(Exception):  # the response may have begun already
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        return status
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         """The request body, read with a size cap and a deadline, or ``_Unreadable``."""

@@ -3,7 +3,12 @@
 ``parse`` refuses anything but one plain, well-formed UTF-8 XML document: no
 DTD, entities, processing instructions or comments (a comment inside a text
 node lets ``.text`` read less than was signed), no network, no huge-tree
-mode, and a size cap enforced before the parser sees a byte. ``validate``
+mode, and a size cap enforced before the parser sees a byte. Its shape is
+bounded too (``SecurityPolicy``: allowed namespaces, at most so many
+declarations, elements and attributes): byte counts before parsing bound
+what libxml2 builds, and one walk after it checks the namespace
+declarations, so a hostile document is refused before canonicalisation,
+whose cost grows with declarations times elements. ``validate``
 checks it against the DUIS 5.4 schema loaded once per thread from package
 data. ``read_request`` is only ever called on a document whose signature has
 been verified; the signature covers the whole document, so what it reads is
@@ -105,10 +110,13 @@ def parse(data: bytes, policy: SecurityPolicy) -> etree._Element:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _refuse(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    _check_markup(data, policy)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
         raise _refuse(f"not well-formed XML: {_libxml_message(exc.msg)}") from None
+    except (etree.LxmlError, ValueError) as exc:  # any other parser failure is the body's
+        raise _refuse(f"the body could not be parsed ({type(exc).__name__})") from None
     tree = root.getroottree()
     info: Any = tree.docinfo
     if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
@@ -121,7 +129,55 @@ def parse(data: bytes, policy: SecurityPolicy) -> etree._Element:
     # tag is not a string) come back to Python, so a clean document costs nothing.
     for node in root.iter(etree.Comment, etree.ProcessingInstruction, etree.Entity):
         raise _refuse(f"a {_node_kind(node)} inside the document is not allowed")
+    _check_shape(data, root, policy)
     return root
+
+
+def _check_markup(data: bytes, policy: SecurityPolicy) -> None:
+    """Refuse, before parsing, a body with more markup than the shape limits allow.
+
+    Every element needs a ``<`` (two with its end tag) and every attribute or
+    namespace declaration an ``=``; counting them in C costs microseconds and
+    bounds what libxml2 would build (tens of thousands of nodes in 64 KiB cost
+    it milliseconds). Text may hold ``=`` (base64, names) and CDATA ``<``,
+    hence the slack; ``_check_shape`` applies the exact limits after parsing.
+    """
+    tags = data.count(b"<")
+    if tags > 2 * policy.max_elements + 2:
+        raise _refuse(
+            f"the body has {tags} '<' characters, more markup than "
+            f"{policy.max_elements} elements can have"
+        )
+    equals = data.count(b"=")
+    if equals > 2 * (policy.max_attributes + policy.max_namespace_declarations) + 16:
+        raise _refuse(
+            f"the body has {equals} '=' characters, more than {policy.max_attributes} "
+            f"attributes and {policy.max_namespace_declarations} namespace declarations can have"
+        )
+
+
+def _check_shape(data: bytes, root: etree._Element, policy: SecurityPolicy) -> None:
+    """The exact limits: namespace declarations (allow-listed URIs), elements, attributes.
+
+    Elements and attributes are counted only when the byte counts cannot
+    already bound them (a DUIS request's ``<`` and ``=`` are well below the
+    limits), so the usual cost is one walk for the namespace declarations.
+    """
+    walk = etree.iterwalk(root, events=("start-ns",))
+    for declarations, (_event, (prefix, uri)) in enumerate(walk, start=1):
+        if declarations > policy.max_namespace_declarations:
+            raise _refuse(f"more than {policy.max_namespace_declarations} namespace declarations")
+        if uri not in policy.allowed_namespaces:
+            name = f"xmlns:{prefix}" if prefix else "xmlns"
+            raise _refuse(f"namespace {name}={clip(uri)!r} is not one a DUIS document uses")
+    if data.count(b"<") > policy.max_elements:
+        elements = int(root.xpath("count(//*)"))  # type: ignore[arg-type]
+        if elements > policy.max_elements:
+            raise _refuse(f"{elements} elements, over the {policy.max_elements} limit")
+    if data.count(b"=") > policy.max_attributes:
+        attributes = int(root.xpath("count(//@*)"))  # type: ignore[arg-type]
+        if attributes > policy.max_attributes:
+            raise _refuse(f"{attributes} attributes, over the {policy.max_attributes} limit")
 
 
 def _node_kind(node: etree._Element) -> str:
@@ -141,7 +197,13 @@ def validate(root: etree._Element) -> None:
             Reason.SCHEMA, f"the root element is {clip(str(root.tag))}, not sr:Request"
         )
     xsd = schema()
-    if not xsd.validate(root):
+    try:
+        valid = xsd.validate(root)
+    except etree.LxmlError as exc:  # libxml2 could not check it: the document's failure
+        raise EnvelopeRejection(
+            ResponseCode.E31, f"the schema check failed ({type(exc).__name__})"
+        ) from None
+    if not valid:
         error: Any = xsd.error_log.last_error  # type: ignore[attr-defined]
         where = f"line {error.line}: " if error is not None else ""
         message = error.message if error is not None else "schema validation failed"

@@ -25,7 +25,7 @@ import hashlib
 from collections.abc import Callable
 from datetime import datetime
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -199,13 +199,36 @@ def verify(
     return complete(verification_steps(root, lookup, policy, now))
 
 
+#: What lxml (C14N, serialisation), binascii and cryptography raise on input they
+#: cannot handle. Inside verification each is the document's failure, never ours.
+_LIBRARY_ERRORS = (etree.LxmlError, ValueError, OverflowError, UnsupportedAlgorithm)
+
+
 def verification_steps(
     root: etree._Element,
     lookup: CertificateLookup,
     policy: SecurityPolicy,
     now: datetime,
 ) -> Steps[SigningCertificate]:
-    """``verify`` in two steps for ``Stages``: the profile and digest, then the ECDSA check."""
+    """``verify`` in two steps for ``Stages``: the profile and digest, then the ECDSA check.
+
+    The module's boundary: whatever a library raises while the document is
+    checked (C14N refusing a relative namespace URI, a malformed key or
+    value) is refused as E40 here, once, rather than case by case; a
+    ``Rejection`` and the lookup's own errors (database, cache) pass through.
+    """
+    try:
+        return (yield from _verification_steps(root, lookup, policy, now))
+    except _LIBRARY_ERRORS as exc:
+        raise _bad(f"the signature could not be checked ({type(exc).__name__})") from None
+
+
+def _verification_steps(
+    root: etree._Element,
+    lookup: CertificateLookup,
+    policy: SecurityPolicy,
+    now: datetime,
+) -> Steps[SigningCertificate]:
     signatures = list(root.iter(_SIGNATURE_TAG))
     if not signatures:
         raise _bad("the request is not signed (no ds:Signature)")

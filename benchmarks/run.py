@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``python -m benchmarks.run [--quick] [--only 1,2,3,4,5]``.
+"""Run the benchmark suite: ``python -m benchmarks.run [--quick] [--only 1,2,3,4,5,6]``.
 
 Prints one table (absolute figures and ratios against baselines measured in
 the same run), writes ``bench-results/<stamp>.json`` and a PNG chart of
@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import crypto, http, inprocess
+from benchmarks import crypto, hostile, http, inprocess
 from benchmarks.common import Section, machine
 
 __all__ = ["main"]
@@ -36,7 +36,9 @@ def _sizes(text: str) -> list[int]:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a smoke run in about a minute")
-    parser.add_argument("--only", default="1,2,3,4,5", help="sections to run, e.g. 1,2,4")
+    parser.add_argument(
+        "--only", default="1,2,3,4,5,6", help="sections to run, e.g. 1,2,4 (6: hostile shapes)"
+    )
     parser.add_argument(
         "--hubs", default=None, help="inventory sizes for section 5 (default 10000,1000000)"
     )
@@ -122,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=1.5 if quick else 4.0,
                 requests=800 if quick else 3000,
                 postgres=args.scale_postgres,
+            )
+        )
+        _print(sections[-1])
+    if "6" in only:
+        sections.append(
+            hostile.hostile_shapes(
+                work, seconds=1.0 if quick else 3.0, requests=1000 if quick else 4000
             )
         )
         _print(sections[-1])

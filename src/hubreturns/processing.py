@@ -726,7 +726,11 @@ class Processor:
         if isinstance(prepared, _RecordReturn):
             request = prepared.request
             return self._internal_refusal(
-                exc, dict(prepared.audit), request.request_id, request.kind.variant
+                exc,
+                dict(prepared.audit),
+                request.request_id,
+                request.kind.variant,
+                sender=request.originator,  # verified: its signature was checked
             )
         done = prepared.fields
         audit: dict[str, object] = {
@@ -744,10 +748,11 @@ class Processor:
         audit: dict[str, object],
         request_id: RequestId | None,
         variant: str,
+        sender: str | None = None,
     ) -> _Refused:
         log.error("internal error handling a DUIS request, answered E100", exc_info=exc)
         reason = f"internal error ({type(exc).__name__}); nothing was recorded"
-        return self._refusal(ResponseCode.E100, reason, request_id, variant, audit)
+        return self._refusal(ResponseCode.E100, reason, request_id, variant, audit, sender=sender)
 
     async def internal_error_async(self, exc: Exception, endpoint: str | None) -> Outcome:
         """The service's last resort for a request whose handling raised: a signed E100.

@@ -183,28 +183,42 @@ def test_a_client_that_leaves_mid_body_is_logged_and_nothing_is_recorded(
     assert code_of(post(http, body), world) == "I99"  # and the service goes on
 
 
-def test_an_unexpected_error_is_a_logged_500_and_the_service_goes_on(
+def test_an_unexpected_error_is_a_signed_e100_and_the_service_goes_on(
     http: httpx.Client,
     world: DemoWorld,
     processor: Processor,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """A bug escaping the processor: a signed E100 and an audit row, the traceback logged once;
+    only if no signed answer can be made either does the client get a plain 500."""
     ((_, body),) = scenario_bodies(world, [_scenario("IS fault return, Pending hub")])
 
     async def broken(*_: object) -> object:
         raise RuntimeError("a bug")
 
+    with processor.sessions() as session:
+        audited = Repository(session).counts()["audit_log"]
     with monkeypatch.context() as patch:
         patch.setattr(processor, "handle_duis_async", broken)
         with caplog.at_level("INFO"):
             reply = post(http, body)
+            assert _access_statuses(caplog, 1) == [503]
+    assert reply.status_code == 503
+    assert reply.headers["x-request-id"]
+    assert code_of(reply, world) == "E100"
+    with processor.sessions() as session:
+        assert Repository(session).counts()["audit_log"] == audited + 1
+    (failure,) = [r for r in caplog.records if r.exc_info is not None]
+    assert "a bug" in str(failure.exc_info[1])  # type: ignore[index]
+    caplog.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(processor, "handle_duis_async", broken)
+        patch.setattr(processor, "internal_error_async", broken)
+        with caplog.at_level("INFO"):
+            reply = post(http, body)
             assert _access_statuses(caplog, 1) == [500]
     assert reply.status_code == 500
-    assert reply.headers["x-request-id"]
-    (failure,) = [r for r in caplog.records if r.name == "hubreturns.service"]
-    assert failure.exc_info is not None
-    assert "a bug" in str(failure.exc_info[1])
     assert code_of(post(http, body), world) == "I99"
 
 

@@ -69,7 +69,7 @@ def _cpu_per_request(url: str, body: bytes, seconds: float) -> tuple[float, str]
     reset(url)
     processor = processor_from_settings(Settings(database_url=url))
     try:
-        code = processor.handle_duis(body, Endpoint.NON_DEVICE).code.value  # warm
+        code = processor.handle_duis(body, Endpoint.NON_DEVICE).code  # warm
         done = 0
         cpu = time.process_time()
         deadline = time.perf_counter() + seconds

@@ -367,17 +367,17 @@ def test_hostile_xml_changes_nothing_but_the_audit_log(bench: Bench) -> None:
         ("comment after the root", valid + b"<!--x-->", "E46", 400),
         ("default-namespace swap after signing", default_ns, "E40", 401),
         # A namespace no DUIS document uses is refused as malformed before the schema check.
-        ("body in a foreign default namespace", body_namespace(valid, "urn:evil"), "E30", 400),
+        ("body in a foreign default namespace", body_namespace(valid, "urn:evil"), "E46", 400),
         (
             "sr prefix rebound on Body",
             _replace(valid, b"<sr:Body>", b'<sr:Body xmlns:sr="urn:evil">'),
-            "E30",
+            "E46",
             400,
         ),
         (
             "ds prefix rebound on Signature",
             _replace(valid, b"<ds:Signature>", b'<ds:Signature xmlns:ds="urn:evil">'),
-            "E30",
+            "E46",
             400,
         ),
         (
@@ -775,7 +775,9 @@ def _declare_in(data: bytes, start: bytes, declaration: bytes) -> bytes:
     return data[:at] + b" " + declaration + data[at:]
 
 
-def test_relative_namespace_uris_get_a_signed_e30_and_one_audit_row(bench: Bench) -> None:
+def test_relative_namespace_uris_get_a_signed_malformed_code_and_one_audit_row(
+    bench: Bench,
+) -> None:
     """These made exclusive C14N raise: an unsigned 500, no audit row (issue 21)."""
     cases = {
         "on sr:Request": (b"<sr:Request", b'xmlns:x="u"'),
@@ -784,7 +786,7 @@ def test_relative_namespace_uris_get_a_signed_e30_and_one_audit_row(bench: Bench
         "on ds:SignedInfo": (b"<ds:SignedInfo", b'xmlns:x="u"'),
     }
     for name, (start, declaration) in cases.items():
-        bench.refused(name, _declare_in(bench.signed(), start, declaration), "E30", 400)
+        bench.refused(name, _declare_in(bench.signed(), start, declaration), "E46", 400)
     bench.assert_clean()
 
 
@@ -794,6 +796,7 @@ def test_relative_namespace_past_the_envelope_is_a_signature_refusal() -> None:
 
     from wire_helpers import fault_request, load_signer, pki_store, sign_bytes
 
+    from hubreturns.codes import Reason
     from hubreturns.errors import SignatureRejection
     from hubreturns.policy import REQUEST_POLICY
     from hubreturns.wire.envelope import parse
@@ -805,7 +808,7 @@ def test_relative_namespace_past_the_envelope_is_a_signature_refusal() -> None:
         data = _declare_in(signed, start, b'xmlns:x="u"')
         with pytest.raises(SignatureRejection) as caught:
             verify(parse(data, policy), pki_store(), policy, datetime.now(UTC))
-        assert caught.value.code.value == "E40"
+        assert caught.value.code is Reason.SIGNATURE
         assert "could not be checked (C14NError)" in caught.value.message
 
 
@@ -822,7 +825,7 @@ def test_hostile_shapes_are_refused_as_malformed(bench: Bench) -> None:
         "100 attributes": _declare_in(valid, b"<sr:Header", attributes),
         "300 elements": valid.replace(b"<sr:Body>", b"<sr:Body>" + elements, 1),
     }.items():
-        bench.refused(name, body, "E30", 400)
+        bench.refused(name, body, "E46", 400)
     bench.assert_clean()
 
 
@@ -894,8 +897,15 @@ def test_any_namespace_declaration_anywhere_gets_a_signed_known_code(
     before = bench.state()
     reply = bench.send(body)
     code = bench.code_of(reply)  # raises unless the answer is signed by the DCC
-    assert code in {"E30", "E31", "E40"}, (code, body)
     after = bench.state()
+    if code == "I99":
+        # A redundant declaration of an allowed URI (say xmlns:sr again, inside the
+        # scope of the same binding) leaves the canonical form, and so the signature,
+        # as it was: the same request, accepted once.
+        expected = {"audit_log": 1, "returns": 1}
+        assert {k: after.counts[k] - before.counts[k] for k in expected} == expected, body
+        return
+    assert code in {"E46", "E31", "E40"}, (code, body)  # malformed, schema, signature
     assert after.counts == {**before.counts, "audit_log": before.counts["audit_log"] + 1}
     assert after.counters == before.counters
     assert after.open_returns == before.open_returns

@@ -752,7 +752,7 @@ class Processor:
     ) -> _Refused:
         log.error("internal error handling a DUIS request, answered E100", exc_info=exc)
         reason = f"internal error ({type(exc).__name__}); nothing was recorded"
-        return self._refusal(ResponseCode.E100, reason, request_id, variant, audit, sender=sender)
+        return self._refusal(Reason.UNAVAILABLE, reason, request_id, variant, audit, sender=sender)
 
     async def internal_error_async(self, exc: Exception, endpoint: str | None) -> Outcome:
         """The service's last resort for a request whose handling raised: a signed E100.

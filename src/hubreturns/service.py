@@ -164,7 +164,7 @@ class DuisEndpoint:
             headers = [
                 (b"content-type", b"application/xml"),
                 (b"content-length", str(len(outcome.response)).encode("ascii")),
-                (b"x-duis-response-code", outcome.code.value.encode("ascii")),
+                (b"x-duis-response-code", outcome.code.encode("ascii")),
                 header,
             ]
             body = outcome.response

@@ -201,7 +201,7 @@ def validate(root: etree._Element) -> None:
         valid = xsd.validate(root)
     except etree.LxmlError as exc:  # libxml2 could not check it: the document's failure
         raise EnvelopeRejection(
-            ResponseCode.E31, f"the schema check failed ({type(exc).__name__})"
+            Reason.SCHEMA, f"the schema check failed ({type(exc).__name__})"
         ) from None
     if not valid:
         error: Any = xsd.error_log.last_error  # type: ignore[attr-defined]

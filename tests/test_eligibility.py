@@ -94,6 +94,10 @@ def _send(http: httpx.Client, world: DemoWorld, sender: str, device: str, counte
     return code
 
 
+# Orders for a past month are refused, so the test orders for next month.
+_TODAY = datetime.now(UTC).date()
+_NEXT_MONTH = f"{_TODAY.year + _TODAY.month // 12}-{_TODAY.month % 12 + 1:02d}"
+
 _ORDER_ARGS = (
     "orders",
     "add",
@@ -102,11 +106,11 @@ _ORDER_ARGS = (
     "--quantity",
     "2",
     "--variant",
-    "HAN variant: dual band",
+    "dual_band",
     "--location",
     "Leeds depot",
     "--month",
-    "2026-12",
+    _NEXT_MONTH,
     "--placed-by",
 )
 

@@ -23,6 +23,7 @@ from hubreturns.codes import (
 )
 from hubreturns.config import ConfigError, Settings, load_settings
 from hubreturns.demo import IS, SCENARIOS, DemoWorld, scenario_bodies, scenario_request
+from hubreturns.extensions import register_commands
 from hubreturns.store.models import AuditEntry, ReturnRecord
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import build_request
@@ -133,9 +134,13 @@ def test_codes_prints_the_profile_in_force_within_100_columns(tmp_path: Path) ->
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    """The service under test runs with the overridden profile (conftest's ``processor``)."""
+    """The service under test runs with the overridden profile (conftest's ``processor``)
+    and accepts one more schemaVersion than the default."""
     path = tmp_path / "overrides.toml"
-    path.write_text(f'database_url = "{database_url}"\n{OVERRIDES}', encoding="utf-8")
+    path.write_text(
+        f'database_url = "{database_url}"\nschema_versions = ["5.4", "5.3"]\n{OVERRIDES}',
+        encoding="utf-8",
+    )
     return load_settings(path, environ={})
 
 
@@ -166,18 +171,73 @@ def test_an_override_is_the_code_in_the_signed_answer_and_the_audit_row(
         assert len(session.scalars(select(ReturnRecord)).all()) == 1
 
 
+def _with_schema_version(world: DemoWorld, version: str, counter: int) -> bytes:
+    """A correctly signed request carrying ``version`` (schema-valid: any decimal)."""
+    scenario = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
+    root = build_request(scenario_request(scenario, counter))
+    root.set("schemaVersion", version)
+    credential = world.credentials[IS]
+    return sign(root, credential.key, SigningCertificate.from_x509(credential.certificate))
+
+
 def test_foreign_schema_version_is_refused(
     http: httpx.Client, world: DemoWorld, seeded: sessionmaker[Session]
 ) -> None:
-    scenario = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
-    root = build_request(scenario_request(scenario, 7100))
-    root.set("schemaVersion", "9.9")  # schema-valid (any decimal), correctly signed
-    credential = world.credentials[IS]
-    body = sign(root, credential.key, SigningCertificate.from_x509(credential.certificate))
+    body = _with_schema_version(world, "9.9", 7100)
     reply = http.post("/api/v1/serviceD", content=body, headers=XML)
     assert (_answer(reply, world), reply.status_code) == ("E49", 400)
     assert _audit(seeded) == [("E49", False, 400)]
     with seeded() as session:
         (row,) = session.scalars(select(AuditEntry)).all()
-        assert "schemaVersion '9.9' is not accepted; this service accepts 5.4" in row.reason
+        assert "schemaVersion '9.9' is not accepted; this service accepts 5.3, 5.4" in row.reason
         assert session.scalars(select(ReturnRecord)).all() == []
+
+
+def test_a_configured_schema_version_is_accepted(
+    http: httpx.Client, world: DemoWorld, seeded: sessionmaker[Session]
+) -> None:
+    reply = http.post(
+        "/api/v1/serviceD", content=_with_schema_version(world, "5.3", 7200), headers=XML
+    )
+    assert (_answer(reply, world), reply.status_code) == ("I99", 200)
+    assert _audit(seeded) == [("I99", True, 200)]
+    with seeded() as session:
+        assert len(session.scalars(select(ReturnRecord)).all()) == 1
+
+
+def test_schema_versions_default_and_configured(tmp_path: Path) -> None:
+    assert Settings().policy().schema_versions == {"5.4"}
+    from_env = load_settings(None, environ={"HUBRETURNS_SCHEMA_VERSIONS": "5.4, 5.3"})
+    assert from_env.policy().schema_versions == {"5.4", "5.3"}
+    assert _load(tmp_path, 'schema_versions = ["5.4"]\n').schema_versions == ("5.4",)
+
+
+@pytest.mark.parametrize("value", ['"five"', "[]", '["5.4", "v6"]', "[5.4]", '""'])
+def test_bad_schema_versions_are_refused_at_start(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="schema_versions must"):
+        _load(tmp_path, f"schema_versions = {value}\n")
+
+
+def test_the_client_explains_codes_by_the_services_profile(
+    http: httpx.Client, world: DemoWorld, tmp_path: Path
+) -> None:
+    """``verify --codes`` reads the service's ``[response_codes]``: E50 is its replay."""
+    scenario = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
+    ((_, body),) = scenario_bodies(world, [scenario], first_counter=7300)
+    http.post("/api/v1/serviceD", content=body, headers=XML)
+    answer = tmp_path / "replay.response.xml"
+    answer.write_bytes(http.post("/api/v1/serviceD", content=body, headers=XML).content)
+    if not any(c.name == "verify" for c in app.registered_commands):
+        register_commands(app)
+    verify = ["verify", str(answer)]
+    plain = CliRunner().invoke(app, verify, env={"HUBRETURNS_CONFIG": None})
+    assert "response code E50: not in this service's code profile" in plain.output
+    codes = ["--codes", str(tmp_path / "overrides.toml")]
+    told = CliRunner().invoke(app, [*verify, *codes], env={"HUBRETURNS_CONFIG": None})
+    assert told.exit_code == 0, told.output
+    replay = DEFAULT_PROFILE.explain("E48")
+    assert replay is not None
+    assert f"response code E50: {replay.meaning}" in told.output
+    missing = CliRunner().invoke(app, [*verify, "--codes", str(tmp_path / "none.toml")])
+    assert missing.exit_code == 2
+    assert "--codes: cannot read" in missing.output

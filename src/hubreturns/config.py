@@ -20,6 +20,7 @@ it exists. Keys (TOML / environment):
 ``tls_key``            ``HUBRETURNS_TLS_KEY``           none
 ``tls_client_ca``      ``HUBRETURNS_TLS_CLIENT_CA``     none (no client certificate)
 ``smki_ca_certs``      ``HUBRETURNS_SMKI_CA_CERTS``     none (operator-vouched)
+``schema_versions``    ``HUBRETURNS_SCHEMA_VERSIONS``   ``["5.4"]`` (env: ``5.4,5.3``)
 ``[response_codes]``   (TOML only)                      ``codes.DEFAULT_CODES``
 =====================  ===============================  ==========================
 
@@ -39,6 +40,7 @@ holds it apart from the service's settings: ``[eligibility] profile = "…"``
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -68,6 +70,7 @@ __all__ = [
     "Settings",
     "load_settings",
     "packaged_pki",
+    "read_code_profile",
 ]
 
 #: A number a setting is converted to (``_number``).
@@ -92,6 +95,10 @@ DEFAULT_MAX_CONNECTIONS = 512
 #: Bounds of the timeouts above (seconds): beyond an hour they are no guard.
 _MAX_TIMEOUT_S = 3600.0
 _TLS_FILES = ("tls_cert", "tls_key", "tls_client_ca")
+#: The schemaVersion values accepted unless configured: the schema this service holds.
+REQUEST_POLICY_SCHEMA_VERSIONS: tuple[str, ...] = tuple(sorted(REQUEST_POLICY.schema_versions))
+#: A schemaVersion as DUIS writes it (the schema types it as a decimal, e.g. ``5.4``).
+_SCHEMA_VERSION = re.compile(r"[0-9]+\.[0-9]+")
 
 
 class ConfigError(Exception):
@@ -137,6 +144,9 @@ class Settings:
     response_codes: CodeProfile = DEFAULT_PROFILE
     #: Name of the role to 8.14.3/8.14.4 matrix in force (``rules.PROFILES``).
     eligibility_profile: str = DEFAULT_ELIGIBILITY
+    #: The ``schemaVersion`` values a request may carry; others are refused
+    #: (``Reason.SCHEMA_VERSION``). Requests are validated against the DUIS 5.4 schema.
+    schema_versions: tuple[str, ...] = REQUEST_POLICY_SCHEMA_VERSIONS
 
     def __post_init__(self) -> None:
         # Fail at start-up, not on the first request: an unknown profile is refused here.
@@ -173,7 +183,11 @@ class Settings:
         return self.tls_cert is not None
 
     def policy(self) -> SecurityPolicy:
-        return replace(REQUEST_POLICY, max_body_bytes=self.max_body_bytes)
+        return replace(
+            REQUEST_POLICY,
+            max_body_bytes=self.max_body_bytes,
+            schema_versions=frozenset(self.schema_versions),
+        )
 
     def signer(self) -> ResponseSigner:
         try:
@@ -245,9 +259,42 @@ def _profile(value: Any) -> CodeProfile:
         ) from None
 
 
+def _schema_versions(value: Any) -> tuple[str, ...]:
+    """A TOML list of versions, or the environment's comma-separated ``5.4,5.3``."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f'schema_versions must be a list such as ["5.4"], got {value!r}')
+    versions = tuple(v.strip() for v in items if v.strip())
+    bad = [v for v in versions if not _SCHEMA_VERSION.fullmatch(v)]
+    if bad or not versions:
+        raise ConfigError(
+            f"schema_versions must name DUIS schema versions such as 5.4, got {value!r}; "
+            f"the default is {', '.join(REQUEST_POLICY_SCHEMA_VERSIONS)}"
+        )
+    return versions
+
+
+def read_code_profile(path: Path) -> CodeProfile:
+    """The ``[response_codes]`` table of a TOML file over the defaults.
+
+    A Service User's client explains the DCC's answers with this, so its meanings
+    follow a service whose profile an operator has overridden.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    table = data.get("response_codes", data.get("hubreturns", {}).get("response_codes", {}))
+    return _profile(table)
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "response_codes":
         return _profile(value)
+    if name == "schema_versions":
+        return _schema_versions(value)
     if name in ("signing_key", "signing_cert", "tariff_file", "smki_ca_certs", *_TLS_FILES):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name} must be a file path, got {value!r}")

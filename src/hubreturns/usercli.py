@@ -8,6 +8,7 @@ response did not verify, or a scenario failed; 2 = a usage problem (printed as
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +23,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from hubreturns.client import TlsSetupError, tls_context
-from hubreturns.codes import DEFAULT_PROFILE, Reason, Verdict
-from hubreturns.config import DEFAULT_ACB, ConfigError, load_settings
+from hubreturns.codes import DEFAULT_PROFILE, CodeProfile, Reason, Verdict
+from hubreturns.config import DEFAULT_ACB, ConfigError, load_settings, read_code_profile
 from hubreturns.errors import Rejection
 from hubreturns.model import RequestId, eui
 from hubreturns.store.db import make_engine, make_sessionmaker
@@ -104,6 +105,31 @@ ClientCertOption = Annotated[
 ClientKeyOption = Annotated[
     Path | None, typer.Option("--client-key", help="Mutual TLS: its private key (PEM).")
 ]
+CodesOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--codes",
+        help="TOML file with the service's [response_codes] table (its settings file "
+        "will do), so codes are explained as that service means them; default: "
+        "$HUBRETURNS_CONFIG when set, else the default profile.",
+    ),
+]
+
+
+def _code_profile(path: Path | None) -> CodeProfile:
+    """The code profile answers are explained with (``--codes``), or a usage error."""
+    path = path or (
+        Path(os.environ["HUBRETURNS_CONFIG"]) if "HUBRETURNS_CONFIG" in os.environ else None
+    )
+    if path is None:
+        return DEFAULT_PROFILE
+    try:
+        return read_code_profile(path)
+    except ConfigError as exc:
+        _usage(
+            f"--codes: {exc}",
+            "Give the service's settings file, or a file with only its [response_codes] table.",
+        )
 
 
 def _verify(ca: Path | None, client_cert: Path | None, client_key: Path | None) -> Any:
@@ -216,9 +242,11 @@ def submit(
     ca: CaOption = None,
     client_cert: ClientCertOption = None,
     client_key: ClientKeyOption = None,
+    codes: CodesOption = None,
 ) -> None:
     """Sign and send 8.14.3 / 8.14.4 returns; verify and explain the DCC's answer."""
     verify = _verify(ca, client_cert, client_key)
+    profile = _code_profile(codes)
     try:
         signer = load_signer(key, cert)
         target_eui = eui(target)
@@ -252,6 +280,7 @@ def submit(
         save_dir=save_dir,
         timeout=timeout,
         verify=verify,
+        codes=profile,
     )
     if csv_file is not None:
         given = [_OPTION_OF[k] for k, v in fields.items() if v]
@@ -299,6 +328,7 @@ class _Sending:
     save_dir: Path | None
     timeout: float
     verify: Any
+    codes: CodeProfile
 
     def submitter(self, http: httpx.Client) -> Submitter:
         return Submitter(
@@ -312,6 +342,7 @@ class _Sending:
             retry_delay=self.retry_delay,
             first_counter=self.counter,
             save_dir=self.save_dir,
+            codes=self.codes,
         )
 
 
@@ -392,18 +423,19 @@ def _bulk(
         _usage(f"cannot write {results_path}: {exc.strerror}", "Check the path and permissions.")
     except ClientError as exc:
         _usage(str(exc), exc.hint)
-    _bulk_report(csv_file, results_path, summary, sending.save_dir)
+    _bulk_report(csv_file, results_path, summary, sending)
 
 
 def _bulk_report(
-    csv_file: Path, results_path: Path, summary: BulkSummary, save_dir: Path | None
+    csv_file: Path, results_path: Path, summary: BulkSummary, sending: _Sending
 ) -> None:
+    save_dir = sending.save_dir
     table = Table(title=f"{csv_file}: {summary.done} of {summary.total} sent")
     table.add_column("code", no_wrap=True)
     table.add_column("meaning", overflow="fold")
     table.add_column("rows", no_wrap=True)
     for code, count in sorted(summary.by_code.items()):
-        found = DEFAULT_PROFILE.explain(code)
+        found = sending.codes.explain(code)
         meaning = found.meaning if found is not None else code
         table.add_row(code, meaning, str(count))
     console.print(table)
@@ -495,6 +527,7 @@ def verify_cmd(
             "--as-response", help="Check the file as a DCC sr:Response whatever its root."
         ),
     ] = False,
+    codes: CodesOption = None,
 ) -> None:
     """Check a signed request or response (told apart by its root element) with the
     exact profile the service uses; print OK, and a response's code, or why not."""
@@ -509,11 +542,12 @@ def verify_cmd(
             "Give the sender's XML-signing certificate (PEM) with --cert.",
         )
     certificates = _dcc(cert)
+    profile = _code_profile(codes)
     what = "response" if response else "request"
     try:
         verified = verify_document(data, certificates, as_response=response)
     except Rejection as exc:
-        code = DEFAULT_PROFILE.code(exc.code)
+        code = profile.code(exc.code)
         console.print(f"[red]FAILED[/red] {what} {code} ({exc.code.value}): {exc.message}")
         console.print(f"hint: {_verify_hint(exc, response)}")
         raise typer.Exit(EXIT_FAILED) from None
@@ -523,7 +557,7 @@ def verify_cmd(
         f"(issuer {signer.issuer}, serial {signer.serial}); RequestID {verified.request_id}"
     )
     if verified.code is not None:
-        info = DEFAULT_PROFILE.explain(verified.code)
+        info = profile.explain(verified.code)
         meaning = info.meaning if info is not None else "not in this service's code profile"
         console.print(f"response code {verified.code}: {meaning}")
         if info is not None and verified.code != "I99":

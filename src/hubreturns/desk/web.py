@@ -43,10 +43,10 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hubreturns.codes import ResponseCode
+from hubreturns.codes import CodeInfo, ResponseCode
 from hubreturns.config import Settings
 from hubreturns.desk import accounts, forms
-from hubreturns.desk.queries import hub_view, service_users
+from hubreturns.desk.queries import HubView, hub_view, service_users
 from hubreturns.model import (
     Channel,
     ConnectionMethod,
@@ -55,14 +55,17 @@ from hubreturns.model import (
 )
 from hubreturns.processing import Outcome, Processor
 from hubreturns.store.models import AuditEntry, ReturnRecord
-from hubreturns.store.repository import Repository
+from hubreturns.store.repository import Repository, ReturnFilter
 
 __all__ = [
     "AUDIT_CSV_COLUMNS",
     "COOKIE_NAME",
     "RETURN_CSV_COLUMNS",
+    "DeskContext",
+    "SecurityHeaders",
     "StaffGate",
     "create_desk_app",
+    "routes",
 ]
 
 log = logging.getLogger("hubreturns.desk")
@@ -406,391 +409,426 @@ def _session_secret(settings: Settings) -> str:
     return secrets.token_urlsafe(32)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeskContext:
+    """What the desk's endpoints share, kept in ``app.state.desk`` (one per desk app)."""
+
+    processor: Processor
+    templates: Jinja2Templates
+    stylesheet: bytes
+    next_counter: Callable[[], int]
+    #: Wire code -> meaning under the profile in force (templates explain codes with it).
+    code_info: Mapping[str, CodeInfo]
+    accepted_code: str
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self.processor.sessions
+
+    def now(self) -> datetime:
+        return self.processor.clock()
+
+
+def _desk(request: Request) -> DeskContext:
+    desk = request.app.state.desk
+    assert isinstance(desk, DeskContext)
+    return desk
+
+
+def _prefix(request: Request) -> str:
+    return str(request.scope.get("root_path", ""))
+
+
+def _staff_of(request: Request) -> str:
+    staff = request.state.staff
+    assert isinstance(staff, str)
+    return staff
+
+
+def _render(
+    request: Request, name: str, context: Mapping[str, Any], status_code: int = 200
+) -> Response:
+    desk = _desk(request)
+    base = {
+        "prefix": _prefix(request),
+        "staff": getattr(request.state, "staff", None),
+        "csrf_token": _csrf_token(request),
+        "code_info": desk.code_info,
+    }
+    return desk.templates.TemplateResponse(
+        request, name, {**base, **context}, status_code=status_code
+    )
+
+
+# -- sign-in ---------------------------------------------------------------------------
+
+
+async def login_page(request: Request) -> Response:
+    if request.state.staff is not None:
+        return RedirectResponse(f"{_prefix(request)}/", status_code=303)
+    return _render(
+        request,
+        "login.html",
+        {
+            "next": request.query_params.get("next", ""),
+            "error": None,
+            "name": "",
+            "signed_out": request.query_params.get("signed_out") == "1",
+        },
+    )
+
+
+def _sign_in(desk: DeskContext, name: str, password: str) -> str | accounts.Locked | None:
+    """A new session token, the lock-out in force, or None for a wrong name or password."""
+    now = desk.now()
+    with desk.sessions.begin() as session:
+        staff = accounts.sign_in(session, name, password, now)
+        if not isinstance(staff, accounts.Staff):
+            return staff
+        return accounts.start_session(session, staff.name, now)
+
+
+def _login_refused(
+    request: Request, form: Mapping[str, str], error: str, status_code: int
+) -> Response:
+    context = {
+        "next": form.get("next", ""),
+        "error": error,
+        "name": form.get("name", "").strip(),
+        "signed_out": False,
+    }
+    return _render(request, "login.html", context, status_code=status_code)
+
+
+async def login(request: Request) -> Response:
+    desk = _desk(request)
+    form = await _checked_form(request)
+    name = form.get("name", "").strip()
+    token = await run_in_threadpool(_sign_in, desk, name, form.get("password", ""))
+    if isinstance(token, accounts.Locked):
+        log.warning("desk sign-in refused for %r: locked until %s", name[:64], token.until)
+        response = _login_refused(
+            request,
+            form,
+            "Too many failed sign-ins under this name. Try again after "
+            f"{token.until.astimezone(UTC):%H:%M} UTC, or ask a desk "
+            f"administrator to run: hubreturns desk unlock {name[:64]}",
+            429,
+        )
+        wait = max(1, int((token.until - desk.now()).total_seconds()))
+        response.headers["Retry-After"] = str(wait)
+        return response
+    if token is None:
+        log.warning("desk sign-in refused for %r", name[:64])
+        return _login_refused(
+            request, form, "Wrong name or password, or the account is disabled.", 401
+        )
+    log.info("desk sign-in: %s", name)
+    request.session.clear()  # a fresh session: nothing from before sign-in survives
+    request.session["sid"] = token
+    request.session["csrf"] = secrets.token_urlsafe(32)
+    wanted = form.get("next", "")
+    target = wanted if _SAFE_NEXT.fullmatch(wanted) and wanted != "/login" else "/"
+    return RedirectResponse(f"{_prefix(request)}{target}", status_code=303)
+
+
+def _end_session(desk: DeskContext, token: str) -> None:
+    with desk.sessions.begin() as session:
+        accounts.end_session(session, token, desk.now())
+
+
+async def logout(request: Request) -> Response:
+    await _checked_form(request)
+    await run_in_threadpool(_end_session, _desk(request), str(request.session.get("sid")))
+    log.info("desk sign-out: %s", request.state.staff)
+    request.session.clear()
+    return RedirectResponse(f"{_prefix(request)}/login?signed_out=1", status_code=303)
+
+
+async def stylesheet(request: Request) -> Response:
+    return Response(
+        _desk(request).stylesheet,
+        media_type="text/css",
+        headers={"Cache-Control": "max-age=3600"},
+    )
+
+
+# -- hub look-up -----------------------------------------------------------------------
+
+
+def _read_hub(desk: DeskContext, device_id: str) -> HubView | None:
+    with desk.sessions() as session:
+        return hub_view(session, device_id, desk.now())
+
+
+async def hub(request: Request) -> Response:
+    typed = request.query_params.get("device_id", "").strip()
+    context: dict[str, Any] = {"device_id": typed, "error": None, "hub": None}
+    if not typed:
+        return _render(request, "hub.html", context)
+    try:
+        device_id = eui(typed)
+    except ValueError:
+        context["error"] = (
+            f"Device ID {typed!r} is not an EUI-64; write it as 00-DB-12-34-56-78-90-A2."
+        )
+        return _render(request, "hub.html", context, status_code=422)
+    view = await run_in_threadpool(_read_hub, _desk(request), device_id)
+    if view is None:
+        context["error"] = f"Device {device_id} is not in the Smart Metering Inventory."
+        return _render(request, "hub.html", context, status_code=404)
+    context.update(device_id=device_id, hub=view)
+    return _render(request, "hub.html", context)
+
+
+def _hub_json(view: HubView) -> dict[str, Any]:
+    return {
+        "device_id": view.device_id,
+        "device_type": view.device_type,
+        "smi_status": view.smi_status,
+        "gpf_id": view.gpf_id,
+        "open_return_id": view.open_return_id,
+        "responsible_suppliers": [
+            {"user_id": p.user_id, "role": p.role, "name": p.name, "status": p.status}
+            for p in view.suppliers
+        ],
+        "appointed_rsas": [
+            {
+                "user_id": a.rsa.user_id,
+                "name": a.rsa.name,
+                "status": a.rsa.status,
+                "appointed_by": a.supplier_id,
+            }
+            for a in view.appointed
+        ],
+        "returns": [
+            {
+                "id": r.id,
+                "channel": r.channel,
+                "request_id": r.request_id,
+                "originator": r.originator,
+                "role": r.role,
+                "received_at": _csv_cell(r.received_at),
+                "status": r.status,
+            }
+            for r in view.returns
+        ],
+    }
+
+
+async def hub_api(request: Request) -> Response:
+    try:
+        device_id = eui(request.path_params["device_id"])
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=422)
+    view = await run_in_threadpool(_read_hub, _desk(request), device_id)
+    if view is None:
+        return JSONResponse({"error": f"{device_id} is not in the inventory"}, 404)
+    return JSONResponse(_hub_json(view))
+
+
+# -- logging a return ------------------------------------------------------------------
+
+
+def _form_page(
+    request: Request,
+    values: Mapping[str, str],
+    *,
+    errors: Mapping[str, str] | None = None,
+    outcome: Outcome | None = None,
+    status_code: int = 200,
+) -> Response:
+    with _desk(request).sessions() as session:
+        users = service_users(session)
+    return _render(
+        request,
+        "return_form.html",
+        {
+            "values": {name: values.get(name, "") for name in forms.RETURN_FIELDS},
+            "errors": errors or {},
+            "outcome": outcome,
+            "users": users,
+            "return_types": forms.RETURN_TYPES,
+            "connection_methods": [m.value for m in ConnectionMethod],
+            "fault_reasons": [r.value for r in FaultReason],
+        },
+        status_code=status_code,
+    )
+
+
+async def new_return_page(request: Request) -> Response:
+    values = {name: request.query_params.get(name, "") for name in forms.RETURN_FIELDS}
+    return await run_in_threadpool(_form_page, request, values)
+
+
+async def new_return(request: Request) -> Response:
+    desk = _desk(request)
+    form = await _checked_form(request)
+    staff = _staff_of(request)
+    request_value, errors = forms.read_return_form(
+        form, target=desk.processor.access_control_broker, counter=desk.next_counter()
+    )
+    if request_value is None:
+        return await run_in_threadpool(_form_page, request, form, errors=errors, status_code=422)
+    outcome = await run_in_threadpool(desk.processor.handle_desk, request_value, entered_by=staff)
+    log.info(
+        "desk return by %s for %s on %s: %s",
+        staff,
+        request_value.originator,
+        request_value.device_id,
+        outcome.code,
+    )
+    response: Response
+    if outcome.accepted and outcome.return_id is not None:
+        # POST/redirect/GET: a reload shows the record, it never logs the return twice.
+        response = RedirectResponse(
+            f"{_prefix(request)}/returns/{outcome.return_id}?logged=1", status_code=303
+        )
+    else:
+        response = await run_in_threadpool(
+            _form_page, request, form, outcome=outcome, status_code=outcome.http_status
+        )
+    response.headers["X-DUIS-Response-Code"] = outcome.code
+    return response
+
+
+# -- browsing --------------------------------------------------------------------------
+
+
+def _read_returns(desk: DeskContext, where: ReturnFilter) -> Sequence[ReturnRecord]:
+    with desk.sessions() as session:
+        return Repository(session).returns(where)
+
+
+async def returns_page(request: Request) -> Response:
+    query = dict(request.query_params)
+    where, errors = forms.parse_return_filter(query)
+    paging = forms.parse_paging(query, errors)
+    where = dataclasses.replace(where, limit=paging.per_page + 1, offset=paging.offset)
+    rows = await run_in_threadpool(_read_returns, _desk(request), where)
+    shown = rows[: paging.per_page]
+    return _render(
+        request,
+        "returns.html",
+        {
+            "query": query,
+            "errors": errors,
+            "rows": shown,
+            "pager": _pager(request, paging, len(shown), len(rows) > paging.per_page),
+            "roles": forms.FORM_ROLES,
+            "channels": [c.value for c in Channel],
+            "csv_query": _export_query(request),
+        },
+        status_code=422 if errors else 200,
+    )
+
+
+async def returns_csv(request: Request) -> Response:
+    desk = _desk(request)
+    where, errors = forms.parse_return_filter(dict(request.query_params), export=True)
+    if errors:
+        return JSONResponse({"errors": errors}, status_code=422)
+    rows = await run_in_threadpool(_read_returns, desk, where)
+    return _csv_response("returns", RETURN_CSV_COLUMNS, rows, desk.now())
+
+
+def _read_return(desk: DeskContext, return_id: int) -> ReturnRecord | None:
+    with desk.sessions() as session:
+        return session.get(ReturnRecord, return_id)
+
+
+async def return_detail(request: Request) -> Response:
+    desk = _desk(request)
+    raw = request.path_params["return_id"]
+    record = await run_in_threadpool(_read_return, desk, raw)
+    if record is None:
+        raise HTTPException(404, f"No return {raw} is recorded.")
+    logged = request.query_params.get("logged") == "1" and record.channel == "servicedesk"
+    return _render(
+        request,
+        "return_detail.html",
+        {"record": record, "logged": logged, "accepted": desk.accepted_code},
+    )
+
+
+def _read_audit(desk: DeskContext, query: forms.AuditQuery) -> Sequence[AuditEntry]:
+    with desk.sessions() as session:
+        return Repository(session).audit(
+            originator=query.originator,
+            device_id=query.device_id,
+            code=query.code,
+            accepted=query.accepted,
+            since=query.since,
+            until=query.until,
+            limit=query.limit,
+            offset=query.offset,
+        )
+
+
+async def audit_page(request: Request) -> Response:
+    query = dict(request.query_params)
+    audit_query, errors = forms.parse_audit_query(query)
+    paging = forms.parse_paging(query, errors)
+    audit_query = dataclasses.replace(audit_query, limit=paging.per_page + 1, offset=paging.offset)
+    rows = await run_in_threadpool(_read_audit, _desk(request), audit_query)
+    shown = rows[: paging.per_page]
+    return _render(
+        request,
+        "audit.html",
+        {
+            "query": query,
+            "errors": errors,
+            "rows": shown,
+            "pager": _pager(request, paging, len(shown), len(rows) > paging.per_page),
+            "codes": forms.AUDIT_CODES,
+            "csv_query": _export_query(request),
+        },
+        status_code=422 if errors else 200,
+    )
+
+
+async def audit_csv(request: Request) -> Response:
+    desk = _desk(request)
+    audit_query, errors = forms.parse_audit_query(dict(request.query_params), export=True)
+    if errors:
+        return JSONResponse({"errors": errors}, status_code=422)
+    rows = await run_in_threadpool(_read_audit, desk, audit_query)
+    return _csv_response("audit", AUDIT_CSV_COLUMNS, rows, desk.now())
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if _wants_data(_sub_path(request.scope), request.headers.get("accept", "")):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    return _render(
+        request,
+        "error.html",
+        {"status": exc.status_code, "detail": exc.detail},
+        status_code=exc.status_code,
+    )
+
+
+routes = [
+    Route("/", hub, methods=["GET"], name="home"),
+    Route("/login", login_page, methods=["GET"], name="login_page"),
+    Route("/login", login, methods=["POST"], name="login"),
+    Route("/logout", logout, methods=["POST"], name="logout"),
+    Route("/desk.css", stylesheet, methods=["GET"], name="css"),
+    Route("/hub", hub, methods=["GET"], name="hub"),
+    Route("/api/hubs/{device_id}", hub_api, methods=["GET"], name="hub_api"),
+    Route("/returns/new", new_return_page, methods=["GET"], name="new_return_page"),
+    Route("/returns/new", new_return, methods=["POST"], name="new_return"),
+    Route("/returns", returns_page, methods=["GET"], name="returns"),
+    Route("/returns.csv", returns_csv, methods=["GET"], name="returns_csv"),
+    Route("/returns/{return_id:int}", return_detail, methods=["GET"], name="return"),
+    Route("/audit", audit_page, methods=["GET"], name="audit"),
+    Route("/audit.csv", audit_csv, methods=["GET"], name="audit_csv"),
+]
+
+
 def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
     """The desk sub-application (mount it at ``/desk``)."""
-    templates = _templates()
-    sessions = processor.sessions
-    clock = processor.clock
-    next_counter = _Counter()
-    css = (resources.files("hubreturns.desk") / "static" / "desk.css").read_bytes()
-    #: Wire code -> meaning under the profile in force (templates explain codes with it).
-    code_info = {code: found for code, _, found in processor.codes.rows()}
-    accepted_code = processor.codes.code(ResponseCode.I99)
-
-    def render(
-        request: Request, name: str, context: Mapping[str, Any], status_code: int = 200
-    ) -> Response:
-        base = {
-            "prefix": request.scope.get("root_path", ""),
-            "staff": getattr(request.state, "staff", None),
-            "csrf_token": _csrf_token(request),
-            "code_info": code_info,
-        }
-        return templates.TemplateResponse(
-            request, name, {**base, **context}, status_code=status_code
-        )
-
-    def prefix(request: Request) -> str:
-        return str(request.scope.get("root_path", ""))
-
-    def staff_of(request: Request) -> str:
-        staff = request.state.staff
-        assert isinstance(staff, str)
-        return staff
-
-    # -- sign-in ---------------------------------------------------------------------
-
-    async def login_page(request: Request) -> Response:
-        if request.state.staff is not None:
-            return RedirectResponse(f"{prefix(request)}/", status_code=303)
-        return render(
-            request,
-            "login.html",
-            {
-                "next": request.query_params.get("next", ""),
-                "error": None,
-                "name": "",
-                "signed_out": request.query_params.get("signed_out") == "1",
-            },
-        )
-
-    async def login(request: Request) -> Response:
-        form = await _checked_form(request)
-        name = form.get("name", "").strip()
-        password = form.get("password", "")
-        wanted = form.get("next", "")
-
-        def attempt() -> str | accounts.Locked | None:
-            now = clock()
-            with sessions.begin() as session:
-                staff = accounts.sign_in(session, name, password, now)
-                if not isinstance(staff, accounts.Staff):
-                    return staff
-                return accounts.start_session(session, staff.name, now)
-
-        token = await run_in_threadpool(attempt)
-        if isinstance(token, accounts.Locked):
-            log.warning("desk sign-in refused for %r: locked until %s", name[:64], token.until)
-            wait = max(1, int((token.until - clock()).total_seconds()))
-            response = render(
-                request,
-                "login.html",
-                {
-                    "next": wanted,
-                    "error": (
-                        "Too many failed sign-ins under this name. Try again after "
-                        f"{token.until.astimezone(UTC):%H:%M} UTC, or ask a desk "
-                        f"administrator to run: hubreturns desk unlock {name[:64]}"
-                    ),
-                    "name": name,
-                    "signed_out": False,
-                },
-                status_code=429,
-            )
-            response.headers["Retry-After"] = str(wait)
-            return response
-        if token is None:
-            log.warning("desk sign-in refused for %r", name[:64])
-            return render(
-                request,
-                "login.html",
-                {
-                    "next": wanted,
-                    "error": "Wrong name or password, or the account is disabled.",
-                    "name": name,
-                    "signed_out": False,
-                },
-                status_code=401,
-            )
-        log.info("desk sign-in: %s", name)
-        request.session.clear()  # a fresh session: nothing from before sign-in survives
-        request.session["sid"] = token
-        request.session["csrf"] = secrets.token_urlsafe(32)
-        target = wanted if _SAFE_NEXT.fullmatch(wanted) and wanted != "/login" else "/"
-        return RedirectResponse(f"{prefix(request)}{target}", status_code=303)
-
-    async def logout(request: Request) -> Response:
-        await _checked_form(request)
-        token = request.session.get("sid")
-
-        def end() -> None:
-            with sessions.begin() as session:
-                accounts.end_session(session, str(token), clock())
-
-        await run_in_threadpool(end)
-        log.info("desk sign-out: %s", request.state.staff)
-        request.session.clear()
-        return RedirectResponse(f"{prefix(request)}/login?signed_out=1", status_code=303)
-
-    async def stylesheet(_: Request) -> Response:
-        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
-
-    # -- hub look-up -----------------------------------------------------------------
-
-    async def hub(request: Request) -> Response:
-        typed = request.query_params.get("device_id", "").strip()
-        context: dict[str, Any] = {"device_id": typed, "error": None, "hub": None}
-        if not typed:
-            return render(request, "hub.html", context)
-        try:
-            device_id = eui(typed)
-        except ValueError:
-            context["error"] = (
-                f"Device ID {typed!r} is not an EUI-64; write it as 00-DB-12-34-56-78-90-A2."
-            )
-            return render(request, "hub.html", context, status_code=422)
-
-        def read() -> Any:
-            with sessions() as session:
-                return hub_view(session, device_id, clock())
-
-        view = await run_in_threadpool(read)
-        if view is None:
-            context["error"] = f"Device {device_id} is not in the Smart Metering Inventory."
-            return render(request, "hub.html", context, status_code=404)
-        context.update(device_id=device_id, hub=view)
-        return render(request, "hub.html", context)
-
-    async def hub_api(request: Request) -> Response:
-        try:
-            device_id = eui(request.path_params["device_id"])
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=422)
-
-        def read() -> Any:
-            with sessions() as session:
-                return hub_view(session, device_id, clock())
-
-        view = await run_in_threadpool(read)
-        if view is None:
-            return JSONResponse({"error": f"{device_id} is not in the inventory"}, 404)
-        return JSONResponse(
-            {
-                "device_id": view.device_id,
-                "device_type": view.device_type,
-                "smi_status": view.smi_status,
-                "gpf_id": view.gpf_id,
-                "open_return_id": view.open_return_id,
-                "responsible_suppliers": [
-                    {"user_id": p.user_id, "role": p.role, "name": p.name, "status": p.status}
-                    for p in view.suppliers
-                ],
-                "appointed_rsas": [
-                    {
-                        "user_id": a.rsa.user_id,
-                        "name": a.rsa.name,
-                        "status": a.rsa.status,
-                        "appointed_by": a.supplier_id,
-                    }
-                    for a in view.appointed
-                ],
-                "returns": [
-                    {
-                        "id": r.id,
-                        "channel": r.channel,
-                        "request_id": r.request_id,
-                        "originator": r.originator,
-                        "role": r.role,
-                        "received_at": _csv_cell(r.received_at),
-                        "status": r.status,
-                    }
-                    for r in view.returns
-                ],
-            }
-        )
-
-    # -- logging a return ------------------------------------------------------------
-
-    def form_page(
-        request: Request,
-        values: Mapping[str, str],
-        *,
-        errors: Mapping[str, str] | None = None,
-        outcome: Outcome | None = None,
-        status_code: int = 200,
-    ) -> Response:
-        def read() -> Any:
-            with sessions() as session:
-                return service_users(session)
-
-        users = read()
-        return render(
-            request,
-            "return_form.html",
-            {
-                "values": {name: values.get(name, "") for name in forms.RETURN_FIELDS},
-                "errors": errors or {},
-                "outcome": outcome,
-                "users": users,
-                "return_types": forms.RETURN_TYPES,
-                "connection_methods": [m.value for m in ConnectionMethod],
-                "fault_reasons": [r.value for r in FaultReason],
-            },
-            status_code=status_code,
-        )
-
-    async def new_return_page(request: Request) -> Response:
-        values = {name: request.query_params.get(name, "") for name in forms.RETURN_FIELDS}
-        return await run_in_threadpool(form_page, request, values)
-
-    async def new_return(request: Request) -> Response:
-        form = await _checked_form(request)
-        staff = staff_of(request)
-        request_value, errors = forms.read_return_form(
-            form, target=processor.access_control_broker, counter=next_counter()
-        )
-        if request_value is None:
-            return await run_in_threadpool(form_page, request, form, errors=errors, status_code=422)
-        outcome = await run_in_threadpool(processor.handle_desk, request_value, entered_by=staff)
-        log.info(
-            "desk return by %s for %s on %s: %s",
-            staff,
-            request_value.originator,
-            request_value.device_id,
-            outcome.code,
-        )
-        response: Response
-        if outcome.accepted and outcome.return_id is not None:
-            # POST/redirect/GET: a reload shows the record, it never logs the return twice.
-            response = RedirectResponse(
-                f"{prefix(request)}/returns/{outcome.return_id}?logged=1", status_code=303
-            )
-        else:
-            response = await run_in_threadpool(
-                form_page, request, form, outcome=outcome, status_code=outcome.http_status
-            )
-        response.headers["X-DUIS-Response-Code"] = outcome.code
-        return response
-
-    # -- browsing ----------------------------------------------------------------------
-
-    async def returns_page(request: Request) -> Response:
-        query = dict(request.query_params)
-        where, errors = forms.parse_return_filter(query)
-        paging = forms.parse_paging(query, errors)
-        where = dataclasses.replace(where, limit=paging.per_page + 1, offset=paging.offset)
-
-        def read() -> Sequence[ReturnRecord]:
-            with sessions() as session:
-                return Repository(session).returns(where)
-
-        rows = await run_in_threadpool(read)
-        shown = rows[: paging.per_page]
-        return render(
-            request,
-            "returns.html",
-            {
-                "query": query,
-                "errors": errors,
-                "rows": shown,
-                "pager": _pager(request, paging, len(shown), len(rows) > paging.per_page),
-                "roles": forms.FORM_ROLES,
-                "channels": [c.value for c in Channel],
-                "csv_query": _export_query(request),
-            },
-            status_code=422 if errors else 200,
-        )
-
-    async def returns_csv(request: Request) -> Response:
-        where, errors = forms.parse_return_filter(dict(request.query_params), export=True)
-        if errors:
-            return JSONResponse({"errors": errors}, status_code=422)
-
-        def read() -> Sequence[ReturnRecord]:
-            with sessions() as session:
-                return Repository(session).returns(where)
-
-        rows = await run_in_threadpool(read)
-        return _csv_response("returns", RETURN_CSV_COLUMNS, rows, clock())
-
-    async def return_detail(request: Request) -> Response:
-        raw = request.path_params["return_id"]
-
-        def read() -> ReturnRecord | None:
-            with sessions() as session:
-                return session.get(ReturnRecord, raw)
-
-        record = await run_in_threadpool(read)
-        if record is None:
-            raise HTTPException(404, f"No return {raw} is recorded.")
-        logged = request.query_params.get("logged") == "1" and record.channel == "servicedesk"
-        return render(
-            request,
-            "return_detail.html",
-            {"record": record, "logged": logged, "accepted": accepted_code},
-        )
-
-    def read_audit(query: forms.AuditQuery) -> Sequence[AuditEntry]:
-        with sessions() as session:
-            return Repository(session).audit(
-                originator=query.originator,
-                device_id=query.device_id,
-                code=query.code,
-                accepted=query.accepted,
-                since=query.since,
-                until=query.until,
-                limit=query.limit,
-                offset=query.offset,
-            )
-
-    async def audit_page(request: Request) -> Response:
-        query = dict(request.query_params)
-        audit_query, errors = forms.parse_audit_query(query)
-        paging = forms.parse_paging(query, errors)
-        audit_query = dataclasses.replace(
-            audit_query, limit=paging.per_page + 1, offset=paging.offset
-        )
-        rows = await run_in_threadpool(read_audit, audit_query)
-        shown = rows[: paging.per_page]
-        return render(
-            request,
-            "audit.html",
-            {
-                "query": query,
-                "errors": errors,
-                "rows": shown,
-                "pager": _pager(request, paging, len(shown), len(rows) > paging.per_page),
-                "codes": forms.AUDIT_CODES,
-                "csv_query": _export_query(request),
-            },
-            status_code=422 if errors else 200,
-        )
-
-    async def audit_csv(request: Request) -> Response:
-        audit_query, errors = forms.parse_audit_query(dict(request.query_params), export=True)
-        if errors:
-            return JSONResponse({"errors": errors}, status_code=422)
-        rows = await run_in_threadpool(read_audit, audit_query)
-        return _csv_response("audit", AUDIT_CSV_COLUMNS, rows, clock())
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if _wants_data(_sub_path(request.scope), request.headers.get("accept", "")):
-            return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
-        return render(
-            request,
-            "error.html",
-            {"status": exc.status_code, "detail": exc.detail},
-            status_code=exc.status_code,
-        )
-
-    routes = [
-        Route("/", hub, methods=["GET"], name="home"),
-        Route("/login", login_page, methods=["GET"], name="login_page"),
-        Route("/login", login, methods=["POST"], name="login"),
-        Route("/logout", logout, methods=["POST"], name="logout"),
-        Route("/desk.css", stylesheet, methods=["GET"], name="css"),
-        Route("/hub", hub, methods=["GET"], name="hub"),
-        Route("/api/hubs/{device_id}", hub_api, methods=["GET"], name="hub_api"),
-        Route("/returns/new", new_return_page, methods=["GET"], name="new_return_page"),
-        Route("/returns/new", new_return, methods=["POST"], name="new_return"),
-        Route("/returns", returns_page, methods=["GET"], name="returns"),
-        Route("/returns.csv", returns_csv, methods=["GET"], name="returns_csv"),
-        Route("/returns/{return_id:int}", return_detail, methods=["GET"], name="return"),
-        Route("/audit", audit_page, methods=["GET"], name="audit"),
-        Route("/audit.csv", audit_csv, methods=["GET"], name="audit_csv"),
-    ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(SecurityHeaders),
@@ -803,7 +841,16 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
                 same_site="strict",
                 https_only=settings.tls,  # Secure: the browser never sends it over plain HTTP
             ),
-            Middleware(StaffGate, sessions=sessions, clock=clock),
+            Middleware(StaffGate, sessions=processor.sessions, clock=processor.clock),
         ],
         exception_handlers={HTTPException: http_error},
     )
+    app.state.desk = DeskContext(
+        processor=processor,
+        templates=_templates(),
+        stylesheet=(resources.files("hubreturns.desk") / "static" / "desk.css").read_bytes(),
+        next_counter=_Counter(),
+        code_info={code: found for code, _, found in processor.codes.rows()},
+        accepted_code=processor.codes.code(ResponseCode.I99),
+    )
+    return app

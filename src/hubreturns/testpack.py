@@ -24,7 +24,7 @@ import json
 import secrets
 import shutil
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -163,27 +163,143 @@ def _slug(role: str, kind: ReturnKind, what: str) -> str:
     return f"{role.lower()}-{kind.variant}-{what}"
 
 
-def pack_scenarios() -> list[PackScenario]:
-    """Every outcome, in the order they must run: acceptances first, then their
-    replays and duplicates, then the refusals (E100, "try again later", cannot
-    be provoked by a client and is not in the pack)."""
-    out: list[PackScenario] = []
+#: Refusals every role meets on its spare hub, in running order: (what, description,
+#: expected, fields); ``_role_fields`` adds what depends on the role.
+_EACH_ROLE_REFUSALS: Final[tuple[tuple[str, str, Verdict, Mapping[str, Any]], ...]] = (
+    ("suspended", "sender's User ID is suspended", ResponseCode.E3, {}),
+    (
+        "wrong-target",
+        "RequestID target is not the ACB",
+        Reason.WRONG_TARGET,
+        {"target": WRONG_TARGET},
+    ),
+    ("command-variant-1", "CommandVariant 1", ResponseCode.E12, {"command_variant": 1}),
+    (
+        "send-command-endpoint",
+        "sent to /api/v1/serviceS",
+        ResponseCode.E13,
+        {"endpoint": Endpoint.SEND_COMMAND},
+    ),
+    ("unknown-device", "DeviceID not in the inventory", ResponseCode.E19, {"device": "unknown"}),
+    ("esme", "DeviceID is an ESME, not a CHF", ResponseCode.E11, {"device": "esme"}),
+    ("wrong-gpf", "OtherDeviceID is another hub's GPF", Reason.GPF_MISMATCH, {"wrong_gpf": True}),
+    (
+        "body-changed",
+        "body changed after signing",
+        Reason.SIGNATURE,
+        {"tamper": Tamper.BODY_AFTER_SIGNING},
+    ),
+    ("unsigned", "no signature", Reason.SIGNATURE, {"tamper": Tamper.UNSIGNED}),
+    (
+        "unknown-certificate",
+        "certificate not in the SMKI repository",
+        Reason.UNKNOWN_CERTIFICATE,
+        {},
+    ),
+    ("expired-certificate", "expired certificate", Reason.UNUSABLE_CERTIFICATE, {}),
+    (
+        "other-users-certificate",
+        "signed with another user's certificate",
+        Reason.IDENTITY_MISMATCH,
+        {},
+    ),
+    ("doctype", "DOCTYPE with an external entity", Reason.MALFORMED, {"tamper": Tamper.DOCTYPE}),
+    (
+        "schema-invalid",
+        "DeviceID is not an EUI-64 (schema)",
+        Reason.SCHEMA,
+        {"tamper": Tamper.SCHEMA},
+    ),
+)
 
-    def add(role: str, kind: ReturnKind, what: str, description: str, **kw: Any) -> None:
-        kw.setdefault("sender", _ROLE_SENDERS.get(role, IS))
-        out.append(
-            PackScenario(
-                slug=_slug(role, kind, what),
-                description=f"{role} {kind.variant}: {description}",
-                role=role,
-                kind=kind,
-                **kw,
-            )
-        )
+#: Refusals that depend on who the sender is, for each kind: (role, what, description,
+#: expected, fields).
+_PARTY_REFUSALS: Final[tuple[tuple[str, str, str, Verdict, Mapping[str, Any]], ...]] = (
+    (
+        "IS",
+        "not-responsible",
+        "hub of another Supplier (GS)",
+        ResponseCode.E4,
+        {"device": "spare-gs"},
+    ),
+    (
+        "GS",
+        "not-responsible",
+        "hub of another Supplier (IS)",
+        ResponseCode.E4,
+        {"device": "spare-is"},
+    ),
+    (
+        "RSA",
+        "unappointed",
+        "RSA appointed by nobody",
+        ResponseCode.E4,
+        {"sender": RSA_UNAPPOINTED, "device": "spare-is"},
+    ),
+    (
+        "RSA",
+        "supplier-not-responsible",
+        "RSA appointed by the IS, hub of the GS only",
+        ResponseCode.E4,
+        {"device": "spare-gs"},
+    ),
+    (
+        "RSA",
+        "installed-hub",
+        "RSA, hub Commissioned (not Pending)",
+        ResponseCode.E5,
+        {"device": "installed-is"},
+    ),
+    (
+        "ED",
+        "ineligible-role",
+        "ED User ID sends a return",
+        ResponseCode.E2,
+        {"sender": ED, "device": "spare-is"},
+    ),
+    (
+        "unregistered",
+        "unknown-user",
+        "originator is not a registered User ID",
+        ResponseCode.E1,
+        {"sender": UNREGISTERED, "device": "spare-is"},
+    ),
+)
 
+_SPARE_HUBS: Final = {"IS": "spare-is", "GS": "spare-gs", "RSA": "spare-is"}
+
+
+def _scenario(
+    role: str, kind: ReturnKind, what: str, description: str, **fields: Any
+) -> PackScenario:
+    fields.setdefault("sender", _ROLE_SENDERS.get(role, IS))
+    return PackScenario(
+        slug=_slug(role, kind, what),
+        description=f"{role} {kind.variant}: {description}",
+        role=role,
+        kind=kind,
+        **fields,
+    )
+
+
+def _role_fields(role: str, what: str) -> dict[str, Any]:
+    """The fields of an ``_EACH_ROLE_REFUSALS`` row that name the role's own users."""
+    if what == "suspended":
+        return {"sender": _SUSPENDED[role]}
+    if what == "unknown-certificate":
+        return {"signer": f"{role.lower()}-unloaded"}
+    if what == "expired-certificate":
+        return {"signer": f"{role.lower()}-expired"}
+    if what == "other-users-certificate":
+        return {"signer": GS if role == "IS" else IS}
+    return {}
+
+
+def _acceptances_and_repeats() -> list[PackScenario]:
+    """Each role's accepted returns, then their replays and second requests."""
     each = [(role, kind) for role in _ROLE_SENDERS for kind in _KINDS]
-    for role, kind in each:
-        add(
+    out = [
+        _scenario(
             role,
             kind,
             "accepted",
@@ -191,8 +307,10 @@ def pack_scenarios() -> list[PackScenario]:
             expected=ResponseCode.I99,
             device=f"accept-{role}-{kind.variant}",
         )
-    for role, kind in each[:4]:
-        add(
+        for role, kind in each
+    ]
+    out += [
+        _scenario(
             role,
             kind,
             "accepted-commissioned",
@@ -200,224 +318,68 @@ def pack_scenarios() -> list[PackScenario]:
             expected=ResponseCode.I99,
             device=f"commissioned-{role}-{kind.variant}",
         )
+        for role, kind in each[:4]
+    ]
     for role, kind in each:
+        hub = f"accept-{role}-{kind.variant}"
         accepted = _slug(role, kind, "accepted")
-        add(
-            role,
-            kind,
-            "replay",
-            "exact copy of the accepted request",
-            expected=Reason.REPLAY,
-            device=f"accept-{role}-{kind.variant}",
-            tamper=Tamper.REPLAY,
-            depends_on=accepted,
-        )
-        add(
-            role,
-            kind,
-            "already-returned",
-            "new request for the hub it just returned",
-            expected=Reason.OPEN_RETURN,
-            device=f"accept-{role}-{kind.variant}",
-            depends_on=accepted,
-        )
-    spare = {"IS": "spare-is", "GS": "spare-gs", "RSA": "spare-is"}
-    for role, kind in each:
-        hub = spare[role]
-        add(
-            role,
-            kind,
-            "suspended",
-            "sender's User ID is suspended",
-            expected=ResponseCode.E3,
-            sender=_SUSPENDED[role],
-            device=hub,
-        )
-        add(
-            role,
-            kind,
-            "wrong-target",
-            "RequestID target is not the ACB",
-            expected=Reason.WRONG_TARGET,
-            device=hub,
-            target=WRONG_TARGET,
-        )
-        add(
-            role,
-            kind,
-            "command-variant-1",
-            "CommandVariant 1",
-            expected=ResponseCode.E12,
-            device=hub,
-            command_variant=1,
-        )
-        add(
-            role,
-            kind,
-            "send-command-endpoint",
-            "sent to /api/v1/serviceS",
-            expected=ResponseCode.E13,
-            device=hub,
-            endpoint=Endpoint.SEND_COMMAND,
-        )
-        add(
-            role,
-            kind,
-            "unknown-device",
-            "DeviceID not in the inventory",
-            expected=ResponseCode.E19,
-            device="unknown",
-        )
-        add(
-            role,
-            kind,
-            "esme",
-            "DeviceID is an ESME, not a CHF",
-            expected=ResponseCode.E11,
-            device="esme",
-        )
-        if kind is ReturnKind.FAULT:
-            add(
+        out.append(
+            _scenario(
                 role,
                 kind,
-                "wrong-gpf",
-                "OtherDeviceID is another hub's GPF",
-                expected=Reason.GPF_MISMATCH,
+                "replay",
+                "exact copy of the accepted request",
+                expected=Reason.REPLAY,
                 device=hub,
-                wrong_gpf=True,
+                tamper=Tamper.REPLAY,
+                depends_on=accepted,
             )
-        add(
-            role,
-            kind,
-            "body-changed",
-            "body changed after signing",
-            expected=Reason.SIGNATURE,
-            device=hub,
-            tamper=Tamper.BODY_AFTER_SIGNING,
         )
-        add(
-            role,
-            kind,
-            "unsigned",
-            "no signature",
-            expected=Reason.SIGNATURE,
-            device=hub,
-            tamper=Tamper.UNSIGNED,
+        out.append(
+            _scenario(
+                role,
+                kind,
+                "already-returned",
+                "new request for the hub it just returned",
+                expected=Reason.OPEN_RETURN,
+                device=hub,
+                depends_on=accepted,
+            )
         )
-        add(
-            role,
-            kind,
-            "unknown-certificate",
-            "certificate not in the SMKI repository",
-            expected=Reason.UNKNOWN_CERTIFICATE,
-            device=hub,
-            signer=f"{role.lower()}-unloaded",
-        )
-        add(
-            role,
-            kind,
-            "expired-certificate",
-            "expired certificate",
-            expected=Reason.UNUSABLE_CERTIFICATE,
-            device=hub,
-            signer=f"{role.lower()}-expired",
-        )
-        add(
-            role,
-            kind,
-            "other-users-certificate",
-            "signed with another user's certificate",
-            expected=Reason.IDENTITY_MISMATCH,
-            device=hub,
-            signer=GS if role == "IS" else IS,
-        )
-        add(
-            role,
-            kind,
-            "doctype",
-            "DOCTYPE with an external entity",
-            expected=Reason.MALFORMED,
-            device=hub,
-            tamper=Tamper.DOCTYPE,
-        )
-        add(
-            role,
-            kind,
-            "schema-invalid",
-            "DeviceID is not an EUI-64 (schema)",
-            expected=Reason.SCHEMA,
-            device=hub,
-            tamper=Tamper.SCHEMA,
-        )
+    return out
+
+
+def _refusals() -> list[PackScenario]:
+    out: list[PackScenario] = []
+    for role in _ROLE_SENDERS:
+        for kind in _KINDS:
+            for what, description, expected, fields in _EACH_ROLE_REFUSALS:
+                if what == "wrong-gpf" and kind is not ReturnKind.FAULT:
+                    continue  # a no-fault return carries no OtherDeviceID
+                chosen = {"device": _SPARE_HUBS[role], **fields, **_role_fields(role, what)}
+                out.append(_scenario(role, kind, what, description, expected=expected, **chosen))
     for kind in _KINDS:
-        add(
+        for role, what, description, expected, fields in _PARTY_REFUSALS:
+            out.append(_scenario(role, kind, what, description, expected=expected, **fields))
+    out.append(
+        _scenario(
             "IS",
-            kind,
-            "not-responsible",
-            "hub of another Supplier (GS)",
-            expected=ResponseCode.E4,
-            device="spare-gs",
-        )
-        add(
-            "GS",
-            kind,
-            "not-responsible",
-            "hub of another Supplier (IS)",
-            expected=ResponseCode.E4,
+            ReturnKind.FAULT,
+            "not-xml",
+            "body is not XML",
+            expected=Reason.MALFORMED,
             device="spare-is",
+            tamper=Tamper.NOT_XML,
         )
-        add(
-            "RSA",
-            kind,
-            "unappointed",
-            "RSA appointed by nobody",
-            expected=ResponseCode.E4,
-            sender=RSA_UNAPPOINTED,
-            device="spare-is",
-        )
-        add(
-            "RSA",
-            kind,
-            "supplier-not-responsible",
-            "RSA appointed by the IS, hub of the GS only",
-            expected=ResponseCode.E4,
-            device="spare-gs",
-        )
-        add(
-            "RSA",
-            kind,
-            "installed-hub",
-            "RSA, hub Commissioned (not Pending)",
-            expected=ResponseCode.E5,
-            device="installed-is",
-        )
-        add(
-            "ED",
-            kind,
-            "ineligible-role",
-            "ED User ID sends a return",
-            expected=ResponseCode.E2,
-            sender=ED,
-            device="spare-is",
-        )
-        add(
-            "unregistered",
-            kind,
-            "unknown-user",
-            "originator is not a registered User ID",
-            expected=ResponseCode.E1,
-            sender=UNREGISTERED,
-            device="spare-is",
-        )
-    add(
-        "IS",
-        ReturnKind.FAULT,
-        "not-xml",
-        "body is not XML",
-        expected=Reason.MALFORMED,
-        device="spare-is",
-        tamper=Tamper.NOT_XML,
     )
+    return out
+
+
+def pack_scenarios() -> list[PackScenario]:
+    """Every outcome, in the order they must run: acceptances first, then their
+    replays and duplicates, then the refusals (E100, "try again later", cannot
+    be provoked by a client and is not in the pack)."""
+    out = _acceptances_and_repeats() + _refusals()
     slugs = [s.slug for s in out]
     assert len(set(slugs)) == len(slugs), "scenario slugs must be unique"
     missing = {s.expected for s in DEMO_SCENARIOS} - {s.expected for s in out}

@@ -166,79 +166,102 @@ def _print_result(result: SubmitResult) -> None:
         console.print(f"hint     {result.hint}")
 
 
+UrlOption = Annotated[str, typer.Option(help="Service base URL (…/api/v1/serviceD is added).")]
+VariantOption = Annotated[str | None, typer.Option(help="8.14.3 (fault) or 8.14.4 (no fault).")]
+DeviceOption = Annotated[str | None, typer.Option(help="DeviceID: the hub's CHF.")]
+ReturnTypeOption = Annotated[
+    str | None, typer.Option(help="CHFFaultReturnType / CHFNoFaultReturnType text.")
+]
+OtherDeviceOption = Annotated[str | None, typer.Option(help="8.14.3: the hub's GPF.")]
+ConnectionMethodOption = Annotated[
+    str | None, typer.Option(help="8.14.3: Hot-shoe, Cradle or ESME.")
+]
+FaultReasonOption = Annotated[str | None, typer.Option(help="8.14.3: CHFFaultReason.")]
+UserRefDatetimeOption = Annotated[str | None, typer.Option(help="xs:dateTime.")]
+UserRefIdOption = Annotated[str | None, typer.Option(help="Your reference (≤ 25).")]
+IncidentOption = Annotated[str | None, typer.Option(help="≤ 15 characters.")]
+AdditionalOption = Annotated[str | None, typer.Option(help="≤ 200 characters.")]
+CsvFileOption = Annotated[
+    Path | None, typer.Option("--csv", help="Bulk: a CSV of returns (see README).")
+]
+ResultsOption = Annotated[
+    Path | None,
+    typer.Option(help="Bulk: results CSV, one row per input row (never overwritten)."),
+]
+ResumeOption = Annotated[
+    Path | None,
+    typer.Option(help="Bulk: an earlier results CSV; send only the rows it has not I99."),
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Bulk: replace an existing --results file.")
+]
+ConcurrencyOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=64,
+        help="Bulk: requests in flight. Above 1 a request overtaken by a later one of "
+        "yours may be refused as a replay (send those again with --resume).",
+    ),
+]
+RetriesOption = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Resends (same RequestID and bytes) after no response or E100; "
+        "an answered request is never resent.",
+    ),
+]
+RetryDelayOption = Annotated[
+    float, typer.Option(min=0, help="Seconds before the first resend (then doubling).")
+]
+CounterOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="RequestID counter of the (first) request; default: the time in ms, "
+        "above the last one in the state file.",
+    ),
+]
+SaveDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Keep each signed request and the response as XML files here."),
+]
+TargetOption = Annotated[str, typer.Option(help="RequestID target (the DCC ACB).")]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(help="Counter state folder (default $HUBRETURNS_STATE_DIR or XDG state)."),
+]
+TimeoutOption = Annotated[float, typer.Option(help="HTTP timeout in seconds.")]
+
+
 def submit(
     key: KeyOption,
     cert: CertOption,
-    url: Annotated[str, typer.Option(help="Service base URL (…/api/v1/serviceD is added).")],
-    variant: Annotated[
-        str | None, typer.Option(help="8.14.3 (fault) or 8.14.4 (no fault).")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="DeviceID: the hub's CHF.")] = None,
-    return_type: Annotated[
-        str | None, typer.Option(help="CHFFaultReturnType / CHFNoFaultReturnType text.")
-    ] = None,
-    other_device: Annotated[str | None, typer.Option(help="8.14.3: the hub's GPF.")] = None,
-    connection_method: Annotated[
-        str | None, typer.Option(help="8.14.3: Hot-shoe, Cradle or ESME.")
-    ] = None,
-    fault_reason: Annotated[str | None, typer.Option(help="8.14.3: CHFFaultReason.")] = None,
-    user_ref_datetime: Annotated[str | None, typer.Option(help="xs:dateTime.")] = None,
-    user_ref_id: Annotated[str | None, typer.Option(help="Your reference (≤ 25).")] = None,
-    incident_reference: Annotated[str | None, typer.Option(help="≤ 15 characters.")] = None,
-    additional_information: Annotated[str | None, typer.Option(help="≤ 200 characters.")] = None,
-    csv_file: Annotated[
-        Path | None, typer.Option("--csv", help="Bulk: a CSV of returns (see README).")
-    ] = None,
-    results: Annotated[
-        Path | None,
-        typer.Option(help="Bulk: results CSV, one row per input row (never overwritten)."),
-    ] = None,
-    resume: Annotated[
-        Path | None,
-        typer.Option(help="Bulk: an earlier results CSV; send only the rows it has not I99."),
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Bulk: replace an existing --results file.")
-    ] = False,
-    concurrency: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=64,
-            help="Bulk: requests in flight. Above 1 a request overtaken by a later one of "
-            "yours may be refused as a replay (send those again with --resume).",
-        ),
-    ] = 1,
-    retries: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Resends (same RequestID and bytes) after no response or E100; "
-            "an answered request is never resent.",
-        ),
-    ] = 3,
-    retry_delay: Annotated[
-        float, typer.Option(min=0, help="Seconds before the first resend (then doubling).")
-    ] = 1.0,
-    counter: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="RequestID counter of the (first) request; default: the time in ms, "
-            "above the last one in the state file.",
-        ),
-    ] = None,
-    save_dir: Annotated[
-        Path | None,
-        typer.Option(help="Keep each signed request and the response as XML files here."),
-    ] = None,
+    url: UrlOption,
+    variant: VariantOption = None,
+    device: DeviceOption = None,
+    return_type: ReturnTypeOption = None,
+    other_device: OtherDeviceOption = None,
+    connection_method: ConnectionMethodOption = None,
+    fault_reason: FaultReasonOption = None,
+    user_ref_datetime: UserRefDatetimeOption = None,
+    user_ref_id: UserRefIdOption = None,
+    incident_reference: IncidentOption = None,
+    additional_information: AdditionalOption = None,
+    csv_file: CsvFileOption = None,
+    results: ResultsOption = None,
+    resume: ResumeOption = None,
+    overwrite: OverwriteOption = False,
+    concurrency: ConcurrencyOption = 1,
+    retries: RetriesOption = 3,
+    retry_delay: RetryDelayOption = 1.0,
+    counter: CounterOption = None,
+    save_dir: SaveDirOption = None,
     dcc_cert: DccOption = None,
-    target: Annotated[str, typer.Option(help="RequestID target (the DCC ACB).")] = DEFAULT_ACB,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option(help="Counter state folder (default $HUBRETURNS_STATE_DIR or XDG state)."),
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="HTTP timeout in seconds.")] = 30.0,
+    target: TargetOption = DEFAULT_ACB,
+    state_dir: StateDirOption = None,
+    timeout: TimeoutOption = 30.0,
     ca: CaOption = None,
     client_cert: ClientCertOption = None,
     client_key: ClientKeyOption = None,
@@ -254,8 +277,20 @@ def submit(
         _usage(str(exc), exc.hint)
     except ValueError as exc:
         _usage(f"--target: {exc}", "The target is the DCC ACB EUI, e.g. " + DEFAULT_ACB)
-    dcc = _dcc(dcc_cert)
-    counters = CounterStore(state_dir or default_state_dir())
+    sending = _Sending(
+        url=url,
+        signer=signer,
+        dcc=_dcc(dcc_cert),
+        counters=CounterStore(state_dir or default_state_dir()),
+        target=target_eui,
+        retries=retries,
+        retry_delay=retry_delay,
+        counter=counter,
+        save_dir=save_dir,
+        timeout=timeout,
+        verify=verify,
+        codes=profile,
+    )
     fields = {
         "variant": variant,
         "device_id": device,
@@ -268,20 +303,6 @@ def submit(
         "incident_reference": incident_reference,
         "additional_information": additional_information,
     }
-    sending = _Sending(
-        url=url,
-        signer=signer,
-        dcc=dcc,
-        counters=counters,
-        target=target_eui,
-        retries=retries,
-        retry_delay=retry_delay,
-        counter=counter,
-        save_dir=save_dir,
-        timeout=timeout,
-        verify=verify,
-        codes=profile,
-    )
     if csv_file is not None:
         given = [_OPTION_OF[k] for k, v in fields.items() if v]
         if given:
@@ -294,16 +315,22 @@ def submit(
         return
     if resume is not None or overwrite:
         _usage("--resume and --overwrite are for --csv", "Use them with --csv and --results.")
-    try:  # check before a counter is spent
+    _single(fields, sending)
+
+
+def _single(fields: dict[str, str | None], sending: _Sending) -> None:
+    """One return from the options: checked before a counter is spent, then sent."""
+    try:
         request_from_values(
-            fields, RequestId(originator=signer.originator, target=target_eui, counter=0)
+            fields,
+            RequestId(originator=sending.signer.originator, target=sending.target, counter=0),
         )
     except InvalidFields as exc:
         _usage(
             "the return is not valid: " + "; ".join(str(p) for p in exc.problems),
             "Options mirror the CSV columns: " + ", ".join(COLUMNS) + ".",
         )
-    with httpx.Client(timeout=timeout, verify=verify) as http:
+    with httpx.Client(timeout=sending.timeout, verify=sending.verify) as http:
         try:
             result = sending.submitter(http).submit(fields)
         except ClientError as exc:

@@ -11,7 +11,7 @@ between two operators are settled by conditional updates (``WHERE status =
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -53,7 +53,7 @@ from hubreturns.logistics.models import (
     ReturnEvent,
     ReturnProgress,
 )
-from hubreturns.logistics.orders import check_delivery, parse_delivery
+from hubreturns.logistics.orders import DeliveredRow, check_delivery, parse_delivery
 from hubreturns.logistics.values import (
     HubVariant,
     OrderChange,
@@ -406,26 +406,7 @@ class Logistics:
                     field="order",
                 )
             delivered = self._delivered(session, order_id)
-            ids = [value for row in rows for value in (row.chf_id, row.gpf_id)]
-            known: dict[str, str] = {}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
-                for device_id in session.scalars(
-                    select(Device.device_id).where(Device.device_id.in_(chunk))
-                ):
-                    known[device_id] = "in the Smart Metering Inventory"
-                for device_id, other_order in session.execute(
-                    select(DeliveredHub.device_id, DeliveredHub.order_id).where(
-                        DeliveredHub.device_id.in_(chunk)
-                    )
-                ):
-                    known.setdefault(device_id, f"delivered for order {other_order}")
-                for gpf_id, other_order in session.execute(
-                    select(DeliveredHub.gpf_id, DeliveredHub.order_id).where(
-                        DeliveredHub.gpf_id.in_(chunk)
-                    )
-                ):
-                    known.setdefault(gpf_id, f"delivered for order {other_order}")
+            known = _known_devices(session, rows)
             check_delivery(
                 order_id=order_id,
                 quantity=order.quantity,
@@ -438,35 +419,7 @@ class Logistics:
             )
             session.add(delivery)
             session.flush()
-            repo = Repository(session)
-            for done, row in enumerate(rows, 1):
-                repo.upsert_device(
-                    device_id=row.gpf_id,
-                    device_type=DeviceType.GPF,
-                    smi_status=SmiStatus.PENDING,
-                    responsible_suppliers=[order.supplier_user_id],
-                    gpf_id=None,
-                    now=now,
-                )
-                repo.upsert_device(
-                    device_id=row.chf_id,
-                    device_type=DeviceType.CHF,
-                    smi_status=SmiStatus.PENDING,
-                    responsible_suppliers=[order.supplier_user_id],
-                    gpf_id=row.gpf_id,
-                    now=now,
-                )
-                session.add(
-                    DeliveredHub(
-                        device_id=row.chf_id,
-                        gpf_id=row.gpf_id,
-                        delivery_id=delivery.id,
-                        order_id=order_id,
-                        hub_variant=order.hub_variant,
-                    )
-                )
-                if progress is not None:
-                    progress("loading hubs", done, len(rows))
+            _load_hubs(session, order, delivery, rows, now, progress)
             session.flush()
             return DeliveryView(
                 id=delivery.id,
@@ -918,3 +871,66 @@ def _get_or_not_found(
     if row is None:
         raise NotFound(f"{noun} {key} does not exist", hint, field=noun)
     return row
+
+
+def _known_devices(session: Session, rows: Sequence[DeliveredRow]) -> dict[str, str]:
+    """Device IDs of ``rows`` already in the inventory or delivered, and where they are."""
+    ids = [value for row in rows for value in (row.chf_id, row.gpf_id)]
+    known: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for device_id in session.scalars(
+            select(Device.device_id).where(Device.device_id.in_(chunk))
+        ):
+            known[device_id] = "in the Smart Metering Inventory"
+        for device_id, other_order in session.execute(
+            select(DeliveredHub.device_id, DeliveredHub.order_id).where(
+                DeliveredHub.device_id.in_(chunk)
+            )
+        ):
+            known.setdefault(device_id, f"delivered for order {other_order}")
+        for gpf_id, other_order in session.execute(
+            select(DeliveredHub.gpf_id, DeliveredHub.order_id).where(DeliveredHub.gpf_id.in_(chunk))
+        ):
+            known.setdefault(gpf_id, f"delivered for order {other_order}")
+    return known
+
+
+def _load_hubs(
+    session: Session,
+    order: HubOrder,
+    delivery: HubDelivery,
+    rows: Sequence[DeliveredRow],
+    now: datetime,
+    progress: ProgressCallback | None,
+) -> None:
+    """Each delivered CHF and its GPF enter the inventory Pending, the Supplier responsible."""
+    repo = Repository(session)
+    for done, row in enumerate(rows, 1):
+        repo.upsert_device(
+            device_id=row.gpf_id,
+            device_type=DeviceType.GPF,
+            smi_status=SmiStatus.PENDING,
+            responsible_suppliers=[order.supplier_user_id],
+            gpf_id=None,
+            now=now,
+        )
+        repo.upsert_device(
+            device_id=row.chf_id,
+            device_type=DeviceType.CHF,
+            smi_status=SmiStatus.PENDING,
+            responsible_suppliers=[order.supplier_user_id],
+            gpf_id=row.gpf_id,
+            now=now,
+        )
+        session.add(
+            DeliveredHub(
+                device_id=row.chf_id,
+                gpf_id=row.gpf_id,
+                delivery_id=delivery.id,
+                order_id=order.id,
+                hub_variant=order.hub_variant,
+            )
+        )
+        if progress is not None:
+            progress("loading hubs", done, len(rows))

@@ -9,7 +9,7 @@ form: one row per number, ``section,key,detail,count,amount_gbp``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -87,128 +87,142 @@ def _party_names(logistics: Logistics) -> dict[str, str]:
         return {str(u): str(n) for u, n in session.execute(select(User.user_id, User.name))}
 
 
+def _return_rows(
+    logistics: Logistics, period: Period, names: dict[str, str]
+) -> tuple[list[ReportRow], int]:
+    """The returns sections, and how many returns there were."""
+    priced = logistics.priced_returns(period)
+    rows = [
+        *_counted("returns_by_party", Counter(r.originator for r, _, _ in priced), names),
+        *_counted("returns_by_role", Counter(r.role for r, _, _ in priced)),
+        *_counted("returns_by_type", Counter(r.return_type for r, _, _ in priced)),
+        *_counted(
+            "returns_by_fault_reason",
+            Counter(r.fault_reason for r, _, _ in priced if r.fault_reason),
+        ),
+        *_counted("returns_by_status", Counter(r.status for r, _, _ in priced)),
+    ]
+    return rows, len(priced)
+
+
+def _rejection_rows(logistics: Logistics, period: Period) -> tuple[list[ReportRow], int]:
+    """Refused requests by wire code, and how many there were."""
+    with logistics.sessions() as session:
+        found = session.execute(
+            select(AuditEntry.code, func.count())
+            .where(
+                AuditEntry.accepted.is_(False),
+                AuditEntry.received_at >= period.start,
+                AuditEntry.received_at < period.end,
+            )
+            .group_by(AuditEntry.code)
+        ).all()
+    counter = Counter({str(code): int(count) for code, count in found})
+    return _counted("rejections_by_code", counter, _MEANINGS), sum(counter.values())
+
+
+def _consignment_rows(found: Sequence[ConsignmentView]) -> list[ReportRow]:
+    return [
+        ReportRow(
+            section="consignments",
+            key=str(c.id),
+            detail=f"{c.party} at {c.collection_location}, {c.month}, {c.status}",
+            count=len(c.return_ids),
+        )
+        for c in found
+    ]
+
+
+def _charge_detail(summary: ChargeSummary, name: str) -> str:
+    parts = (
+        name,
+        summary.month,
+        f"{summary.charged} charged",
+        f"{summary.pending} pending test" if summary.pending else "",
+        f"{summary.not_returned} lost or stolen" if summary.not_returned else "",
+    )
+    return ", ".join(part for part in parts if part)
+
+
+def _charge_rows(summaries: Sequence[ChargeSummary], names: dict[str, str]) -> list[ReportRow]:
+    """Charges by party and month, then the lost or stolen hubs whose stock charge accrues."""
+    charged = [
+        ReportRow(
+            section="charges",
+            key=s.party,
+            detail=_charge_detail(s, names.get(s.party, "")),
+            count=s.returns,
+            amount=s.total,
+            name=names.get(s.party, ""),
+        )
+        for s in summaries
+    ]
+    accruing = [
+        ReportRow(
+            section="stock_charges_accruing",
+            key=device_id,
+            detail=f"{s.party}, notified {s.month}; pre-installation stock charge accrues",
+            count=1,
+        )
+        for s in summaries
+        for device_id in s.stock_charge_hubs
+    ]
+    return charged + accruing
+
+
+def _total_rows(
+    returns: int,
+    rejections: int,
+    consignments: Sequence[ConsignmentView],
+    charges: Sequence[ChargeSummary],
+) -> list[ReportRow]:
+    return [
+        ReportRow(section="totals", key="returns", count=returns),
+        ReportRow(section="totals", key="rejections", count=rejections),
+        ReportRow(
+            section="totals",
+            key="consignments",
+            count=len(consignments),
+            detail=f"{sum(len(c.return_ids) for c in consignments)} hubs",
+        ),
+        ReportRow(
+            section="totals",
+            key="charges",
+            count=sum(s.returns for s in charges),
+            amount=money(sum((s.total for s in charges), Decimal("0"))),
+        ),
+    ]
+
+
 def build_report(
     logistics: Logistics, period: Period, *, progress: ProgressCallback | None = None
 ) -> Report:
     """Every section of the report for ``period`` (notification / receipt time in it)."""
-    steps: list[Callable[[], None]] = []
-    rows: list[ReportRow] = []
-    state: dict[str, object] = {}
+
+    def read(done: int) -> None:
+        if progress is not None:
+            progress("reading the database", done, 4)
 
     names = _party_names(logistics)
-
-    def returns() -> None:
-        priced = logistics.priced_returns(period)
-        state["returns"] = len(priced)
-        rows.extend(
-            _counted("returns_by_party", Counter(r.originator for r, _, _ in priced), names)
-        )
-        rows.extend(_counted("returns_by_role", Counter(r.role for r, _, _ in priced)))
-        rows.extend(_counted("returns_by_type", Counter(r.return_type for r, _, _ in priced)))
-        rows.extend(
-            _counted(
-                "returns_by_fault_reason",
-                Counter(r.fault_reason for r, _, _ in priced if r.fault_reason),
-            )
-        )
-        rows.extend(_counted("returns_by_status", Counter(r.status for r, _, _ in priced)))
-
-    def rejections() -> None:
-        with logistics.sessions() as session:
-            found = session.execute(
-                select(AuditEntry.code, func.count())
-                .where(
-                    AuditEntry.accepted.is_(False),
-                    AuditEntry.received_at >= period.start,
-                    AuditEntry.received_at < period.end,
-                )
-                .group_by(AuditEntry.code)
-            ).all()
-        counter = Counter({str(code): int(count) for code, count in found})
-        state["rejections"] = sum(counter.values())
-        rows.extend(_counted("rejections_by_code", counter, _MEANINGS))
-
-    def consignments() -> None:
-        found = logistics.consignments(period)
-        state["consignments"] = tuple(found)
-        rows.extend(
-            ReportRow(
-                section="consignments",
-                key=str(c.id),
-                detail=f"{c.party} at {c.collection_location}, {c.month}, {c.status}",
-                count=len(c.return_ids),
-            )
-            for c in found
-        )
-
-    def charges() -> None:
-        summaries = logistics.charges(period)
-        state["charges"] = tuple(summaries)
-        rows.extend(
-            ReportRow(
-                section="charges",
-                key=s.party,
-                detail=", ".join(
-                    part
-                    for part in (
-                        names.get(s.party, ""),
-                        s.month,
-                        f"{s.charged} charged",
-                        f"{s.pending} pending test" if s.pending else "",
-                        f"{s.not_returned} lost or stolen" if s.not_returned else "",
-                    )
-                    if part
-                ),
-                count=s.returns,
-                amount=s.total,
-                name=names.get(s.party, ""),
-            )
-            for s in summaries
-        )
-        rows.extend(
-            ReportRow(
-                section="stock_charges_accruing",
-                key=device_id,
-                detail=f"{s.party}, notified {s.month}; pre-installation stock charge accrues",
-                count=1,
-            )
-            for s in summaries
-            for device_id in s.stock_charge_hubs
-        )
-
-    steps.extend((returns, rejections, consignments, charges))
-    for done, step in enumerate(steps, 1):
-        step()
-        if progress is not None:
-            progress("reading the database", done, len(steps))
-    found_consignments = state["consignments"]
-    found_charges = state["charges"]
-    assert isinstance(found_consignments, tuple) and isinstance(found_charges, tuple)
-    returns_total = state["returns"]
-    rejections_total = state["rejections"]
-    assert isinstance(returns_total, int) and isinstance(rejections_total, int)
-    rows.extend(
-        (
-            ReportRow(section="totals", key="returns", count=returns_total),
-            ReportRow(section="totals", key="rejections", count=rejections_total),
-            ReportRow(
-                section="totals",
-                key="consignments",
-                count=len(found_consignments),
-                detail=f"{sum(len(c.return_ids) for c in found_consignments)} hubs",
-            ),
-            ReportRow(
-                section="totals",
-                key="charges",
-                count=sum(s.returns for s in found_charges),
-                amount=money(sum((s.total for s in found_charges), Decimal("0"))),
-            ),
-        )
+    return_rows, returns = _return_rows(logistics, period, names)
+    read(1)
+    rejection_rows, rejections = _rejection_rows(logistics, period)
+    read(2)
+    consignments = tuple(logistics.consignments(period))
+    read(3)
+    charges = tuple(logistics.charges(period))
+    read(4)
+    rows = (
+        *return_rows,
+        *rejection_rows,
+        *_consignment_rows(consignments),
+        *_charge_rows(charges, names),
+        *_total_rows(returns, rejections, consignments, charges),
     )
     return Report(
         period=period,
         tariff_source=logistics.tariff.source,
-        rows=tuple(rows),
-        consignments=found_consignments,
-        charges=found_charges,
+        rows=rows,
+        consignments=consignments,
+        charges=charges,
     )

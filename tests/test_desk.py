@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount, Route
 from typer.testing import CliRunner
 
-from hubreturns.cli import CliError, app
+from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, Reason, ResponseCode
 from hubreturns.config import Settings
 from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED
@@ -30,6 +30,7 @@ from hubreturns.desk import accounts
 from hubreturns.desk import routes as desk_routes
 from hubreturns.desk.models import DeskSession, SignInFailures, StaffAccount
 from hubreturns.desk.web import AUDIT_CSV_COLUMNS, RETURN_CSV_COLUMNS
+from hubreturns.errors import HintedError
 from hubreturns.extensions import register_commands
 from hubreturns.processing import Processor
 from hubreturns.store.models import AuditEntry, ReturnRecord
@@ -617,20 +618,20 @@ def test_cli_manages_staff_accounts(settings: Settings, staff: str, tmp_path: Pa
     assert "active" in output
     code, _, error = cli(settings, "desk", "add-user", staff, "--password-stdin", stdin=PASSWORD)
     assert code != 0
-    assert isinstance(error, CliError)
+    assert isinstance(error, HintedError)
     assert "already exists" in str(error)
     code, _, error = cli(settings, "desk", "add-user", "bob", "--password-stdin", stdin="short")
     assert code != 0
-    assert isinstance(error, CliError)
+    assert isinstance(error, HintedError)
     assert "fewer than 12" in str(error)
     code, _, error = cli(
         settings, "desk", "add-user", "bad name!", "--password-stdin", stdin=PASSWORD
     )
     assert code != 0
-    assert isinstance(error, CliError)
+    assert isinstance(error, HintedError)
     code, _, error = cli(settings, "desk", "disable", "nobody")
     assert code != 0
-    assert isinstance(error, CliError)
+    assert isinstance(error, HintedError)
     assert "no staff account" in str(error)
     code, output, _ = cli(settings, "desk", "add-user", "carol", stdin=f"{PASSWORD}\n{PASSWORD}\n")
     assert code == 0, output
@@ -640,7 +641,7 @@ def test_cli_manages_staff_accounts(settings: Settings, staff: str, tmp_path: Pa
     empty = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}")
     code, _, error = cli(empty, "desk", "list-users")
     assert code != 0
-    assert isinstance(error, CliError)
+    assert isinstance(error, HintedError)
     assert "hubreturns init" in error.hint
 
 
@@ -816,11 +817,11 @@ def test_cli_shows_locked_accounts_resets_passwords_and_removes_accounts(
         assert sign_in(fresh, "alice", new_password).status_code == 303
     code, _, error = cli(settings, "desk", "reset-password", "alice", "--password-stdin", stdin="x")
     assert code != 0
-    assert isinstance(error, CliError)
+    assert isinstance(error, HintedError)
     assert "fewer than 12" in str(error)
     code, _, error = cli(settings, "desk", "remove", "nobody")
     assert code != 0
-    assert isinstance(error, CliError)
+    assert isinstance(error, HintedError)
     assert "list-users" in error.hint
     code, output, _ = cli(settings, "desk", "remove", "alice")
     assert code == 0, output

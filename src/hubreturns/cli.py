@@ -26,8 +26,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import CodeProfile, Reason
-from hubreturns.config import ConfigError, Settings, load_settings
-from hubreturns.importers import ImportFailed
+from hubreturns.config import Settings, load_settings
+from hubreturns.errors import HintedError
 from hubreturns.loading import (
     CertificatesRefused,
     load_appointments,
@@ -72,14 +72,8 @@ ConfigOption = Annotated[
 ]
 
 
-class CliError(Exception):
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
 def fail(message: str, hint: str) -> NoReturn:
-    raise CliError(message, hint)
+    raise HintedError(message, hint)
 
 
 def _settings(config: Path | None) -> Settings:
@@ -797,15 +791,8 @@ def main() -> None:
     register_commands(app)
     try:
         app()
-    except CliError as exc:
+    except HintedError as exc:
         err.print(f"[red]error:[/red] {exc}\n[yellow]hint:[/yellow] {exc.hint}")
-        sys.exit(2)
-    except ImportFailed as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        err.print(f"[yellow]hint:[/yellow] {exc.hint}")
-        sys.exit(2)
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}\n[yellow]hint:[/yellow] see README, Configuration.")
         sys.exit(2)
     except SQLAlchemyError as exc:
         err.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}")

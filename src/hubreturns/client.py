@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from hubreturns.codes import Reason, duis_response_codes
-from hubreturns.errors import EnvelopeRejection
+from hubreturns.errors import EnvelopeRejection, HintedError
 from hubreturns.policy import DSP_RESPONSE_POLICY
 from hubreturns.wire import envelope, signature
 from hubreturns.wire.certificate import SigningCertificate
@@ -58,12 +58,10 @@ def read_response(
     )
 
 
-class TlsSetupError(Exception):
+class TlsSetupError(HintedError):
     """``--ca`` / ``--client-cert`` / ``--client-key`` cannot be used; ``hint`` says why."""
 
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+    code = "tls"
 
 
 def tls_context(

@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from hubreturns.codes import DEFAULT_PROFILE, CodeProfile
+from hubreturns.errors import HintedError
 from hubreturns.model import eui
 from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
 from hubreturns.rules import DEFAULT_PROFILE as DEFAULT_ELIGIBILITY
@@ -101,8 +102,13 @@ REQUEST_POLICY_SCHEMA_VERSIONS: tuple[str, ...] = tuple(sorted(REQUEST_POLICY.sc
 _SCHEMA_VERSION = re.compile(r"[0-9]+\.[0-9]+")
 
 
-class ConfigError(Exception):
+class ConfigError(HintedError):
     """A setting is missing or wrong; the message names it and says how to fix it."""
+
+    code = "config"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "see README, Configuration.")
 
 
 def packaged_pki() -> Path:

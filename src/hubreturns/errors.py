@@ -1,22 +1,42 @@
-"""Refusals: one exception type per layer, each carrying a ``Verdict``.
+"""The project's two error families.
 
-A ``Rejection`` is raised where a check fails and translated exactly once, at
-the service edge, into a signed acknowledgement and an audit row (a ``Reason``
-gets its wire code from the ``CodeProfile`` there). Any other
-exception escaping the request path is a bug and is answered with the UNAVAILABLE code after
-rolling back.
+``Rejection`` is the wire's refusal: raised where a DUIS request fails a check
+of the envelope or the signature, and translated exactly once, at the service
+edge, into a signed acknowledgement and an audit row (a ``Reason`` gets its
+wire code from the ``CodeProfile`` there). Business rules do not raise: the
+rule table returns its verdict. Any other exception escaping the request path
+is a bug, answered with the UNAVAILABLE code after rolling back.
+
+``HintedError`` is a refusal to a person (the CLI, the Service Desk, the
+operator API): a ``code`` naming its kind, a ``message`` saying what was wrong
+and a ``hint`` saying what to do; nothing was written.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from hubreturns.codes import Verdict, info
 
 __all__ = [
     "EnvelopeRejection",
+    "HintedError",
     "Rejection",
-    "RuleRejection",
     "SignatureRejection",
 ]
+
+
+class HintedError(Exception):
+    """What went wrong and what to do about it; ``str()`` is the message."""
+
+    code: ClassVar[str] = "refused"
+    message: str
+    hint: str
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
 
 
 class Rejection(Exception):
@@ -55,7 +75,3 @@ class EnvelopeRejection(Rejection):
 
 class SignatureRejection(Rejection):
     """Signature profile, cryptography or certificate failures (SIGNATURE … IDENTITY_MISMATCH)."""
-
-
-class RuleRejection(Rejection):
-    """Access control and business rules (E1 – E5, E11 – E19 and their Reasons)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
+from hubreturns.errors import HintedError
 from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus, eui
 
 __all__ = [
@@ -99,26 +100,22 @@ class RowProblem:
         return f"{where}: {self.message}"
 
 
-class ImportFailed(Exception):
+class ImportFailed(HintedError):
     """A refused import file; ``problems`` lists every bad row, nothing was loaded."""
 
+    code = "import"
     kind: str
     problems: list[RowProblem]
-    hint: str
 
     def __init__(self, kind: str, problems: Sequence[RowProblem]) -> None:
         self.kind = kind
         self.problems = sorted(problems, key=lambda p: p.line)
-        self.hint = _HINT
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
-        lines = [f"{self.kind} import refused ({count} {noun}); nothing was loaded:"]
+        lines = [f"{kind} import refused ({count} {noun}); nothing was loaded:"]
         lines.extend(f"  {p}" for p in self.problems)
-        lines.append(self.hint)
-        return "\n".join(lines)
+        lines.append(_HINT)
+        super().__init__("\n".join(lines), _HINT)
 
 
 class _FieldError(ValueError):

@@ -18,6 +18,7 @@ from cryptography import x509
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from hubreturns.errors import HintedError
 from hubreturns.importers import (
     ImportFailed,
     parse_appointments,
@@ -101,23 +102,19 @@ class FileProblem:
         return f"{self.path}: {self.message}"
 
 
-class CertificatesRefused(Exception):
+class CertificatesRefused(HintedError):
     """A refused ``load certs``: every problem is listed, nothing was loaded."""
 
+    code = "certificates"
     problems: list[FileProblem]
-    hint: str
 
     def __init__(self, problems: Sequence[FileProblem], hint: str) -> None:
         self.problems = list(problems)
-        self.hint = hint
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
         lines = [f"certificate load refused ({count} {noun}); nothing was loaded:"]
         lines.extend(f"  {p}" for p in self.problems)
-        return "\n".join(lines)
+        super().__init__("\n".join(lines), hint)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

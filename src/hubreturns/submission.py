@@ -42,7 +42,7 @@ from lxml import etree
 from hubreturns.client import read_response
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, CodeInfo, CodeProfile, Reason, ResponseCode
 from hubreturns.config import DEFAULT_ACB, packaged_pki
-from hubreturns.errors import EnvelopeRejection, Rejection, SignatureRejection
+from hubreturns.errors import EnvelopeRejection, HintedError, Rejection, SignatureRejection
 from hubreturns.model import (
     COUNTER_MAX,
     ConnectionMethod,
@@ -110,12 +110,10 @@ _SR = f"{{{envelope.SR_NS}}}"
 _DS = f"{{{envelope.DS_NS}}}"
 
 
-class ClientError(Exception):
+class ClientError(HintedError):
     """A problem on the client's side, with an actionable ``hint``."""
 
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+    code = "client"
 
 
 # ------------------------------------------------------------------ request values

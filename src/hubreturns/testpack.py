@@ -39,7 +39,7 @@ from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, CodeProfile, Reason, Re
 from hubreturns.config import DEFAULT_ACB
 from hubreturns.demo import SCENARIOS as DEMO_SCENARIOS
 from hubreturns.demo import Tamper
-from hubreturns.errors import Rejection
+from hubreturns.errors import HintedError, Rejection
 from hubreturns.loading import (
     CertificatesRefused,
     load_appointments,
@@ -126,12 +126,10 @@ _HUBS: Final = {
 _TAMPERED_REF: Final = "pack-tampered"
 
 
-class PackError(Exception):
+class PackError(HintedError):
     """The pack cannot be written or read; ``hint`` says what to do."""
 
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
+    code = "test_pack"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from hubreturns.desk.models import DeskSession, SignInFailures, StaffAccount
+from hubreturns.errors import HintedError
 
 __all__ = [
     "FIRST_LOCK",
@@ -72,13 +73,10 @@ _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
-class AccountError(Exception):
+class AccountError(HintedError):
     """A staff-account operation cannot be done; carries a hint saying what to do."""
 
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+    code = "account"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

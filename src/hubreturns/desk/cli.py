@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from hubreturns.config import load_settings
 from hubreturns.desk import accounts
+from hubreturns.errors import HintedError
 from hubreturns.store.db import make_engine, make_sessionmaker
 
 __all__ = ["desk_app"]
@@ -38,23 +39,15 @@ ConfigOption = Annotated[
 ]
 
 
-def _fail(error: accounts.AccountError) -> NoReturn:
-    from hubreturns.cli import CliError
-
-    raise CliError(error.message, error.hint) from None
-
-
 @contextmanager
 def _transaction(config: Path | None) -> Iterator[Session]:
-    from hubreturns.cli import CliError
-
     settings = load_settings(config)
     engine = make_engine(settings.database_url)
     try:
         with make_sessionmaker(engine).begin() as session:
             yield session
     except SQLAlchemyError as exc:
-        raise CliError(
+        raise HintedError(
             f"database error: {str(exc).splitlines()[0][:200]}",
             "Run `hubreturns init` to create or migrate the database, and check database_url.",
         ) from None
@@ -81,11 +74,8 @@ def add_user(
 ) -> None:
     """Create a staff account (the password is asked for twice, or read from stdin)."""
     password = _read_password(password_stdin)
-    try:
-        with _transaction(config) as session:
-            accounts.add_staff(session, name, password, datetime.now(UTC))
-    except accounts.AccountError as exc:
-        _fail(exc)
+    with _transaction(config) as session:
+        accounts.add_staff(session, name, password, datetime.now(UTC))
     console.print(f"[green]staff account created[/green]: {name}")
 
 
@@ -134,11 +124,8 @@ def reset_password(
 ) -> None:
     """Set a new password; the account's sessions end and its sign-in lock is cleared."""
     password = _read_password(password_stdin)
-    try:
-        with _transaction(config) as session:
-            accounts.reset_password(session, name, password, datetime.now(UTC))
-    except accounts.AccountError as exc:
-        _fail(exc)
+    with _transaction(config) as session:
+        accounts.reset_password(session, name, password, datetime.now(UTC))
     console.print(f"[green]password reset[/green]: {name} (its sessions have ended)")
 
 
@@ -148,20 +135,14 @@ def remove(
     config: ConfigOption = None,
 ) -> None:
     """Delete an account for good (returns it entered keep its name); `disable` is reversible."""
-    try:
-        with _transaction(config) as session:
-            accounts.remove_staff(session, name)
-    except accounts.AccountError as exc:
-        _fail(exc)
+    with _transaction(config) as session:
+        accounts.remove_staff(session, name)
     console.print(f"[yellow]staff account removed[/yellow]: {name}")
 
 
 def _set_active(name: str, active: bool, config: Path | None) -> None:
-    try:
-        with _transaction(config) as session:
-            accounts.set_active(session, name, active, datetime.now(UTC))
-    except accounts.AccountError as exc:
-        _fail(exc)
+    with _transaction(config) as session:
+        accounts.set_active(session, name, active, datetime.now(UTC))
 
 
 @desk_app.command("disable")

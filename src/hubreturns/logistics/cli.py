@@ -25,7 +25,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy.exc import SQLAlchemyError
 
-from hubreturns.config import ConfigError, Settings, load_settings
+from hubreturns.config import Settings, load_settings
+from hubreturns.errors import HintedError
 from hubreturns.logistics.charges import load_tariff
 from hubreturns.logistics.errors import LogisticsError, problem_text
 from hubreturns.logistics.lifecycle import TRANSITIONS, TestOutcome
@@ -104,8 +105,8 @@ def _logistics(config: Path | None) -> Iterator[Logistics]:
             err.print(f"  {problem_text(problem)}", highlight=False)
         err.print(f"[yellow]hint:[/yellow] {exc.hint}", highlight=False)
         raise typer.Exit(2) from None
-    except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}\n[yellow]hint:[/yellow] see README, Configuration.")
+    except HintedError as exc:
+        err.print(f"[red]error:[/red] {exc}\n[yellow]hint:[/yellow] {exc.hint}")
         raise typer.Exit(2) from None
     except SQLAlchemyError as exc:
         err.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}", highlight=False)

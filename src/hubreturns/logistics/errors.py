@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hubreturns.errors import HintedError
 from hubreturns.importers import RowProblem
 
 __all__ = [
@@ -38,9 +39,10 @@ def problem_json(problem: RowProblem) -> dict[str, object]:
     return body
 
 
-class LogisticsError(Exception):
+class LogisticsError(HintedError):
     """An operation refused; nothing was written."""
 
+    code = "invalid"
     status: int = 422
 
     def __init__(
@@ -51,9 +53,7 @@ class LogisticsError(Exception):
         field: str | None = None,
         problems: Sequence[RowProblem] = (),
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+        super().__init__(message, hint)
         self.field = field
         self.problems = tuple(sorted(problems, key=lambda p: p.line))
 
@@ -73,16 +73,19 @@ class LogisticsError(Exception):
 class Invalid(LogisticsError):
     """The input itself is wrong (a field, a row)."""
 
+    code = "invalid"
     status = 422
 
 
 class NotFound(LogisticsError):
     """The order, return or consignment named does not exist."""
 
+    code = "not_found"
     status = 404
 
 
 class Conflict(LogisticsError):
     """The input is well-formed but the current state forbids it."""
 
+    code = "conflict"
     status = 409

@@ -381,83 +381,19 @@ def serve(
     The --tls-* options override the settings tls_cert, tls_key and tls_client_ca
     (docs/tls.md).
     """
-    import tempfile
-
     import uvicorn
 
-    # Multi-process metrics: the folder must be known before any worker imports
-    # prometheus_client. A folder we create is removed on exit; a given one is cleaned.
-    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    owned: Path | None = None
-    if not given and workers > 1:
-        owned = Path(tempfile.mkdtemp(prefix="hubreturns-metrics-"))
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(owned)
-    from hubreturns.observability import (
-        LOG_LEVEL_ENV,
-        configure_logging,
-        prepare_multiprocess_dir,
-        reap_dead_workers,
-    )
+    given, owned = _metrics_folder(workers)
+    from hubreturns.observability import reap_dead_workers
+    from hubreturns.serving import run_workers, spreads_connections
 
-    if given:
-        prepare_multiprocess_dir(Path(given))
-    try:
-        configure_logging(log_level)
-    except ValueError as exc:
-        fail(str(exc), "Pass --log-level debug|info|warning|error.")
-    os.environ[LOG_LEVEL_ENV] = log_level
-    for name, path in (
-        ("TLS_CERT", tls_cert),
-        ("TLS_KEY", tls_key),
-        ("TLS_CLIENT_CA", tls_client_ca),
-    ):
-        if path is not None:  # the workers read their settings from the environment
-            os.environ[f"HUBRETURNS_{name}"] = str(path.resolve())
-    settings = _settings(config)
-    settings.signer()  # fail now, not at the first request
-    settings.trust_anchors()  # a configured SMKI CA that cannot be read: fail now too
-    engine = make_engine(settings.database_url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
-    import inspect
-
-    from hubreturns.serving import HTTP_PROTOCOL, run_workers, spreads_connections, uvicorn_options
-
-    if HTTP_PROTOCOL == "auto":
-        fail(
-            "httptools is not installed: the connection limits (header and idle timeouts, "
-            "max_connections) would not be enforced",
-            "Install hubreturns with its dependencies (pip install httptools).",
-        )
-    edge = uvicorn_options(settings)  # a ConfigError for unreadable TLS files, before workers
+    settings = _serving_settings(config, log_level, tls_cert, tls_key, tls_client_ca)
+    options = _uvicorn_options(settings, host=host, port=port, workers=workers, log_level=log_level)
     scheme = "https" if settings.tls else "http"
     mutual = " (client certificates required)" if settings.tls_client_ca else ""
     console.print(
         f"serving on {scheme}://{host}:{port}{mutual} with {workers} worker(s), "
         f"{settings.database_url}"
-    )
-
-    extra: dict[str, Any] = {}
-    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
-        # uvicorn >= 0.36 kills a worker not ready within 5 s; on a loaded host the
-        # imports alone can take longer, and the worker would be restarted forever.
-        # Not much longer, though: the supervisor also waits this long for the
-        # answer to a health ping that a worker killed mid-ping never sends.
-        extra["timeout_worker_healthcheck"] = 30
-    options: dict[str, Any] = dict(
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level.lower(),
-        log_config=None,  # uvicorn logs through our JSON handler
-        access_log=False,  # hubreturns.http writes the access lines
-        server_header=False,  # no "server: uvicorn": nothing to tell about the stack
-        http=HTTP_PROTOCOL,  # a response's head and body in one send (serving.OneWritePerTurn)
-        **edge,
-        **extra,
     )
     target = "hubreturns.service:app_from_environment"
     try:
@@ -474,6 +410,100 @@ def serve(
             shutil.rmtree(owned, ignore_errors=True)
         elif given:
             reap_dead_workers(Path(given))  # every worker has stopped by now
+
+
+def _metrics_folder(workers: int) -> tuple[str | None, Path | None]:
+    """The multi-process metrics folder given in the environment, or one made here.
+
+    It must be known before any worker imports prometheus_client. A folder made
+    here (second value) is removed on exit; a given one is cleaned now.
+    """
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    owned: Path | None = None
+    if not given and workers > 1:
+        owned = Path(tempfile.mkdtemp(prefix="hubreturns-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(owned)
+    from hubreturns.observability import prepare_multiprocess_dir
+
+    if given:
+        prepare_multiprocess_dir(Path(given))
+    return given, owned
+
+
+def _serving_settings(
+    config: Path | None,
+    log_level: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+) -> Settings:
+    """Settings checked and the database migrated before any worker starts.
+
+    The workers read their settings from the environment, so the options go there too.
+    """
+    from hubreturns.observability import LOG_LEVEL_ENV, configure_logging
+
+    try:
+        configure_logging(log_level)
+    except ValueError as exc:
+        fail(str(exc), "Pass --log-level debug|info|warning|error.")
+    os.environ[LOG_LEVEL_ENV] = log_level
+    for name, path in (
+        ("TLS_CERT", tls_cert),
+        ("TLS_KEY", tls_key),
+        ("TLS_CLIENT_CA", tls_client_ca),
+    ):
+        if path is not None:
+            os.environ[f"HUBRETURNS_{name}"] = str(path.resolve())
+    settings = _settings(config)
+    settings.signer()  # fail now, not at the first request
+    settings.trust_anchors()  # a configured SMKI CA that cannot be read: fail now too
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return settings
+
+
+def _uvicorn_options(
+    settings: Settings, *, host: str, port: int, workers: int, log_level: str
+) -> dict[str, Any]:
+    import inspect
+
+    import uvicorn
+
+    from hubreturns.serving import HTTP_PROTOCOL, uvicorn_options
+
+    if HTTP_PROTOCOL == "auto":
+        fail(
+            "httptools is not installed: the connection limits (header and idle timeouts, "
+            "max_connections) would not be enforced",
+            "Install hubreturns with its dependencies (pip install httptools).",
+        )
+    edge = uvicorn_options(settings)  # a ConfigError for unreadable TLS files, before workers
+    extra: dict[str, Any] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # uvicorn >= 0.36 kills a worker not ready within 5 s; on a loaded host the
+        # imports alone can take longer, and the worker would be restarted forever.
+        # Not much longer, though: the supervisor also waits this long for the
+        # answer to a health ping that a worker killed mid-ping never sends.
+        extra["timeout_worker_healthcheck"] = 30
+    return dict(
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+        log_config=None,  # uvicorn logs through our JSON handler
+        access_log=False,  # hubreturns.http writes the access lines
+        server_header=False,  # no "server: uvicorn": nothing to tell about the stack
+        http=HTTP_PROTOCOL,  # a response's head and body in one send (serving.OneWritePerTurn)
+        **edge,
+        **extra,
+    )
 
 
 @app.command()

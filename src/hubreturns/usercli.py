@@ -270,13 +270,7 @@ def submit(
     """Sign and send 8.14.3 / 8.14.4 returns; verify and explain the DCC's answer."""
     verify = _verify(ca, client_cert, client_key)
     profile = _code_profile(codes)
-    try:
-        signer = load_signer(key, cert)
-        target_eui = eui(target)
-    except ClientError as exc:
-        _usage(str(exc), exc.hint)
-    except ValueError as exc:
-        _usage(f"--target: {exc}", "The target is the DCC ACB EUI, e.g. " + DEFAULT_ACB)
+    signer, target_eui = _signer_and_target(key, cert, target)
     sending = _Sending(
         url=url,
         signer=signer,
@@ -316,6 +310,15 @@ def submit(
     if resume is not None or overwrite:
         _usage("--resume and --overwrite are for --csv", "Use them with --csv and --results.")
     _single(fields, sending)
+
+
+def _signer_and_target(key: Path, cert: Path, target: str) -> tuple[Any, str]:
+    try:
+        return load_signer(key, cert), eui(target)
+    except ClientError as exc:
+        _usage(str(exc), exc.hint)
+    except ValueError as exc:
+        _usage(f"--target: {exc}", "The target is the DCC ACB EUI, e.g. " + DEFAULT_ACB)
 
 
 def _single(fields: dict[str, str | None], sending: _Sending) -> None:

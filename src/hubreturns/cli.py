@@ -486,10 +486,7 @@ def _uvicorn_options(
     edge = uvicorn_options(settings)  # a ConfigError for unreadable TLS files, before workers
     extra: dict[str, Any] = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
-        # uvicorn >= 0.36 kills a worker not ready within 5 s; on a loaded host the
-        # imports alone can take longer, and the worker would be restarted forever.
-        # Not much longer, though: the supervisor also waits this long for the
-        # answer to a health ping that a worker killed mid-ping never sends.
+        # uvicorn >= 0.36 restarts a worker not ready in 5 s; a loaded host's imports take longer.
         extra["timeout_worker_healthcheck"] = 30
     return dict(
         factory=True,

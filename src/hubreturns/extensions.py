@@ -3,7 +3,8 @@
 Each feature (Service Desk, logistics, observability, the Service User
 client) exposes ``routes(processor, settings)`` and/or ``register_cli(app)``;
 this module is the one list of them, so the core never imports feature code
-elsewhere.
+elsewhere. Imports go one way, from here to the features and from them to the
+core, never back (``tests/test_shape.py`` fails on an import cycle).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The Service User's commands (issue 4): submit, sign, verify, testpack.
+"""The Service User's commands: submit, sign, verify, testpack.
 
 Thin shells over ``hubreturns.submission`` and ``hubreturns.testpack``. Exit
 status: 0 = accepted / verified / all passed; 1 = the service refused, a

@@ -1,4 +1,4 @@
-"""Service Desk web channel (issue 4): staff sign-in, hub look-up, returns on behalf of users.
+"""Service Desk web channel: staff sign-in, hub look-up, returns on behalf of users.
 
 ``routes`` mounts the desk pages at ``/desk`` (a sub-application with its own
 session, CSRF and sign-in gate, see ``desk.web``); ``register_cli`` adds

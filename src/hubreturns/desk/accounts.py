@@ -1,7 +1,7 @@
 """Staff accounts and sign-in sessions of the Service Desk.
 
 Passwords are hashed with Argon2id at OWASP's recommended parameters (19 MiB,
-two passes, one lane: about 50 ms a check), and re-hashed on sign-in when the
+two passes, one lane), and re-hashed on sign-in when the
 parameters change. Signing in with an unknown name costs the same
 hash check as a wrong password, so the answer time does not tell which names
 exist. A session is a random token; only its SHA-256 is stored.

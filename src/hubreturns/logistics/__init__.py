@@ -1,4 +1,4 @@
-"""Hub logistics (issue 5): orders, deliveries, return lifecycle, consignments, charges, reports.
+"""Hub logistics: orders, deliveries, return lifecycle, consignments, charges, reports.
 
 Pure modules (``values``, ``orders``, ``lifecycle``, ``consignments``,
 ``charges``) hold every rule; ``operations.Logistics`` applies them to the

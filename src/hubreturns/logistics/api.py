@@ -974,6 +974,6 @@ def routes(logistics: Logistics, settings: Settings) -> list[BaseRoute]:
         middleware=[Middleware(_WithSettings, settings=settings)],
         exception_handlers={HTTPException: _http_error},
     )
-    # No trailing-slash redirects: they echo the Host header (issue 21 §4).
+    # No trailing-slash redirects: they echo the Host header.
     api.router.redirect_slashes = False
     return [Mount(PREFIX, app=api)]

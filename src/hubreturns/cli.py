@@ -739,7 +739,7 @@ def _code_rows(profile: CodeProfile) -> list[tuple[str, str, str, str, str, str]
 
 @app.command()
 def codes(
-    markdown: Annotated[bool, typer.Option(help="Markdown table (README).")] = False,
+    markdown: Annotated[bool, typer.Option(help="Markdown table (docs).")] = False,
     config: ConfigOption = None,
 ) -> None:
     """The response code profile in force: DUIS-defined codes and configurable choices.

@@ -511,8 +511,8 @@ class Committer:
         batch and nothing is arriving: with HTTP/1.1 a connection carries one
         request at a time, so a client whose request waits for this commit
         cannot send another, and a hold would only idle (a closed loop of 16
-        connections a worker left a quarter of the machine idle; README,
-        "Figures"). Unknown client counts (no ``clients``) never end a hold.
+        connections a worker left a quarter of the machine idle; docs/performance-history.md).
+        Unknown client counts (no ``clients``) never end a hold.
         """
         if self.clients is None or self._arriving:
             return False
@@ -530,10 +530,10 @@ class Committer:
         client waits once in 512 requests).
         Measured (SQLite, 2 workers, 1,000 req/s, 14 interleaved pairs):
         batches of 1.4-2.4 jobs became 2.9-4.3, and the service's CPU a
-        request fell by 11-26 % in 11 pairs (README, "Figures", earlier
+        request fell by 11-26 % in 11 pairs (docs/performance-history.md, earlier
         rounds). A hold also ends once every connected client is in the batch
         (``_all_in``): without that, a closed loop waited the whole hold for
-        nothing (README, "Figures", item 2).
+        nothing (docs/performance-history.md, item 2).
         """
         if self._hold <= 0 or self._gap >= self._hold:
             return 0.0

@@ -108,7 +108,7 @@ class ConfigError(HintedError):
     code = "config"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, "see README, Configuration.")
+        super().__init__(message, "see docs/configuration.md.")
 
 
 def packaged_pki() -> Path:
@@ -118,14 +118,22 @@ def packaged_pki() -> Path:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
+    """Every setting, with its default; docs/configuration.md is generated from these fields."""
+
+    #: SQLAlchemy URL of the database: ``sqlite:///FILE`` or ``postgresql+psycopg://…``.
     database_url: str = "sqlite:///hubreturns.db"
+    #: The DCC's response-signing private key (PEM, P-256); the default is DCC's public
+    #: *test* key, never valid on the live network.
     signing_key: Path = packaged_pki() / f"{_DSP_STEM}.key.pem"
+    #: The certificate of ``signing_key`` (PEM); the default is DCC's *test* DSP certificate.
     signing_cert: Path = packaged_pki() / f"{_DSP_STEM}.cert.pem"
+    #: EUI-64 of the DCC Access Control Broker: the RequestID target every request must name.
     acb_eui: str = DEFAULT_ACB
+    #: Largest DUIS request body in bytes; a longer one is cut off while streaming (413).
     max_body_bytes: int = 64 * 1024
     #: Service Desk session-cookie key; None = a random key per process (single worker only).
     session_secret: str | None = None
-    #: Bearer token for the operator JSON API; None = the API only accepts desk sessions.
+    #: Bearer token for the operator JSON API; None = the API refuses every call (401).
     operator_token: str | None = None
     #: Charges tariff (TOML); None = DCC's returns charges as quoted on SECAS's DP238 page.
     tariff_file: Path | None = None
@@ -138,8 +146,9 @@ class Settings:
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     #: Open connections per worker; beyond it a new connection is answered 503.
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    #: HTTPS: the server's certificate chain and key (PEM); None = plain HTTP.
+    #: HTTPS: the server's certificate chain (PEM); None = plain HTTP.
     tls_cert: Path | None = None
+    #: HTTPS: the private key of ``tls_cert`` (PEM); set both or neither.
     tls_key: Path | None = None
     #: Mutual TLS: client certificates must chain to this CA (PEM); None = not asked.
     tls_client_ca: Path | None = None
@@ -151,7 +160,8 @@ class Settings:
     #: Name of the role to 8.14.3/8.14.4 matrix in force (``rules.PROFILES``).
     eligibility_profile: str = DEFAULT_ELIGIBILITY
     #: The ``schemaVersion`` values a request may carry; others are refused
-    #: (``Reason.SCHEMA_VERSION``). Requests are validated against the DUIS 5.4 schema.
+    #: (``Reason.SCHEMA_VERSION``); the environment takes them comma-separated (``5.4,5.3``).
+    #: Requests are validated against the DUIS 5.4 schema.
     schema_versions: tuple[str, ...] = REQUEST_POLICY_SCHEMA_VERSIONS
 
     def __post_init__(self) -> None:

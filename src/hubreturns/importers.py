@@ -580,9 +580,9 @@ problem is listed with its file line number (the header is line 1), e.g.
 
 ```csv
 {",".join(USER_COLUMNS)}
-00-DB-12-34-56-78-00-04,IS,Example Energy,active
-90-B3-D5-1F-30-01-00-00,GS,Example Gas,active
-00-DB-12-34-56-78-00-99,RSA,Example Metering Agent,active
+90-B3-D5-1F-30-01-00-00,IS,Demo Import Supplier,active
+90-B3-D5-1F-30-02-00-00,GS,Demo Gas Supplier,active
+00-DB-12-34-56-78-00-04,RSA,Demo Agent (appointed by the IS),active
 ```
 
 ### RSA appointments: `{",".join(APPOINTMENT_COLUMNS)}`
@@ -601,8 +601,8 @@ The same agent, supplier and `valid_from` may appear only once.
 
 ```csv
 {",".join(APPOINTMENT_COLUMNS)}
-00-DB-12-34-56-78-00-99,00-DB-12-34-56-78-00-04,2025-04-01,
-00-DB-12-34-56-78-00-99,90-B3-D5-1F-30-01-00-00,2025-04-01T09:00:00Z,2026-04-01
+00-DB-12-34-56-78-00-04,90-B3-D5-1F-30-01-00-00,2025-04-01,
+00-DB-12-34-56-78-00-04,90-B3-D5-1F-30-02-00-00,2025-04-01T09:00:00Z,2026-04-01
 ```
 
 ### Devices: `{",".join(DEVICE_COLUMNS)}`
@@ -617,8 +617,8 @@ The same agent, supplier and `valid_from` may appear only once.
 
 ```csv
 {",".join(DEVICE_COLUMNS)}
-00-DB-12-34-56-78-AA-01,CHF,Pending,00-DB-12-34-56-78-00-04,00-DB-12-34-56-78-AA-02
-00-DB-12-34-56-78-AA-03,CHF,Commissioned,00-DB-12-34-56-78-00-04;90-B3-D5-1F-30-01-00-00,
-00-DB-12-34-56-78-AA-02,GPF,Commissioned,,
+00-DB-12-34-56-78-90-A2,CHF,Pending,90-B3-D5-1F-30-01-00-00,00-DB-12-34-56-78-90-A0
+00-DB-12-34-56-78-91-02,CHF,Commissioned,90-B3-D5-1F-30-01-00-00;90-B3-D5-1F-30-02-00-00,
+00-DB-12-34-56-78-90-A0,GPF,Pending,90-B3-D5-1F-30-01-00-00,
 ```
 """

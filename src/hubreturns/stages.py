@@ -6,8 +6,8 @@ OpenSSL's curve tables, the interpreter's own), and on a busy server every
 request's turn finds those caches cold: the steps of one request in between
 the steps of a dozen others cost two to four times what they cost in a loop
 of their own (one profiling run, py-spy on a worker at saturation: parsing
-a request took about 48 µs there against 12 µs in a tight loop; README,
-"Performance", has the benchmark figures). So a
+a request took about 48 µs there against 12 µs in a tight loop; docs/performance.md
+has the benchmark figures). So a
 request's work is written as a generator that yields between steps
 (``Steps``), and ``Stages`` runs the steps of every request that arrived in
 the same turn of the loop together: all the parses, then all the schema

@@ -182,7 +182,7 @@ UserRefIdOption = Annotated[str | None, typer.Option(help="Your reference (≤ 2
 IncidentOption = Annotated[str | None, typer.Option(help="≤ 15 characters.")]
 AdditionalOption = Annotated[str | None, typer.Option(help="≤ 200 characters.")]
 CsvFileOption = Annotated[
-    Path | None, typer.Option("--csv", help="Bulk: a CSV of returns (see README).")
+    Path | None, typer.Option("--csv", help="Bulk: a CSV of returns (docs/service-user.md).")
 ]
 ResultsOption = Annotated[
     Path | None,

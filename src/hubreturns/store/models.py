@@ -54,6 +54,8 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
+    """A DCC User ID with its role and status, as the users import file gives it."""
+
     __tablename__ = "users"
 
     user_id: Mapped[str] = mapped_column(EUI, primary_key=True)
@@ -136,6 +138,8 @@ class Device(Base):
 
 
 class DeviceSupplier(Base):
+    """A Supplier responsible for a device (a hub may have an IS and a GS)."""
+
     __tablename__ = "device_suppliers"
     __table_args__ = (Index("ix_device_suppliers_supplier", "supplier_user_id"),)
 
@@ -181,6 +185,8 @@ class ReturnRecord(Base):
 
 
 class ReplayCounter(Base):
+    """The last RequestID counter accepted per User ID, as 20-digit text (numeric order)."""
+
     __tablename__ = "replay_counters"
 
     originator: Mapped[str] = mapped_column(EUI, primary_key=True)

@@ -459,7 +459,7 @@ def layout_table() -> str:
             if not doc:
                 continue
             rel = rel.parent
-        first = doc.split("\n\n", 1)[0]
+        first = doc.split("\n\n", 1)[0].replace("``", "`")
         rows.append((f"`{rel.as_posix()}`", _cell(first)))
     rows.append(("`store/migrations/`", "Alembic migrations (`hubreturns init`, `serve`)."))
     return _table(("module", "what it is"), rows)

@@ -67,7 +67,7 @@ def shapes(valid: bytes) -> dict[str, bytes]:
 def _cpu_per_request(url: str, body: bytes, seconds: float) -> tuple[float, str]:
     """CPU µs a request for ``body`` sent again and again, and the code it got."""
     reset(url)
-    processor = processor_from_settings(Settings(database_url=url))
+    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
     try:
         code = processor.handle_duis(body, Endpoint.NON_DEVICE).code  # warm
         done = 0

@@ -66,7 +66,8 @@ def serve(
     With ``floor``, the bare app of ``benchmarks.floor`` is served instead.
     """
     port = free_port()
-    env = {**os.environ, "HUBRETURNS_DATABASE_URL": url}
+    env = {**os.environ, "HUBRETURNS_DATABASE_URL": url, "HUBRETURNS_ALLOW_TEST_KEYS": "1"}
+    env.setdefault("HUBRETURNS_SESSION_SECRET", "benchmark-session-secret-0123456789abcdef")
     env.pop("HUBRETURNS_CONFIG", None)
     address = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     if floor:

@@ -67,7 +67,7 @@ class InProcess:
 def measure(url: str, bodies: list[Body], seconds: float) -> InProcess:
     """Feed ``bodies`` in order to a fresh Processor for up to ``seconds``."""
     reset(url)
-    processor = processor_from_settings(Settings(database_url=url))
+    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
     wrong: Counter[str] = Counter()
     accepted = 0
     done = 0
@@ -107,7 +107,7 @@ def measure_concurrent(
     the certificates named in ``warm`` are cached first.
     """
     reset(url)
-    processor = processor_from_settings(Settings(database_url=url))
+    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
 
     async def handle(data: bytes) -> str:
         return (await processor.handle_duis_async(data, Endpoint.NON_DEVICE)).code
@@ -180,7 +180,7 @@ def measure_app(
     false not written at all), the processor and the committer.
     """
     reset(url)
-    settings = Settings(database_url=url)
+    settings = Settings(database_url=url, allow_test_keys=True)
     processor = processor_from_settings(settings)
     app = create_app(processor, settings)
     sink = open(os.devnull, "w")  # noqa: SIM115 - closed below, after the run
@@ -238,7 +238,7 @@ def request_path(
     world = build_world(1000)
     bodies = list(mixed_bodies(world, requests, hubs=hubs))
     certs = {u.certificate.key: u.certificate for u in world.users}
-    signer = Settings().signer()
+    signer = Settings(allow_test_keys=True).signer()
     now = datetime.now(UTC)
     accepted_bodies = [b.data for b in bodies if b.expected is ResponseCode.I99][:2000]
 

@@ -76,7 +76,9 @@ class Harness:
         self.world: DemoWorld = build_world(folder)
         engine = make_engine("sqlite://", poolclass=StaticPool)
         migrate(engine)
-        self.processor: Processor = processor_from_settings(Settings(database_url="sqlite://"))
+        self.processor: Processor = processor_from_settings(
+            Settings(database_url="sqlite://", allow_test_keys=True)
+        )
         self.processor.sessions.configure(bind=engine)
         seed(self.processor.sessions, self.world, datetime.now(UTC))
         self.dcc = self.world.dcc_certificates()

@@ -424,7 +424,9 @@ def served(database_url: str, *, workers: int = 1, log: Path | None = None) -> S
     """``hubreturns serve`` as a child process in its own process group, once healthy."""
     port = _free_port()
     exe = Path(sys.executable).with_name("hubreturns")
-    env = {**os.environ, "HUBRETURNS_DATABASE_URL": database_url}
+    # A test service: the packaged test keys, and one desk session key for every worker.
+    env = {**os.environ, "HUBRETURNS_DATABASE_URL": database_url, "HUBRETURNS_ALLOW_TEST_KEYS": "1"}
+    env.setdefault("HUBRETURNS_SESSION_SECRET", "reliability-session-secret-0123456789abcdef")
     with open(log or os.devnull, "ab") as out:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [str(exe), "serve", "--port", str(port), "--workers", str(workers)],

@@ -28,6 +28,13 @@ from hubreturns.service import create_app, processor_from_settings
 from hubreturns.serving import running_server
 from hubreturns.store.db import make_engine, make_sessionmaker, migrate
 
+#: What a served test needs in its environment (``hubreturns serve`` in a subprocess):
+#: the packaged test keys allowed, and a session secret for several workers.
+SERVE_ENV = {
+    "HUBRETURNS_ALLOW_TEST_KEYS": "1",
+    "HUBRETURNS_SESSION_SECRET": "tests-only-session-secret-0123456789abcdef",
+}
+
 PG_URL = os.environ.get(
     "HUBRETURNS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -80,7 +87,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def settings(database_url: str, world: DemoWorld) -> Settings:
     """Settings on ``database_url`` that trust the demo world's own SMKI CA."""
-    return Settings(database_url=database_url, smki_ca_certs=world.smki_ca_certs)
+    return Settings(
+        database_url=database_url, smki_ca_certs=world.smki_ca_certs, allow_test_keys=True
+    )
 
 
 @pytest.fixture

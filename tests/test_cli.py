@@ -191,7 +191,7 @@ def load_world(cli: Cli, world: DemoWorld, *, appointments: bool = True) -> None
 
 def send(cli: Cli, world: DemoWorld, scenario: Scenario, counter: int) -> str:
     """One signed request through the real request path; the response code."""
-    processor = processor_from_settings(Settings(database_url=cli.url))
+    processor = processor_from_settings(Settings(database_url=cli.url, allow_test_keys=True))
     try:
         ((_, body),) = scenario_bodies(world, [scenario], first_counter=counter)
         return processor.handle_duis(body, scenario.endpoint).code
@@ -460,7 +460,7 @@ def test_appoint_refuses_an_empty_validity_window(cli: Cli, world: DemoWorld) ->
 def traffic(cli: Cli, world: DemoWorld) -> Cli:
     """The demo world loaded and every demo scenario sent through the request path."""
     load_world(cli, world)
-    processor = processor_from_settings(Settings(database_url=cli.url))
+    processor = processor_from_settings(Settings(database_url=cli.url, allow_test_keys=True))
     try:
         for scenario, body in scenario_bodies(world):
             processor.handle_duis(body, scenario.endpoint)
@@ -593,7 +593,8 @@ def test_unmigrated_database_gives_error_and_hint(tmp_path: Path) -> None:
     run = cli.script("returns")
     assert run.code == 2
     assert "error: database:" in run.text
-    assert "hint: run `hubreturns init`" in run.text
+    assert "hint: Run `hubreturns init`" in run.text
+    assert "code: database_schema" in run.text
 
 
 # -- the demo --------------------------------------------------------------------------------

@@ -138,7 +138,8 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     and accepts one more schemaVersion than the default."""
     path = tmp_path / "overrides.toml"
     path.write_text(
-        f'database_url = "{database_url}"\nschema_versions = ["5.4", "5.3"]\n{OVERRIDES}',
+        f'database_url = "{database_url}"\nschema_versions = ["5.4", "5.3"]\n'
+        f"allow_test_keys = true\n{OVERRIDES}",
         encoding="utf-8",
     )
     return load_settings(path, environ={})

@@ -14,6 +14,8 @@ from hubreturns.policy import REQUEST_POLICY
 from hubreturns.service import processor_from_settings
 
 DSP = "dsp-xml-sign-90B3D51F30000002-ds"
+DSP_KEY, DSP_CERT = packaged_pki() / f"{DSP}.key.pem", packaged_pki() / f"{DSP}.cert.pem"
+TOKEN = "an-operator-token-of-forty-characters-xx"
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +38,11 @@ def test_defaults() -> None:
     assert settings.database_url == "sqlite:///hubreturns.db"
     assert settings.acb_eui == "90-B3-D5-1F-30-00-00-02"
     assert settings.max_body_bytes == 65536
-    assert settings.signing_key == packaged_pki() / f"{DSP}.key.pem"
-    assert settings.signing_cert == packaged_pki() / f"{DSP}.cert.pem"
+    assert settings.signing_key is None
+    assert settings.signing_cert is None
+    assert settings.allow_test_keys is False
+    assert settings.test_keys
+    assert settings.workers == 1
     assert settings.session_secret is None
     assert settings.operator_token is None
     assert settings.tariff_file is None
@@ -49,6 +54,7 @@ def test_toml_file(tmp_path: Path) -> None:
         tmp_path,
         'database_url = "postgresql+psycopg://h@db/h"\n'
         'signing_key = "~/dsp.key.pem"\n'
+        'signing_cert = "~/dsp.cert.pem"\n'
         'acb_eui = "90-b3-d5-1f-30-00-00-09"\n'
         "max_body_bytes = 1024\n",
     )
@@ -58,7 +64,7 @@ def test_toml_file(tmp_path: Path) -> None:
     assert settings.acb_eui == "90-B3-D5-1F-30-00-00-09"
     assert settings.max_body_bytes == 1024
     assert settings.policy().max_body_bytes == 1024
-    assert settings.signing_cert == Settings().signing_cert
+    assert settings.signing_cert == Path("~/dsp.cert.pem").expanduser()
 
 
 def test_toml_may_use_a_hubreturns_table(tmp_path: Path) -> None:
@@ -82,14 +88,14 @@ def test_environment_overrides_toml(tmp_path: Path) -> None:
         environ={
             "HUBRETURNS_DATABASE_URL": "sqlite:///env.db",
             "HUBRETURNS_MAX_BODY_BYTES": "2048",
-            "HUBRETURNS_OPERATOR_TOKEN": "s3cret",
+            "HUBRETURNS_OPERATOR_TOKEN": TOKEN,
             "HUBRETURNS_TARIFF_FILE": "/etc/hubreturns/tariff.toml",
             "UNRELATED": "ignored",
         },
     )
     assert settings.database_url == "sqlite:///env.db"
     assert settings.max_body_bytes == 2048
-    assert settings.operator_token == "s3cret"
+    assert settings.operator_token == TOKEN
     assert settings.tariff_file == Path("/etc/hubreturns/tariff.toml")
 
 
@@ -154,7 +160,7 @@ def test_bad_environment_values_give_a_helpful_error(name: str, value: str, frag
 def test_the_commit_hold_is_a_setting_that_reaches_the_committer(tmp_path: Path) -> None:
     assert load_settings(environ={}).commit_hold_ms == 3.0
     assert load_settings(environ={"HUBRETURNS_COMMIT_HOLD_MS": "0"}).commit_hold_ms == 0.0
-    path = toml(tmp_path, "commit_hold_ms = 1.5\n")
+    path = toml(tmp_path, "commit_hold_ms = 1.5\nallow_test_keys = true\n")
     settings = load_settings(path, environ={})
     assert settings.commit_hold_ms == 1.5
     processor = processor_from_settings(
@@ -174,7 +180,7 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_signer_loads_the_packaged_dsp_key() -> None:
-    signer = Settings().signer()
+    signer = Settings(allow_test_keys=True).signer()
     assert signer.certificate.eui == "90-B3-D5-1F-30-00-00-02"
     assert "89" in signer.certificate.organisational_units
     assert signer.key.public_key().public_numbers() == (
@@ -183,11 +189,14 @@ def test_signer_loads_the_packaged_dsp_key() -> None:
 
 
 def test_signer_errors_name_the_settings(tmp_path: Path) -> None:
-    missing = Settings(signing_key=tmp_path / "absent.pem")
-    with pytest.raises(ConfigError, match="HUBRETURNS_SIGNING_KEY"):
+    absent = tmp_path / "absent.pem"
+    missing = Settings(signing_key=absent, signing_cert=DSP_CERT, allow_test_keys=True)
+    with pytest.raises(ConfigError, match=f"signing_key {absent} cannot be read") as found:
         missing.signer()
-    swapped = Settings(signing_key=Settings().signing_cert)
-    with pytest.raises(ConfigError, match="signing_key"):
+    assert "HUBRETURNS_SIGNING_KEY" in found.value.hint
+    assert found.value.code == "signing_key"
+    swapped = Settings(signing_key=DSP_CERT, signing_cert=DSP_CERT, allow_test_keys=True)
+    with pytest.raises(ConfigError, match="is not a PEM private key"):
         swapped.signer()
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     rsa_path = tmp_path / "rsa.key.pem"
@@ -199,13 +208,13 @@ def test_signer_errors_name_the_settings(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(ConfigError, match="not an EC private key"):
-        Settings(signing_key=rsa_path).signer()
+        Settings(signing_key=rsa_path, signing_cert=DSP_CERT, allow_test_keys=True).signer()
 
 
 def test_signer_refuses_a_key_that_does_not_match_the_certificate() -> None:
     other = packaged_pki() / "xml-sign-90B3D51F30010000-ds.key.pem"
     with pytest.raises(ConfigError, match="does not belong to signing_cert"):
-        Settings(signing_key=other).signer()
+        Settings(signing_key=other, signing_cert=DSP_CERT, allow_test_keys=True).signer()
 
 
 # -- the eligibility profile ------------------------------------------------------------------
@@ -229,7 +238,13 @@ def test_the_eligibility_profile_comes_from_its_own_table_then_the_environment(
     env = {"HUBRETURNS_ELIGIBILITY_PROFILE": "all-ordering-parties"}
     assert load_settings(path, environ=env).eligibility().name == "all-ordering-parties"
     processor = processor_from_settings(
-        load_settings(path, environ={"HUBRETURNS_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"})
+        load_settings(
+            path,
+            environ={
+                "HUBRETURNS_DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}",
+                "HUBRETURNS_ALLOW_TEST_KEYS": "1",
+            },
+        )
     )
     try:
         assert processor.eligibility.name == "pre-secmp0039"

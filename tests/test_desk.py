@@ -638,7 +638,7 @@ def test_cli_manages_staff_accounts(settings: Settings, staff: str, tmp_path: Pa
     code, output, _ = cli(settings, "desk", "list-users")
     assert "carol" in output
     # a database that was never initialised: an error with a hint, not a traceback
-    empty = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    empty = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}", allow_test_keys=True)
     code, _, error = cli(empty, "desk", "list-users")
     assert code != 0
     assert isinstance(error, HintedError)

@@ -213,7 +213,7 @@ def test_a_head_over_the_size_cap_is_answered_431_and_closed(
 
 
 def test_limits_have_documented_defaults() -> None:
-    settings = Settings()
+    settings = Settings(allow_test_keys=True)
     assert (settings.header_timeout_s, settings.idle_timeout_s) == (10.0, 10.0)
     assert settings.max_connections == 512
 

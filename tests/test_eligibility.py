@@ -50,7 +50,7 @@ NO_CONFIG_LEFT: dict[str, str | None] = {"HUBRETURNS_CONFIG": None}
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     """This module's service runs the original proposal's matrix, not the default."""
-    return Settings(database_url=database_url, eligibility_profile=ORDERERS)
+    return Settings(database_url=database_url, eligibility_profile=ORDERERS, allow_test_keys=True)
 
 
 def _app() -> typer.Typer:
@@ -210,7 +210,9 @@ def pre_secmp0039(
     database_url: str, engine: Engine, seeded: sessionmaker[Session]
 ) -> Iterator[httpx.Client]:
     """A second service on the same database, with the pre-SECMP0039 matrix."""
-    before = Settings(database_url=database_url, eligibility_profile="pre-secmp0039")
+    before = Settings(
+        database_url=database_url, eligibility_profile="pre-secmp0039", allow_test_keys=True
+    )
     processor = processor_from_settings(before)
     processor.sessions.kw["bind"].dispose()
     processor.sessions.configure(bind=engine)

@@ -71,7 +71,7 @@ def _counts(url: str) -> tuple[int, int]:
 def _seeded_processor(url: str, world: DemoWorld, **engine_kwargs: object) -> Processor:
     engine = make_engine(url, **engine_kwargs)  # type: ignore[arg-type]
     migrate(engine)
-    processor = processor_from_settings(Settings(database_url=url))
+    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
     processor.sessions.kw["bind"].dispose()
     processor.sessions.configure(bind=engine)
     seed(processor.sessions, world, datetime.now(UTC))

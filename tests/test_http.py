@@ -89,7 +89,8 @@ def _engine(sessions: sessionmaker[Session]) -> Engine:
 def test_healthz(http: httpx.Client) -> None:
     reply = http.get("/healthz")
     assert reply.status_code == 200
-    assert reply.json() == {"status": "ok", "smki_trust": "ca"}  # the tests trust the demo CA
+    # The tests trust the demo CA and sign answers with the packaged test key.
+    assert reply.json() == {"status": "ok", "smki_trust": "ca", "test_keys": True}
 
 
 def test_the_committer_knows_how_many_clients_are_connected(

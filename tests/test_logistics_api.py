@@ -40,7 +40,7 @@ from hubreturns.store.models import Device
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import sign_request
 
-TOKEN = "test-operator-token-0123456789"
+TOKEN = "test-operator-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHF, GPF = "00-DB-12-34-56-78-D1-01", "00-DB-12-34-56-78-D1-00"
 ORDER = {

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import SERVE_ENV
 from prometheus_client.parser import text_string_to_metric_families
 
 from hubreturns.client import read_response
@@ -405,6 +406,7 @@ def test_serve_with_two_workers_reports_service_wide_totals(
         **os.environ,
         "HUBRETURNS_DATABASE_URL": database_url,
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        **SERVE_ENV,
     }
     env.pop("HUBRETURNS_CONFIG", None)
     log_file = tmp_path / "serve.log"

@@ -18,6 +18,7 @@ from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import pytest
+from conftest import SERVE_ENV
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -100,6 +101,7 @@ def test_a_port_in_use_is_refused_even_by_another_reservation() -> None:
 def test_serve_with_workers_on_a_taken_port_says_so(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBRETURNS_")}
     env["HUBRETURNS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'serve.db'}"
+    env |= SERVE_ENV
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

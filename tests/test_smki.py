@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import SERVE_ENV
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from sqlalchemy import Engine, select
@@ -433,6 +434,7 @@ def test_healthz_reports_the_trust_mode_and_serve_start_warns_without_a_ca(
             assert httpx.get(f"{url}/healthz").json() == {
                 "status": "ok",
                 "smki_trust": TrustMode.CA.value,
+                "test_keys": True,
             }
         assert "no SMKI CA certificates configured" not in caplog.text
         vouched = replace(settings, smki_ca_certs=None)
@@ -454,6 +456,7 @@ def served(
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBRETURNS_")}
     env["HUBRETURNS_DATABASE_URL"] = database_url
     env["HUBRETURNS_SMKI_CA_CERTS"] = str(world.smki_ca_certs)
+    env |= SERVE_ENV
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen(
         [str(SCRIPT), "serve", "--port", str(port), "--workers", "2"],

@@ -581,7 +581,7 @@ def test_an_unavailable_answer_is_resent_with_the_same_request_id(
         service_reference="8.14",
         service_reference_variant="8.14.4",
         now=datetime.now(UTC),
-        signer=Settings().signer(),
+        signer=Settings(allow_test_keys=True).signer(),
     )
     flaky = _Flaky(unavailable)
     with httpx.Client(transport=flaky) as http:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import SERVE_ENV
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.demo import SCENARIOS, DemoWorld, run_scenarios
@@ -28,6 +29,7 @@ def served(database_url: str, seeded: sessionmaker[Session], tmp_path: Path) -> 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBRETURNS_")}
     env["HUBRETURNS_DATABASE_URL"] = database_url
+    env |= SERVE_ENV
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen(
         [str(SCRIPT), "serve", "--port", str(port), "--workers", "2"],

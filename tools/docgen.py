@@ -100,6 +100,7 @@ def _kind(annotation: str) -> str:
         "Path": "file path",
         "Path | None": "file path",
         "int": "whole number",
+        "bool": "true or false",
         "float": "number",
         "tuple[str, ...]": "list of text",
         "CodeProfile": "TOML table",

@@ -8,6 +8,7 @@ store, calls one function and prints the result. Errors are printed as
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import secrets
 import shutil
@@ -22,11 +23,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import CodeProfile, Reason
-from hubreturns.config import Settings, load_settings
+from hubreturns.config import Settings, load_settings, redact_url
 from hubreturns.errors import HintedError
 from hubreturns.loading import (
     CertificatesRefused,
@@ -72,8 +75,40 @@ ConfigOption = Annotated[
 ]
 
 
-def fail(message: str, hint: str) -> NoReturn:
-    raise HintedError(message, hint)
+def fail(message: str, hint: str, code: str | None = None) -> NoReturn:
+    raise HintedError(message, hint, code=code)
+
+
+def _database_failure(exc: SQLAlchemyError, url: str) -> HintedError:
+    """What went wrong with the database, for a person: unreachable, or not migrated."""
+    first = redact_url(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
+    if isinstance(exc, DBAPIError) and exc.statement is None:  # failed while connecting
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            where = f"the SQLite file {parsed.database}"
+            check = "Does its folder exist, and may this user write there?"
+        else:
+            where = f"{parsed.host or 'localhost'} port {parsed.port or 5432}"
+            check = "Is the server running there, and are the host, port, user and password right?"
+        return HintedError(
+            f"cannot connect to the database at {where} ({redact_url(url)}): {first}",
+            f"{check} Check database_url (HUBRETURNS_DATABASE_URL).",
+            code="database_unreachable",
+        )
+    return HintedError(
+        f"database: {first}",
+        "Run `hubreturns init` to create or migrate the schema, and check database_url.",
+        code="database_schema",
+    )
+
+
+def _connect(engine: Engine, url: str) -> None:
+    """Open one connection now, so an unreachable database is said as such."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise _database_failure(exc, url) from None
 
 
 def _settings(config: Path | None) -> Settings:
@@ -89,6 +124,8 @@ def _store(config: Path | None) -> Iterator[sessionmaker[Session]]:
     engine = make_engine(settings.database_url)
     try:
         yield make_sessionmaker(engine)
+    except SQLAlchemyError as exc:
+        raise _database_failure(exc, settings.database_url) from None
     finally:
         engine.dispose()
 
@@ -128,10 +165,14 @@ def init(config: ConfigOption = None) -> None:
     settings = _settings(config)
     engine = make_engine(settings.database_url)
     try:
+        _connect(engine, settings.database_url)
         migrate(engine)
     finally:
         engine.dispose()
-    console.print(f"[green]database ready[/green]: {settings.database_url}")
+    console.print(
+        f"[green]database ready[/green]: {escape(redact_url(settings.database_url))}",
+        highlight=False,
+    )
 
 
 # -- loads ---------------------------------------------------------------------------
@@ -180,7 +221,7 @@ def load_certs_cmd(paths: list[Path], config: ConfigOption = None) -> None:
         try:
             done = load_certificates(sessions, paths, _now(), anchors=anchors)
         except CertificatesRefused as exc:
-            fail(escape(str(exc)), escape(exc.hint))
+            fail(str(exc), exc.hint)
     expired = {c.key for c in done.expired} | {c.key for c in done.not_yet_valid}
     revoked = {c.key for c in done.revoked}
     added = {c.key for c in done.added}
@@ -217,7 +258,7 @@ def _issuer_serial(issuer: str, serial: str) -> tuple[str, int]:
     try:
         name = normalize_issuer(issuer)
     except ValueError as exc:
-        fail(escape(str(exc)), "Write the issuer like OU=07,CN=Z1 (see `hubreturns certs list`).")
+        fail(str(exc), "Write the issuer like OU=07,CN=Z1 (see `hubreturns certs list`).")
     try:
         number = int(serial, 16) if serial.lower().startswith("0x") else int(serial, 10)
     except ValueError:
@@ -301,7 +342,7 @@ def certs_load_crl_cmd(file: Path, config: ConfigOption = None) -> None:
         try:
             done = load_crl(sessions, file, _now(), anchors=anchors)
         except ValueError as exc:
-            fail(escape(str(exc)), "Give the CRL issued by a CA in smki_ca_certs.")
+            fail(str(exc), "Give the CRL issued by a CA in smki_ca_certs.")
     console.print(
         f"[green]{done.recorded} revocations recorded[/green] ({done.listed} in the CRL, "
         f"{done.listed - done.recorded} already recorded; "
@@ -358,11 +399,77 @@ def revoke(
 # -- serving ---------------------------------------------------------------------------
 
 
+def _serving_settings(
+    config: Path | None, workers: int | None, tls: dict[str, Path | None]
+) -> Settings:
+    """The settings every worker will read, checked for serving before anything starts.
+
+    Options reach the workers through the environment, so they are exported
+    first; then the fail-safe checks run here, in the parent: test keys only
+    with ``allow_test_keys``, a session secret for several workers, readable
+    SMKI CA certificates and a reachable, migrated database.
+    """
+    for name, path in tls.items():
+        if path is not None:  # the workers read their settings from the environment
+            os.environ[f"HUBRETURNS_{name.upper()}"] = str(path.resolve())
+    if workers is not None:
+        os.environ["HUBRETURNS_WORKERS"] = str(workers)
+    settings = _settings(config)
+    settings.signer()  # fail now, not at the first request
+    settings.trust_anchors()  # a configured SMKI CA that cannot be read: fail now too
+    engine = make_engine(settings.database_url)
+    try:
+        _connect(engine, settings.database_url)
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return settings
+
+
+def _uvicorn_options(settings: Settings, host: str, port: int, log_level: str) -> dict[str, Any]:
+    """uvicorn.run's keyword arguments for ``serve``."""
+    import inspect
+
+    import uvicorn
+
+    from hubreturns.serving import HTTP_PROTOCOL, uvicorn_options
+
+    if HTTP_PROTOCOL == "auto":
+        fail(
+            "httptools is not installed: the connection limits (header and idle timeouts, "
+            "max_connections) would not be enforced",
+            "Install hubreturns with its dependencies (pip install httptools).",
+        )
+    edge = uvicorn_options(settings)  # a ConfigError for unreadable TLS files, before workers
+    extra: dict[str, Any] = {}
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # uvicorn >= 0.36 restarts a worker not ready in 5 s; a loaded host's imports take longer.
+        extra["timeout_worker_healthcheck"] = 30
+    return dict(
+        factory=True,
+        host=host,
+        port=port,
+        workers=settings.workers,
+        log_level=log_level.lower(),
+        log_config=None,  # uvicorn logs through our JSON handler
+        access_log=False,  # hubreturns.http writes the access lines
+        server_header=False,  # no "server: uvicorn": nothing to tell about the stack
+        http=HTTP_PROTOCOL,  # a response's head and body in one send (serving.OneWritePerTurn)
+        **edge,
+        **extra,
+    )
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Worker processes (default: the setting workers, 1).", show_default=False
+        ),
+    ] = None,
     log_level: Annotated[
         str, typer.Option(help="debug, info, warning or error (JSON lines on stderr).")
     ] = "info",
@@ -378,26 +485,33 @@ def serve(
 ) -> None:
     """Serve the DUIS endpoints (/api/v1/serviceD|S|T), /healthz and /metrics.
 
-    The --tls-* options override the settings tls_cert, tls_key and tls_client_ca
-    (docs/tls.md).
+    Refuses to start without signing_key and signing_cert (unless allow_test_keys),
+    with more than one worker and no session_secret, or with an operator_token
+    under 32 characters (docs/operations.md). The --tls-* options override the
+    settings tls_cert, tls_key and tls_client_ca (docs/tls.md).
     """
     import uvicorn
 
-    given, owned = _metrics_folder(workers)
+    if not isinstance(logging.getLevelName(log_level.upper()), int):  # before the settings
+        fail(f"unknown log level {log_level!r}", "Pass --log-level debug|info|warning|error.")
+    tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
+    settings = _serving_settings(config, workers, tls)
+    given, owned = _metrics_folder(settings.workers)
     from hubreturns.observability import reap_dead_workers
     from hubreturns.serving import run_workers, spreads_connections
 
-    settings = _serving_settings(config, log_level, tls_cert, tls_key, tls_client_ca)
-    options = _uvicorn_options(settings, host=host, port=port, workers=workers, log_level=log_level)
+    _start_logging(log_level)
+    options = _uvicorn_options(settings, host, port, log_level)
     scheme = "https" if settings.tls else "http"
     mutual = " (client certificates required)" if settings.tls_client_ca else ""
     console.print(
-        f"serving on {scheme}://{host}:{port}{mutual} with {workers} worker(s), "
-        f"{settings.database_url}"
+        f"serving on {scheme}://{host}:{port}{mutual} with {settings.workers} worker(s), "
+        f"{escape(redact_url(settings.database_url))}",
+        highlight=False,
     )
     target = "hubreturns.service:app_from_environment"
     try:
-        if workers > 1 and spreads_connections():
+        if settings.workers > 1 and spreads_connections():
             # Each worker on its own SO_REUSEPORT socket: see serving.WorkerListener.
             try:
                 run_workers(uvicorn.Config(target, **options))
@@ -432,17 +546,8 @@ def _metrics_folder(workers: int) -> tuple[str | None, Path | None]:
     return given, owned
 
 
-def _serving_settings(
-    config: Path | None,
-    log_level: str,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    tls_client_ca: Path | None,
-) -> Settings:
-    """Settings checked and the database migrated before any worker starts.
-
-    The workers read their settings from the environment, so the options go there too.
-    """
+def _start_logging(log_level: str) -> None:
+    """JSON log lines at ``log_level`` here and, through the environment, in each worker."""
     from hubreturns.observability import LOG_LEVEL_ENV, configure_logging
 
     try:
@@ -450,57 +555,6 @@ def _serving_settings(
     except ValueError as exc:
         fail(str(exc), "Pass --log-level debug|info|warning|error.")
     os.environ[LOG_LEVEL_ENV] = log_level
-    for name, path in (
-        ("TLS_CERT", tls_cert),
-        ("TLS_KEY", tls_key),
-        ("TLS_CLIENT_CA", tls_client_ca),
-    ):
-        if path is not None:
-            os.environ[f"HUBRETURNS_{name}"] = str(path.resolve())
-    settings = _settings(config)
-    settings.signer()  # fail now, not at the first request
-    settings.trust_anchors()  # a configured SMKI CA that cannot be read: fail now too
-    engine = make_engine(settings.database_url)
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
-    return settings
-
-
-def _uvicorn_options(
-    settings: Settings, *, host: str, port: int, workers: int, log_level: str
-) -> dict[str, Any]:
-    import inspect
-
-    import uvicorn
-
-    from hubreturns.serving import HTTP_PROTOCOL, uvicorn_options
-
-    if HTTP_PROTOCOL == "auto":
-        fail(
-            "httptools is not installed: the connection limits (header and idle timeouts, "
-            "max_connections) would not be enforced",
-            "Install hubreturns with its dependencies (pip install httptools).",
-        )
-    edge = uvicorn_options(settings)  # a ConfigError for unreadable TLS files, before workers
-    extra: dict[str, Any] = {}
-    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
-        # uvicorn >= 0.36 restarts a worker not ready in 5 s; a loaded host's imports take longer.
-        extra["timeout_worker_healthcheck"] = 30
-    return dict(
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level.lower(),
-        log_config=None,  # uvicorn logs through our JSON handler
-        access_log=False,  # hubreturns.http writes the access lines
-        server_header=False,  # no "server: uvicorn": nothing to tell about the stack
-        http=HTTP_PROTOCOL,  # a response's head and body in one send (serving.OneWritePerTurn)
-        **edge,
-        **extra,
-    )
 
 
 @app.command()
@@ -529,6 +583,8 @@ def demo(
     world = build_world(out, now=now)
     settings = Settings(
         database_url=f"sqlite:///{out / 'hubreturns-demo.db'}",
+        # A demo: answers are signed with the packaged public DCC test key.
+        allow_test_keys=True,
         # One process for one run: a fresh desk session key is exactly right here.
         session_secret=secrets.token_hex(32),
         smki_ca_certs=world.smki_ca_certs,  # the demo's own CA: every certificate chains to it
@@ -562,7 +618,7 @@ def demo(
     passed = sum(r.passed for r in results)
     console.print(
         f"{passed}/{len(results)} passed; database: {counts['returns']} returns recorded, "
-        f"{counts['audit_log']} audit rows ({settings.database_url})"
+        f"{counts['audit_log']} audit rows ({redact_url(settings.database_url)})"
     )
     bind.dispose()
     if passed != len(results):
@@ -812,6 +868,14 @@ def rules(
     console.print(profile.summary, highlight=False)
 
 
+def _report(message: str, hint: str, code: str) -> NoReturn:
+    """Print a refusal as error/hint/code lines on stderr and exit 2."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    err.print(f"[yellow]hint:[/yellow] {escape(hint)}", highlight=False)
+    err.print(f"code: {code}", style="dim", highlight=False)
+    sys.exit(2)
+
+
 def main() -> None:
     from hubreturns.extensions import register_commands
 
@@ -819,9 +883,7 @@ def main() -> None:
     try:
         app()
     except HintedError as exc:
-        err.print(f"[red]error:[/red] {exc}\n[yellow]hint:[/yellow] {exc.hint}")
-        sys.exit(2)
-    except SQLAlchemyError as exc:
-        err.print(f"[red]error:[/red] database: {str(exc).splitlines()[0]}")
-        err.print("[yellow]hint:[/yellow] run `hubreturns init` and check database_url.")
-        sys.exit(2)
+        _report(str(exc), exc.hint, exc.code)
+    except SQLAlchemyError as exc:  # outside ``_store``: the URL is not known here
+        first = redact_url(str(exc).splitlines()[0])
+        _report(f"database: {first}", "Run `hubreturns init` and check database_url.", "database")

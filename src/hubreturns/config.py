@@ -6,12 +6,14 @@ it exists. Keys (TOML / environment):
 
 =====================  ===============================  ==========================
 ``database_url``       ``HUBRETURNS_DATABASE_URL``      ``sqlite:///hubreturns.db``
-``signing_key``        ``HUBRETURNS_SIGNING_KEY``       packaged DCC test DSP key
-``signing_cert``       ``HUBRETURNS_SIGNING_CERT``      packaged DCC test DSP cert
+``signing_key``        ``HUBRETURNS_SIGNING_KEY``       none: required to serve
+``signing_cert``       ``HUBRETURNS_SIGNING_CERT``      none: required to serve
+``allow_test_keys``    ``HUBRETURNS_ALLOW_TEST_KEYS``   ``false`` (env: ``1``/``0``)
 ``acb_eui``            ``HUBRETURNS_ACB_EUI``           ``90-B3-D5-1F-30-00-00-02``
 ``max_body_bytes``     ``HUBRETURNS_MAX_BODY_BYTES``    ``65536``
-``session_secret``     ``HUBRETURNS_SESSION_SECRET``    random per process
+``session_secret``     ``HUBRETURNS_SESSION_SECRET``    random per process (1 worker)
 ``operator_token``     ``HUBRETURNS_OPERATOR_TOKEN``    none (desk sessions only)
+``workers``            ``HUBRETURNS_WORKERS``           ``1`` (``serve --workers``)
 ``tariff_file``        ``HUBRETURNS_TARIFF_FILE``       DCC returns charges (DP238)
 ``header_timeout_s``   ``HUBRETURNS_HEADER_TIMEOUT_S``  ``10`` (a request head)
 ``idle_timeout_s``     ``HUBRETURNS_IDLE_TIMEOUT_S``    ``10`` (a silent connection)
@@ -25,6 +27,12 @@ it exists. Keys (TOML / environment):
 =====================  ===============================  ==========================
 
 The connection limits and TLS are described in docs/configuration.md and docs/tls.md.
+
+Fail-safe (issue 21 §7, docs/operations.md): without ``signing_key`` and
+``signing_cert`` the service refuses to start, unless ``allow_test_keys`` lets it
+sign with the public DCC *test* key shipped in the package (a WARNING says so,
+``/healthz`` reports ``"test_keys": true``); more than one worker needs a
+``session_secret``; an ``operator_token`` must have at least 32 characters.
 
 ``[response_codes]`` maps refusal reasons to response codes (``replay = "E48"``),
 over the defaults; an unknown reason, a code outside the DUIS 5.4 enumeration, a
@@ -48,8 +56,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from hubreturns.codes import DEFAULT_PROFILE, CodeProfile
 from hubreturns.errors import HintedError
@@ -67,11 +78,15 @@ __all__ = [
     "DEFAULT_IDLE_TIMEOUT_S",
     "DEFAULT_MAX_CONNECTIONS",
     "MAX_COMMIT_HOLD_MS",
+    "MIN_OPERATOR_TOKEN",
+    "NEW_KEY_COMMAND",
+    "TEST_KEYS_WARNING",
     "ConfigError",
     "Settings",
     "load_settings",
     "packaged_pki",
     "read_code_profile",
+    "redact_url",
 ]
 
 #: A number a setting is converted to (``_number``).
@@ -102,13 +117,52 @@ REQUEST_POLICY_SCHEMA_VERSIONS: tuple[str, ...] = tuple(sorted(REQUEST_POLICY.sc
 _SCHEMA_VERSION = re.compile(r"[0-9]+\.[0-9]+")
 
 
+#: Shortest ``operator_token`` accepted: 32 characters of ``token_urlsafe`` are 192 bits.
+MIN_OPERATOR_TOKEN = 32
+#: How to make a secret (``operator_token``, ``session_secret``).
+NEW_KEY_COMMAND = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+#: Logged at start when responses are signed with the packaged public test key.
+TEST_KEYS_WARNING = (
+    "allow_test_keys: responses are signed with the public DCC test key shipped in the "
+    "package; anyone can forge them. Set signing_key and signing_cert for real use"
+)
+_DEFAULT_HINT = "See docs/configuration.md; `hubreturns --help` lists the commands."
+
+
 class ConfigError(HintedError):
-    """A setting is missing or wrong; the message names it and says how to fix it."""
+    """A setting is missing or wrong: ``code`` names the problem, ``message`` says
+    what is wrong (never a secret's value) and ``hint`` what a person can do."""
 
     code = "config"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, "see docs/configuration.md.")
+    def __init__(self, message: str, *, hint: str = _DEFAULT_HINT, code: str | None = None) -> None:
+        super().__init__(message, hint, code=code)
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown: any password (in the URL or its query) as ``***``.
+
+    The one way a database URL is printed or logged. A URL SQLAlchemy cannot
+    parse is shown with everything between ``//`` and ``@`` hidden.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return re.sub(r"//[^/@]*@", "//***@", url)
+    secret = {k: "***" for k in parsed.query if "password" in k.lower()}
+    return parsed.update_query_dict(secret).render_as_string(hide_password=True)
+
+
+def _is_test_certificate(path: Path) -> bool:
+    """Whether ``path`` holds a certificate whose key ships in the package (public)."""
+    try:
+        key = x509.load_pem_x509_certificate(path.read_bytes()).public_key()
+    except (OSError, ValueError):
+        return False
+    for shipped in packaged_pki().glob("*.cert.pem"):
+        if x509.load_pem_x509_certificate(shipped.read_bytes()).public_key() == key:
+            return True
+    return False
 
 
 def packaged_pki() -> Path:
@@ -122,18 +176,24 @@ class Settings:
 
     #: SQLAlchemy URL of the database: ``sqlite:///FILE`` or ``postgresql+psycopg://…``.
     database_url: str = "sqlite:///hubreturns.db"
-    #: The DCC's response-signing private key (PEM, P-256); the default is DCC's public
-    #: *test* key, never valid on the live network.
-    signing_key: Path = packaged_pki() / f"{_DSP_STEM}.key.pem"
-    #: The certificate of ``signing_key`` (PEM); the default is DCC's *test* DSP certificate.
-    signing_cert: Path = packaged_pki() / f"{_DSP_STEM}.cert.pem"
+    #: The DCC's response-signing private key (PEM, P-256); with ``signing_cert``, or
+    #: neither. Required to serve unless ``allow_test_keys``.
+    signing_key: Path | None = None
+    #: The certificate of ``signing_key`` (PEM).
+    signing_cert: Path | None = None
+    #: Without ``signing_key``/``signing_cert``, sign with DCC's public *test* key shipped
+    #: in the package (demo, tests): a WARNING at start, ``/healthz`` ``"test_keys": true``.
+    allow_test_keys: bool = False
+    #: Worker processes of ``serve`` (``--workers`` overrides it); above 1 needs ``session_secret``.
+    workers: int = 1
     #: EUI-64 of the DCC Access Control Broker: the RequestID target every request must name.
     acb_eui: str = DEFAULT_ACB
     #: Largest DUIS request body in bytes; a longer one is cut off while streaming (413).
     max_body_bytes: int = 64 * 1024
-    #: Service Desk session-cookie key; None = a random key per process (single worker only).
+    #: Service Desk session-cookie key; None = a random key per process (one worker only).
     session_secret: str | None = None
-    #: Bearer token for the operator JSON API; None = the API refuses every call (401).
+    #: Bearer token for the operator JSON API, at least 32 characters; None = the API
+    #: refuses every call (401).
     operator_token: str | None = None
     #: Charges tariff (TOML); None = DCC's returns charges as quoted on SECAS's DP238 page.
     tariff_file: Path | None = None
@@ -167,6 +227,8 @@ class Settings:
     def __post_init__(self) -> None:
         # Fail at start-up, not on the first request: an unknown profile is refused here.
         self.eligibility()
+        self._check_database_url()
+        self._check_secrets()
         # A half-configured TLS would serve plain HTTP or skip client certificates:
         # refused at start rather than failing open.
         if self.tls_key is not None and self.tls_cert is None:
@@ -184,6 +246,52 @@ class Settings:
                 "tls_client_ca needs TLS: set tls_cert and tls_key too (client certificates "
                 "are only asked for over HTTPS)"
             )
+
+    def _check_database_url(self) -> None:
+        try:
+            _ = make_url(self.database_url).port  # a port that is not a number raises here
+        except (ArgumentError, ValueError):
+            raise ConfigError(
+                f"database_url {redact_url(self.database_url)} is not a database URL",
+                hint="Write it like postgresql+psycopg://USER:PASSWORD@HOST:5432/NAME or "
+                "sqlite:///path/to/hubreturns.db (HUBRETURNS_DATABASE_URL).",
+                code="database_url",
+            ) from None
+
+    def _check_secrets(self) -> None:
+        """Refuse settings that would serve with a guessable or half-set secret."""
+        if (self.signing_key is None) != (self.signing_cert is None):
+            given, missing = (
+                ("signing_key", "signing_cert")
+                if self.signing_cert is None
+                else ("signing_cert", "signing_key")
+            )
+            raise ConfigError(
+                f"{given} is set but {missing} is not",
+                hint=f"Set {missing} (HUBRETURNS_{missing.upper()}) too: the DSP's key and "
+                "its certificate go together.",
+                code="signing_pair",
+            )
+        if self.operator_token is not None and len(self.operator_token) < MIN_OPERATOR_TOKEN:
+            raise ConfigError(  # the token itself is never repeated
+                f"operator_token is {len(self.operator_token)} characters long; "
+                f"at least {MIN_OPERATOR_TOKEN} are required",
+                hint=f"Make one with: {NEW_KEY_COMMAND} (HUBRETURNS_OPERATOR_TOKEN).",
+                code="operator_token",
+            )
+        if self.workers > 1 and not self.session_secret:
+            raise ConfigError(
+                f"{self.workers} workers need a session_secret: each would sign Service Desk "
+                "sessions with a key of its own and sign staff out at random",
+                hint=f"Set HUBRETURNS_SESSION_SECRET (or session_secret) to the output of "
+                f"{NEW_KEY_COMMAND}, or serve with --workers 1.",
+                code="session_secret",
+            )
+
+    @property
+    def test_keys(self) -> bool:
+        """Whether responses are signed with a key shipped in the package (public)."""
+        return self.signing_cert is None or _is_test_certificate(self.signing_cert)
 
     def eligibility(self) -> EligibilityProfile:
         try:
@@ -205,25 +313,45 @@ class Settings:
             schema_versions=frozenset(self.schema_versions),
         )
 
-    def signer(self) -> ResponseSigner:
-        try:
-            key = load_pem_private_key(self.signing_key.read_bytes(), password=None)
-            cert = SigningCertificate.from_pem(self.signing_cert.read_bytes())
-        except (OSError, ValueError) as exc:
+    def signing_files(self) -> tuple[Path, Path]:
+        """(key, certificate) responses are signed with; the packaged test pair only
+        when ``allow_test_keys`` says so, else a ConfigError (fail closed)."""
+        if self.test_keys and not self.allow_test_keys:
+            what = (
+                "signing_key and signing_cert are not set"
+                if self.signing_key is None
+                else (f"signing_cert {self.signing_cert} is a public DCC test certificate")
+            )
             raise ConfigError(
-                f"cannot load the response-signing key/certificate ({exc}); set signing_key "
-                "and signing_cert (HUBRETURNS_SIGNING_KEY / HUBRETURNS_SIGNING_CERT) to PEM files"
-            ) from None
+                f"{what}: responses would be signed with a key anyone can download",
+                hint="Set signing_key and signing_cert (HUBRETURNS_SIGNING_KEY / "
+                "HUBRETURNS_SIGNING_CERT) to the DSP's credential; for a demo or test system "
+                "only, set allow_test_keys = true (HUBRETURNS_ALLOW_TEST_KEYS=1).",
+                code="test_keys",
+            )
+        if self.signing_key is None or self.signing_cert is None:
+            return packaged_pki() / f"{_DSP_STEM}.key.pem", packaged_pki() / f"{_DSP_STEM}.cert.pem"
+        return self.signing_key, self.signing_cert
+
+    def signer(self) -> ResponseSigner:
+        key_path, cert_path = self.signing_files()
+        key = _read_pem(key_path, "signing_key", lambda d: load_pem_private_key(d, password=None))
+        cert = _read_pem(cert_path, "signing_cert", SigningCertificate.from_pem)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"{self.signing_key} is not an EC private key; DUIS signs with P-256")
+            raise ConfigError(
+                f"signing_key {key_path} is not an EC private key",
+                hint="DUIS responses are signed with ECDSA on P-256: give the DSP's EC key.",
+                code="signing_key",
+            )
         if (
             cert.public_key is None
             or cert.public_key.public_numbers() != key.public_key().public_numbers()
         ):
             # Responses signed with a key their certificate does not hold verify nowhere.
             raise ConfigError(
-                f"signing_key {self.signing_key} does not belong to signing_cert "
-                f"{self.signing_cert}; set both to the same DCC credential"
+                f"signing_key {key_path} does not belong to signing_cert {cert_path}",
+                hint="Set both to the same DCC credential.",
+                code="signing_pair",
             )
         return ResponseSigner(key, cert)
 
@@ -238,6 +366,31 @@ class Settings:
                 f"smki_ca_certs: {exc}; set smki_ca_certs (HUBRETURNS_SMKI_CA_CERTS) to a PEM "
                 "file or folder of SMKI CA certificates"
             ) from None
+
+
+R = TypeVar("R")
+_PEM_KINDS = {"signing_key": "private key", "signing_cert": "certificate"}
+
+
+def _read_pem(path: Path, name: str, parse: Callable[[bytes], R]) -> R:
+    """``parse`` of the file ``path``, or a ConfigError naming the setting and the path."""
+    env = f"HUBRETURNS_{name.upper()}"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{name} {path} cannot be read ({exc.strerror})",
+            hint=f"Check the path and its permissions, or set {name} ({env}) to the PEM file.",
+            code=name,
+        ) from None
+    try:
+        return parse(data)
+    except ValueError:
+        raise ConfigError(
+            f"{name} {path} is not a PEM {_PEM_KINDS[name]}",
+            hint=f"Set {name} ({env}) to the DSP's PEM file.",
+            code=name,
+        ) from None
 
 
 def _number(name: str, value: Any, convert: Callable[[Any], N], what: str) -> N:
@@ -306,7 +459,30 @@ def read_code_profile(path: Path) -> CodeProfile:
     return _profile(table)
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A TOML boolean, or an environment ``1``/``0`` (``true``/``false``, ``yes``/``no``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(
+        f"{name} must be true or false, got {value!r}",
+        hint=f"Write {name} = true in the settings file, or HUBRETURNS_{name.upper()}=1.",
+    )
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name == "allow_test_keys":
+        return _flag(name, value)
+    if name == "workers":
+        count = _number(name, value, _whole, "a whole number of processes")
+        if count < 1:
+            raise ConfigError(f"workers must be at least 1, got {count}")
+        return count
     if name == "response_codes":
         return _profile(value)
     if name == "schema_versions":

@@ -14,8 +14,6 @@ and a ``hint`` saying what to do; nothing was written.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from hubreturns.codes import Verdict, info
 
 __all__ = [
@@ -29,14 +27,17 @@ __all__ = [
 class HintedError(Exception):
     """What went wrong and what to do about it; ``str()`` is the message."""
 
-    code: ClassVar[str] = "refused"
+    #: The kind of refusal; a subclass names its own, and ``code=`` names one case of it.
+    code: str = "refused"
     message: str
     hint: str
 
-    def __init__(self, message: str, hint: str) -> None:
+    def __init__(self, message: str, hint: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        if code is not None:
+            self.code = code
 
 
 class Rejection(Exception):

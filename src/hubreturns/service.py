@@ -26,7 +26,7 @@ from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
 from hubreturns.committer import CONNECTIONS_STATE_KEY
-from hubreturns.config import Settings
+from hubreturns.config import TEST_KEYS_WARNING, Settings, redact_url
 from hubreturns.model import Endpoint, clip
 from hubreturns.processing import Processor
 from hubreturns.serving import EDGE_LIMITS_STATE_KEY, EdgeLimits
@@ -324,6 +324,8 @@ def create_app(
 
     #: Why the certificates are trusted (``smki``): "ca", or "operator-vouched".
     trust = trust_mode(settings.smki_ca_certs).value
+    #: Whether answers are signed with the packaged public test key (``allow_test_keys``).
+    test_keys = settings.test_keys
 
     async def healthz(_: Request) -> Response:
         def probe() -> bool:
@@ -336,14 +338,22 @@ def create_app(
             await run_in_threadpool(probe)
         except Exception as exc:  # any failure means "not ready"
             return JSONResponse(
-                {"status": "unavailable", "database": str(exc)[:200], "smki_trust": trust}, 503
+                {
+                    "status": "unavailable",
+                    "database": redact_url(str(exc))[:200],
+                    "smki_trust": trust,
+                    "test_keys": test_keys,
+                },
+                503,
             )
-        return JSONResponse({"status": "ok", "smki_trust": trust})
+        return JSONResponse({"status": "ok", "smki_trust": trust, "test_keys": test_keys})
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[dict[str, Any]]:
         if settings.smki_ca_certs is None:
             log.warning(VOUCHED_WARNING)
+        if test_keys:
+            log.warning(TEST_KEYS_WARNING)
         # The lifespan state reaches uvicorn's protocol as its ``app_state``.
         yield {EDGE_LIMITS_STATE_KEY: EdgeLimits.from_settings(settings)}
         await asyncio.to_thread(processor.close)

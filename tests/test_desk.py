@@ -451,6 +451,8 @@ _FORM_ERRORS: list[tuple[dict[str, str], str, str]] = [
     ({"connection_method": ""}, "connection_method", "is required for an 8.14.3"),
     ({"incident_reference": "X" * 16}, "incident_reference", "At most 15 characters"),
     ({"user_ref_datetime": "yesterday"}, "user_ref_datetime", "is not a date and time"),
+    # the DUIS schema's xs:dateTime, as every channel reads it: a T and seconds
+    ({"user_ref_datetime": "2026-11-23 09:30"}, "user_ref_datetime", "is not a date and time"),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -26,15 +27,21 @@ from hubreturns.model import (
     UserStatus,
 )
 from hubreturns.rules import (
+    APPOINTMENT_RULES,
     PROFILES,
     RULES,
     SECMP0039,
+    AppointmentFacts,
     Authorisation,
     DeviceFacts,
     EligibilityProfile,
     Facts,
+    OrderFacts,
+    OrderRefusal,
     RoleGrant,
     UserFacts,
+    appointing_suppliers,
+    check_order,
     decide,
     eligibility_profile,
 )
@@ -43,6 +50,7 @@ C = ResponseCode
 R = Reason
 OTHER_GPF = "00-DB-12-34-56-78-90-AF"
 NOT_ACB = "90-B3-D5-1F-30-00-00-09"
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def request(
@@ -734,3 +742,104 @@ def test_decide_is_total_and_never_lets_an_rsa_through_wrongly(f: Facts) -> None
     if Authorisation.APPOINTED not in grant.authorisations:
         appointed = frozenset()
     assert decision.on_behalf_of in appointed | ordered
+
+
+# -- appointments and orders: the other two tables of rules.py ---------------------
+
+
+def _appointment(**changes: object) -> AppointmentFacts:
+    base = AppointmentFacts(
+        supplier_user_id=SUPPLIER,
+        supplier_role=Role.IS,
+        supplier_status=UserStatus.ACTIVE,
+        valid_from=NOW,
+        valid_to=NOW + timedelta(days=1),
+        revoked_at=None,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+#: (row name, what breaks it, the moment judged)
+_BROKEN_APPOINTMENTS = [
+    ("not revoked", {"revoked_at": NOW}, NOW),
+    ("started", {}, NOW - timedelta(seconds=1)),
+    ("not ended", {}, NOW + timedelta(days=1)),
+    ("appointing Supplier active", {"supplier_status": UserStatus.SUSPENDED}, NOW),
+    ("appointing party is a Supplier", {"supplier_role": Role.ES}, NOW),
+    ("appointing party is a Supplier", {"supplier_role": None}, NOW),
+]
+
+
+def test_an_appointment_holds_from_start_until_end() -> None:
+    assert appointing_suppliers([_appointment()], NOW) == {SUPPLIER}
+    assert appointing_suppliers([_appointment(valid_to=None)], NOW + timedelta(days=999)) == {
+        SUPPLIER
+    }
+    assert [rule.code for rule in APPOINTMENT_RULES] == [ResponseCode.E4] * 5
+
+
+@pytest.mark.parametrize(("name", "changes", "now"), _BROKEN_APPOINTMENTS)
+def test_each_appointment_row(name: str, changes: dict[str, object], now: datetime) -> None:
+    broken = _appointment(**changes)
+    failing = [rule.name for rule in APPOINTMENT_RULES if not rule.holds(broken, now)]
+    assert failing == [name]
+    assert appointing_suppliers([broken], now) == frozenset()
+
+
+def _order(**changes: object) -> OrderFacts:
+    base = OrderFacts(
+        supplier_id=SUPPLIER,
+        supplier=UserFacts(user_id=SUPPLIER, role=Role.IS, status=UserStatus.ACTIVE),
+        placed_by=RSA_USER,
+        placer=UserFacts(user_id=RSA_USER, role=Role.RSA, status=UserStatus.ACTIVE),
+        appointed_by=frozenset({SUPPLIER}),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+_ES = UserFacts(user_id=RSA_USER, role=Role.ES, status=UserStatus.ACTIVE)
+
+
+@pytest.mark.parametrize(
+    ("changes", "name", "refusal"),
+    [
+        ({"supplier": None}, "Supplier registered", OrderRefusal.INVALID),
+        (
+            {"supplier": UserFacts(user_id=SUPPLIER, role=Role.ES, status=UserStatus.ACTIVE)},
+            "Supplier registered",
+            OrderRefusal.INVALID,
+        ),
+        (
+            {"supplier": UserFacts(user_id=SUPPLIER, role=Role.IS, status=UserStatus.SUSPENDED)},
+            "Supplier active",
+            OrderRefusal.CONFLICT,
+        ),
+        ({"placer": None}, "placer registered", OrderRefusal.INVALID),
+        ({"placer": _ES}, "placer may order", OrderRefusal.INVALID),
+        (
+            {"placer": UserFacts(user_id=RSA_USER, role=Role.RSA, status=UserStatus.SUSPENDED)},
+            "placer active",
+            OrderRefusal.CONFLICT,
+        ),
+        ({"appointed_by": frozenset()}, "RSA appointed", OrderRefusal.CONFLICT),
+    ],
+)
+def test_each_order_row(changes: dict[str, object], name: str, refusal: OrderRefusal) -> None:
+    assert check_order(_order()) is None
+    failed = check_order(_order(**changes))
+    assert failed is not None
+    rule, message, hint = failed
+    assert (rule.name, rule.refusal) == (name, refusal)
+    assert message.startswith(f"{rule.field}: ")
+    assert hint
+
+
+def test_an_orderer_role_may_order_under_the_profile_that_authorises_it() -> None:
+    profile = eligibility_profile("all-ordering-parties")
+    assert check_order(_order(placer=_ES, eligibility=profile)) is None
+    assert (
+        check_order(
+            _order(supplier=_order().supplier, placed_by=SUPPLIER, placer=_order().supplier)
+        )
+        is None
+    )

@@ -356,7 +356,7 @@ def test_bulk_with_bad_rows_sends_nothing(
     assert result.exit_code == 2
     assert "line 3, other_device_id" in result.output
     assert "line 5, variant" in result.output
-    assert "line 6, user_ref_id: has 26 characters" in result.output
+    assert "line 6, user_ref_id: At most 25 characters (DUIS 5.4); this has 26." in result.output
     assert "nothing was sent" in result.output
     assert not out.exists()
     with seeded() as session:

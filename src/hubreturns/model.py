@@ -7,19 +7,25 @@ counter or enumeration value cannot exist past the edge that read it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
+from typing import Final
 
 __all__ = [
     "CLIP_LIMIT",
     "COUNTER_MAX",
+    "FAULT_ONLY_FIELDS",
     "REASON_LIMIT",
+    "RETURN_FIELDS",
+    "TEXT_LIMITS",
     "Channel",
     "ConnectionMethod",
     "DeviceType",
     "Endpoint",
     "FaultReason",
     "FaultReturnType",
+    "FieldProblem",
     "NoFaultReturnType",
     "RequestId",
     "ReturnKind",
@@ -30,6 +36,7 @@ __all__ = [
     "clip",
     "eui",
     "eui_from_bytes",
+    "is_xs_datetime",
 ]
 
 #: RequestID counters are unsigned 64-bit (DUIS RequestIDType pattern).
@@ -215,12 +222,68 @@ class FaultReason(StrEnum):
     MANUFACTURING = "Manufacturing defect"
 
 
+#: The fields of an 8.14.3 / 8.14.4 body (and ``variant``), in the body's order.
+RETURN_FIELDS: Final = (
+    "variant",
+    "device_id",
+    "return_type",
+    "other_device_id",
+    "connection_method",
+    "fault_reason",
+    "user_ref_datetime",
+    "user_ref_id",
+    "incident_reference",
+    "additional_information",
+)
+#: Fields only 8.14.3 CHFFaultReturn has (DUIS 5.4 schema), with how a problem names them.
+FAULT_ONLY_FIELDS: Final = {
+    "other_device_id": "OtherDeviceID (GPF)",
+    "connection_method": "connection method",
+    "fault_reason": "fault reason",
+}
+#: maxLength of the free-text fields (DUIS 5.4 schema: UserRefID, IncidentReference,
+#: AdditionalInformation).
+TEXT_LIMITS: Final = {"user_ref_id": 25, "incident_reference": 15, "additional_information": 200}
+
+#: The lexical form of xs:dateTime (XML Schema 1.0 part 2, 3.2.7.1), the type of
+#: UserRefDateTime in the DUIS 5.4 schema: a ``T``, seconds, an optional offset.
+_XS_DATETIME = re.compile(
+    r"-?(?P<year>[1-9][0-9]{3,}|0[0-9]{3})-(?P<month>0[1-9]|1[0-2])-(?P<day>0[1-9]|[12][0-9]|3[01])"
+    r"T(?:(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]+)?|24:00:00(?:\.0+)?)"
+    r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00))?"
+)
+_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def is_xs_datetime(text: str) -> bool:
+    """Whether ``text`` is an xs:dateTime as the DUIS schema validates it (whitespace
+    collapsed, the day within its month)."""
+    found = _XS_DATETIME.fullmatch(text.strip())
+    if found is None:
+        return False
+    year, month, day = (int(found[name]) for name in ("year", "month", "day"))
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return day <= _DAYS[month - 1] and (month != 2 or day <= 28 or leap)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One unusable field value: which field and why (a sentence naming the field)."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReturnRequest:
     """The content of a verified 8.14.3 / 8.14.4 request (or a Service Desk entry).
 
     ``return_type`` is the CHFFaultReturnType or CHFNoFaultReturnType text; the
-    fault-only fields are ``None`` for 8.14.4.
+    fault-only fields are ``None`` for 8.14.4. ``from_fields`` is the one reader
+    of a return's field values, for every channel.
     """
 
     request_id: RequestId
@@ -251,3 +314,175 @@ class ReturnRequest:
     @property
     def originator(self) -> str:
         return self.request_id.originator
+
+    @classmethod
+    def from_fields(
+        cls,
+        fields: Mapping[str, str | None],
+        *,
+        request_id: RequestId,
+        command_variant: int = 8,
+        service_reference: str = "8.14",
+    ) -> ReturnRequest | list[FieldProblem]:
+        """The request from its field values (``RETURN_FIELDS``), or every problem found.
+
+        The one set of field rules, those of the DUIS 5.4 schema, for the DUIS
+        reader, the Service Desk form and the client's CSV alike. ``variant``
+        may be left out: the return type names it (the two variants' types are
+        disjoint). Enumerated values match ignoring case and are stored as the
+        schema spells them. Values are taken as given: an edge that trims what
+        people type trims before calling, and passes None for an empty cell (a
+        free text given empty is kept empty, as DUIS signed it).
+        """
+        reader = _FieldReader(fields)
+        kind = reader.kind()
+        device_id = reader.eui("device_id", "Device ID")
+        return_type = reader.return_type(kind)
+        fault = reader.fault_fields(kind)
+        optional = reader.optional_texts()
+        if reader.problems or device_id is None or kind is None or return_type is None:
+            return reader.problems
+        return cls(
+            request_id=request_id,
+            command_variant=command_variant,
+            service_reference=service_reference,
+            kind=kind,
+            device_id=device_id,
+            return_type=return_type,
+            user_ref_datetime=optional["user_ref_datetime"],
+            user_ref_id=optional["user_ref_id"],
+            incident_reference=optional["incident_reference"],
+            additional_information=optional["additional_information"],
+            other_device_id=fault.other_device_id,
+            connection_method=fault.connection_method,
+            fault_reason=fault.fault_reason,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _FaultFields:
+    other_device_id: str | None = None
+    connection_method: ConnectionMethod | None = None
+    fault_reason: FaultReason | None = None
+
+
+class _FieldReader:
+    """``ReturnRequest.from_fields``'s rules, one method per field; problems collect."""
+
+    def __init__(self, fields: Mapping[str, str | None]) -> None:
+        #: None for an absent field; the free texts keep an empty value as given.
+        self.given = {name: fields.get(name) for name in RETURN_FIELDS}
+        self.values = {name: value or "" for name, value in self.given.items()}
+        self.problems = [
+            FieldProblem(name, f"{name} is not a field of 8.14.3 or 8.14.4")
+            for name in sorted(set(fields) - set(RETURN_FIELDS))
+        ]
+
+    def problem(self, field: str, message: str) -> None:
+        self.problems.append(FieldProblem(field, message))
+
+    def kind(self) -> ReturnKind | None:
+        """The variant given, else the one the return type belongs to; they must agree."""
+        variant = self.values["variant"]
+        if variant:
+            try:
+                return ReturnKind.from_variant(variant)
+            except ValueError:
+                self.problem("variant", f"{clip(variant)!r} is not 8.14.3 or 8.14.4.")
+                return None
+        for kind in ReturnKind:
+            if _choose(self.values["return_type"], _types(kind)) is not None:
+                return kind
+        return None
+
+    def eui(self, name: str, label: str) -> str | None:
+        value = self.values[name]
+        if not value:
+            self.problem(name, f"{label} is required.")
+            return None
+        try:
+            return eui(value)
+        except ValueError:
+            self.problem(
+                name,
+                f"{label} {clip(value)!r} is not an EUI-64; write it as 00-DB-12-34-56-78-90-A2.",
+            )
+            return None
+
+    def return_type(self, kind: ReturnKind | None) -> str | None:
+        value = self.values["return_type"]
+        if not value:
+            self.problem("return_type", "Return type is required.")
+            return None
+        if kind is None:
+            if not self.values["variant"]:
+                self.problem(
+                    "return_type", f"{clip(value)!r} is not an 8.14.3 or 8.14.4 return type."
+                )
+            return None
+        chosen = _choose(value, _types(kind))
+        if chosen is None:
+            self.problem(
+                "return_type",
+                f"{clip(value)!r} is not an {kind.variant} return type; "
+                f"one of: {' | '.join(_types(kind))}.",
+            )
+        return chosen
+
+    def fault_fields(self, kind: ReturnKind | None) -> _FaultFields:
+        """8.14.3 needs all three fault fields; 8.14.4 must have none of them."""
+        if kind is ReturnKind.NO_FAULT:
+            for name, label in FAULT_ONLY_FIELDS.items():
+                if self.values[name]:
+                    self.problem(name, f"must be empty for 8.14.4 ({label} is an 8.14.3 field).")
+            return _FaultFields()
+        if kind is None:
+            return _FaultFields()
+        other = self.eui("other_device_id", "OtherDeviceID (GPF)")
+        method = self.choice("connection_method", ConnectionMethod)
+        reason = self.choice("fault_reason", FaultReason)
+        return _FaultFields(
+            other_device_id=other,
+            connection_method=ConnectionMethod(method) if method else None,
+            fault_reason=FaultReason(reason) if reason else None,
+        )
+
+    def choice(self, name: str, enum: type[StrEnum]) -> str | None:
+        label = FAULT_ONLY_FIELDS[name]
+        value = self.values[name]
+        options = tuple(m.value for m in enum)
+        if not value:
+            self.problem(name, f"The {label} is required for an 8.14.3 fault return.")
+            return None
+        chosen = _choose(value, options)
+        if chosen is None:
+            self.problem(name, f"{clip(value)!r} is not a {label}; one of: {' | '.join(options)}.")
+        return chosen
+
+    def optional_texts(self) -> dict[str, str | None]:
+        """UserRefDateTime (xs:dateTime) and the length-limited free texts."""
+        moment = self.values["user_ref_datetime"]
+        if moment and not is_xs_datetime(moment):
+            self.problem(
+                "user_ref_datetime",
+                f"{clip(moment)!r} is not a date and time as DUIS writes it (xs:dateTime, "
+                "e.g. 2026-11-23T09:30:00Z).",
+            )
+        texts: dict[str, str | None] = {"user_ref_datetime": moment.strip() or None}
+        for name, limit in TEXT_LIMITS.items():
+            value = self.values[name]
+            if len(value) > limit:
+                self.problem(name, f"At most {limit} characters (DUIS 5.4); this has {len(value)}.")
+            texts[name] = self.given[name]
+        return texts
+
+
+def _types(kind: ReturnKind) -> tuple[str, ...]:
+    enum = FaultReturnType if kind is ReturnKind.FAULT else NoFaultReturnType
+    return tuple(m.value for m in enum)
+
+
+def _choose(value: str, options: tuple[str, ...]) -> str | None:
+    """The option equal to ``value`` ignoring case, as the schema spells it."""
+    folded = value.casefold()
+    return next((option for option in options if option.casefold() == folded), None)

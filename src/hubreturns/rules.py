@@ -18,8 +18,9 @@ the hub is Pending, judged on the latest inventory).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import MappingProxyType
 
 from hubreturns.codes import Reason, ResponseCode, Verdict
@@ -34,18 +35,28 @@ from hubreturns.model import (
 )
 
 __all__ = [
+    "APPOINTMENT_RULES",
     "DEFAULT_PROFILE",
+    "ORDER_RULES",
     "PROFILES",
     "RULES",
     "SECMP0039",
+    "AppointmentFacts",
+    "AppointmentRule",
     "Authorisation",
     "Decision",
     "DeviceFacts",
     "EligibilityProfile",
     "Facts",
+    "OrderFacts",
+    "OrderRefusal",
+    "OrderRule",
     "RoleGrant",
     "Rule",
     "UserFacts",
+    "appointing_suppliers",
+    "appointment_holds",
+    "check_order",
     "decide",
     "eligibility_profile",
 ]
@@ -402,3 +413,219 @@ def decide(facts: Facts) -> Decision:
             return Decision(rule.code, reason)
     acting = sorted(_acting_suppliers(facts))
     return Decision(ResponseCode.I99, "return accepted", acting[0])
+
+
+# -- appointments: which Suppliers an RSA acts for (feeds E4) --------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppointmentFacts:
+    """One stored appointment of an RSA, with its appointing Supplier's registry entry."""
+
+    supplier_user_id: str
+    supplier_role: Role | None
+    supplier_status: UserStatus | None
+    valid_from: datetime
+    valid_to: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppointmentRule:
+    code: Verdict
+    name: str
+    source: str
+    holds: Callable[[AppointmentFacts, datetime], bool]
+
+
+#: An appointment counts at ``now`` only if every row holds; else the RSA is not
+#: authorised through it (E4, ``_authorised`` above).
+APPOINTMENT_RULES: tuple[AppointmentRule, ...] = (
+    AppointmentRule(
+        _C.E4,
+        "not revoked",
+        "SECMP0039: a Supplier may withdraw its confirmation of an RSA",
+        lambda a, now: a.revoked_at is None,
+    ),
+    AppointmentRule(
+        _C.E4,
+        "started",
+        "SECMP0039: the confirmation holds from its start",
+        lambda a, now: a.valid_from <= now,
+    ),
+    AppointmentRule(
+        _C.E4,
+        "not ended",
+        "SECMP0039: the confirmation holds until its end, if it has one",
+        lambda a, now: a.valid_to is None or now < a.valid_to,
+    ),
+    AppointmentRule(
+        _C.E4,
+        "appointing Supplier active",
+        "DUIS 3.5 / SEC: a suspended User ID cannot act, nor appoint",
+        lambda a, now: a.supplier_status is UserStatus.ACTIVE,
+    ),
+    AppointmentRule(
+        _C.E4,
+        "appointing party is a Supplier",
+        "SECMP0039: an RSA acts for an Import or Gas Supplier (IS, GS)",
+        lambda a, now: a.supplier_role is not None and a.supplier_role.is_supplier,
+    ),
+)
+
+
+def appointment_holds(appointment: AppointmentFacts, now: datetime) -> bool:
+    """Whether every ``APPOINTMENT_RULES`` row holds for the appointment at ``now``."""
+    return all(rule.holds(appointment, now) for rule in APPOINTMENT_RULES)
+
+
+def appointing_suppliers(appointments: Iterable[AppointmentFacts], now: datetime) -> frozenset[str]:
+    """The Suppliers whose appointment holds at ``now``."""
+    return frozenset(a.supplier_user_id for a in appointments if appointment_holds(a, now))
+
+
+# -- orders: who may order hubs for a Supplier (logistics) ------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderFacts:
+    """An order's parties as the registry holds them, and the placer's appointments."""
+
+    supplier_id: str
+    supplier: UserFacts | None
+    placed_by: str
+    placer: UserFacts | None
+    #: Suppliers appointing the placer now (``appointing_suppliers``); read for an RSA.
+    appointed_by: frozenset[str] = frozenset()
+    eligibility: EligibilityProfile = SECMP0039
+
+
+class OrderRefusal(enum.Enum):
+    """How a refused order is reported: a bad party (invalid) or a state (conflict)."""
+
+    INVALID = "invalid"
+    CONFLICT = "conflict"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRule:
+    refusal: OrderRefusal
+    field: str
+    name: str
+    source: str
+    #: (message, hint) when the order is refused, None when the row holds.
+    check: Callable[[OrderFacts], tuple[str, str] | None]
+
+
+def _placer_may_order(f: OrderFacts) -> tuple[str, str] | None:
+    assert f.placer is not None
+    if f.placer.user_id == f.supplier_id or f.placer.role is Role.RSA:
+        return None
+    grant = f.eligibility.grant(f.placer.role)
+    if grant is not None and Authorisation.ORDERED in grant.authorisations:
+        return None
+    return (
+        f"placed_by: {f.placer.user_id} has role {f.placer.role}; only the "
+        "Supplier or its RSA may order",
+        "Leave placed_by out for the Supplier's own order.",
+    )
+
+
+def _placer_active(f: OrderFacts) -> tuple[str, str] | None:
+    assert f.placer is not None
+    if f.placer.user_id == f.supplier_id or f.placer.status is UserStatus.ACTIVE:
+        return None
+    return (
+        f"placed_by: {f.placer.role} {f.placer.user_id} is {f.placer.status}",
+        f"A suspended {f.placer.role} cannot order hubs.",
+    )
+
+
+def _rsa_appointed(f: OrderFacts) -> tuple[str, str] | None:
+    assert f.placer is not None
+    if f.placer.role is not Role.RSA or f.placer.user_id == f.supplier_id:
+        return None
+    if f.supplier_id in f.appointed_by:
+        return None
+    return (
+        f"placed_by: RSA {f.placer.user_id} is not currently appointed by {f.supplier_id}",
+        "The Supplier must confirm the RSA first (`hubreturns appoint`).",
+    )
+
+
+_INVALID, _CONFLICT = OrderRefusal.INVALID, OrderRefusal.CONFLICT
+#: First failing row refuses the order. (refusal, field, name, source, check)
+ORDER_RULES: tuple[OrderRule, ...] = (
+    OrderRule(
+        _INVALID,
+        "supplier",
+        "Supplier registered",
+        "SEC F5: hubs are ordered for an Import or Gas Supplier",
+        lambda f: (
+            None
+            if f.supplier is not None and f.supplier.role.is_supplier
+            else (
+                f"supplier: {f.supplier_id} is not a registered IS or GS user",
+                "Orders are for an Import or Gas Supplier; load the user first.",
+            )
+        ),
+    ),
+    OrderRule(
+        _CONFLICT,
+        "supplier",
+        "Supplier active",
+        "DUIS 3.5 / SEC: a suspended User ID cannot act",
+        lambda f: (
+            None
+            if f.supplier is not None and f.supplier.status is UserStatus.ACTIVE
+            else (
+                f"supplier: {f.supplier_id} is {f.supplier.status if f.supplier else 'unknown'}",
+                "A suspended Supplier cannot order hubs; contact the DCC Service Desk.",
+            )
+        ),
+    ),
+    OrderRule(
+        _INVALID,
+        "placed_by",
+        "placer registered",
+        "SEC F5 / SECMP0039: the Supplier orders, or a party for it",
+        lambda f: (
+            None
+            if f.placer is not None
+            else (
+                f"placed_by: {f.placed_by} is not a registered user",
+                "Give the Supplier itself or an RSA it has appointed.",
+            )
+        ),
+    ),
+    OrderRule(
+        _INVALID,
+        "placed_by",
+        "placer may order",
+        "SECMP0039: the Supplier's RSA, or a role the profile authorises as orderer",
+        _placer_may_order,
+    ),
+    OrderRule(
+        _CONFLICT,
+        "placed_by",
+        "placer active",
+        "DUIS 3.5 / SEC: a suspended User ID cannot act",
+        _placer_active,
+    ),
+    OrderRule(
+        _CONFLICT,
+        "placed_by",
+        "RSA appointed",
+        "SECMP0039: an RSA acts only for a Supplier that appoints it now",
+        _rsa_appointed,
+    ),
+)
+
+
+def check_order(facts: OrderFacts) -> tuple[OrderRule, str, str] | None:
+    """The first ``ORDER_RULES`` row the order fails, with its message and hint; or None."""
+    for rule in ORDER_RULES:
+        found = rule.check(facts)
+        if found is not None:
+            return rule, *found
+    return None

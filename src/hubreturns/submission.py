@@ -45,13 +45,11 @@ from hubreturns.config import DEFAULT_ACB, packaged_pki
 from hubreturns.errors import EnvelopeRejection, HintedError, Rejection, SignatureRejection
 from hubreturns.model import (
     COUNTER_MAX,
-    ConnectionMethod,
+    FAULT_ONLY_FIELDS,
+    RETURN_FIELDS,
     Endpoint,
-    FaultReason,
-    FaultReturnType,
-    NoFaultReturnType,
+    FieldProblem,
     RequestId,
-    ReturnKind,
     ReturnRequest,
     eui,
 )
@@ -91,20 +89,9 @@ __all__ = [
 ]
 
 #: CSV columns (and ``submit`` options), in the order of the request body.
-COLUMNS: Final = (
-    "variant",
-    "device_id",
-    "return_type",
-    "other_device_id",
-    "connection_method",
-    "fault_reason",
-    "user_ref_datetime",
-    "user_ref_id",
-    "incident_reference",
-    "additional_information",
-)
+COLUMNS: Final = RETURN_FIELDS
 #: Columns that only 8.14.3 CHFFaultReturn has (must be empty for 8.14.4).
-FAULT_ONLY_COLUMNS: Final = frozenset({"other_device_id", "connection_method", "fault_reason"})
+FAULT_ONLY_COLUMNS: Final = frozenset(FAULT_ONLY_FIELDS)
 
 _SR = f"{{{envelope.SR_NS}}}"
 _DS = f"{{{envelope.DS_NS}}}"
@@ -119,17 +106,6 @@ class ClientError(HintedError):
 # ------------------------------------------------------------------ request values
 
 
-@dataclass(frozen=True, slots=True)
-class FieldProblem:
-    """One unusable value: which column and why."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
-
-
 class InvalidFields(ValueError):
     """The values do not make a valid request; ``problems`` lists every one."""
 
@@ -138,132 +114,22 @@ class InvalidFields(ValueError):
         super().__init__("; ".join(str(p) for p in self.problems))
 
 
-def _choice(text: str, allowed: Iterable[str], column: str, problems: list[FieldProblem]) -> str:
-    """The allowed value equal to ``text`` ignoring case, else a problem listing them."""
-    options = list(allowed)
-    for option in options:
-        if option.casefold() == text.casefold():
-            return option
-    problems.append(FieldProblem(column, f"{text!r} is not one of: {' | '.join(options)}"))
-    return options[0]
-
-
 def request_from_values(values: Mapping[str, str | None], request_id: RequestId) -> ReturnRequest:
     """A checked 8.14.3 / 8.14.4 request from column values (empty or None = absent).
 
-    Checks everything the DUIS 5.4 schema checks, so a request built here is
-    never refused as E31; raises ``InvalidFields`` listing every problem.
+    The cells are trimmed, then read by the rules every channel shares
+    (``ReturnRequest.from_fields``), so a request built here is never refused
+    as E31; raises ``InvalidFields`` listing every problem.
     """
-    problems: list[FieldProblem] = []
-    cell = {name: (values.get(name) or "").strip() for name in COLUMNS}
-    unknown = sorted(set(values) - set(COLUMNS))
-    problems.extend(FieldProblem(name, "is not a known column") for name in unknown)
-
-    kind = ReturnKind.FAULT
-    if not cell["variant"]:
-        problems.append(FieldProblem("variant", "is empty; expected 8.14.3 or 8.14.4"))
-    else:
-        try:
-            kind = ReturnKind.from_variant(cell["variant"])
-        except ValueError:
-            problems.append(FieldProblem("variant", f"{cell['variant']!r} is not 8.14.3 or 8.14.4"))
-    fault = kind is ReturnKind.FAULT
-
-    def eui_of(column: str) -> str | None:
-        if not cell[column]:
-            return None
-        try:
-            return eui(cell[column])
-        except ValueError as exc:
-            problems.append(FieldProblem(column, str(exc)))
-            return None
-
-    device = eui_of("device_id")
-    if not cell["device_id"]:
-        problems.append(FieldProblem("device_id", "is empty; expected the hub's CHF Device ID"))
-    types = [t.value for t in (FaultReturnType if fault else NoFaultReturnType)]
-    return_type = types[0]
-    if not cell["return_type"]:
-        problems.append(FieldProblem("return_type", f"is empty; one of: {' | '.join(types)}"))
-    else:
-        return_type = _choice(cell["return_type"], types, "return_type", problems)
-
-    other: str | None = None
-    connection: ConnectionMethod | None = None
-    reason: FaultReason | None = None
-    if fault:
-        other = eui_of("other_device_id")
-        for column, enum_type in (
-            ("connection_method", ConnectionMethod),
-            ("fault_reason", FaultReason),
-        ):
-            choices = [m.value for m in enum_type]
-            if not cell[column]:
-                problems.append(
-                    FieldProblem(column, f"is empty; 8.14.3 needs one of: {' | '.join(choices)}")
-                )
-                continue
-            chosen = _choice(cell[column], choices, column, problems)
-            if column == "connection_method":
-                connection = ConnectionMethod(chosen)
-            else:
-                reason = FaultReason(chosen)
-        if not cell["other_device_id"]:
-            problems.append(
-                FieldProblem("other_device_id", "is empty; 8.14.3 needs the hub's GPF Device ID")
-            )
-    else:
-        problems.extend(
-            FieldProblem(column, "must be empty for 8.14.4 (it is an 8.14.3 field)")
-            for column in sorted(FAULT_ONLY_COLUMNS)
-            if cell[column]
-        )
-
-    if cell["user_ref_datetime"]:
-        try:
-            datetime.fromisoformat(cell["user_ref_datetime"].replace("Z", "+00:00"))
-            if "T" not in cell["user_ref_datetime"]:
-                raise ValueError
-        except ValueError:
-            problems.append(
-                FieldProblem(
-                    "user_ref_datetime",
-                    f"{cell['user_ref_datetime']!r} is not an xs:dateTime "
-                    "(e.g. 2026-03-01T09:30:00Z)",
-                )
-            )
-    for column, limit in (
-        ("user_ref_id", 25),
-        ("incident_reference", 15),
-        ("additional_information", 200),
-    ):
-        if len(cell[column]) > limit:
-            problems.append(
-                FieldProblem(column, f"has {len(cell[column])} characters; at most {limit}")
-            )
-    if problems:
-        raise InvalidFields(problems)
-    assert device is not None
-    request = ReturnRequest(
-        request_id=request_id,
-        command_variant=8,
-        service_reference="8.14",
-        kind=kind,
-        device_id=device,
-        return_type=return_type,
-        user_ref_datetime=cell["user_ref_datetime"] or None,
-        user_ref_id=cell["user_ref_id"] or None,
-        incident_reference=cell["incident_reference"] or None,
-        additional_information=cell["additional_information"] or None,
-        other_device_id=other,
-        connection_method=connection,
-        fault_reason=reason,
-    )
+    cells = {name: (value or "").strip() or None for name, value in values.items()}
+    read = ReturnRequest.from_fields(cells, request_id=request_id)
+    if isinstance(read, list):
+        raise InvalidFields(read)
     try:  # the belt to the braces above: the schema has the last word
-        envelope.validate(build_request(request))
+        envelope.validate(build_request(read))
     except EnvelopeRejection as exc:
         raise InvalidFields([FieldProblem("request", exc.message)]) from None
-    return request
+    return read
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -142,7 +142,7 @@ def locks(session: Session, now: datetime) -> dict[str, datetime]:
     rows = session.scalars(
         select(SignInFailures).where(SignInFailures.locked_until.is_not(None))
     ).all()
-    ends = {row.name: _utc(row.locked_until) for row in rows if row.locked_until is not None}
+    ends = {row.name: row.locked_until for row in rows if row.locked_until is not None}
     return {name: until for name, until in ends.items() if until > now}
 
 
@@ -219,10 +219,10 @@ def sign_in(session: Session, name: str, password: str, now: datetime) -> Staff 
     counted = (
         session.get(SignInFailures, name, with_for_update=True) if valid_staff_name(name) else None
     )
-    if counted is not None and _utc(counted.last_failed_at) < now - _FAILURES_KEPT:
+    if counted is not None and counted.last_failed_at < now - _FAILURES_KEPT:
         counted.failures, counted.locked_until = 0, None  # a day without failures: forgotten
     if counted is not None and counted.locked_until is not None:
-        locked_until = _utc(counted.locked_until)
+        locked_until = counted.locked_until
         if locked_until > now:
             return Locked(locked_until)
     staff = _check_password(session, name, password, now)
@@ -255,11 +255,6 @@ def _count_failure(
     if beyond >= 0:
         counted.locked_until = now + min(FIRST_LOCK * 2 ** min(beyond, 16), LONGEST_LOCK)
     session.flush()
-
-
-def _utc(moment: datetime) -> datetime:
-    """A stored moment as an aware one (SQLite gives them back without their zone)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def unlock(session: Session, name: str) -> bool:

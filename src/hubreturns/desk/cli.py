@@ -80,9 +80,8 @@ def add_user(
 
 
 def _minute(moment: datetime) -> str:
-    """UTC to the minute (SQLite hands back stored moments without their zone)."""
-    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return aware.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    """A stored moment (aware, UTC) to the minute."""
+    return moment.strftime("%Y-%m-%d %H:%M")
 
 
 @desk_app.command("list-users")

@@ -11,13 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypeVar
 
 from hubreturns.codes import DEFAULT_PROFILE, PUBLISHED_UNUSED
+from hubreturns.model import RETURN_FIELDS as MODEL_FIELDS
 from hubreturns.model import (
     Channel,
-    ConnectionMethod,
-    FaultReason,
     FaultReturnType,
     NoFaultReturnType,
     RequestId,
@@ -58,19 +56,7 @@ AUDIT_CODES: tuple[str, ...] = (
 )
 
 #: Form field names of the return form, in display order.
-RETURN_FIELDS = (
-    "originator",
-    "device_id",
-    "return_type",
-    "other_device_id",
-    "connection_method",
-    "fault_reason",
-    "user_ref_datetime",
-    "user_ref_id",
-    "incident_reference",
-    "additional_information",
-)
-_MAX_LENGTH = {"user_ref_id": 25, "incident_reference": 15, "additional_information": 200}
+RETURN_FIELDS = ("originator", *(name for name in MODEL_FIELDS if name != "variant"))
 _MAX_EXPORT = 100_000
 #: Rows per page of the returns and audit lists: the default and the most one may ask for.
 PER_PAGE = 50
@@ -78,7 +64,6 @@ _MAX_PER_PAGE = 200
 _MAX_PAGE = 100_000
 
 FormErrors = dict[str, str]
-_E = TypeVar("_E", ConnectionMethod, FaultReason)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,107 +78,28 @@ def _text(form: Mapping[str, str], name: str) -> str:
     return form.get(name, "").strip()
 
 
-def _eui_field(form: Mapping[str, str], name: str, label: str, errors: FormErrors) -> str | None:
-    value = _text(form, name)
-    if not value:
-        errors[name] = f"{label} is required."
-        return None
-    try:
-        return eui(value)
-    except ValueError:
-        errors[name] = f"{label} {value!r} is not an EUI-64; write it as 00-DB-12-34-56-78-90-A2."
-        return None
-
-
-def _choice(
-    form: Mapping[str, str], name: str, label: str, enum: type[_E], errors: FormErrors
-) -> _E | None:
-    value = _text(form, name)
-    if not value:
-        errors[name] = f"{label} is required for an 8.14.3 fault return."
-        return None
-    try:
-        return enum(value)
-    except ValueError:
-        errors[name] = f"{value!r} is not a {label}; choose one from the list."
-        return None
-
-
-def _kind_of(return_type: str) -> ReturnKind | None:
-    for kind, types in RETURN_TYPES:
-        if return_type in types:
-            return kind
-    return None
-
-
-def _user_ref_datetime(value: str, errors: FormErrors) -> str | None:
-    """DUIS xs:dateTime; a time without an offset is taken as UTC."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        errors["user_ref_datetime"] = (
-            f"{value!r} is not a date and time; write e.g. 2026-11-23T09:30 (UTC)."
-        )
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 def read_return_form(
     form: Mapping[str, str], *, target: str, counter: int
 ) -> tuple[ReturnRequest | None, FormErrors]:
     """A ``ReturnRequest`` from the desk form, or the errors to show next to each field.
 
     ``target`` is the DCC ACB (the desk speaks for the user to the DCC, like DUIS);
-    ``counter`` makes the RequestID unique. Fault-only fields are ignored for a
-    no-fault return.
+    ``counter`` makes the RequestID unique. The fields follow the rules every
+    channel shares (``ReturnRequest.from_fields``); the variant follows from the
+    return type chosen.
     """
     errors: FormErrors = {}
-    originator = _eui_field(form, "originator", "Service User ID", errors)
-    device_id = _eui_field(form, "device_id", "Device ID", errors)
-    return_type = _text(form, "return_type")
-    kind = _kind_of(return_type)
-    if not return_type:
-        errors["return_type"] = "Return type is required."
-    elif kind is None:
-        errors["return_type"] = f"{return_type!r} is not an 8.14.3 or 8.14.4 return type."
-    other_device_id: str | None = None
-    connection_method: ConnectionMethod | None = None
-    fault_reason: FaultReason | None = None
-    if kind is ReturnKind.FAULT:
-        other_device_id = _eui_field(form, "other_device_id", "OtherDeviceID (GPF)", errors)
-        connection_method = _choice(
-            form, "connection_method", "connection method", ConnectionMethod, errors
-        )
-        fault_reason = _choice(form, "fault_reason", "fault reason", FaultReason, errors)
-    optional: dict[str, str | None] = {}
-    for name, limit in _MAX_LENGTH.items():
-        value = _text(form, name)
-        if len(value) > limit:
-            errors[name] = f"At most {limit} characters (DUIS 5.4); this has {len(value)}."
-        optional[name] = value or None
-    user_ref_datetime = _user_ref_datetime(_text(form, "user_ref_datetime"), errors)
-    if errors or originator is None or device_id is None or kind is None:
+    originator = _optional_eui(form, "originator", "Service User ID", errors)
+    if originator is None and "originator" not in errors:
+        errors["originator"] = "Service User ID is required."
+    request_id = RequestId(originator=originator or target, target=target, counter=counter)
+    fields = {name: _text(form, name) or None for name in RETURN_FIELDS if name != "originator"}
+    read = ReturnRequest.from_fields(fields, request_id=request_id)
+    if isinstance(read, list):
+        for problem in read:
+            errors.setdefault(problem.field, problem.message)
         return None, errors
-    request = ReturnRequest(
-        request_id=RequestId(originator=originator, target=target, counter=counter),
-        command_variant=8,
-        service_reference="8.14",
-        kind=kind,
-        device_id=device_id,
-        return_type=return_type,
-        user_ref_datetime=user_ref_datetime,
-        user_ref_id=optional["user_ref_id"],
-        incident_reference=optional["incident_reference"],
-        additional_information=optional["additional_information"],
-        other_device_id=other_device_id,
-        connection_method=connection_method,
-        fault_reason=fault_reason,
-    )
-    return request, errors
+    return (None, errors) if errors else (read, errors)
 
 
 def _optional_eui(

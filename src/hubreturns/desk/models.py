@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hubreturns.store.models import Base
+from hubreturns.store.types import Moment
 
 __all__ = ["DeskSession", "SignInFailures", "StaffAccount"]
-
-Moment = DateTime(timezone=True)
 
 
 class StaffAccount(Base):

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, aliased
 
 from hubreturns.model import Role
+from hubreturns.rules import AppointmentFacts, appointment_holds
 from hubreturns.store.models import (
     Appointment,
     AuditEntry,
@@ -68,6 +69,18 @@ def _party(row: User) -> Party:
     return Party(user_id=row.user_id, role=row.role, name=row.name, status=row.status)
 
 
+def _appointment_facts(row: Appointment, suppliers: dict[str, User]) -> AppointmentFacts:
+    supplier = suppliers[row.supplier_user_id]
+    return AppointmentFacts(
+        supplier_user_id=row.supplier_user_id,
+        supplier_role=supplier.role,
+        supplier_status=supplier.status,
+        valid_from=row.valid_from,
+        valid_to=row.valid_to,
+        revoked_at=row.revoked_at,
+    )
+
+
 def hub_view(session: Session, device_id: str, now: datetime) -> HubView | None:
     """Everything about one device, or None if it is not in the inventory."""
     device = session.get(Device, device_id)
@@ -80,17 +93,17 @@ def hub_view(session: Session, device_id: str, now: datetime) -> HubView | None:
         .order_by(User.user_id)
     ).all()
     rsa = aliased(User)
-    rows = session.execute(
-        select(rsa, Appointment)
-        .join(Appointment, Appointment.rsa_user_id == rsa.user_id)
-        .where(
-            Appointment.supplier_user_id.in_([s.user_id for s in suppliers]),
-            Appointment.revoked_at.is_(None),
-            Appointment.valid_from <= now,
-            or_(Appointment.valid_to.is_(None), Appointment.valid_to > now),
+    by_id = {s.user_id: s for s in suppliers}
+    rows = [
+        (user, appointment)
+        for user, appointment in session.execute(
+            select(rsa, Appointment)
+            .join(Appointment, Appointment.rsa_user_id == rsa.user_id)
+            .where(Appointment.supplier_user_id.in_(list(by_id)))
+            .order_by(rsa.user_id, Appointment.supplier_user_id)
         )
-        .order_by(rsa.user_id, Appointment.supplier_user_id)
-    ).all()
+        if appointment_holds(_appointment_facts(appointment, by_id), now)
+    ]
     requests = session.scalars(
         select(AuditEntry)
         .where(AuditEntry.device_id == device_id)

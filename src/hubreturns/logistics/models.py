@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hubreturns.store.models import Base
+from hubreturns.store.types import Moment
 
 __all__ = [
     "Consignment",
@@ -27,7 +28,6 @@ __all__ = [
 ]
 
 EUI = String(23)
-Moment = DateTime(timezone=True)
 #: 64-bit keys; SQLite only auto-increments an INTEGER PRIMARY KEY.
 BigRef = BigInteger().with_variant(Integer(), "sqlite")
 BigId = BigRef

@@ -62,9 +62,15 @@ from hubreturns.logistics.values import (
     check_location,
     month_of,
 )
-from hubreturns.model import DeviceType, NoFaultReturnType, Role, SmiStatus, UserStatus
-from hubreturns.rules import SECMP0039, Authorisation, EligibilityProfile
-from hubreturns.store.models import Device, ReturnRecord, User
+from hubreturns.model import DeviceType, NoFaultReturnType, Role, SmiStatus
+from hubreturns.rules import (
+    SECMP0039,
+    EligibilityProfile,
+    OrderFacts,
+    OrderRefusal,
+    check_order,
+)
+from hubreturns.store.models import Device, ReturnRecord
 from hubreturns.store.repository import Repository
 
 __all__ = [
@@ -101,13 +107,6 @@ def _check_month_now(month: str, now: datetime) -> None:
             f"Ask for delivery in {month_of(now)} or later.",
             field="requested_month",
         )
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite gives naive datetimes back; everything stored is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,6 +184,16 @@ class ReturnView:
     hub_open_return_id: int | None
 
 
+def _refuse_order(facts: OrderFacts) -> None:
+    """Raise the error of the first ``rules.ORDER_RULES`` row the order fails."""
+    failed = check_order(facts)
+    if failed is None:
+        return
+    rule, message, hint = failed
+    error = Invalid if rule.refusal is OrderRefusal.INVALID else Conflict
+    raise error(message, hint, field=rule.field)
+
+
 class Logistics:
     """Orders, deliveries, consignments, lifecycle steps and charges over one database."""
 
@@ -209,28 +218,10 @@ class Logistics:
         now = self.clock()
         _check_month_now(order.requested_month, now)
         with self.sessions.begin() as session:
-            supplier = session.get(User, order.supplier)
-            if supplier is None or supplier.role not in (Role.IS.value, Role.GS.value):
-                raise Invalid(
-                    f"supplier: {order.supplier} is not a registered IS or GS user",
-                    "Orders are for an Import or Gas Supplier; load the user first.",
-                    field="supplier",
-                )
-            if supplier.status != UserStatus.ACTIVE.value:
-                raise Conflict(
-                    f"supplier: {order.supplier} is {supplier.status}",
-                    "A suspended Supplier cannot order hubs; contact the DCC Service Desk.",
-                    field="supplier",
-                )
-            placer = session.get(User, order.placed_by)
-            if placer is None:
-                raise Invalid(
-                    f"placed_by: {order.placed_by} is not a registered user",
-                    "Give the Supplier itself or an RSA it has appointed.",
-                    field="placed_by",
-                )
-            if placer.user_id != supplier.user_id:
-                self._check_placer(session, placer, supplier.user_id, now)
+            facts = self._order_facts(session, order.supplier, order.placed_by, now)
+            _refuse_order(facts)
+            assert facts.supplier is not None and facts.placer is not None
+            supplier, placer = facts.supplier, facts.placer
             row = HubOrder(
                 supplier_user_id=supplier.user_id,
                 placed_by=placer.user_id,
@@ -253,32 +244,25 @@ class Logistics:
             self._order_event(session, row.id, "placed", placed, actor or placer.user_id, now)
             return self._order_view(session, row)
 
-    def _check_placer(self, session: Session, placer: User, supplier: str, now: datetime) -> None:
-        """Someone other than the Supplier orders for it: its RSA, or (under a profile
-        that authorises orderers, e.g. ``all-ordering-parties``) a party of such a role."""
-        grant = self.eligibility.grant(Role(placer.role))
-        orderer = grant is not None and Authorisation.ORDERED in grant.authorisations
-        if placer.role != Role.RSA.value and not orderer:
-            raise Invalid(
-                f"placed_by: {placer.user_id} has role {placer.role}; only the "
-                "Supplier or its RSA may order",
-                "Leave placed_by out for the Supplier's own order.",
-                field="placed_by",
-            )
-        if placer.status != UserStatus.ACTIVE.value:
-            raise Conflict(
-                f"placed_by: {placer.role} {placer.user_id} is {placer.status}",
-                f"A suspended {placer.role} cannot order hubs.",
-                field="placed_by",
-            )
-        if placer.role == Role.RSA.value and supplier not in Repository(session).appointed_by(
-            placer.user_id, now
-        ):
-            raise Conflict(
-                f"placed_by: RSA {placer.user_id} is not currently appointed by {supplier}",
-                "The Supplier must confirm the RSA first (`hubreturns appoint`).",
-                field="placed_by",
-            )
+    def _order_facts(
+        self, session: Session, supplier_id: str, placed_by: str, now: datetime
+    ) -> OrderFacts:
+        """The order's parties from the registry; an RSA placer's appointments with them."""
+        repository = Repository(session)
+        placer = repository.user_facts(placed_by)
+        appointed_by = (
+            repository.appointed_by(placed_by, now)
+            if placer is not None and placer.role is Role.RSA
+            else frozenset[str]()
+        )
+        return OrderFacts(
+            supplier_id=supplier_id,
+            supplier=repository.user_facts(supplier_id),
+            placed_by=placed_by,
+            placer=placer,
+            appointed_by=appointed_by,
+            eligibility=self.eligibility,
+        )
 
     def amend_order(self, order_id: int, change: OrderChange, actor: str) -> OrderView:
         """Change an open order before any hub is delivered against it; kept in its history."""
@@ -326,7 +310,7 @@ class Logistics:
                     action=e.action,
                     changes=json.loads(e.changes),
                     actor=e.actor,
-                    at=_aware(e.at) or e.at,
+                    at=e.at,
                 )
                 for e in events
             ]
@@ -659,7 +643,7 @@ class Logistics:
             (
                 (
                     record.on_behalf_of,
-                    month_of(_aware(record.received_at) or self.clock()),
+                    month_of(record.received_at),
                     record.device_id,
                     charge,
                 )
@@ -733,7 +717,7 @@ class Logistics:
             hub_variant=row.hub_variant,
             delivery_location=row.delivery_location,
             requested_month=row.requested_month,
-            created_at=_aware(row.created_at) or row.created_at,
+            created_at=row.created_at,
             status=row.status,
         )
 
@@ -754,8 +738,8 @@ class Logistics:
             month=row.month,
             status=row.status,
             return_ids=self._consignment_returns(session, row.id),
-            created_at=_aware(row.created_at) or row.created_at,
-            collected_at=_aware(row.collected_at),
+            created_at=row.created_at,
+            collected_at=row.collected_at,
         )
 
     def _pending_items(
@@ -833,15 +817,15 @@ class Logistics:
             return_type=record.return_type,
             fault_reason=record.fault_reason,
             status=record.status,
-            notified_at=_aware(record.received_at) or record.received_at,
+            notified_at=record.received_at,
             collection_location=progress.collection_location if progress else None,
             consignment_id=progress.consignment_id if progress else None,
-            collected_at=_aware(progress.collected_at) if progress else None,
-            received_at=_aware(progress.received_at) if progress else None,
-            tested_at=_aware(progress.tested_at) if progress else None,
+            collected_at=progress.collected_at if progress else None,
+            received_at=progress.received_at if progress else None,
+            tested_at=progress.tested_at if progress else None,
             test_outcome=outcome,
-            closed_at=_aware(progress.closed_at) if progress else None,
-            written_off_at=_aware(progress.written_off_at) if progress else None,
+            closed_at=progress.closed_at if progress else None,
+            written_off_at=progress.written_off_at if progress else None,
             hub_variant=variant,
             charge_rule=charge.rule,
             charge=charge.amount,

@@ -12,7 +12,6 @@ from datetime import datetime
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -22,6 +21,18 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from hubreturns.model import (
+    Channel,
+    ConnectionMethod,
+    DeviceType,
+    Endpoint,
+    FaultReason,
+    Role,
+    SmiStatus,
+    UserStatus,
+)
+from hubreturns.store.types import Moment, text_enum
 
 __all__ = [
     "Appointment",
@@ -42,7 +53,6 @@ EUI = String(23)
 #: Auto-incrementing 64-bit key (SQLite only auto-increments INTEGER PRIMARY KEY).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Counter = String(20).with_variant(String(20, collation="C"), "postgresql")
-Moment = DateTime(timezone=True)
 
 
 def counter_text(counter: int) -> str:
@@ -59,9 +69,9 @@ class User(Base):
     __tablename__ = "users"
 
     user_id: Mapped[str] = mapped_column(EUI, primary_key=True)
-    role: Mapped[str] = mapped_column(String(3))
+    role: Mapped[Role] = mapped_column(text_enum(Role, 3))
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[UserStatus] = mapped_column(text_enum(UserStatus, 16))
     updated_at: Mapped[datetime] = mapped_column(Moment)
 
 
@@ -130,8 +140,8 @@ class Device(Base):
     __tablename__ = "devices"
 
     device_id: Mapped[str] = mapped_column(EUI, primary_key=True)
-    device_type: Mapped[str] = mapped_column(String(8))
-    smi_status: Mapped[str] = mapped_column(String(32))
+    device_type: Mapped[DeviceType] = mapped_column(text_enum(DeviceType, 8))
+    smi_status: Mapped[SmiStatus] = mapped_column(text_enum(SmiStatus, 32))
     gpf_id: Mapped[str | None] = mapped_column(EUI)
     open_return_id: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(Moment)
@@ -163,22 +173,24 @@ class ReturnRecord(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(80), unique=True)
-    channel: Mapped[str] = mapped_column(String(16))
+    channel: Mapped[Channel] = mapped_column(text_enum(Channel, 16))
     originator: Mapped[str] = mapped_column(EUI)
-    role: Mapped[str] = mapped_column(String(3))
+    role: Mapped[Role] = mapped_column(text_enum(Role, 3))
     on_behalf_of: Mapped[str] = mapped_column(EUI)
     entered_by: Mapped[str | None] = mapped_column(String(100))
     device_id: Mapped[str] = mapped_column(EUI)
     service_reference_variant: Mapped[str] = mapped_column(String(8))
     return_type: Mapped[str] = mapped_column(String(80))
     other_device_id: Mapped[str | None] = mapped_column(EUI)
-    connection_method: Mapped[str | None] = mapped_column(String(16))
-    fault_reason: Mapped[str | None] = mapped_column(String(64))
+    connection_method: Mapped[ConnectionMethod | None] = mapped_column(
+        text_enum(ConnectionMethod, 16)
+    )
+    fault_reason: Mapped[FaultReason | None] = mapped_column(text_enum(FaultReason, 64))
     user_ref_datetime: Mapped[str | None] = mapped_column(String(40))
     user_ref_id: Mapped[str | None] = mapped_column(String(25))
     incident_reference: Mapped[str | None] = mapped_column(String(15))
     additional_information: Mapped[str | None] = mapped_column(String(200))
-    smi_status_at_return: Mapped[str] = mapped_column(String(32))
+    smi_status_at_return: Mapped[SmiStatus] = mapped_column(text_enum(SmiStatus, 32))
     status: Mapped[str] = mapped_column(String(16), default="notified")
     received_at: Mapped[datetime] = mapped_column(Moment)
     request_xml: Mapped[bytes | None] = mapped_column(LargeBinary)
@@ -215,8 +227,8 @@ class AuditEntry(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     received_at: Mapped[datetime] = mapped_column(Moment)
-    channel: Mapped[str] = mapped_column(String(16))
-    endpoint: Mapped[str | None] = mapped_column(String(16))
+    channel: Mapped[Channel] = mapped_column(text_enum(Channel, 16))
+    endpoint: Mapped[Endpoint | None] = mapped_column(text_enum(Endpoint, 16))
     request_id: Mapped[str | None] = mapped_column(String(80))
     originator: Mapped[str | None] = mapped_column(EUI)
     claimed_originator: Mapped[str | None] = mapped_column(EUI)

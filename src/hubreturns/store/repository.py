@@ -56,11 +56,13 @@ from hubreturns.model import (
 )
 from hubreturns.rules import (
     SECMP0039,
+    AppointmentFacts,
     Authorisation,
     DeviceFacts,
     EligibilityProfile,
     Facts,
     UserFacts,
+    appointing_suppliers,
 )
 from hubreturns.store.models import (
     Appointment,
@@ -341,21 +343,19 @@ _CLAIM = _Compiled(
 
 _ADVANCE: dict[str, _Compiled] = {}
 
-#: Suppliers (active IS/GS) whose appointment of an RSA is valid at a moment.
-_APPOINTED_BY = (
-    select(Appointment.supplier_user_id)
-    .join(User, User.user_id == Appointment.supplier_user_id)
-    .where(
-        Appointment.rsa_user_id == bindparam("b_rsa", type_=String(23)),
-        Appointment.revoked_at.is_(None),
-        Appointment.valid_from <= bindparam("b_now", type_=Appointment.__table__.c.valid_from.type),
-        or_(
-            Appointment.valid_to.is_(None),
-            Appointment.valid_to > bindparam("b_now", type_=Appointment.__table__.c.valid_to.type),
-        ),
-        User.status == UserStatus.ACTIVE.value,
-        User.role.in_([Role.IS.value, Role.GS.value]),
+#: An RSA's appointments with their appointing users' registry entries; which of
+#: them hold at a moment is ``rules.APPOINTMENT_RULES``' to say.
+_APPOINTMENTS = (
+    select(
+        Appointment.supplier_user_id,
+        User.role,
+        User.status,
+        Appointment.valid_from,
+        Appointment.valid_to,
+        Appointment.revoked_at,
     )
+    .outerjoin(User, User.user_id == Appointment.supplier_user_id)
+    .where(Appointment.rsa_user_id == bindparam("b_rsa", type_=String(23)))
 )
 
 #: The Supplier whose order, placed by this user, the hub was delivered against
@@ -726,10 +726,24 @@ class Ledger:
 
     # -- facts for the decision -------------------------------------------------
 
+    def appointments(self, rsa_user_id: str) -> list[AppointmentFacts]:
+        """Every stored appointment of this RSA, with its appointing user's registry entry."""
+        rows = self.connection.execute(_APPOINTMENTS, {"b_rsa": rsa_user_id})
+        return [
+            AppointmentFacts(
+                supplier_user_id=supplier,
+                supplier_role=role,
+                supplier_status=status,
+                valid_from=valid_from,
+                valid_to=valid_to,
+                revoked_at=revoked_at,
+            )
+            for supplier, role, status, valid_from, valid_to, revoked_at in rows
+        ]
+
     def appointed_by(self, rsa_user_id: str, now: datetime) -> frozenset[str]:
-        """Active Suppliers whose appointment of this RSA is valid at ``now``."""
-        rows = self.connection.execute(_APPOINTED_BY, {"b_rsa": rsa_user_id, "b_now": now})
-        return frozenset(rows.scalars())
+        """Suppliers whose appointment of this RSA holds at ``now`` (``rules``)."""
+        return appointing_suppliers(self.appointments(rsa_user_id), now)
 
     def ordered_for(self, user_id: str, device_id: str) -> frozenset[str]:
         """Suppliers whose order placed by ``user_id`` the hub was delivered against."""
@@ -1027,37 +1041,16 @@ class Repository:
 
     # -- facts for the decision -------------------------------------------------
 
-    def user(self, user_id: str) -> UserFacts | None:
+    def user_facts(self, user_id: str) -> UserFacts | None:
+        """The registry entry of a User ID, or None."""
         row = self.session.get(User, user_id)
         if row is None:
             return None
-        return UserFacts(user_id=row.user_id, role=Role(row.role), status=UserStatus(row.status))
-
-    def device(self, device_id: str) -> DeviceFacts | None:
-        row = self.session.get(Device, device_id)
-        if row is None:
-            return None
-        suppliers = self.session.scalars(
-            select(DeviceSupplier.supplier_user_id).where(DeviceSupplier.device_id == device_id)
-        ).all()
-        return DeviceFacts(
-            device_id=row.device_id,
-            device_type=DeviceType(row.device_type),
-            smi_status=SmiStatus(row.smi_status),
-            responsible_suppliers=frozenset(suppliers),
-            gpf_id=row.gpf_id,
-            has_open_return=row.open_return_id is not None,
-        )
+        return UserFacts(user_id=row.user_id, role=row.role, status=row.status)
 
     def appointed_by(self, rsa_user_id: str, now: datetime) -> frozenset[str]:
         """Active Suppliers whose appointment of this RSA is valid at ``now``."""
         return self.ledger.appointed_by(rsa_user_id, now)
-
-    def last_counter(self, originator: str) -> int | None:
-        text = self.session.scalar(
-            select(ReplayCounter.last_counter).where(ReplayCounter.originator == originator)
-        )
-        return int(text) if text is not None else None
 
     def facts(
         self,
@@ -1195,7 +1188,7 @@ class Repository:
         self, user_id: str, role: Role, name: str, status: UserStatus, now: datetime
     ) -> None:
         self.session.merge(
-            User(user_id=user_id, role=role.value, name=name, status=status.value, updated_at=now)
+            User(user_id=user_id, role=role, name=name, status=status, updated_at=now)
         )
 
     def upsert_device(
@@ -1213,15 +1206,15 @@ class Repository:
             self.session.add(
                 Device(
                     device_id=device_id,
-                    device_type=device_type.value,
-                    smi_status=smi_status.value,
+                    device_type=device_type,
+                    smi_status=smi_status,
                     gpf_id=gpf_id,
                     updated_at=now,
                 )
             )
         else:
-            existing.device_type = device_type.value
-            existing.smi_status = smi_status.value
+            existing.device_type = device_type
+            existing.smi_status = smi_status
             existing.gpf_id = gpf_id
             existing.updated_at = now
         self.session.flush()

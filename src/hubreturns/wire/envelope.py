@@ -28,13 +28,10 @@ from lxml import etree
 from hubreturns.codes import Reason
 from hubreturns.errors import EnvelopeRejection
 from hubreturns.model import (
-    ConnectionMethod,
-    FaultReason,
     RequestId,
     ReturnKind,
     ReturnRequest,
     clip,
-    eui,
 )
 from hubreturns.policy import SecurityPolicy
 
@@ -266,6 +263,21 @@ _RETURN_TYPE_TAGS = {
     ReturnKind.FAULT: f"{_SR}CHFFaultReturnType",
     ReturnKind.NO_FAULT: f"{_SR}CHFNoFaultReturnType",
 }
+#: Each body element's tag and the ``ReturnRequest.from_fields`` field it fills.
+_FIELD_TAGS = {
+    kind: (
+        (_DEVICE_ID, "device_id"),
+        (_RETURN_TYPE_TAGS[kind], "return_type"),
+        (_OTHER_DEVICE_ID, "other_device_id"),
+        (_CONNECTION_METHOD, "connection_method"),
+        (_FAULT_REASON, "fault_reason"),
+        (_USER_REF_DATETIME, "user_ref_datetime"),
+        (_USER_REF_ID, "user_ref_id"),
+        (_INCIDENT_REFERENCE, "incident_reference"),
+        (_ADDITIONAL_INFORMATION, "additional_information"),
+    )
+    for kind in ReturnKind
+}
 
 
 def peek_header(root: etree._Element | None) -> HeaderEcho:
@@ -300,9 +312,9 @@ def read_request(root: etree._Element) -> ReturnRequest:
     body = top.get(_BODY)
     if header is None or body is None or len(body) != 1:
         raise EnvelopeRejection(Reason.SCHEMA, "sr:Header and one sr:Body child are required")
-    fields = _texts(header)
-    variant = fields.get(_SERVICE_REFERENCE_VARIANT) or ""
-    reference = fields.get(_SERVICE_REFERENCE) or ""
+    header_fields = _texts(header)
+    variant = header_fields.get(_SERVICE_REFERENCE_VARIANT) or ""
+    reference = header_fields.get(_SERVICE_REFERENCE) or ""
     kind = _KINDS.get(variant)
     if kind is None:
         raise EnvelopeRejection(
@@ -317,29 +329,19 @@ def read_request(root: etree._Element) -> ReturnRequest:
             f"{clip(etree.QName(content).localname)}",
         )
     values = _texts(content)
-    get = values.get
+    fields = {name: values.get(tag) for tag, name in _FIELD_TAGS[kind]}
     try:
-        request_id = RequestId.parse(fields.get(_REQUEST_ID) or "")
-        command_variant = int(fields.get(_COMMAND_VARIANT) or "")
-        connection = get(_CONNECTION_METHOD)
-        reason = get(_FAULT_REASON)
-        other = get(_OTHER_DEVICE_ID)
-        return ReturnRequest(
-            request_id=request_id,
-            command_variant=command_variant,
-            service_reference=reference,
-            kind=kind,
-            device_id=eui(get(_DEVICE_ID) or ""),
-            return_type=get(_RETURN_TYPE_TAGS[kind]) or "",
-            user_ref_datetime=get(_USER_REF_DATETIME),
-            user_ref_id=get(_USER_REF_ID),
-            incident_reference=get(_INCIDENT_REFERENCE),
-            additional_information=get(_ADDITIONAL_INFORMATION),
-            other_device_id=eui(other) if other is not None else None,
-            connection_method=ConnectionMethod(connection) if connection is not None else None,
-            fault_reason=FaultReason(reason) if reason is not None else None,
-        )
+        request_id = RequestId.parse(header_fields.get(_REQUEST_ID) or "")
+        command_variant = int(header_fields.get(_COMMAND_VARIANT) or "")
     except ValueError as exc:
-        # The model's messages clip the values they quote; an enum's is bounded by the
-        # schema, and with the whole reason where the refusal is recorded.
+        # The model's messages clip the values they quote.
         raise EnvelopeRejection(Reason.SCHEMA, str(exc)) from None
+    read = ReturnRequest.from_fields(
+        {"variant": variant, **fields},
+        request_id=request_id,
+        command_variant=command_variant,
+        service_reference=reference,
+    )
+    if isinstance(read, list):
+        raise EnvelopeRejection(Reason.SCHEMA, "; ".join(str(p) for p in read))
+    return read

@@ -48,7 +48,13 @@ from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.store.db import SQLiteWriterLock, checkpoint, writer_connection, writer_lock
+from hubreturns.store.db import (
+    SQLiteWriterLock,
+    backend_for,
+    checkpoint,
+    writer_connection,
+    writer_lock,
+)
 from hubreturns.store.repository import Ledger
 
 __all__ = ["CONNECTIONS_STATE_KEY", "Arrival", "Committer", "Contended", "FunctionJob", "Job"]
@@ -243,7 +249,7 @@ class Committer:
     # -- SQLite checkpoints --------------------------------------------------------------
 
     def _start_checkpoints(self) -> None:
-        if self._checkpoints is not None or self._engine().dialect.name != "sqlite":
+        if self._checkpoints is not None or not backend_for(self._engine()).single_writer:
             return
         with self._ready:
             if self._checkpoints is None and not self._closed:
@@ -308,7 +314,7 @@ class Committer:
 
     def _commit(self, batch: list[_Item[object]]) -> None:
         engine = self._engine()
-        if engine.dialect.name == "postgresql":
+        if not backend_for(engine).single_writer:
             self._commit_held(engine, batch)
             return
         try:
@@ -475,7 +481,7 @@ class Committer:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        if self._engine().dialect.name != "sqlite":
+        if not backend_for(self._engine()).single_writer:
             self._turn_thread.append(_Item(job, _LoopResult(future, loop)))
             if arrival is not None:
                 arrival.close()

@@ -14,35 +14,15 @@ mode) the row counts are summed and checked at ``flush``.
 
 from __future__ import annotations
 
-import json
-import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import (
-    Integer,
-    Select,
-    String,
-    Subquery,
-    and_,
-    bindparam,
-    delete,
-    func,
-    insert,
-    or_,
-    select,
-    true,
-    update,
-)
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql.base import PGDialect
-from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy import Row, String, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import ClauseElement, ColumnElement
 
 from hubreturns.logistics.models import DeliveredHub, HubOrder
 from hubreturns.model import (
@@ -64,6 +44,9 @@ from hubreturns.rules import (
     UserFacts,
     appointing_suppliers,
 )
+from hubreturns.store import statements
+from hubreturns.store.backend import Backend, FactsKey, QueuedWrites, WriteConflict
+from hubreturns.store.db import backend_for
 from hubreturns.store.models import (
     Appointment,
     AuditEntry,
@@ -72,7 +55,6 @@ from hubreturns.store.models import (
     CertificateRevocation,
     Device,
     DeviceSupplier,
-    ReplayCounter,
     ReturnRecord,
     User,
     counter_text,
@@ -130,219 +112,6 @@ class ReturnFilter:
     offset: int = 0
 
 
-class _Compiled:
-    """A Core statement compiled once per dialect and run on the DB-API cursor.
-
-    Why home-made: SQLAlchemy's per-execution machinery (execution context,
-    result wrapping, events) costs 10-30 µs a statement, several times what
-    SQLite itself spends on these one-row statements, and the request path
-    runs five of them per request. What is executed is still SQLAlchemy's: the
-    SQL is the dialect's own compilation of the Core statement, and every
-    parameter goes through its column type's bind processor, so the stored
-    values are those the Core path would store. DB-API errors are wrapped as
-    SQLAlchemy's (``DBAPIError.instance``) so callers see one family of errors.
-    """
-
-    __slots__ = ("_by_dialect", "_keys", "statement")
-
-    def __init__(self, statement: ClauseElement, keys: Sequence[str] | None = None) -> None:
-        self.statement = statement
-        self._keys = list(keys) if keys is not None else None
-        self._by_dialect: dict[str, tuple[str, tuple[_Bind, ...], bool]] = {}
-
-    def form(self, dialect: Dialect) -> tuple[str, tuple[_Bind, ...], bool]:
-        """(SQL, ((parameter, bind processor or None, fixed value), ...), positional).
-
-        A parameter the statement fixed itself (a literal such as a JSON path)
-        has its value there; the others (``_GIVEN``) come from each execution.
-        """
-        found = self._by_dialect.get(dialect.name)
-        if found is None:
-            compiled: Any = self.statement.compile(dialect=dialect, column_keys=self._keys)
-            names = compiled.positiontup if compiled.positional else list(compiled.binds)
-            binds = []
-            for name in names:
-                bind = compiled.binds[name]
-                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-                fixed = _GIVEN if bind.required or bind.value is None else bind.value
-                binds.append((name, processor, fixed))
-            found = (compiled.string, tuple(binds), bool(compiled.positional))
-            self._by_dialect[dialect.name] = found
-        return found
-
-
-#: A compiled parameter: name, bind processor, and its fixed value or ``_GIVEN``.
-_Bind = tuple[str, Any, Any]
-#: Marks a parameter whose value each execution gives.
-_GIVEN: Any = object()
-
-
-#: What a request's facts are read by: (originator, device_id).
-FactsKey = tuple[str, str]
-
-
-def _facts_statement(keys: Subquery) -> Select[*tuple[Any, ...]]:
-    """User, replay counter, device and its suppliers for each row of ``keys``.
-
-    ``keys`` has the columns ``originator`` and ``device_id``: one row of bound
-    parameters for one request, or a table of them for a batch.
-    """
-    return (
-        select(
-            keys.c.originator.label("key_originator"),
-            keys.c.device_id.label("key_device"),
-            User.user_id,
-            User.role,
-            User.status,
-            ReplayCounter.last_counter,
-            Device.device_id.label("found_device"),
-            Device.device_type,
-            Device.smi_status,
-            Device.gpf_id,
-            Device.open_return_id,
-            DeviceSupplier.supplier_user_id,
-        )
-        .select_from(keys)
-        .outerjoin(User, User.user_id == keys.c.originator)
-        .outerjoin(ReplayCounter, ReplayCounter.originator == keys.c.originator)
-        .outerjoin(Device, Device.device_id == keys.c.device_id)
-        .outerjoin(DeviceSupplier, DeviceSupplier.device_id == Device.device_id)
-    )
-
-
-_FACTS = _Compiled(
-    _facts_statement(
-        select(
-            bindparam("originator", type_=String(23)).label("originator"),
-            bindparam("device_id", type_=String(23)).label("device_id"),
-        ).subquery("k")
-    )
-)
-
-
-def _pg_facts_many() -> Select[*tuple[Any, ...]]:
-    """``_FACTS`` for a batch on PostgreSQL: two arrays of keys, each table looked up
-    by key in a fenced subquery.
-
-    ``OFFSET 0`` keeps the planner from turning the look-ups into joins, so the
-    plan is index look-ups per key whatever the tables' sizes and however many
-    keys a batch holds. That makes one plan right for every batch, and the
-    committer's connection keeps it (``db.writer_connection``): left to choose, the
-    planner plans anew for each array size, which costs more than the read.
-    """
-    k = (
-        func.unnest(
-            bindparam("originators", type_=postgresql.ARRAY(String(23))),
-            bindparam("devices", type_=postgresql.ARRAY(String(23))),
-        )
-        .table_valued("originator", "device_id")
-        .render_derived(name="k")
-    )
-
-    def look_up(name: str, where: Any, *columns: Any) -> Any:
-        return select(*columns).where(where).offset(0).lateral(name)
-
-    user = look_up("u", User.user_id == k.c.originator, User.user_id, User.role, User.status)
-    counter = look_up("r", ReplayCounter.originator == k.c.originator, ReplayCounter.last_counter)
-    device = look_up(
-        "d",
-        Device.device_id == k.c.device_id,
-        Device.device_id,
-        Device.device_type,
-        Device.smi_status,
-        Device.gpf_id,
-        Device.open_return_id,
-    )
-    suppliers = look_up(
-        "s", DeviceSupplier.device_id == k.c.device_id, DeviceSupplier.supplier_user_id
-    )
-    # The batch's new return ids, drawn once per statement (an uncorrelated
-    # subquery is an InitPlan) and repeated on each row: they cost no second command.
-    ids = (
-        select(func.array_agg(func.nextval(func.pg_get_serial_sequence("returns", "id"))))
-        .select_from(func.generate_series(1, bindparam("n", type_=Integer())))
-        .scalar_subquery()
-    )
-    return (
-        select(
-            k.c.originator,
-            k.c.device_id,
-            user.c.user_id,
-            user.c.role,
-            user.c.status,
-            counter.c.last_counter,
-            device.c.device_id,
-            device.c.device_type,
-            device.c.smi_status,
-            device.c.gpf_id,
-            device.c.open_return_id,
-            suppliers.c.supplier_user_id,
-            ids,
-        )
-        .select_from(k)
-        .outerjoin(user, true())
-        .outerjoin(counter, true())
-        .outerjoin(device, true())
-        .outerjoin(suppliers, true())
-    )
-
-
-def _sqlite_keys(first: str = "originator", second: str = "device_id") -> Subquery:
-    """A table of pairs on SQLite from one parameter: a JSON array of [first, second]
-    pairs (``_sqlite_pairs``); by default a batch's facts keys."""
-    table = func.json_each(bindparam("pairs", type_=String())).table_valued("value")
-    return select(
-        func.json_extract(table.c.value, "$[0]").label(first),
-        func.json_extract(table.c.value, "$[1]").label(second),
-    ).subquery("k")
-
-
-def _pg_pairs(keys: Sequence[FactsKey]) -> dict[str, Any]:
-    """The keys as two arrays, and as many return ids asked for as keys."""
-    return {
-        "originators": [k[0] for k in keys],
-        "devices": [k[1] for k in keys],
-        "n": len(keys),
-    }
-
-
-def _sqlite_pairs(keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    return {"pairs": json.dumps(keys)}
-
-
-#: The batch form of ``_FACTS`` where the dialect can pass a table of keys as one
-#: parameter, with the function that builds that parameter; other dialects read
-#: a batch's facts one request at a time.
-_FACTS_MANY: dict[str, tuple[_Compiled, Callable[[Sequence[FactsKey]], dict[str, Any]]]] = {
-    "postgresql": (_Compiled(_pg_facts_many()), _pg_pairs),
-    "sqlite": (_Compiled(_facts_statement(_sqlite_keys())), _sqlite_pairs),
-}
-
-#: ``n`` ids for new ``returns`` rows from the table's own sequence (PostgreSQL).
-_PG_RETURN_IDS = _Compiled(
-    select(func.nextval(func.pg_get_serial_sequence("returns", "id"))).select_from(
-        func.generate_series(1, bindparam("n", type_=Integer()))
-    )
-)
-#: The highest ``returns`` id so far (SQLite, inside the write transaction).
-_LAST_RETURN_ID = _Compiled(select(func.coalesce(func.max(ReturnRecord.id), 0)))
-
-#: The hub claim: set ``open_return_id`` only where it is still NULL.
-_CLAIM = _Compiled(
-    update(Device)
-    .where(
-        Device.device_id == bindparam("b_device", type_=String(23)),
-        Device.open_return_id.is_(None),
-    )
-    .values(
-        open_return_id=bindparam("b_return", type_=Device.__table__.c.open_return_id.type),
-        updated_at=bindparam("b_now", type_=Device.__table__.c.updated_at.type),
-    )
-    .execution_options(synchronize_session=False)
-)
-
-_ADVANCE: dict[str, _Compiled] = {}
-
 #: An RSA's appointments with their appointing users' registry entries; which of
 #: them hold at a moment is ``rules.APPOINTMENT_RULES``' to say.
 _APPOINTMENTS = (
@@ -369,240 +138,14 @@ _ORDERED_FOR = (
     )
 )
 
-_CERTIFICATE_PEM = (
-    select(Certificate.pem, CertificateRevocation.revoked_at)
-    .outerjoin(
-        CertificateRevocation,
-        and_(
-            CertificateRevocation.issuer == Certificate.issuer,
-            CertificateRevocation.serial == Certificate.serial,
-        ),
-    )
-    .where(
-        Certificate.issuer == bindparam("b_issuer", type_=Certificate.__table__.c.issuer.type),
-        Certificate.serial == bindparam("b_serial", type_=Certificate.__table__.c.serial.type),
-    )
-)
-_CERTIFICATE_GENERATION = select(CertificateChanges.generation).where(CertificateChanges.id == 1)
-
-
-def _certificate_keys(dialect: str) -> Any:
-    """A table of (issuer, serial) pairs given as one parameter (``certificates_present``)."""
-    if dialect == "postgresql":
-        return (
-            func.unnest(
-                bindparam("issuers", type_=postgresql.ARRAY(String())),
-                bindparam("serials", type_=postgresql.ARRAY(String())),
-            )
-            .table_valued("issuer", "serial")
-            .render_derived(name="k")
-        )
-    return _sqlite_keys("issuer", "serial")
-
-
-#: Which pairs of a list the store holds: one statement, one or two parameters,
-#: compiled once. (A tuple ``IN`` costs SQLAlchemy a compilation per list and
-#: two parameters per pair; for a cache's worth of pairs that stalled the loop
-#: for some 80 ms through the GIL.)
-_CERTIFICATES_PRESENT = {
-    dialect: _Compiled(
-        select(Certificate.issuer, Certificate.serial)
-        .select_from(keys)
-        .join(
-            Certificate,
-            and_(Certificate.issuer == keys.c.issuer, Certificate.serial == keys.c.serial),
-        )
-    )
-    for dialect, keys in (
-        ("postgresql", _certificate_keys("postgresql")),
-        ("sqlite", _certificate_keys("sqlite")),
-    )
-}
-
-#: What ``add_return`` is given: every column but the key.
-RETURN_COLUMNS = tuple(c.name for c in ReturnRecord.__table__.c if c.name != "id")
-_AUDIT_COLUMNS = tuple(c.name for c in AuditEntry.__table__.c if c.name != "id")
-_ADD_RETURN = _Compiled(insert(ReturnRecord).returning(ReturnRecord.id), RETURN_COLUMNS)
-#: A ``returns`` row whose id was reserved beforehand (a batch's deferred writes).
-_ADD_RETURN_WITH_ID = _Compiled(insert(ReturnRecord), ("id", *RETURN_COLUMNS))
-_ADD_AUDIT = _Compiled(insert(AuditEntry), _AUDIT_COLUMNS)
-
-
-def _pg_array_type(column: ColumnElement[Any]) -> str:
-    """The column's PostgreSQL type as an array, without a length: a cast to
-    ``VARCHAR(80)`` would cut a longer value short, where the insert refuses it."""
-    name = column.type.compile(dialect=PGDialect())  # type: ignore[no-untyped-call]
-    return re.sub(r"\(\d+\)", "", name) + "[]"
-
-
-def _pg_arrays(table: Any, columns: Sequence[str], prefix: str) -> str:
-    """``%(<prefix><column>)b::<type>[]`` for each column: one binary array parameter each."""
-    return ", ".join(f"%({prefix}{c})b::{_pg_array_type(table.c[c])}" for c in columns)
-
-
-class _PgBatchWrite:
-    """A PostgreSQL batch's writes as one statement: each kind of row a data-modifying
-    ``WITH`` part over arrays (one element per row, sent in binary), and the rows the
-    conditional parts changed as its result.
-
-    Why one statement: every statement is a message to the server and a wait
-    for its answer, and in the writer thread every wait gives up the GIL,
-    which the event loop then holds for up to 5 ms before the thread can go
-    on. With a statement per kind of row (earlier rounds: one per row, then
-    one per kind) a batch's writes were five such waits; here they are one,
-    and on the committer's connection (``db.writer_connection``, autocommit) it
-    is also the batch's commit. So the statement checks itself: its last
-    part hands the counts it changed to ``hubreturns_batch_written``
-    (migration 0006), which raises SQLSTATE ``HR409`` when they fall short of
-    what was decided, and the whole statement is undone. Arrays in
-    binary form cost less to encode and parse than separate parameters (text
-    arrays cost more; tried in an earlier round). The SQL is written here
-    because Core has no spelling for binary placeholders; the column types
-    come from the models.
-
-    Only the parts a batch has rows for are sent, so there are a few forms of
-    the statement (each prepared once). PostgreSQL runs the parts the main
-    query reads as it reads them (counters, then hubs) and the others after
-    it, so concurrent batches lock counters, then hubs, in key order; a
-    deadlock, should one come, rolls the batch back and its requests are run
-    again one by one (``hubreturns.committer``).
-    Every part reads the statement's one snapshot. None reads what another
-    writes: counters moved are rows that existed, counters inserted are rows
-    that did not, and no constraint ties the new returns to the claims. A
-    counter inserted meanwhile by another transaction makes ``ON CONFLICT DO
-    NOTHING`` skip its row, and one moved meanwhile is re-checked by the
-    ``UPDATE`` (READ COMMITTED): either way fewer rows change than decided,
-    the statement refuses itself, and ``flush`` reports ``WriteConflict``.
-    """
-
-    #: Counter advances: one row per originator, moved to the batch's highest counter
-    #: where it is still below the batch's lowest, so the batch succeeds for an
-    #: originator exactly when each of its advances would have, one by one; then the
-    #: originators with no row yet, inserted. Together they must change one row per
-    #: originator.
-    ADVANCED = (
-        "UPDATE replay_counters AS r SET last_counter = u.high, updated_at = u.at"
-        " FROM unnest(%(c_originator)b::varchar[], %(c_low)b::varchar[],"
-        " %(c_high)b::varchar[], %(c_at)b::timestamptz[]) AS u(originator, low, high, at)"
-        ' WHERE r.originator = u.originator AND r.last_counter < u.low COLLATE "C"'
-        " RETURNING 1"
-    )
-    ADDED = (
-        "INSERT INTO replay_counters (originator, last_counter, updated_at)"
-        " SELECT u.originator, u.high, u.at FROM unnest(%(c_originator)b::varchar[],"
-        " %(c_high)b::varchar[], %(c_at)b::timestamptz[]) AS u(originator, high, at)"
-        " WHERE NOT EXISTS (SELECT FROM replay_counters AS r WHERE r.originator = u.originator)"
-        " ON CONFLICT (originator) DO NOTHING RETURNING 1"
-    )
-    #: Hub claims (a batch claims a hub at most once): one row per claim must change.
-    CLAIMED = (
-        "UPDATE devices AS d SET open_return_id = u.return_id, updated_at = u.at"
-        " FROM unnest(%(h_device_id)b::varchar[], %(h_return_id)b::bigint[],"
-        " %(h_at)b::timestamptz[]) AS u(device_id, return_id, at)"
-        " WHERE d.device_id = u.device_id AND d.open_return_id IS NULL RETURNING 1"
-    )
-    RETURN_COLUMNS = ("id", *RETURN_COLUMNS)
-    RECORDED = (
-        f"INSERT INTO returns ({', '.join(RETURN_COLUMNS)})"
-        f" SELECT * FROM unnest({_pg_arrays(ReturnRecord.__table__, RETURN_COLUMNS, 'r_')})"
-    )
-    AUDITED = (
-        f"INSERT INTO audit_log ({', '.join(_AUDIT_COLUMNS)})"
-        f" SELECT * FROM unnest({_pg_arrays(AuditEntry.__table__, _AUDIT_COLUMNS, 'a_')})"
-    )
-
-    @classmethod
-    def statement(
-        cls,
-        counters: Sequence[Mapping[str, Any]],
-        returns: Sequence[Mapping[str, Any]],
-        claims: Sequence[Mapping[str, Any]],
-        audit: Sequence[Mapping[str, Any]],
-    ) -> tuple[str, dict[str, list[Any]]]:
-        """The SQL and its parameters; the result is one row: (counters, hubs) changed."""
-        parts: list[tuple[str, str]] = []
-        parameters: dict[str, list[Any]] = {}
-
-        def arrays(prefix: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
-            for column in columns:
-                parameters[prefix + column] = [row[column] for row in rows]
-
-        if counters:
-            parts += [("advanced", cls.ADVANCED), ("added", cls.ADDED)]
-            arrays("c_", counters, ("originator", "low", "high", "at"))
-        if claims:
-            parts.append(("claimed", cls.CLAIMED))
-            arrays("h_", claims, ("device_id", "return_id", "at"))
-        if returns:
-            parts.append(("recorded", cls.RECORDED))
-            arrays("r_", returns, cls.RETURN_COLUMNS)
-        if audit:
-            parts.append(("audited", cls.AUDITED))
-            arrays("a_", audit, _AUDIT_COLUMNS)
-        counted = (
-            "(SELECT count(*) FROM advanced) + (SELECT count(*) FROM added)" if counters else "0"
-        )
-        hubs = "(SELECT count(*) FROM claimed)" if claims else "0"
-        with_parts = ", ".join(f"{name} AS ({sql})" for name, sql in parts)
-        # What was decided: one row changed per originator, and per hub claimed.
-        decided_counters = "cardinality(%(c_originator)b::varchar[])" if counters else "0"
-        decided_hubs = "cardinality(%(h_device_id)b::varchar[])" if claims else "0"
-        check = (
-            f"hubreturns_batch_written({decided_counters}, counted.c, {decided_hubs}, counted.h)"
-        )
-        return (
-            f"WITH {with_parts}, counted AS (SELECT {counted} AS c, {hubs} AS h)"
-            f" SELECT counted.c, counted.h, {check} FROM counted",
-            parameters,
-        )
-
-
-def _advance_statement(dialect: str) -> _Compiled:
-    """The conditional counter advance for ``dialect``, built once per dialect.
-
-    It changes one row (inserted or moved up) or none (the counter is not
-    higher): the row count says which, for one request or summed over a batch.
-    """
-    statement = _ADVANCE.get(dialect)
-    if statement is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        columns = ReplayCounter.__table__.c
-        values = insert(ReplayCounter).values(
-            originator=bindparam("b_originator", type_=columns.originator.type),
-            last_counter=bindparam("b_counter", type_=columns.last_counter.type),
-            updated_at=bindparam("b_now", type_=columns.updated_at.type),
-        )
-        upsert = values.on_conflict_do_update(
-            index_elements=[ReplayCounter.originator],
-            set_={
-                "last_counter": values.excluded.last_counter,
-                "updated_at": values.excluded.updated_at,
-            },
-            where=ReplayCounter.last_counter < values.excluded.last_counter,
-        )
-        statement = _ADVANCE[dialect] = _Compiled(upsert)
-    return statement
-
-
-#: SQLSTATE of ``hubreturns_batch_written``: a batch's write lost a race (PostgreSQL).
-_LOST_RACE = "HR409"
-
-
-class WriteConflict(Exception):
-    """A batch's deferred conditional write changed fewer rows than it was decided on.
-
-    Another process won a race for a counter or a hub between the batch's read
-    and its write. The batch must be rolled back and its requests decided again
-    one by one, where the loser is refused (the group committer does this).
-    """
-
 
 class Ledger:
     """The request path's statements, over one Connection whose transaction the caller owns.
 
     Plain Core execution on a Connection skips the ORM's statement and
     unit-of-work processing, which cost more than the SQL itself.
-    ``Repository`` exposes the same calls over a Session.
+    ``Repository`` exposes the same calls over a Session. What differs between
+    the engines is the connection's backend's (``store.backend``).
 
     A ``deferred`` ledger serves a batch of requests in one transaction (the
     group committer, ``hubreturns.committer``) with a constant number of
@@ -610,10 +153,10 @@ class Ledger:
 
     * ``prefetch`` reads every request's facts in one statement (on PostgreSQL
       with the ids for the batch's new returns);
-    * the writes are queued and ``flush`` sends them as one ``executemany``
-      per statement (on PostgreSQL as one statement over arrays,
-      ``_PgBatchWrite``), counters and hubs in key order so that concurrent
-      batches lock rows in the same order;
+    * the writes are queued and ``flush`` hands them to the backend, which
+      sends them as one ``executemany`` per statement (SQLite) or as one
+      statement over arrays (PostgreSQL), counters and hubs in key order so
+      that concurrent batches lock rows in the same order;
     * the facts of a later request in the batch see the earlier requests'
       counter advances and hub claims, the only facts a request changes, so
       each request is decided as if the ones before it had been written;
@@ -622,16 +165,17 @@ class Ledger:
     """
 
     __slots__ = (
+        "_advance",
         "_advances",
         "_audit",
         "_claimed",
         "_claims",
         "_counters",
-        "_cursor",
         "_facts",
         "_ids",
         "_last_id",
         "_returns",
+        "backend",
         "connection",
         "deferred",
     )
@@ -639,13 +183,14 @@ class Ledger:
     def __init__(self, connection: Connection, *, deferred: bool = False) -> None:
         self.connection = connection
         self.deferred = deferred
-        self._cursor: Any = None
+        self.backend = backend_for(connection)
+        self._advance = _advance_statement(self.backend)
         self._audit: list[Mapping[str, Any]] = []
         #: Deferred mode: rows read by ``prefetch``, by key.
-        self._facts: dict[FactsKey, list[Any]] = {}
+        self._facts: dict[FactsKey, list[Row[Any]]] = {}
         #: Deferred mode: return ids reserved for this batch, next first.
         self._ids: deque[int] = deque()
-        #: Deferred mode on SQLite: the last return id this batch has taken.
+        #: Deferred mode: the last return id this batch has taken.
         self._last_id: int | None = None
         #: Deferred mode: queued writes, and what they change in later facts.
         self._advances: list[Mapping[str, Any]] = []
@@ -654,50 +199,10 @@ class Ledger:
         self._counters: dict[str, int] = {}
         self._claimed: set[str] = set()
 
-    # -- running statements -------------------------------------------------------
-
-    def _run(self, statement: _Compiled, parameters: Any, *, many: bool = False) -> Any:
-        """Execute on the DB-API cursor of this connection's transaction; see ``_Compiled``."""
-        return self._execute(self._raw_cursor(), statement, parameters, many=many)
-
-    def _raw_cursor(self) -> Any:
-        if self._cursor is None:
-            # Begins the SQLAlchemy transaction first, if it is not already begun.
-            self._cursor = self._driver().cursor()
-        return self._cursor
-
-    def _driver(self) -> Any:
-        return self.connection.connection.driver_connection
-
-    def _execute(
-        self, cursor: Any, statement: _Compiled, parameters: Any, *, many: bool = False
-    ) -> Any:
-        dialect = self.connection.dialect
-        sql, binds, positional = statement.form(dialect)
-
-        def values(given: Mapping[str, Any]) -> Any:
-            converted = []
-            for name, convert, fixed in binds:
-                value = given[name] if fixed is _GIVEN else fixed
-                converted.append((name, convert(value) if convert is not None else value))
-            return [v for _, v in converted] if positional else dict(converted)
-
-        try:
-            if many:
-                cursor.executemany(sql, [values(row) for row in parameters])
-            elif dialect.name == "postgresql":
-                # Prepared from the first use: the same few statements serve every request.
-                cursor.execute(sql, values(parameters), prepare=True)
-            else:
-                cursor.execute(sql, values(parameters))
-        except dialect.loaded_dbapi.Error as exc:
-            raise _wrapped(sql, parameters, exc, dialect) from exc
-        return cursor
-
     def certificate(self, issuer: str, serial: int) -> SigningCertificate | None:
         """The stored certificate, with its revocation if one is recorded."""
         row = self.connection.execute(
-            _CERTIFICATE_PEM, {"b_issuer": issuer, "b_serial": str(serial)}
+            statements.CERTIFICATE_PEM, {"b_issuer": issuer, "b_serial": str(serial)}
         ).first()
         if row is None:
             return None
@@ -706,23 +211,15 @@ class Ledger:
 
     def certificate_generation(self) -> int:
         """The number every revocation and removal raises (``CertificateCache`` polls it)."""
-        return int(self.connection.execute(_CERTIFICATE_GENERATION).scalar_one())
+        return int(self.connection.execute(statements.CERTIFICATE_GENERATION).scalar_one())
 
     def certificates_present(self, keys: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
         """Which of these (issuer, serial) pairs the store still holds: one statement."""
         wanted = [(issuer, str(serial)) for issuer, serial in keys]
         if not wanted:
             return set()
-        if self.connection.dialect.name == "postgresql":
-            parameters: dict[str, Any] = {
-                "issuers": [issuer for issuer, _ in wanted],
-                "serials": [serial for _, serial in wanted],
-            }
-        else:
-            parameters = _sqlite_pairs(wanted)
-        statement = _CERTIFICATES_PRESENT[self.connection.dialect.name]
-        rows = self._execute(self.connection.connection.cursor(), statement, parameters)
-        return {(issuer, int(serial)) for issuer, serial in rows.fetchall()}
+        present = self.backend.certificates_present(self.connection, wanted)
+        return {(issuer, int(serial)) for issuer, serial in present}
 
     # -- facts for the decision -------------------------------------------------
 
@@ -731,14 +228,14 @@ class Ledger:
         rows = self.connection.execute(_APPOINTMENTS, {"b_rsa": rsa_user_id})
         return [
             AppointmentFacts(
-                supplier_user_id=supplier,
-                supplier_role=role,
-                supplier_status=status,
-                valid_from=valid_from,
-                valid_to=valid_to,
-                revoked_at=revoked_at,
+                supplier_user_id=row.supplier_user_id,
+                supplier_role=row.role,
+                supplier_status=row.status,
+                valid_from=row.valid_from,
+                valid_to=row.valid_to,
+                revoked_at=row.revoked_at,
             )
-            for supplier, role, status, valid_from, valid_to, revoked_at in rows
+            for row in rows
         ]
 
     def appointed_by(self, rsa_user_id: str, now: datetime) -> frozenset[str]:
@@ -759,17 +256,12 @@ class Ledger:
         """
         assert self.deferred, "prefetch serves a deferred (batch) ledger"
         wanted = list(dict.fromkeys(keys))
-        batch_form = _FACTS_MANY.get(self.connection.dialect.name)
-        if not wanted or batch_form is None:
+        if not wanted:
             return
-        statement, parameters = batch_form
-        rows = self._run(statement, parameters(wanted)).fetchall()
-        if self.connection.dialect.name == "postgresql":
-            # The last column is the batch's return ids, the same on every row.
-            self._ids.extend(rows[0][-1])
-            rows = [row[:-1] for row in rows]
+        rows, ids = self.backend.batch_facts(self.connection, wanted)
+        self._ids.extend(ids)
         for row in rows:
-            self._facts.setdefault((row[0], row[1]), []).append(row)
+            self._facts.setdefault((row.key_originator, row.key_device), []).append(row)
 
     def facts(
         self,
@@ -788,31 +280,9 @@ class Ledger:
         key = (request.originator, request.device_id)
         rows = self._facts.get(key)
         if rows is None:
-            rows = self._run(_FACTS, {"originator": key[0], "device_id": key[1]}).fetchall()
-        (_, _, user_id, role, status, counter, found, device_type, smi, gpf, open_return, _) = rows[
-            0
-        ]
-        user = (
-            UserFacts(user_id=user_id, role=Role(role), status=UserStatus(status))
-            if user_id is not None
-            else None
-        )
-        device = (
-            DeviceFacts(
-                device_id=found,
-                device_type=DeviceType(device_type),
-                smi_status=SmiStatus(smi),
-                responsible_suppliers=frozenset(r[-1] for r in rows if r[-1] is not None),
-                gpf_id=gpf,
-                has_open_return=open_return is not None or found in self._claimed,
-            )
-            if found is not None
-            else None
-        )
-        last_counter = int(counter) if counter is not None else None
-        queued = self._counters.get(request.originator)
-        if queued is not None and (last_counter is None or queued > last_counter):
-            last_counter = queued
+            parameters = {"originator": key[0], "device_id": key[1]}
+            rows = list(self.connection.execute(statements.FACTS, parameters))
+        user, device = self._user(rows[0]), self._device(rows)
         # The authorisation facts cost a statement each: read only those the
         # profile's row for the sender's role can use.
         grant = eligibility.grant(user.role) if user is not None else None
@@ -827,12 +297,42 @@ class Ledger:
             endpoint=endpoint,
             access_control_broker=access_control_broker,
             user=user,
-            last_counter=last_counter if check_counter else None,
+            last_counter=self._last_counter(rows[0]) if check_counter else None,
             device=device,
             appointed_by=appointed_by,
             ordered_for=ordered_for,
             eligibility=eligibility,
         )
+
+    @staticmethod
+    def _user(row: Row[Any]) -> UserFacts | None:
+        if row.user_id is None:
+            return None
+        return UserFacts(user_id=row.user_id, role=row.role, status=row.status)
+
+    def _device(self, rows: Sequence[Row[Any]]) -> DeviceFacts | None:
+        """The device of a facts read; one row per responsible Supplier."""
+        first = rows[0]
+        if first.found_device is None:
+            return None
+        return DeviceFacts(
+            device_id=first.found_device,
+            device_type=first.device_type,
+            smi_status=first.smi_status,
+            responsible_suppliers=frozenset(
+                r.supplier_user_id for r in rows if r.supplier_user_id is not None
+            ),
+            gpf_id=first.gpf_id,
+            has_open_return=first.open_return_id is not None or first.found_device in self._claimed,
+        )
+
+    def _last_counter(self, row: Row[Any]) -> int | None:
+        """The stored counter, or this batch's queued one if higher."""
+        stored = int(row.last_counter) if row.last_counter is not None else None
+        queued = self._counters.get(row.key_originator)
+        if queued is not None and (stored is None or queued > stored):
+            return queued
+        return stored
 
     # -- the accepted-request writes --------------------------------------------
 
@@ -849,8 +349,7 @@ class Ledger:
             self._counters[originator] = counter
             self._advances.append(parameters)
             return True
-        statement = _advance_statement(self.connection.dialect.name)
-        return bool(self._run(statement, parameters).rowcount == 1)
+        return bool(self.connection.execute(self._advance, parameters).rowcount == 1)
 
     def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
         """Mark the hub as having an open return; False if it already has one.
@@ -865,7 +364,7 @@ class Ledger:
             self._claimed.add(device_id)
             self._claims.append(parameters)
             return True
-        return bool(self._run(_CLAIM, parameters).rowcount == 1)
+        return bool(self.connection.execute(statements.CLAIM, parameters).rowcount == 1)
 
     def add_return(self, values: Mapping[str, Any]) -> int:
         """Insert one ``returns`` row (column name -> value); returns its id.
@@ -873,152 +372,47 @@ class Ledger:
         Deferred: the id is one reserved for the batch, the row is queued.
         """
         if not self.deferred:
-            return int(self._run(_ADD_RETURN, values).fetchone()[0])
-        return_id = self._reserved_id()
-        self._returns.append({**values, "id": return_id})
-        return return_id
-
-    def _reserved_id(self) -> int:
-        if self._ids:
-            return self._ids.popleft()
-        if self.connection.dialect.name == "postgresql":
-            return int(self._run(_PG_RETURN_IDS, {"n": 1}).fetchone()[0])
-        # SQLite admits one writer, and this transaction is it: nobody else can
-        # take the ids above the highest one until it ends.
-        if self._last_id is None:
-            self._last_id = int(self._run(_LAST_RETURN_ID, {}).fetchone()[0])
-        self._last_id += 1
+            return int(self.connection.execute(statements.ADD_RETURN, dict(values)).scalar_one())
+        if not self._ids:
+            self._ids.extend(self.backend.return_ids(self.connection, 1, self._last_id))
+        self._last_id = self._ids.popleft()
+        self._returns.append({**values, "id": self._last_id})
         return self._last_id
 
     def add_audit(self, fields: AuditFields) -> None:
-        values = {name: getattr(fields, name) for name in _AUDIT_COLUMNS}
+        values = {name: getattr(fields, name) for name in statements.AUDIT_COLUMNS}
         values["channel"] = fields.channel.value
         if self.deferred:
             self._audit.append(values)
         else:
-            self._run(_ADD_AUDIT, values)
+            self.connection.execute(statements.ADD_AUDIT, values)
 
     def flush(self) -> None:
         """Deferred mode: write the queued rows (before the transaction commits).
 
         Raises ``WriteConflict`` if a counter advance or a hub claim changed
-        fewer rows than were queued.
+        fewer rows than were queued. Counters and hubs go in key order, so that
+        concurrent batches lock rows in the same order.
         """
-        queued = self._take_queued()
-        if self.connection.dialect.name == "postgresql":
-            self._flush_postgresql(queued)
-            return
-        advances, returns, claims, audit = queued
-        writes = [
-            _Write(kind, statement, rows, len(rows) if kind in ("advances", "claims") else None)
-            for kind, statement, rows in (
-                ("advances", _advance_statement(self.connection.dialect.name), advances),
-                ("returns", _ADD_RETURN_WITH_ID, returns),
-                ("claims", _CLAIM, claims),
-                ("audit", _ADD_AUDIT, audit),
-            )
-            if rows
-        ]
-        driver = self._driver()
-        changed = []
-        for write in writes:
-            cursor = driver.cursor()
-            self._execute(cursor, write.statement, write.parameters, many=True)
-            changed.append(cursor.rowcount)
-        _check_changed(writes, changed)
-
-    def _take_queued(self) -> _Queued:
-        """The queued rows, emptying the queues; counters and hubs in key order, so
-        that concurrent batches lock rows in the same order."""
-        queued = _Queued(
+        queued = QueuedWrites(
             advances=sorted(self._advances, key=lambda p: (p["b_originator"], p["b_counter"])),
             returns=self._returns,
             claims=sorted(self._claims, key=lambda p: p["b_device"]),
             audit=self._audit,
         )
         self._advances, self._claims, self._returns, self._audit = [], [], [], []
-        return queued
-
-    def _flush_postgresql(self, queued: _Queued) -> None:
-        """The batch's writes in one statement (``_PgBatchWrite``), then its counts checked."""
-        if not any(queued):
-            return
-        by_originator: dict[str, list[Mapping[str, Any]]] = {}
-        for row in queued.advances:
-            by_originator.setdefault(row["b_originator"], []).append(row)
-        counters = [
-            {
-                "originator": originator,
-                "low": rows[0]["b_counter"],
-                "high": rows[-1]["b_counter"],
-                "at": rows[-1]["b_now"],
-            }
-            for originator, rows in by_originator.items()
-        ]
-        hubs = [
-            {"device_id": c["b_device"], "return_id": c["b_return"], "at": c["b_now"]}
-            for c in queued.claims
-        ]
-        sql, parameters = _PgBatchWrite.statement(counters, queued.returns, hubs, queued.audit)
-        cursor = self._driver().cursor()
-        try:
-            cursor.execute(sql, parameters, prepare=True)
-            moved, claimed, _ = cursor.fetchone()
-        except self.connection.dialect.loaded_dbapi.Error as exc:
-            if getattr(exc, "sqlstate", None) == _LOST_RACE:
-                # The statement refused itself (migration 0006): nothing of it was written.
-                raise WriteConflict(exc.diag.message_primary or str(exc)) from exc
-            raise _wrapped(sql, None, exc, self.connection.dialect) from exc
-        # The statement has checked these itself; a second look costs nothing.
-        for kind, done, expected in (
-            ("advances", moved, len(counters)),
-            ("claims", claimed, len(hubs)),
-        ):
-            if done != expected:
-                raise WriteConflict(
-                    f"{kind}: {done} of {expected} rows changed; another process won a race"
-                )
+        self.backend.write_batch(self.connection, queued)
 
 
-class _Queued(NamedTuple):
-    """A deferred ledger's rows, queued for ``flush``."""
-
-    advances: list[Mapping[str, Any]]
-    returns: list[Mapping[str, Any]]
-    claims: list[Mapping[str, Any]]
-    audit: list[Mapping[str, Any]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Write:
-    """One statement of a SQLite batch's writes, and the rows its kind must change
-    (counter advances and hub claims; None for plain inserts)."""
-
-    kind: str
-    statement: _Compiled
-    parameters: Any
-    must_change: int | None = None
+def _advance_statement(backend: Backend) -> Any:
+    """The conditional counter advance in the backend's INSERT, built once per engine."""
+    found = _ADVANCES.get(backend.name)
+    if found is None:
+        found = _ADVANCES[backend.name] = statements.advance(backend.insert)
+    return found
 
 
-def _check_changed(writes: list[_Write], changed: Sequence[int]) -> None:
-    """``WriteConflict`` if the counter advances or the hub claims changed fewer rows,
-    summed over their statements, than were queued: another process won a race."""
-    wanted: dict[str, int] = {}
-    done: dict[str, int] = {}
-    for write, count in zip(writes, changed, strict=True):
-        done[write.kind] = done.get(write.kind, 0) + count
-        if write.must_change is not None:
-            wanted[write.kind] = wanted.get(write.kind, 0) + write.must_change
-    for kind, expected in wanted.items():
-        if done[kind] != expected:
-            raise WriteConflict(
-                f"{kind}: {done[kind]} of {expected} rows changed; another process won a race"
-            )
-
-
-def _wrapped(sql: str, parameters: Any, error: Exception, dialect: Dialect) -> StatementError:
-    """A driver's error as SQLAlchemy's, so callers see one family of errors."""
-    return DBAPIError.instance(sql, parameters, error, dialect.loaded_dbapi.Error, dialect=dialect)
+_ADVANCES: dict[str, Any] = {}
 
 
 class CertificateConflict(Exception):

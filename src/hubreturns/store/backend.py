@@ -1,0 +1,108 @@
+"""What differs between the database engines, behind one small protocol.
+
+Everything the store does is plain SQLAlchemy Core except what is listed
+here; each engine's module (``store.sqlite``, ``store.postgresql``) implements
+it, and ``backend_for`` is the one place that looks at which engine a
+connection belongs to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, Engine, Row
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
+from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
+from sqlalchemy.engine import URL
+
+__all__ = [
+    "READ_ONLY",
+    "Backend",
+    "FactsKey",
+    "QueuedWrites",
+    "WriteConflict",
+]
+
+#: Execution option of a connection that only reads (``db.reading``).
+READ_ONLY = "hubreturns_read_only"
+
+#: What a request's facts are read by: (originator, device_id).
+FactsKey = tuple[str, str]
+
+
+class WriteConflict(Exception):
+    """A batch's deferred conditional write changed fewer rows than it was decided on.
+
+    Another process won a race for a counter or a hub between the batch's read
+    and its write. The batch must be rolled back and its requests decided again
+    one by one, where the loser is refused (the group committer does this).
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueuedWrites:
+    """A batch's writes, as ``Ledger.flush`` hands them to the backend.
+
+    ``advances`` and ``claims`` are in key order (so concurrent batches lock
+    rows in one order); each advance is ``{"b_originator", "b_counter",
+    "b_now"}``, each claim ``{"b_device", "b_return", "b_now"}``; returns and
+    audit rows map column names to values (returns with their reserved id).
+    """
+
+    advances: Sequence[Mapping[str, Any]]
+    returns: Sequence[Mapping[str, Any]]
+    claims: Sequence[Mapping[str, Any]]
+    audit: Sequence[Mapping[str, Any]]
+
+
+class Backend(Protocol):
+    """One database engine's part of the store."""
+
+    #: SQLAlchemy's name of the dialect.
+    name: str
+    #: One writer at a time per database (SQLite): writers queue on ``writer_lock``,
+    #: and committed WAL pages are copied back by ``checkpoint`` in the background.
+    single_writer: bool
+
+    def engine(self, url: URL, *, busy_timeout_ms: int, **kwargs: Any) -> Engine:
+        """An engine set up for the service (pragmas, pool, transaction start)."""
+        ...
+
+    def writer_connection(self, engine: Engine) -> Connection:
+        """The connection the group committer writes its batches on."""
+        ...
+
+    def writer_lock(self, engine: Engine) -> AbstractContextManager[object]:
+        """A lock to hold around a write transaction (a no-op where rows lock themselves)."""
+        ...
+
+    def checkpoint(self, engine: Engine) -> None:
+        """Copy committed log pages into the database file (a no-op where not needed)."""
+        ...
+
+    def insert(self, table: Any) -> PgInsert | SQLiteInsert:
+        """An INSERT with ``on_conflict_do_update`` (for the conditional counter advance)."""
+        ...
+
+    def batch_facts(
+        self, connection: Connection, keys: Sequence[FactsKey]
+    ) -> tuple[Sequence[Row[Any]], Sequence[int]]:
+        """Every key's facts rows in one statement, and new return ids if the read drew any."""
+        ...
+
+    def return_ids(self, connection: Connection, count: int, after: int | None) -> Sequence[int]:
+        """``count`` ids for new ``returns`` rows; ``after`` is the last this transaction took."""
+        ...
+
+    def certificates_present(
+        self, connection: Connection, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which (issuer, serial) pairs the store holds, in one statement."""
+        ...
+
+    def write_batch(self, connection: Connection, queued: QueuedWrites) -> None:
+        """The batch's writes; ``WriteConflict`` if a conditional write lost a race."""
+        ...

@@ -31,9 +31,10 @@ def _child(engine: str, seconds: float, requests: int, folder: Path) -> dict[str
     from benchmarks.world import build_world, mixed_bodies, populate
 
     world = build_world(1000)
-    bodies = list(mixed_bodies(world, requests, hubs=10_000))
+    hubs = requests * 2
+    bodies = list(mixed_bodies(world, requests, hubs=hubs))
     url = sqlite_url(folder, "storeab.db") if engine == "sqlite" else pg_bench_url()
-    populate(url, world, 10_000)
+    populate(url, world, hubs)
     keys = [u.certificate.key for u in world.users]
     result = measure_concurrent(url, bodies, seconds, warm=keys)
     if result.wrong:
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("old", nargs="?", help="the A tree's src folder")
     parser.add_argument("new", nargs="?", help="the B tree's src folder")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--requests", type=int, default=30_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--engines", default="sqlite,postgresql")
     parser.add_argument("--folder", type=Path, default=Path("bench-results"))
     parser.add_argument("--child", help=argparse.SUPPRESS)

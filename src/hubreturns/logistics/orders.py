@@ -50,6 +50,76 @@ def _text(data: str | bytes) -> str:
         ) from None
 
 
+def _check_header(header: list[str], line: int) -> None:
+    if sorted(header) != sorted(DELIVERY_COLUMNS):
+        raise Invalid(
+            f"delivery file line {line}: header is {','.join(header)!r}",
+            f"The first line must be exactly {','.join(DELIVERY_COLUMNS)}.",
+            problems=[
+                RowProblem(
+                    line=line,
+                    field=None,
+                    message=f"expected the header {','.join(DELIVERY_COLUMNS)}",
+                )
+            ],
+        )
+
+
+def _row_ids(cell: Mapping[str, str], line: int, problems: list[RowProblem]) -> dict[str, str]:
+    """The row's Device IDs by column; a bad one is a problem and is left out."""
+    ids: dict[str, str] = {}
+    for column in DELIVERY_COLUMNS:
+        try:
+            ids[column] = eui(cell[column])
+        except ValueError:
+            problems.append(
+                RowProblem(
+                    line=line,
+                    field=column,
+                    message=f"{cell[column]!r} is not an EUI-64 like 00-DB-12-34-56-78-00-04",
+                )
+            )
+    return ids
+
+
+def _read_row(
+    cell: Mapping[str, str],
+    line: int,
+    seen: dict[str, tuple[int, str]],
+    problems: list[RowProblem],
+) -> DeliveredRow | None:
+    """One hub's row, or None with its problems added (a Device ID already seen included)."""
+    ids = _row_ids(cell, line, problems)
+    if len(ids) != len(DELIVERY_COLUMNS):
+        return None
+    chf, gpf = ids["chf_device_id"], ids["gpf_device_id"]
+    if chf == gpf:
+        problems.append(
+            RowProblem(
+                line=line,
+                field="gpf_device_id",
+                message=f"{gpf} is the same as the CHF; a hub's GPF has its own ID",
+            )
+        )
+        return None
+    bad = False
+    for column, value in (("chf_device_id", chf), ("gpf_device_id", gpf)):
+        if value in seen:
+            first_line, first_column = seen[value]
+            problems.append(
+                RowProblem(
+                    line=line,
+                    field=column,
+                    message=f"{value} already appears on line {first_line} "
+                    f"({first_column}); each Device ID is delivered once",
+                )
+            )
+            bad = True
+        else:
+            seen[value] = (line, column)
+    return None if bad else DeliveredRow(line=line, chf_id=chf, gpf_id=gpf)
+
+
 def parse_delivery(data: str | bytes) -> list[DeliveredRow]:
     """Every row, checked; or ``Invalid`` listing every bad row (format and repeats)."""
     problems: list[RowProblem] = []
@@ -65,19 +135,8 @@ def parse_delivery(data: str | bytes) -> list[DeliveredRow]:
             if not any(cells):
                 continue
             if header is None:
+                _check_header(cells, line)
                 header = cells
-                if sorted(header) != sorted(DELIVERY_COLUMNS):
-                    raise Invalid(
-                        f"delivery file line {line}: header is {','.join(header)!r}",
-                        f"The first line must be exactly {','.join(DELIVERY_COLUMNS)}.",
-                        problems=[
-                            RowProblem(
-                                line=line,
-                                field=None,
-                                message=f"expected the header {','.join(DELIVERY_COLUMNS)}",
-                            )
-                        ],
-                    )
                 continue
             if len(cells) != len(header):
                 problems.append(
@@ -88,49 +147,9 @@ def parse_delivery(data: str | bytes) -> list[DeliveredRow]:
                     )
                 )
                 continue
-            cell = dict(zip(header, cells, strict=True))
-            ids: dict[str, str] = {}
-            for column in DELIVERY_COLUMNS:
-                try:
-                    ids[column] = eui(cell[column])
-                except ValueError:
-                    problems.append(
-                        RowProblem(
-                            line=line,
-                            field=column,
-                            message=f"{cell[column]!r} is not an EUI-64 like "
-                            "00-DB-12-34-56-78-00-04",
-                        )
-                    )
-            if len(ids) != len(DELIVERY_COLUMNS):
-                continue
-            chf, gpf = ids["chf_device_id"], ids["gpf_device_id"]
-            if chf == gpf:
-                problems.append(
-                    RowProblem(
-                        line=line,
-                        field="gpf_device_id",
-                        message=f"{gpf} is the same as the CHF; a hub's GPF has its own ID",
-                    )
-                )
-                continue
-            bad = False
-            for column, value in (("chf_device_id", chf), ("gpf_device_id", gpf)):
-                if value in seen:
-                    first_line, first_column = seen[value]
-                    problems.append(
-                        RowProblem(
-                            line=line,
-                            field=column,
-                            message=f"{value} already appears on line {first_line} "
-                            f"({first_column}); each Device ID is delivered once",
-                        )
-                    )
-                    bad = True
-                else:
-                    seen[value] = (line, column)
-            if not bad:
-                rows.append(DeliveredRow(line=line, chf_id=chf, gpf_id=gpf))
+            row = _read_row(dict(zip(header, cells, strict=True)), line, seen, problems)
+            if row is not None:
+                rows.append(row)
     except csv.Error as exc:
         problems.append(
             RowProblem(line=reader.line_num or 1, field=None, message=f"is not readable CSV: {exc}")

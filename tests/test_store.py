@@ -342,3 +342,8 @@ def test_returns_request_xml_is_compressed_with_lz4_and_back_with_0003(engine: E
     assert method() == ""  # the server's default again
     migrate(engine)
     assert method() == "l"
+
+
+def test_an_engine_other_than_sqlite_or_postgresql_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="unsupported database 'mysql'"):
+        make_engine("mysql://user@localhost/db")

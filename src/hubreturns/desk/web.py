@@ -124,22 +124,13 @@ AUDIT_CSV_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _show_time(moment: datetime | None) -> str:
-    value = _utc(moment)
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _short_time(moment: datetime | None) -> str:
     """Table cells: to the minute, without the zone (the column heading says UTC)."""
-    value = _utc(moment)
-    return "" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    return "" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def _breakable(value: object) -> Markup:
@@ -361,9 +352,7 @@ def _csv_cell(value: object) -> object:
     if value is None:
         return ""
     if isinstance(value, datetime):
-        moment = _utc(value)
-        assert moment is not None
-        return moment.isoformat()
+        return value.isoformat()
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value

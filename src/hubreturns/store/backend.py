@@ -11,17 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Connection, Engine, Row
+from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 from sqlalchemy.engine import URL
+
+from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
 
 __all__ = [
     "READ_ONLY",
     "Backend",
     "FactsKey",
+    "FactsRow",
     "QueuedWrites",
     "WriteConflict",
 ]
@@ -31,6 +34,24 @@ READ_ONLY = "hubreturns_read_only"
 
 #: What a request's facts are read by: (originator, device_id).
 FactsKey = tuple[str, str]
+
+
+class FactsRow(NamedTuple):
+    """One row of a facts read (``statements.FACTS``): the key, the user, its counter,
+    the device and one of its responsible Suppliers; None where nothing was found."""
+
+    key_originator: str
+    key_device: str
+    user_id: str | None
+    role: Role | None
+    status: UserStatus | None
+    last_counter: str | None
+    found_device: str | None
+    device_type: DeviceType | None
+    smi_status: SmiStatus | None
+    gpf_id: str | None
+    open_return_id: int | None
+    supplier_user_id: str | None
 
 
 class WriteConflict(Exception):
@@ -89,7 +110,7 @@ class Backend(Protocol):
 
     def batch_facts(
         self, connection: Connection, keys: Sequence[FactsKey]
-    ) -> tuple[Sequence[Row[Any]], Sequence[int]]:
+    ) -> tuple[Sequence[FactsRow], Sequence[int]]:
         """Every key's facts rows in one statement, and new return ids if the read drew any."""
         ...
 

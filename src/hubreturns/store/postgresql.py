@@ -37,7 +37,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     Integer,
-    Row,
     String,
     bindparam,
     create_engine,
@@ -52,7 +51,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement
 
 from hubreturns.store import statements
-from hubreturns.store.backend import FactsKey, QueuedWrites, WriteConflict
+from hubreturns.store.backend import FactsKey, FactsRow, QueuedWrites, WriteConflict
 from hubreturns.store.models import (
     AuditEntry,
     Device,
@@ -323,7 +322,7 @@ class PostgreSQLBackend:
 
     def batch_facts(
         self, connection: Connection, keys: Sequence[FactsKey]
-    ) -> tuple[Sequence[Row[Any]], Sequence[int]]:
+    ) -> tuple[Sequence[FactsRow], Sequence[int]]:
         parameters = {
             "originators": [k[0] for k in keys],
             "devices": [k[1] for k in keys],
@@ -331,7 +330,8 @@ class PostgreSQLBackend:
         }
         rows = connection.execute(_BATCH_FACTS, parameters).all()
         # The last column is the batch's return ids, the same on every row.
-        return rows, list(rows[0].return_ids) if rows else []
+        ids = list(rows[0].return_ids) if rows else []
+        return [FactsRow(*row[:-1]) for row in rows], ids
 
     def return_ids(self, connection: Connection, count: int, after: int | None) -> Sequence[int]:
         return [int(i) for i in connection.execute(_RETURN_IDS, {"n": count}).scalars()]

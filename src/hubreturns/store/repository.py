@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, String, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import String, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -45,7 +45,7 @@ from hubreturns.rules import (
     appointing_suppliers,
 )
 from hubreturns.store import statements
-from hubreturns.store.backend import Backend, FactsKey, QueuedWrites, WriteConflict
+from hubreturns.store.backend import Backend, FactsKey, FactsRow, QueuedWrites, WriteConflict
 from hubreturns.store.db import backend_for
 from hubreturns.store.models import (
     Appointment,
@@ -187,7 +187,7 @@ class Ledger:
         self._advance = _advance_statement(self.backend)
         self._audit: list[Mapping[str, Any]] = []
         #: Deferred mode: rows read by ``prefetch``, by key.
-        self._facts: dict[FactsKey, list[Row[Any]]] = {}
+        self._facts: dict[FactsKey, list[FactsRow]] = {}
         #: Deferred mode: return ids reserved for this batch, next first.
         self._ids: deque[int] = deque()
         #: Deferred mode: the last return id this batch has taken.
@@ -281,7 +281,8 @@ class Ledger:
         rows = self._facts.get(key)
         if rows is None:
             parameters = {"originator": key[0], "device_id": key[1]}
-            rows = list(self.connection.execute(statements.FACTS, parameters))
+            found = self.connection.execute(statements.FACTS, parameters)
+            rows = [FactsRow(*row) for row in found]
         user, device = self._user(rows[0]), self._device(rows)
         # The authorisation facts cost a statement each: read only those the
         # profile's row for the sender's role can use.
@@ -305,15 +306,15 @@ class Ledger:
         )
 
     @staticmethod
-    def _user(row: Row[Any]) -> UserFacts | None:
-        if row.user_id is None:
+    def _user(row: FactsRow) -> UserFacts | None:
+        if row.user_id is None or row.role is None or row.status is None:
             return None
         return UserFacts(user_id=row.user_id, role=row.role, status=row.status)
 
-    def _device(self, rows: Sequence[Row[Any]]) -> DeviceFacts | None:
+    def _device(self, rows: Sequence[FactsRow]) -> DeviceFacts | None:
         """The device of a facts read; one row per responsible Supplier."""
         first = rows[0]
-        if first.found_device is None:
+        if first.found_device is None or first.device_type is None or first.smi_status is None:
             return None
         return DeviceFacts(
             device_id=first.found_device,
@@ -326,7 +327,7 @@ class Ledger:
             has_open_return=first.open_return_id is not None or first.found_device in self._claimed,
         )
 
-    def _last_counter(self, row: Row[Any]) -> int | None:
+    def _last_counter(self, row: FactsRow) -> int | None:
         """The stored counter, or this batch's queued one if higher."""
         stored = int(row.last_counter) if row.last_counter is not None else None
         queued = self._counters.get(row.key_originator)

@@ -21,7 +21,7 @@ from benchmarks.inprocess import measure
 from benchmarks.world import build_world, mixed_bodies, populate, reset
 from hubreturns.config import Settings
 from hubreturns.model import Endpoint
-from hubreturns.service import processor_from_settings
+from hubreturns.service import build_service
 from hubreturns.wire.envelope import SR_NS
 
 __all__ = ["hostile_shapes", "shapes"]
@@ -67,7 +67,7 @@ def shapes(valid: bytes) -> dict[str, bytes]:
 def _cpu_per_request(url: str, body: bytes, seconds: float) -> tuple[float, str]:
     """CPU µs a request for ``body`` sent again and again, and the code it got."""
     reset(url)
-    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
+    processor = build_service(Settings(database_url=url, allow_test_keys=True))
     try:
         code = processor.handle_duis(body, Endpoint.NON_DEVICE).code  # warm
         done = 0
@@ -80,9 +80,7 @@ def _cpu_per_request(url: str, body: bytes, seconds: float) -> tuple[float, str]
         cpu = time.process_time() - cpu
     finally:
         processor.close()
-        engine = processor.sessions.kw.get("bind")
-        if engine is not None:
-            engine.dispose()
+        processor.engine.dispose()
     return 1e6 * cpu / done, code
 
 

@@ -32,8 +32,9 @@ from hubreturns.config import Settings
 from hubreturns.model import Endpoint
 from hubreturns.observability import configure_logging
 from hubreturns.policy import REQUEST_POLICY
-from hubreturns.processing import Processor, authenticate
-from hubreturns.service import create_app, processor_from_settings
+from hubreturns.processing import Processor
+from hubreturns.service import build_service, create_app
+from hubreturns.wire.check import check
 from hubreturns.wire.response import build_response
 
 __all__ = ["InProcess", "measure", "measure_concurrent", "request_path", "scale"]
@@ -67,7 +68,7 @@ class InProcess:
 def measure(url: str, bodies: list[Body], seconds: float) -> InProcess:
     """Feed ``bodies`` in order to a fresh Processor for up to ``seconds``."""
     reset(url)
-    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
+    processor = build_service(Settings(database_url=url, allow_test_keys=True))
     wrong: Counter[str] = Counter()
     accepted = 0
     done = 0
@@ -107,13 +108,12 @@ def measure_concurrent(
     the certificates named in ``warm`` are cached first.
     """
     reset(url)
-    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
+    processor = build_service(Settings(database_url=url, allow_test_keys=True))
 
     async def handle(data: bytes) -> str:
         return (await processor.handle_duis_async(data, Endpoint.NON_DEVICE)).code
 
-    for issuer, serial in warm:
-        processor.certificates(issuer, serial)
+    processor.certificates.read(warm)
     batches, jobs = processor.committer.batches, processor.committer.jobs
     try:
         result = asyncio.run(_in_flight(handle, bodies, seconds, concurrency))
@@ -127,9 +127,7 @@ def measure_concurrent(
 def _close(processor: Processor) -> None:
     """Stop the processor's committer and close its database connections."""
     processor.close()
-    engine = processor.sessions.kw.get("bind")
-    if engine is not None:
-        engine.dispose()
+    processor.engine.dispose()
 
 
 async def _in_flight(
@@ -181,7 +179,7 @@ def measure_app(
     """
     reset(url)
     settings = Settings(database_url=url, allow_test_keys=True)
-    processor = processor_from_settings(settings)
+    processor = build_service(settings)
     app = create_app(processor, settings)
     sink = open(os.devnull, "w")  # noqa: SIM115 - closed below, after the run
     root = logging.getLogger()
@@ -217,8 +215,7 @@ def measure_app(
         await app(scope, receive, send)  # type: ignore[arg-type]
         return code
 
-    for issuer, serial in warm:
-        processor.certificates(issuer, serial)
+    processor.certificates.read(warm)
     try:
         return asyncio.run(_in_flight(exchange, bodies, seconds, concurrency))
     finally:
@@ -243,7 +240,7 @@ def request_path(
     accepted_bodies = [b.data for b in bodies if b.expected is ResponseCode.I99][:2000]
 
     def wire(i: int) -> None:
-        request = authenticate(
+        request = check(
             accepted_bodies[i % len(accepted_bodies)],
             lambda issuer, serial: certs.get((issuer, serial)),
             REQUEST_POLICY,

@@ -21,7 +21,7 @@ from hubreturns.config import DEFAULT_ACB, Settings
 from hubreturns.demo import IS, DemoWorld, build_world, scenario_bodies, seed
 from hubreturns.model import Endpoint
 from hubreturns.processing import Processor
-from hubreturns.service import processor_from_settings
+from hubreturns.service import build_service
 from hubreturns.store.db import make_engine, migrate
 from hubreturns.store.models import AuditEntry
 from hubreturns.wire.certificate import SigningCertificate
@@ -76,10 +76,9 @@ class Harness:
         self.world: DemoWorld = build_world(folder)
         engine = make_engine("sqlite://", poolclass=StaticPool)
         migrate(engine)
-        self.processor: Processor = processor_from_settings(
-            Settings(database_url="sqlite://", allow_test_keys=True)
+        self.processor: Processor = build_service(
+            Settings(database_url="sqlite://", allow_test_keys=True), engine=engine
         )
-        self.processor.sessions.configure(bind=engine)
         seed(self.processor.sessions, self.world, datetime.now(UTC))
         self.dcc = self.world.dcc_certificates()
         cred = self.world.credentials[IS]

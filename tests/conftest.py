@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from hubreturns.config import Settings
 from hubreturns.demo import DemoWorld, build_world, seed
 from hubreturns.processing import Processor
-from hubreturns.service import create_app, processor_from_settings
+from hubreturns.service import build_service, create_app
 from hubreturns.serving import running_server
 from hubreturns.store.db import make_engine, make_sessionmaker, migrate
 
@@ -120,9 +120,7 @@ def seeded(sessions: sessionmaker[Session], world: DemoWorld) -> sessionmaker[Se
 
 @pytest.fixture
 def processor(settings: Settings, seeded: sessionmaker[Session], engine: Engine) -> Processor:
-    processor = processor_from_settings(settings)
-    processor.sessions.kw["bind"].dispose()
-    processor.sessions.configure(bind=engine)
+    processor = build_service(settings, engine=engine)
     return processor
 
 

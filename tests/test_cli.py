@@ -41,7 +41,7 @@ from hubreturns.demo import (
 )
 from hubreturns.extensions import register_commands
 from hubreturns.rules import RULES
-from hubreturns.service import processor_from_settings
+from hubreturns.service import build_service
 from hubreturns.store.db import make_engine, make_sessionmaker
 from hubreturns.store.models import (
     Appointment,
@@ -191,12 +191,12 @@ def load_world(cli: Cli, world: DemoWorld, *, appointments: bool = True) -> None
 
 def send(cli: Cli, world: DemoWorld, scenario: Scenario, counter: int) -> str:
     """One signed request through the real request path; the response code."""
-    processor = processor_from_settings(Settings(database_url=cli.url, allow_test_keys=True))
+    processor = build_service(Settings(database_url=cli.url, allow_test_keys=True))
     try:
         ((_, body),) = scenario_bodies(world, [scenario], first_counter=counter)
         return processor.handle_duis(body, scenario.endpoint).code
     finally:
-        processor.sessions.kw["bind"].dispose()
+        processor.engine.dispose()
 
 
 def write(path: Path, text: str) -> Path:
@@ -460,12 +460,12 @@ def test_appoint_refuses_an_empty_validity_window(cli: Cli, world: DemoWorld) ->
 def traffic(cli: Cli, world: DemoWorld) -> Cli:
     """The demo world loaded and every demo scenario sent through the request path."""
     load_world(cli, world)
-    processor = processor_from_settings(Settings(database_url=cli.url, allow_test_keys=True))
+    processor = build_service(Settings(database_url=cli.url, allow_test_keys=True))
     try:
         for scenario, body in scenario_bodies(world):
             processor.handle_duis(body, scenario.endpoint)
     finally:
-        processor.sessions.kw["bind"].dispose()
+        processor.engine.dispose()
     return cli
 
 

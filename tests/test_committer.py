@@ -20,9 +20,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns import committer as committer_module
-from hubreturns.committer import Committer, Contended, FunctionJob
+from hubreturns.committer import Committer, Contended, FunctionJob, Load
 from hubreturns.model import Channel
-from hubreturns.store.db import make_engine, make_sessionmaker, migrate, writer_lock
+from hubreturns.store.db import make_engine, migrate, writer_lock
 from hubreturns.store.models import AuditEntry
 from hubreturns.store.repository import AuditFields, Ledger
 
@@ -88,7 +88,7 @@ def _queue_behind_gate(committer: Committer, jobs: list[object]) -> list[Future[
 def test_jobs_queued_together_share_one_commit(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(sessions)
+    committer = Committer(engine)
     before = committer.batches
     futures = _queue_behind_gate(committer, [_write(f"r{i:03}") for i in range(100)])
     assert [f.result(30) for f in futures] == [f"r{i:03}" for i in range(100)]
@@ -101,7 +101,7 @@ def test_jobs_queued_together_share_one_commit(
 def test_an_answer_comes_only_after_its_commit(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(sessions)
+    committer = Committer(engine)
     for n in range(5):
         assert committer.run(_write(f"w{n}")) == f"w{n}"
         # Seen from another connection the moment the caller has its answer.
@@ -128,7 +128,7 @@ class _Racer:
 def test_a_lost_race_reruns_the_batch_alone_and_records_the_refusal(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(sessions)
+    committer = Committer(engine)
     racer = _Racer()
     futures = _queue_behind_gate(committer, [_write("before"), racer, _write("after")])
     assert [f.result(30) for f in futures] == ["before", "refused", "after"]
@@ -146,7 +146,7 @@ def test_one_failing_job_does_not_sink_its_neighbours(
         ledger.add_audit(_audit("broken"))
         raise ValueError("a bug in one job")
 
-    committer = Committer(sessions)
+    committer = Committer(engine)
     futures = _queue_behind_gate(committer, [_write("a"), FunctionJob(broken), _write("b")])
     assert futures[0].result(30) == "a"
     with pytest.raises(ValueError, match="a bug in one job"):
@@ -173,7 +173,7 @@ def test_an_unavailable_database_fails_the_batch_at_once(
 
         return FunctionJob(run)
 
-    committer = Committer(sessions)
+    committer = Committer(engine)
     futures = _queue_behind_gate(committer, [counted("x"), FunctionJob(away), counted("y")])
     for future in futures:
         with pytest.raises(OperationalError):
@@ -203,7 +203,7 @@ def test_a_batch_the_server_rolled_back_is_run_again_job_by_job(
         ledger.add_audit(_audit("victim"))
         return "victim"
 
-    committer = Committer(sessions)
+    committer = Committer(engine)
     futures = _queue_behind_gate(
         committer, [_write("a"), FunctionJob(deadlocked_once), _write("b")]
     )
@@ -216,7 +216,7 @@ def test_a_batch_the_server_rolled_back_is_run_again_job_by_job(
 def test_close_finishes_queued_work_and_a_later_submit_restarts(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(sessions)
+    committer = Committer(engine)
     futures = [committer.submit(_write(f"c{n}")) for n in range(20)]
     committer.close()
     assert all(f.done() for f in futures)
@@ -274,7 +274,7 @@ def test_sqlite_writers_in_other_processes_queue_on_the_lock_file(tmp_path: Path
 def test_jobs_of_one_loop_turn_share_one_commit(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(sessions)
+    committer = Committer(engine)
 
     async def main() -> list[str]:
         return await asyncio.gather(*(committer.run_async(_write(f"a{i:02}")) for i in range(40)))
@@ -293,13 +293,13 @@ def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
 ) -> None:
     """PostgreSQL's writer thread: a request noted as arriving joins the batch before it."""
     monkeypatch.setattr(committer_module, "_GATHER_WAIT", 30.0)  # no timing in the test
-    committer = Committer(sessions)
+    committer = Committer(engine)
 
     async def main() -> list[str]:
-        first, second = committer.arrival(), committer.arrival()
-        early = asyncio.ensure_future(committer.run_async(_write("early"), first))
+        on_the_way = Load(clients=2, arriving=1)  # the late request is being read
+        early = asyncio.ensure_future(committer.run_async(_write("early"), on_the_way))
         await asyncio.sleep(0.002)  # the early job is with the writer, which waits
-        late = asyncio.ensure_future(committer.run_async(_write("late"), second))
+        late = asyncio.ensure_future(committer.run_async(_write("late"), Load(clients=2)))
         return [await early, await late]
 
     before = committer.batches
@@ -313,14 +313,12 @@ def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
 def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_delays(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(sessions)
+    committer = Committer(engine)
 
     async def main() -> tuple[str, str]:
-        alone = await committer.run_async(_write("alone"))  # nobody else on the way
-        lost = committer.arrival()  # a request that never brings its job
-        waited = await committer.run_async(_write("waited"))
-        lost.close()
-        lost.close()  # idempotent
+        alone = await committer.run_async(_write("alone"), Load(clients=1))  # nobody else
+        # a request said to be on its way that never brings its job: a short wait only
+        waited = await committer.run_async(_write("waited"), Load(clients=2, arriving=1))
         return alone, waited
 
     before = committer.batches
@@ -338,7 +336,7 @@ def test_postgresql_batches_run_on_the_connection_the_writer_keeps(
     checkins: list[object] = []
     event.listen(engine, "checkout", lambda *_: checkouts.append(1))
     event.listen(engine, "checkin", lambda *_: checkins.append(1))
-    committer = Committer(sessions)
+    committer = Committer(engine)
     assert [committer.run(_write(f"k{n}")) for n in range(5)] == [f"k{n}" for n in range(5)]
     assert (len(checkouts), len(checkins)) == (1, 0)
     committer.close()
@@ -351,7 +349,7 @@ def test_a_kept_connection_that_died_is_replaced_and_its_batch_run_once(
 ) -> None:
     backends: list[int] = []
     event.listen(engine, "checkout", lambda dbapi, *_: backends.append(dbapi.info.backend_pid))
-    committer = Committer(sessions)
+    committer = Committer(engine)
     assert committer.run(_write("before")) == "before"
     (writer,) = backends  # the one check-out: the writer thread's
     with engine.connect() as admin:  # the writer's backend dies while idle
@@ -371,7 +369,7 @@ def test_on_a_loop_a_failing_job_fails_alone(
         ledger.add_audit(_audit("broken"))
         raise ValueError("a bug in one job")
 
-    committer = Committer(sessions)
+    committer = Committer(engine)
 
     async def main() -> list[object]:
         jobs = [_write("x"), FunctionJob(broken), _write("y")]
@@ -393,7 +391,7 @@ def test_a_briefly_busy_writer_lock_is_tried_again_on_the_loop(
     monkeypatch.setattr(committer_module, "_LOOP_RETRY_FOR", 30.0)  # no timing in the test
     engine = make_engine(f"sqlite:///{tmp_path / 'busy.db'}")
     migrate(engine)
-    committer = Committer(make_sessionmaker(engine))
+    committer = Committer(engine)
     lock = writer_lock(engine)
 
     async def main() -> list[str]:
@@ -420,7 +418,7 @@ def test_a_briefly_busy_writer_lock_is_tried_again_on_the_loop(
 def _sqlite_committer(tmp_path: Path, *, hold: float) -> tuple[Committer, Engine]:
     engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
     migrate(engine)
-    return Committer(make_sessionmaker(engine), hold=hold), engine
+    return Committer(engine, hold=hold), engine
 
 
 async def _steady_stream(committer: Committer, prefix: str, count: int) -> list[str]:
@@ -475,9 +473,8 @@ def test_with_no_hold_every_turn_commits_at_once(tmp_path: Path) -> None:
 def test_each_commit_reports_how_many_jobs_it_held(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(sessions)
     sizes: list[int] = []
-    committer.on_batch = sizes.append
+    committer = Committer(engine, on_batch=sizes.append)
 
     async def main() -> list[str]:
         return await asyncio.gather(*(committer.run_async(_write(f"m{i}")) for i in range(5)))
@@ -492,7 +489,7 @@ def test_each_commit_reports_how_many_jobs_it_held(
 def test_the_loop_never_waits_for_a_writer_lock_held_elsewhere(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
     migrate(engine)
-    committer = Committer(make_sessionmaker(engine))
+    committer = Committer(engine)
     lock = writer_lock(engine)  # SQLite's; PostgreSQL has none to wait for
 
     async def main() -> tuple[list[str], int]:
@@ -522,7 +519,7 @@ def test_a_database_locked_by_another_connection_does_not_block_the_loop(
     url = f"sqlite:///{tmp_path / 'busy.db'}"
     engine = make_engine(url)
     migrate(engine)
-    committer = Committer(make_sessionmaker(engine))
+    committer = Committer(engine)
     holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # a bulk load in another program, say
 
@@ -558,7 +555,7 @@ def test_sqlite_is_checkpointed_in_the_background_after_commits(
         real(target)
 
     monkeypatch.setattr(committer_module, "checkpoint", counted)
-    committer = Committer(make_sessionmaker(engine))
+    committer = Committer(engine)
     committer.run(_write("w"))
     deadline = time.monotonic() + 10
     while not calls and time.monotonic() < deadline:
@@ -584,7 +581,7 @@ def test_the_writers_own_session_settings_never_reach_the_pool(
     closed, so no pooled connection is left autocommit or without sequential scans."""
     backends: list[int] = []
     event.listen(engine, "checkout", lambda dbapi, *_: backends.append(dbapi.info.backend_pid))
-    committer = Committer(sessions)
+    committer = Committer(engine)
     assert committer.run(_write("once")) == "once"
     (writer,) = backends
     with engine.connect() as admin:
@@ -619,11 +616,13 @@ def test_the_writers_own_session_settings_never_reach_the_pool(
             connection.close()
 
 
-def _held_together(committer: Committer, names: list[str]) -> list[str]:
-    """``names`` as jobs in one turn of a loop; a hold left to run its course fails the test."""
+def _held_together(committer: Committer, names: list[str], clients: int) -> list[str]:
+    """``names`` as jobs in one turn of a loop, ``clients`` connected; a hold left to run
+    its course fails the test."""
+    load = Load(clients=clients)
 
     async def main() -> list[str]:
-        jobs = asyncio.gather(*(committer.run_async(_write(name)) for name in names))
+        jobs = asyncio.gather(*(committer.run_async(_write(name), load) for name in names))
         return list(await asyncio.wait_for(jobs, timeout=20))  # the hold is 60 s
 
     return asyncio.run(main())
@@ -633,9 +632,7 @@ def test_a_hold_ends_once_every_connected_client_is_in_the_batch(tmp_path: Path)
     """A closed loop: no client can send again before the commit answers it, so a
     hold would only idle; the batch commits as soon as the last client's job joins."""
     committer, engine = _sqlite_committer(tmp_path, hold=60.0)
-    committer.clients = lambda: 3
-
-    assert _held_together(committer, ["c0", "c1", "c2"]) == ["c0", "c1", "c2"]
+    assert _held_together(committer, ["c0", "c1", "c2"], clients=3) == ["c0", "c1", "c2"]
     assert (committer.holds, committer.holds_ended_early, committer.batches) == (1, 1, 1)
     assert _reasons(engine) == ["c0", "c1", "c2"]
     committer.close()
@@ -645,9 +642,7 @@ def test_a_hold_ends_once_every_connected_client_is_in_the_batch(tmp_path: Path)
 def test_a_hold_goes_on_while_a_client_could_still_send(tmp_path: Path) -> None:
     """One connected client has nothing in the batch: the hold runs its course."""
     committer, engine = _sqlite_committer(tmp_path, hold=0.15)  # above the first gap's 0.1 s
-    committer.clients = lambda: 4
-
-    assert _held_together(committer, ["d0", "d1", "d2"]) == ["d0", "d1", "d2"]
+    assert _held_together(committer, ["d0", "d1", "d2"], clients=4) == ["d0", "d1", "d2"]
     assert (committer.holds, committer.holds_ended_early, committer.batches) == (1, 0, 1)
     committer.close()
     engine.dispose()
@@ -657,14 +652,13 @@ def test_a_hold_waits_for_requests_on_their_way_before_it_ends(tmp_path: Path) -
     """Two clients, one request being read: the batch of the other waits for it, and
     commits with it as soon as it joins."""
     committer, engine = _sqlite_committer(tmp_path, hold=60.0)
-    committer.clients = lambda: 2
 
     async def main() -> list[str]:
-        arriving = committer.arrival()
-        first = asyncio.ensure_future(committer.run_async(_write("e0")))
+        on_the_way = Load(clients=2, arriving=1)
+        first = asyncio.ensure_future(committer.run_async(_write("e0"), on_the_way))
         await asyncio.sleep(0.01)  # turns go by: the batch is held for the arriving one
         assert not first.done()
-        second = committer.run_async(_write("e1"), arriving)
+        second = committer.run_async(_write("e1"), Load(clients=2))
         return list(await asyncio.wait_for(asyncio.gather(first, second), timeout=20))
 
     assert asyncio.run(main()) == ["e0", "e1"]
@@ -675,9 +669,7 @@ def test_a_hold_waits_for_requests_on_their_way_before_it_ends(tmp_path: Path) -
 
 def test_alone_with_its_only_client_a_batch_is_not_held(tmp_path: Path) -> None:
     committer, engine = _sqlite_committer(tmp_path, hold=60.0)
-    committer.clients = lambda: 1
-
-    assert _held_together(committer, ["f0"]) == ["f0"]
+    assert _held_together(committer, ["f0"], clients=1) == ["f0"]
     assert (committer.holds, committer.batches) == (0, 1)
     committer.close()
     engine.dispose()

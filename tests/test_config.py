@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from hubreturns.config import ConfigError, Settings, load_settings, packaged_pki
 from hubreturns.policy import REQUEST_POLICY
-from hubreturns.service import processor_from_settings
+from hubreturns.service import build_service
 
 DSP = "dsp-xml-sign-90B3D51F30000002-ds"
 DSP_KEY, DSP_CERT = packaged_pki() / f"{DSP}.key.pem", packaged_pki() / f"{DSP}.cert.pem"
@@ -163,9 +163,7 @@ def test_the_commit_hold_is_a_setting_that_reaches_the_committer(tmp_path: Path)
     path = toml(tmp_path, "commit_hold_ms = 1.5\nallow_test_keys = true\n")
     settings = load_settings(path, environ={})
     assert settings.commit_hold_ms == 1.5
-    processor = processor_from_settings(
-        replace(settings, database_url=f"sqlite:///{tmp_path / 'hold.db'}")
-    )
+    processor = build_service(replace(settings, database_url=f"sqlite:///{tmp_path / 'hold.db'}"))
     try:
         assert processor.committer.hold == 0.0015
     finally:
@@ -237,7 +235,7 @@ def test_the_eligibility_profile_comes_from_its_own_table_then_the_environment(
     assert load_settings(nested, environ={}).eligibility_profile == "all-ordering-parties"
     env = {"HUBRETURNS_ELIGIBILITY_PROFILE": "all-ordering-parties"}
     assert load_settings(path, environ=env).eligibility().name == "all-ordering-parties"
-    processor = processor_from_settings(
+    processor = build_service(
         load_settings(
             path,
             environ={
@@ -249,7 +247,7 @@ def test_the_eligibility_profile_comes_from_its_own_table_then_the_environment(
     try:
         assert processor.eligibility.name == "pre-secmp0039"
     finally:
-        processor.sessions.kw["bind"].dispose()
+        processor.engine.dispose()
 
 
 @pytest.mark.parametrize(

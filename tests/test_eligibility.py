@@ -32,7 +32,7 @@ from hubreturns.loading import load_devices
 from hubreturns.logistics.models import HubOrder
 from hubreturns.model import ReturnKind
 from hubreturns.processing import Processor
-from hubreturns.service import create_app, processor_from_settings
+from hubreturns.service import build_service, create_app
 from hubreturns.serving import running_server
 from hubreturns.store.models import AuditEntry, ReturnRecord
 
@@ -213,9 +213,7 @@ def pre_secmp0039(
     before = Settings(
         database_url=database_url, eligibility_profile="pre-secmp0039", allow_test_keys=True
     )
-    processor = processor_from_settings(before)
-    processor.sessions.kw["bind"].dispose()
-    processor.sessions.configure(bind=engine)
+    processor = build_service(before, engine=engine)
     with (
         running_server(create_app(processor, before)) as url,
         httpx.Client(base_url=url, timeout=30) as client,

@@ -195,14 +195,14 @@ def test_allow_test_keys_takes_only_true_or_false() -> None:
 def test_healthz_reports_test_keys(
     settings: Settings, seeded: object, dsp: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from hubreturns.service import processor_from_settings
+    from hubreturns.service import build_service
 
     for chosen, expected in (
         (settings, True),
         (replace(settings, allow_test_keys=False, signing_key=dsp[0], signing_cert=dsp[1]), False),
     ):
         caplog.clear()
-        with running_server(create_app(processor_from_settings(chosen), chosen)) as url:
+        with running_server(create_app(build_service(chosen), chosen)) as url:
             health = httpx.get(f"{url}/healthz", timeout=10).json()
         assert health["status"] == "ok"
         assert health["test_keys"] is expected

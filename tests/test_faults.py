@@ -16,7 +16,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -29,8 +30,9 @@ from hubreturns.client import read_response
 from hubreturns.config import Settings
 from hubreturns.demo import SCENARIOS, DemoWorld, scenario_bodies, seed
 from hubreturns.model import Endpoint
+from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
 from hubreturns.processing import Processor
-from hubreturns.service import create_app, processor_from_settings
+from hubreturns.service import build_service, create_app
 from hubreturns.serving import running_server
 from hubreturns.store.db import make_engine, migrate
 from hubreturns.store.models import AuditEntry, ReturnRecord
@@ -68,12 +70,14 @@ def _counts(url: str) -> tuple[int, int]:
     return int(returns or 0), int(audit or 0)
 
 
-def _seeded_processor(url: str, world: DemoWorld, **engine_kwargs: object) -> Processor:
+def _seeded_processor(
+    url: str, world: DemoWorld, policy: SecurityPolicy | None = None, **engine_kwargs: object
+) -> Processor:
     engine = make_engine(url, **engine_kwargs)  # type: ignore[arg-type]
     migrate(engine)
-    processor = processor_from_settings(Settings(database_url=url, allow_test_keys=True))
-    processor.sessions.kw["bind"].dispose()
-    processor.sessions.configure(bind=engine)
+    processor = build_service(
+        Settings(database_url=url, allow_test_keys=True), engine=engine, policy=policy
+    )
     seed(processor.sessions, world, datetime.now(UTC))
     return processor
 
@@ -212,7 +216,7 @@ def test_unreachable_postgresql_is_refused_with_e100_and_service_resumes(
             proxy.start()  # the same port: PostgreSQL is reachable again
             assert [_code(_post(client, b), world) for b in bodies[1:]] == ["I99", "I99"]
             assert client.get("/healthz").status_code == 200
-        processor.sessions.kw["bind"].dispose()
+        processor.engine.dispose()
         proxy.cut()
         assert _counts(direct) == (3, 3)
 
@@ -240,7 +244,7 @@ def test_terminated_postgresql_backends_are_replaced_without_a_refusal(
             admin.dispose()
             assert killed
             assert _code(_post(client, bodies[1]), world) == "I99"
-        processor.sessions.kw["bind"].dispose()
+        processor.engine.dispose()
         assert _counts(direct) == (2, 2)
 
 
@@ -277,8 +281,9 @@ def test_trickling_clients_are_cut_off_and_others_still_served(
     tmp_path: Path, world: DemoWorld
 ) -> None:
     url = f"sqlite:///{tmp_path / 'slow.db'}"
-    processor = _seeded_processor(url, world)
-    app = create_app(processor, body_timeout=1.0)
+    policy = replace(REQUEST_POLICY, body_deadline=timedelta(seconds=1))
+    processor = _seeded_processor(url, world, policy)
+    app = create_app(processor)
     ((_s, body),) = scenario_bodies(world, [IS_PENDING])
     answers: list[bytes] = []
     stop = threading.Event()
@@ -373,7 +378,7 @@ def test_full_sqlite_database_is_refused_with_e100_and_service_resumes(
     """SQLite's ``max_page_count`` makes the file "full" (SQLITE_FULL, as a full disk does)."""
     url = f"sqlite:///{tmp_path / 'full.db'}"
     processor = _seeded_processor(url, world)
-    engine = processor.sessions.kw["bind"]
+    engine = processor.engine
     cap: dict[str, int | None] = {"pages": None}
 
     @event.listens_for(engine, "begin")

@@ -7,7 +7,6 @@ signature is checked with the DCC certificate; the database is read afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import socket
 import time
@@ -22,6 +21,7 @@ from wire_helpers import Signer, to_bytes, xmlsec_sign, xmlsec_verify
 
 from hubreturns.client import read_response
 from hubreturns.codes import Reason, ResponseCode
+from hubreturns.committer import Load
 from hubreturns.config import packaged_pki
 from hubreturns.demo import (
     GS,
@@ -36,7 +36,6 @@ from hubreturns.demo import (
 )
 from hubreturns.loading import load_appointments, load_devices, load_users
 from hubreturns.processing import Processor
-from hubreturns.service import BodyDeadlines
 from hubreturns.store.models import Appointment, AuditEntry, Device, ReplayCounter, ReturnRecord
 from hubreturns.store.repository import Repository
 from hubreturns.wire.certificate import SigningCertificate
@@ -93,25 +92,21 @@ def test_healthz(http: httpx.Client) -> None:
     assert reply.json() == {"status": "ok", "smki_trust": "ca", "test_keys": True}
 
 
-def test_the_committer_knows_how_many_clients_are_connected(
+def test_the_edge_tells_the_committer_how_many_clients_are_connected(
     http: httpx.Client, processor: Processor, world: DemoWorld, server: str
 ) -> None:
     """The commit hold ends once every connected client is in the batch
-    (``Committer._all_in``): the count is the server's open connections."""
+    (``FlushPolicy.all_in``): the edge reports the server's open connections with
+    each job (``Load``)."""
     host, port = server.removeprefix("http://").split(":")
     idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
     try:
         assert send(http, world, _scenario("IS fault return, Pending hub"), 1) == "I99"
-        clients = processor.committer.clients
-        assert clients is not None
-        assert clients() == 3  # this client's connection and the two idle ones
+        # this client's connection and the two idle ones; no other request being read
+        assert processor.committer.flush.load == Load(clients=3, arriving=0)
     finally:
         for conn in idle:
             conn.close()
-    deadline = time.monotonic() + 20
-    while clients() != 1:  # the server notices the closes on its own loop
-        assert time.monotonic() < deadline, f"{clients()} connections still counted"
-        time.sleep(0.01)
 
 
 def test_unknown_endpoint_is_404_and_not_audited(
@@ -221,37 +216,6 @@ def test_an_unexpected_error_is_a_signed_e100_and_the_service_goes_on(
             assert _access_statuses(caplog, 1) == [500]
     assert reply.status_code == 500
     assert code_of(post(http, body), world) == "I99"
-
-
-def test_body_deadlines_cancel_only_overdue_reads_and_leave_other_cancellations_alone() -> None:
-    """The shared deadline timer (``BodyDeadlines``) behind the slowloris 408."""
-    deadlines = BodyDeadlines(0.05, every=0.01)
-
-    async def read(forever: asyncio.Future[None]) -> str:
-        reading = deadlines.watch()
-        try:
-            await forever
-        except asyncio.CancelledError:
-            if reading.expired():
-                return "timed out"
-            raise
-        finally:
-            reading.end()
-        return "read"
-
-    async def main() -> tuple[str, bool, str]:
-        loop = asyncio.get_running_loop()
-        overdue = await read(loop.create_future())
-        stopped = asyncio.ensure_future(read(loop.create_future()))
-        await asyncio.sleep(0)
-        stopped.cancel()  # shutdown, say: not a deadline
-        with pytest.raises(asyncio.CancelledError):
-            await stopped
-        arrived = loop.create_future()
-        loop.call_soon(arrived.set_result, None)
-        return overdue, stopped.cancelled(), await read(arrived)
-
-    assert asyncio.run(main()) == ("timed out", True, "read")
 
 
 def _access_statuses(caplog: pytest.LogCaptureFixture, count: int) -> list[int]:

@@ -34,7 +34,7 @@ from hubreturns.config import Settings, packaged_pki
 from hubreturns.extensions import register_commands
 from hubreturns.loading import load_appointments, load_certificates, load_devices, load_users
 from hubreturns.rules import RULES
-from hubreturns.service import create_app, processor_from_settings
+from hubreturns.service import build_service, create_app
 from hubreturns.serving import running_server
 from hubreturns.store.models import AuditEntry, ReturnRecord
 from hubreturns.wire.certificate import SigningCertificate
@@ -160,9 +160,7 @@ def tool_http(
     registry: sessionmaker[Session], settings: Settings, engine: Engine
 ) -> Iterator[httpx.Client]:
     """The service, over a real socket, on the registry's database (no demo world)."""
-    processor = processor_from_settings(settings)
-    processor.sessions.kw["bind"].dispose()
-    processor.sessions.configure(bind=engine)
+    processor = build_service(settings, engine=engine)
     with (
         running_server(create_app(processor, settings)) as url,
         httpx.Client(base_url=url, timeout=60) as client,

@@ -36,7 +36,14 @@ from hubreturns.demo import (
     seed,
 )
 from hubreturns.model import Endpoint
-from hubreturns.observability import JsonFormatter, configure_logging, json_handler
+from hubreturns.observability import (
+    JsonFormatter,
+    Metrics,
+    configure_logging,
+    json_handler,
+    metrics_for,
+    process_metrics,
+)
 from hubreturns.processing import Outcome, Processor
 from hubreturns.service import create_app
 from hubreturns.serving import free_port, running_server
@@ -151,14 +158,14 @@ def test_a_second_app_registers_without_error_and_counts_once(
         assert total(scrape(second), "hubreturns_requests_total") == 3
     assert total(scrape(server), "hubreturns_requests_total") == 3
     other = Processor(
-        processor.sessions,
+        processor.engine,
         signer=processor.signer,
         policy=processor.policy,
         access_control_broker=processor.access_control_broker,
     )
     with running_server(create_app(other, settings)) as third:
         assert total(scrape(third), "hubreturns_requests_total") == 0
-    assert len(processor.observers) == 2  # metrics + outcome log, once
+    assert metrics_for(processor) is processor.telemetry  # one set, wired by build_service
 
 
 # -- logs ------------------------------------------------------------------------------
@@ -196,16 +203,39 @@ def _lines_once(
         time.sleep(0.02)
 
 
-def test_every_line_of_a_request_carries_its_request_id(
-    server: str, processor: Processor, world: DemoWorld, json_lines: io.StringIO
-) -> None:
-    def noisy(outcome: Outcome) -> None:  # any code running inside the request
-        logging.getLogger("tests.inside").warning("observed %s", outcome.code)
+class _Noisy:
+    """Telemetry that also logs from inside the request, as any code there might."""
 
-    processor.observers.append(noisy)
+    def __init__(self, inner: Metrics) -> None:
+        self.inner = inner
+
+    def outcome(self, outcome: Outcome) -> None:
+        logging.getLogger("tests.inside").warning("observed %s", outcome.code)
+        self.inner.outcome(outcome)
+
+    def certificate_read(self) -> None:
+        self.inner.certificate_read()
+
+    def batch(self, size: int) -> None:
+        self.inner.batch(size)
+
+
+def test_every_line_of_a_request_carries_its_request_id(
+    processor: Processor, settings: Settings, world: DemoWorld, json_lines: io.StringIO
+) -> None:
+    noisy = Processor(
+        processor.engine,
+        signer=processor.signer,
+        policy=processor.policy,
+        access_control_broker=processor.access_control_broker,
+        telemetry=_Noisy(process_metrics()),
+    )
     dcc = world.dcc_certificates()
     expected: dict[str, str | None] = {}
-    with httpx.Client(base_url=server, timeout=30) as client:
+    with (
+        running_server(create_app(noisy, settings)) as server,
+        httpx.Client(base_url=server, timeout=30) as client,
+    ):
         for n, (scenario, body) in enumerate(scenario_bodies(world)):
             http_id = f"t-{n}"
             reply = client.post(
@@ -247,7 +277,6 @@ def test_every_line_of_a_request_carries_its_request_id(
 def test_outside_http_each_outcome_gets_a_line_of_its_own(
     processor: Processor, world: DemoWorld, json_lines: io.StringIO
 ) -> None:
-    create_app(processor)  # hooks the metrics and the outcome log into the processor
     bodies = list(scenario_bodies(world))
     for scenario, body in bodies:
         processor.handle_duis(body, scenario.endpoint)

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
+from hubreturns.certificates import REVOCATION_WINDOW
 from hubreturns.cli import app
 from hubreturns.client import read_response
 from hubreturns.codes import ResponseCode
@@ -36,8 +37,8 @@ from hubreturns.config import ConfigError, Settings, load_settings, packaged_pki
 from hubreturns.demo import IS, DemoWorld, Scenario, scenario_bodies
 from hubreturns.model import Endpoint
 from hubreturns.pki import Credential, DemoCA
-from hubreturns.processing import REVOCATION_WINDOW, Processor
-from hubreturns.service import create_app, processor_from_settings
+from hubreturns.processing import Processor
+from hubreturns.service import build_service, create_app
 from hubreturns.serving import free_port, running_server
 from hubreturns.smki import TrustMode
 from hubreturns.store.db import make_engine, make_sessionmaker
@@ -438,7 +439,7 @@ def test_healthz_reports_the_trust_mode_and_serve_start_warns_without_a_ca(
             }
         assert "no SMKI CA certificates configured" not in caplog.text
         vouched = replace(settings, smki_ca_certs=None)
-        other = processor_from_settings(vouched)
+        other = build_service(vouched)
         try:
             with running_server(create_app(other, vouched)) as url:
                 assert httpx.get(f"{url}/healthz").json()["smki_trust"] == "operator-vouched"

@@ -24,7 +24,7 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 from lxml import etree
 
-from hubreturns.policy import Algorithm
+from hubreturns.policy import Canonicalization, DigestMethod, SignatureMethod, Transform
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import DS_NS, SR_NS
 from hubreturns.wire.signature import sign
@@ -364,13 +364,13 @@ def signature_template(issuer: str, serial: int, *, pretty: bool = False) -> str
     parts = [
         f'<ds:Signature xmlns:ds="{DS_NS}">',
         "<ds:SignedInfo>",
-        f'<ds:CanonicalizationMethod Algorithm="{Algorithm.EXC_C14N.value}"/>',
-        f'<ds:SignatureMethod Algorithm="{Algorithm.ECDSA_SHA256.value}"/>',
+        f'<ds:CanonicalizationMethod Algorithm="{Canonicalization.EXCLUSIVE.value}"/>',
+        f'<ds:SignatureMethod Algorithm="{SignatureMethod.ECDSA_SHA256.value}"/>',
         '<ds:Reference URI="">',
         "<ds:Transforms>",
-        f'<ds:Transform Algorithm="{Algorithm.ENVELOPED.value}"/>',
+        f'<ds:Transform Algorithm="{Transform.ENVELOPED.value}"/>',
         "</ds:Transforms>",
-        f'<ds:DigestMethod Algorithm="{Algorithm.SHA256.value}"/>',
+        f'<ds:DigestMethod Algorithm="{DigestMethod.SHA256.value}"/>',
         "<ds:DigestValue></ds:DigestValue>",
         "</ds:Reference>",
         "</ds:SignedInfo>",

@@ -428,10 +428,6 @@ def _serving_settings(
 
 def _uvicorn_options(settings: Settings, host: str, port: int, log_level: str) -> dict[str, Any]:
     """uvicorn.run's keyword arguments for ``serve``."""
-    import inspect
-
-    import uvicorn
-
     from hubreturns.serving import HTTP_PROTOCOL, uvicorn_options
 
     if HTTP_PROTOCOL == "auto":
@@ -441,10 +437,6 @@ def _uvicorn_options(settings: Settings, host: str, port: int, log_level: str) -
             "Install hubreturns with its dependencies (pip install httptools).",
         )
     edge = uvicorn_options(settings)  # a ConfigError for unreadable TLS files, before workers
-    extra: dict[str, Any] = {}
-    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
-        # uvicorn >= 0.36 restarts a worker not ready in 5 s; a loaded host's imports take longer.
-        extra["timeout_worker_healthcheck"] = 30
     return dict(
         factory=True,
         host=host,
@@ -456,7 +448,8 @@ def _uvicorn_options(settings: Settings, host: str, port: int, log_level: str) -
         server_header=False,  # no "server: uvicorn": nothing to tell about the stack
         http=HTTP_PROTOCOL,  # a response's head and body in one send (serving.OneWritePerTurn)
         **edge,
-        **extra,
+        # uvicorn (>= 0.36) restarts a worker not ready in 5 s; a loaded host's imports take longer.
+        timeout_worker_healthcheck=30,
     )
 
 
@@ -569,7 +562,7 @@ def demo(
     """Set up a SQLite demo world, serve it over HTTP and run every scenario."""
     from hubreturns.demo import SCENARIOS, build_world, run_scenarios, seed
     from hubreturns.observability import configure_logging
-    from hubreturns.service import create_app, processor_from_settings
+    from hubreturns.service import build_service, create_app
     from hubreturns.serving import running_server
 
     try:
@@ -589,8 +582,8 @@ def demo(
         session_secret=secrets.token_hex(32),
         smki_ca_certs=world.smki_ca_certs,  # the demo's own CA: every certificate chains to it
     )
-    processor = processor_from_settings(settings)
-    bind = processor.sessions.kw["bind"]
+    processor = build_service(settings)
+    bind = processor.engine
     migrate(bind)
     seed(processor.sessions, world, now)
     console.print(

@@ -1,7 +1,7 @@
 """Metrics and structured logs (issue 5): ``/metrics`` and request-scoped JSON logging.
 
-Metrics come from ``Processor.observers`` (one call per final outcome, on
-either channel) and from a small ASGI middleware (HTTP latency, requests in
+Metrics come from the ``Processor``'s telemetry (``Metrics`` is one: a call per final
+outcome, on either channel) and from a small ASGI middleware (HTTP latency, requests in
 progress). They are exposed at ``GET /metrics`` in the Prometheus text format.
 
 Two modes, chosen by the environment as prometheus-client does:
@@ -50,7 +50,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
-    values,
 )
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -78,6 +77,7 @@ __all__ = [
     "json_handler",
     "metrics_for",
     "prepare_multiprocess_dir",
+    "process_metrics",
     "reap_dead_workers",
     "route_label",
     "routes",
@@ -209,8 +209,21 @@ class Metrics:
         self._outcome_children = {}
         self._http_children: dict[tuple[str, str, int], Any] = {}
 
+    def certificate_read(self) -> None:
+        """``Telemetry``: a certificate read from the store."""
+        self.certificate_reads.inc()
+
+    def batch(self, size: int) -> None:
+        """``Telemetry``: a group commit of ``size`` requests."""
+        self.commit_batch.observe(size)
+
+    def outcome(self, outcome: Outcome) -> None:
+        """``Telemetry``: count one final outcome and write its log line."""
+        self.observe(outcome)
+        _log_outcome(outcome)
+
     def observe(self, outcome: Outcome) -> None:
-        """Processor observer: count one final outcome."""
+        """Count one final outcome."""
         channel = outcome.channel.value
         key = (
             outcome.service_reference_variant,
@@ -270,50 +283,42 @@ class Metrics:
 
 
 _lock = threading.Lock()
-_per_processor: weakref.WeakKeyDictionary[Processor, Metrics] = weakref.WeakKeyDictionary()
 #: Multi-process mode: one set of metric objects per process (their values live in files).
 _process_metrics: Metrics | None = None
+#: Metrics for the HTTP edge of a processor built without them (``metrics_for``).
+_unreported: weakref.WeakKeyDictionary[Processor, Metrics] = weakref.WeakKeyDictionary()
 
 
 def _multiprocess() -> bool:
-    """Multi-process mode: the variable names a folder *and* was set before import."""
-    if not os.environ.get(MULTIPROC_ENV):
-        return False
-    if values.ValueClass is values.MutexValue:
-        logging.getLogger(__name__).warning(
-            "%s was set after prometheus_client was imported; metrics stay per process",
-            MULTIPROC_ENV,
-        )
-        return False
-    return True
+    """Multi-process mode: the variable names a folder (``serve`` sets it before workers start)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def process_metrics() -> Metrics:
+    """The metrics for a new service: the process's shared set in multi-process mode,
+    else a registry of its own (several services in one process never collide)."""
+    global _process_metrics
+    if not _multiprocess():
+        return Metrics(CollectorRegistry())
+    with _lock:
+        if _process_metrics is None:
+            _process_metrics = Metrics(None)
+            # Drop this worker's live gauge files when it exits normally; a worker
+            # stopped by a signal is reaped by the next scrape or by ``serve``.
+            atexit.register(multiprocess.mark_process_dead, os.getpid())
+        return _process_metrics
 
 
 def metrics_for(processor: Processor) -> Metrics:
-    """The metrics of ``processor``, created and hooked into its observers on first use.
-
-    Idempotent: a second app on the same processor reuses them (no duplicate
-    timeseries, no double counting).
-    """
-    global _process_metrics
+    """The metrics ``processor`` reports to; for one built without them (``NULL_TELEMETRY``),
+    a set of its own for the HTTP edge, its outcomes uncounted."""
+    if isinstance(processor.telemetry, Metrics):
+        return processor.telemetry
     with _lock:
-        found = _per_processor.get(processor)
-        if found is not None:
-            return found
-        if _multiprocess():
-            if _process_metrics is None:
-                _process_metrics = Metrics(None)
-                # Drop this worker's live gauge files when it exits normally; a worker
-                # stopped by a signal is reaped by the next scrape or by ``serve``.
-                atexit.register(multiprocess.mark_process_dead, os.getpid())
-            metrics = _process_metrics
-        else:
-            metrics = Metrics(CollectorRegistry())
-        _per_processor[processor] = metrics
-        processor.observers.append(metrics.observe)
-        processor.observers.append(_log_outcome)
-        processor.certificates.on_read = metrics.certificate_reads.inc
-        processor.committer.on_batch = metrics.commit_batch.observe
-        return metrics
+        found = _unreported.get(processor)
+        if found is None:
+            found = _unreported[processor] = Metrics(CollectorRegistry())
+        return found
 
 
 def reap_dead_workers(folder: Path) -> list[int]:

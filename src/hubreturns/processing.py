@@ -1,13 +1,16 @@
-"""The request path: bytes in, one transaction, signed bytes out.
+"""The request path: bytes in, one check, one transaction, signed bytes out.
 
-``authenticate`` is pure (parse, schema, signature, identity). ``Processor``
-adds the edges: certificate lookups, the decision's facts, and the one
-transaction in which an accepted return advances the replay counter, is
-recorded, claims the hub and writes its audit row. A refusal writes the audit
-row only. Transactions are run by the group ``Committer``, which shares one
-commit among the requests that arrive together; nothing is answered before
-its transaction has committed. Both channels (DUIS and the Service Desk)
-record through ``_RecordReturn`` so one rule set serves both.
+A DUIS request goes down one path (``Processor.handle_duis_async``): its
+bytes are read (``wire.check.read``), the certificate it names is taken from
+the cache or read from the store (``certificates``), it is checked over that
+snapshot (``wire.check.check_document``: schema, signature, identity), its
+facts are read, decided (``rules.decide``) and written in one transaction of
+the group committer (``committer``), and the signed answer is built
+(``wire.response``). An accepted return advances the replay counter, is
+recorded, claims the hub and writes its audit row, all or nothing; a refusal
+writes the audit row only. Nothing is answered before its transaction has
+committed. Both channels (DUIS and the Service Desk) record through
+``_RecordReturn``, so one rule set serves both.
 """
 
 from __future__ import annotations
@@ -15,101 +18,47 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
-import threading
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from functools import partial
+from typing import Protocol
 
 from lxml import etree
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hubreturns.certificates import CertificateCache, Snapshot, lookup
 from hubreturns.codes import DEFAULT_PROFILE, CodeProfile, Reason, Verdict, info
-from hubreturns.committer import Arrival, Committer, Contended, FunctionJob, Job
-from hubreturns.errors import Rejection, SignatureRejection
+from hubreturns.committer import Committer, Contended, FunctionJob, Job, Load
+from hubreturns.errors import Rejection
 from hubreturns.model import REASON_LIMIT, Channel, Endpoint, RequestId, ReturnRequest, clip
 from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import SECMP0039, Decision, EligibilityProfile, decide
-from hubreturns.stages import Stages, Steps, complete, one_step
-from hubreturns.store.db import reading
+from hubreturns.store.db import make_sessionmaker
 from hubreturns.store.repository import AuditFields, FactsKey, Ledger
-from hubreturns.wire import envelope, signature
-from hubreturns.wire.certificate import SigningCertificate
+from hubreturns.wire import check, envelope
 from hubreturns.wire.response import ResponseSigner, build_response
 
 __all__ = [
-    "REVOCATION_WINDOW",
-    "CertificateCache",
-    "NotCached",
-    "Observer",
+    "NULL_TELEMETRY",
     "Outcome",
     "Processor",
-    "authenticate",
-    "authenticate_document",
+    "Telemetry",
     "current_request_id",
 ]
 
 log = logging.getLogger("hubreturns.processing")
 
 #: RequestID of the DUIS request being handled in this context, once it can be read
-#: (unverified until authenticated); log lines carry it (see ``observability``).
+#: (unverified until checked); log lines carry it (see ``observability``).
 current_request_id: ContextVar[str | None] = ContextVar("hubreturns_request_id", default=None)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def authenticate(
-    data: bytes,
-    lookup: signature.CertificateLookup,
-    policy: SecurityPolicy,
-    now: datetime,
-) -> ReturnRequest:
-    """Bytes to a verified request, or a ``Rejection`` (envelope or signature Reasons)."""
-    return authenticate_document(envelope.parse(data, policy), lookup, policy, now)
-
-
-def authenticate_document(
-    root: etree._Element,
-    lookup: signature.CertificateLookup,
-    policy: SecurityPolicy,
-    now: datetime,
-) -> ReturnRequest:
-    """A parsed document to a verified request: schema and version, signature, then
-    identity."""
-    return complete(authentication_steps(root, lookup, policy, now))
-
-
-def authentication_steps(
-    root: etree._Element,
-    lookup: signature.CertificateLookup,
-    policy: SecurityPolicy,
-    now: datetime,
-) -> Steps[ReturnRequest]:
-    """``authenticate_document`` in steps, for ``Stages`` (yields between them)."""
-    if policy.validate_schema:
-        envelope.validate(root)
-        yield
-    envelope.check_version(root, policy)
-    certificate = yield from signature.verification_steps(root, lookup, policy, now)
-    yield
-    try:
-        request = envelope.read_request(root)
-    except Rejection as refusal:  # signed, so its signer is known: the audit keeps it
-        raise type(refusal)(refusal.code, refusal.message, sender=certificate.eui) from None
-    if certificate.eui != request.originator:
-        raise SignatureRejection(
-            Reason.IDENTITY_MISMATCH,
-            f"certificate serial {certificate.serial} belongs to {certificate.eui}, "
-            f"not to originator {request.originator}",
-            sender=certificate.eui,
-        )
-    return request
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,219 +83,31 @@ class Outcome:
         return self.verdict.accepted
 
 
-#: Called with every outcome after it is final (metrics, structured logs).
-Observer = Callable[[Outcome], None]
+class Telemetry(Protocol):
+    """What the request path reports (``observability.Metrics``; ``NULL_TELEMETRY`` by default)."""
+
+    def outcome(self, outcome: Outcome) -> None:
+        """A request's final outcome, on either channel."""
+
+    def certificate_read(self) -> None:
+        """A signing certificate read from the store (a worker with a warm cache reads none)."""
+
+    def batch(self, size: int) -> None:
+        """A transaction of the group committer committed ``size`` requests' writes."""
 
 
-class NotCached(Exception):
-    """Raised by ``CertificateCache.cached``: the lookup needs the database."""
+class _NullTelemetry:
+    def outcome(self, outcome: Outcome) -> None:
+        pass
 
-    def __init__(self, issuer: str, serial: int) -> None:
-        super().__init__(issuer, serial)
-        self.issuer, self.serial = issuer, serial
+    def certificate_read(self) -> None:
+        pass
 
-
-#: A cache entry: (monotonic time it expires, time it is due to be confirmed, certificate).
-_Entry = tuple[float, float, SigningCertificate]
-
-#: Revocations: a busy worker re-reads the store's certificate change number this
-#: often, in the background; and trusts its cache for at most this long after the
-#: last read began. A certificate revoked or removed at t is refused by every
-#: worker, on every host, by t + REVOCATION_WINDOW (seconds).
-REVOCATION_REFRESH = 0.4
-REVOCATION_WINDOW = 0.9
+    def batch(self, size: int) -> None:
+        pass
 
 
-class CertificateCache:
-    """Certificates by (issuer, serial), read through to the store.
-
-    Only found certificates are cached, so a certificate loaded later is seen
-    at once. An entry is trusted for ``ttl`` seconds after the store last
-    confirmed it, so a certificate removed from the store stops being trusted
-    within ``ttl``.
-
-    Certificates in use are confirmed before then, in the background and in
-    bulk: a request on the event loop (``cached``) that finds its entry past a
-    random 50–75 % of ``ttl`` notes it and is answered from the entry; one
-    read in a thread then checks every noted entry in one query. Without this,
-    every busy sender's entry expired in the request path once a minute, each
-    worker re-reading its whole cache within seconds: p99 at 1,000 req/s went
-    from 30 to 105 ms while it did (and to 570 ms with one background read per
-    entry, which flooded the thread pool).
-
-    Revocations and removals must take effect within a second, so on top of
-    that the whole cache is trusted only for ``REVOCATION_WINDOW`` after the
-    last read of the store's change number (``check_revocations``): a busy
-    worker re-reads it in the background every ``REVOCATION_REFRESH``; a
-    request that finds it older than the window is looked up through a thread
-    (``fetched``), which reads it first. When the number has moved, every
-    entry is dropped (revocations are rare; re-reading is cheap).
-    """
-
-    def __init__(self, sessions: sessionmaker[Session], ttl: float = 60.0) -> None:
-        self._sessions = sessions
-        self._ttl = ttl
-        self._entries: dict[tuple[str, int], _Entry] = {}
-        self._lock = threading.Lock()
-        #: Entries due to be confirmed, and whether a confirmation is running
-        #: (both touched on the event loop only).
-        self._due: set[tuple[str, int]] = set()
-        self._confirming = False
-        #: The change number last read, when that read began (monotonic), whether a
-        #: background read is running, and a count of drops (so that a read begun
-        #: before a drop does not put back what the drop took out).
-        self._generation: int | None = None
-        self._checked_at = -float("inf")
-        self._checking = False
-        self._check_lock = threading.Lock()
-        self._epoch = 0
-        #: Called once for each certificate read from the store on a request's
-        #: behalf (the metrics count them: a worker whose cache is warm reads none).
-        self.on_read: Callable[[], None] | None = None
-
-    def __call__(self, issuer: str, serial: int) -> SigningCertificate | None:
-        key = (issuer, serial)
-        if time.monotonic() >= self._checked_at + REVOCATION_WINDOW:
-            self.check_revocations()
-        entry = self._entries.get(key)
-        now = time.monotonic()
-        if entry is not None and entry[0] > now and now < self._checked_at + REVOCATION_WINDOW:
-            return entry[2]
-        epoch = self._epoch
-        engine = self._sessions.kw["bind"]
-        with reading(engine) as connection, connection.begin():
-            cert = Ledger(connection).certificate(issuer, serial)
-        if self.on_read is not None:
-            self.on_read()
-        if cert is not None:
-            with self._lock:
-                if self._epoch == epoch:
-                    self._entries[key] = self._entry(cert, time.monotonic())
-        return cert
-
-    def check_revocations(self) -> None:
-        """Read the store's change number; drop every entry if it moved since the last read.
-
-        A failed read is logged and leaves the cache untrusted (lookups then
-        read through to the store), never trusted longer.
-        """
-        with self._check_lock:
-            started = time.monotonic()
-            try:
-                with reading(self._sessions.kw["bind"]) as connection, connection.begin():
-                    generation = Ledger(connection).certificate_generation()
-            except SQLAlchemyError as exc:
-                log.warning("reading the certificate change number failed: %s", exc)
-                return
-            with self._lock:
-                if generation != self._generation:
-                    self._entries.clear()
-                    self._epoch += 1
-                    self._generation = generation
-                self._checked_at = started
-
-    def _check_soon(self) -> None:
-        """On the event loop: ``check_revocations`` in a thread, unless one is running."""
-        if self._checking:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._checking = True
-        done = loop.run_in_executor(None, self.check_revocations)
-        done.add_done_callback(self._checked)
-
-    def _checked(self, _: object) -> None:
-        self._checking = False
-
-    def _entry(self, cert: SigningCertificate, confirmed_at: float) -> _Entry:
-        due = confirmed_at + self._ttl * (0.5 + 0.25 * random.random())  # noqa: S311 (spread)
-        return (confirmed_at + self._ttl, due, cert)
-
-    def cached(self, issuer: str, serial: int) -> SigningCertificate | None:
-        """The certificate if cached and fresh; raises ``NotCached`` rather than read the store.
-
-        Called on an event loop, it also notes an entry due to be confirmed.
-        """
-        key = (issuer, serial)
-        now = time.monotonic()
-        if now >= self._checked_at + REVOCATION_REFRESH:
-            if now >= self._checked_at + REVOCATION_WINDOW:
-                raise NotCached(issuer, serial)  # revocations unchecked: through a thread
-            self._check_soon()
-        entry = self._entries.get(key)
-        if entry is None or entry[0] <= now:
-            raise NotCached(issuer, serial)
-        if entry[1] <= now:
-            self._due.add(key)
-            self._confirm_due()
-        return entry[2]
-
-    def _confirm_due(self) -> None:
-        if self._confirming or not self._due:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop: the entries simply expire when their time is up
-            return
-        keys, self._due = self._due, set()
-        self._confirming = True
-        done = loop.run_in_executor(None, self._confirm, keys)
-        done.add_done_callback(self._confirmed)
-
-    def _confirmed(self, _: object) -> None:
-        self._confirming = False
-        self._confirm_due()  # whatever was noted meanwhile
-
-    def _confirm(self, keys: set[tuple[str, int]]) -> None:
-        """In a thread: extend the entries the store still holds, forget the others."""
-        engine = self._sessions.kw["bind"]
-        confirmed_at = time.monotonic()  # before the read: trust runs from what it saw
-        try:
-            with reading(engine) as connection, connection.begin():
-                present = Ledger(connection).certificates_present(keys)
-        except SQLAlchemyError as exc:  # the entries stay until they expire
-            log.warning("confirming %d cached certificates failed: %s", len(keys), exc)
-            return
-        with self._lock:
-            for key in keys:
-                entry = self._entries.get(key)
-                if entry is None:
-                    continue
-                if key in present:
-                    self._entries[key] = self._entry(entry[2], confirmed_at)
-                else:
-                    del self._entries[key]
-
-    async def fetched(self, issuer: str, serial: int) -> signature.CertificateLookup:
-        """Read one certificate in a thread; returns a lookup that answers with what was read.
-
-        Only the read leaves the loop: the request is then prepared on the loop
-        again (parsed twice, verified once), which costs less than preparing it
-        in a thread that contends with the loop for the GIL. A store error is
-        raised when the lookup is called, inside ``_preparing``, which answers E100.
-        """
-        try:
-            found = await asyncio.to_thread(self, issuer, serial)
-        except SQLAlchemyError as exc:
-            error = exc
-
-            def failed(issuer: str, serial: int) -> SigningCertificate | None:
-                raise error
-
-            return failed
-
-        def answer(wanted_issuer: str, wanted_serial: int) -> SigningCertificate | None:
-            if (wanted_issuer, wanted_serial) == (issuer, serial):
-                return found
-            return self(wanted_issuer, wanted_serial)  # not this request's: read through
-
-        return answer
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+NULL_TELEMETRY: Telemetry = _NullTelemetry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,21 +250,17 @@ class _Refused:
         return FunctionJob(lambda ledger: ledger.add_audit(self.fields))
 
 
-#: What the database-free first half of a DUIS request leaves for the second.
-_Prepared = _RecordReturn | _Refused | Outcome
-
-
 class Processor:
-    """The request path for both channels.
+    """The request path for both channels (see the module docstring).
 
-    The database-free half (parse, schema, signature, identity, and the signed
-    answer) runs in the caller's thread, or on the event loop in
-    ``handle_duis_async``; the database half runs in the group ``Committer``.
+    The database-free work (reading, checking, the signed answer) runs in the
+    caller's thread, or on the event loop in ``handle_duis_async``; the
+    transaction runs in the group ``Committer``.
     """
 
     def __init__(
         self,
-        sessions: sessionmaker[Session],
+        engine: Engine,
         *,
         signer: ResponseSigner,
         policy: SecurityPolicy,
@@ -512,8 +269,10 @@ class Processor:
         commit_hold: float | None = None,
         codes: CodeProfile = DEFAULT_PROFILE,
         eligibility: EligibilityProfile = SECMP0039,
+        telemetry: Telemetry = NULL_TELEMETRY,
     ) -> None:
-        self.sessions = sessions
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = make_sessionmaker(engine)
         #: Which wire code each refusal ``Reason`` is answered with.
         self.codes = codes
         self.signer = signer
@@ -522,15 +281,13 @@ class Processor:
         #: The role to 8.14.3/8.14.4 matrix in force (``Settings.eligibility``).
         self.eligibility = eligibility
         self.clock = clock
-        self.certificates = CertificateCache(sessions)
-        self.committer = (
-            Committer(sessions) if commit_hold is None else Committer(sessions, hold=commit_hold)
+        self.telemetry = telemetry
+        self.certificates = CertificateCache(
+            engine,
+            ttl=policy.trust_ttl.total_seconds(),
+            on_read=telemetry.certificate_read,
         )
-        #: The event loop's requests' database-free steps, in lock-step when requests
-        #: come together: checking them, and answering them once committed.
-        self.checking = Stages()
-        self.answering = Stages()
-        self.observers: list[Observer] = []
+        self.committer = Committer(engine, hold=commit_hold, on_batch=telemetry.batch)
 
     def close(self) -> None:
         """Let queued writes finish and stop the committer thread."""
@@ -543,62 +300,54 @@ class Processor:
         started = time.perf_counter()
         token = current_request_id.set(None)
         try:
-            prepared = complete(self._preparing(body, endpoint, self.certificates))
-            if not isinstance(prepared, Outcome):
-                try:
-                    ran = self._run(prepared)
-                except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
-                    prepared = self._failed_job(exc, prepared)
-                    ran = self._run(prepared)
-                prepared = self._conclude(prepared, *ran)
-            return self._finish(prepared, started, Channel.DUIS, endpoint.value)
+            now = self.clock()
+            audit = _duis_audit(body, endpoint, now)
+            document = self._read(body, audit)
+            prepared: _RecordReturn | _Refused | Outcome
+            if isinstance(document, _Refused):
+                prepared = document
+            else:
+                found = self.certificates.snapshot(document.certificate)
+                snapshot = found if found is not None else self._read_certificates(document)
+                prepared = self._check(document, snapshot, body, endpoint, audit, now)
+            outcome = prepared if isinstance(prepared, Outcome) else self._commit(prepared)
+            return self._finish(outcome, started, Channel.DUIS, endpoint.value)
         finally:
             current_request_id.reset(token)
 
     async def handle_duis_async(
-        self, body: bytes, endpoint: Endpoint, arrival: Arrival | None = None
+        self, body: bytes, endpoint: Endpoint, load: Load | None = None
     ) -> Outcome:
         """``handle_duis`` for an event loop: no thread hand-off on the common path.
 
-        Parsing, checking and signing are CPU-bound and short, so they run on
+        Reading, checking and signing are CPU-bound and short, so they run on
         the loop; the writes go to the committer and are awaited (on SQLite it
         runs them on the loop at the end of its turn, on PostgreSQL in its
-        thread). A certificate not yet cached needs a database read, which
-        that rare request makes in a worker thread (``CertificateCache.fetched``).
-        When requests come together, the checks of those that arrive in one
-        turn of the loop, and the answers of those one commit serves, run in
-        lock-step (``Stages``: all the parses, then all the schema checks, …),
-        so each step finds its code and data in the CPU's caches.
+        thread). A certificate not yet cached is read from the store in a
+        worker thread; the request, already parsed, is then checked on the loop.
         """
         started = time.perf_counter()
         token = current_request_id.set(None)
         try:
-            try:
-                prepared = await self.checking.run(
-                    self._preparing(body, endpoint, self.certificates.cached)
+            now = self.clock()
+            audit = _duis_audit(body, endpoint, now)
+            document = self._read(body, audit)
+            prepared: _RecordReturn | _Refused | Outcome
+            if isinstance(document, _Refused):
+                prepared = document
+            else:
+                found = self.certificates.snapshot(document.certificate)
+                snapshot = (
+                    found
+                    if found is not None
+                    else await asyncio.to_thread(self._read_certificates, document)
                 )
-            except NotCached as missing:
-                lookup = await self.certificates.fetched(missing.issuer, missing.serial)
-                prepared = complete(self._preparing(body, endpoint, lookup))
-            current_request_id.set(_request_id_of(prepared))
-            if not isinstance(prepared, Outcome):
-                result: object = None
-                error: SQLAlchemyError | None = None
-                try:
-                    result = await self.committer.run_async(_job(prepared), arrival)
-                except SQLAlchemyError as exc:
-                    error = exc
-                except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
-                    prepared = self._failed_job(exc, prepared)
-                    try:
-                        result = await self.committer.run_async(prepared.job())
-                    except SQLAlchemyError as again:
-                        error = again
-                # A batch's answers are signed together (its jobs' tasks wake in one turn).
-                prepared = await self.answering.run(
-                    one_step(partial(self._conclude, prepared, result, error))
-                )
-            return self._finish(prepared, started, Channel.DUIS, endpoint.value)
+                prepared = self._check(document, snapshot, body, endpoint, audit, now)
+            if isinstance(prepared, Outcome):
+                outcome = prepared
+            else:
+                outcome = await self._commit_async(prepared, load)
+            return self._finish(outcome, started, Channel.DUIS, endpoint.value)
         finally:
             current_request_id.reset(token)
 
@@ -623,77 +372,71 @@ class Processor:
         outcome = self._conclude(job, *self._run(job))
         return self._finish(outcome, started, Channel.SERVICE_DESK, None)
 
-    def reject_unreadable(self, reason: str, endpoint: str | None, *, http_status: int) -> Outcome:
+    async def reject_unreadable_async(
+        self, reason: str, endpoint: str | None, *, http_status: int, load: Load | None = None
+    ) -> Outcome:
         """A request refused (MALFORMED) before its body could be read: content type, size, time.
 
         ``http_status`` (415, 413, 408) is what the client is sent and what the audit keeps.
         """
         started = time.perf_counter()
-        refused = self._unreadable(reason, endpoint, http_status)
-        outcome = self._conclude(refused, *self._run(refused))
-        return self._finish(outcome, started, Channel.DUIS, endpoint)
-
-    async def reject_unreadable_async(
-        self, reason: str, endpoint: str | None, *, http_status: int, arrival: Arrival | None = None
-    ) -> Outcome:
-        """``reject_unreadable`` for an event loop (its audit row through ``run_async``)."""
-        started = time.perf_counter()
-        refused = self._unreadable(reason, endpoint, http_status)
+        audit: dict[str, object] = {
+            "received_at": self.clock(),
+            "channel": Channel.DUIS,
+            "endpoint": endpoint,
+        }
+        refused = self._refusal(
+            Reason.MALFORMED, reason, None, "8.14.3", audit, http_status=http_status
+        )
         try:
-            await self.committer.run_async(refused.job(), arrival)
+            await self.committer.run_async(refused.job(), load)
             outcome = self._conclude(refused, None, None)
         except SQLAlchemyError as exc:
             outcome = self._conclude(refused, None, exc)
         return self._finish(outcome, started, Channel.DUIS, endpoint)
 
-    def _unreadable(self, reason: str, endpoint: str | None, http_status: int) -> _Refused:
-        audit = {"received_at": self.clock(), "channel": Channel.DUIS, "endpoint": endpoint}
-        return self._refusal(
-            Reason.MALFORMED, reason, None, "8.14.3", audit, http_status=http_status
-        )
+    # -- reading and checking: no database ------------------------------------------
 
-    # -- the first half: no database ------------------------------------------------
-
-    def _preparing(
-        self, body: bytes, endpoint: Endpoint, lookup: signature.CertificateLookup
-    ) -> Steps[_Prepared]:
-        now = self.clock()
-        audit: dict[str, object] = {
-            "received_at": now,
-            "channel": Channel.DUIS,
-            "endpoint": endpoint.value,
-            "body_sha256": hashlib.sha256(body).hexdigest(),
-            "body_bytes": len(body),
-        }
-        root: etree._Element | None = None
+    def _read(self, body: bytes, audit: dict[str, object]) -> check.Document | _Refused:
         try:
-            root = envelope.parse(body, self.policy)
-            yield
-            request = yield from authentication_steps(root, lookup, self.policy, now)
+            return check.read(body, self.policy)
         except Rejection as refusal:
-            echo = self._echo(root)
-            return self._refusal(
-                refusal.code,
-                refusal.message,
-                echo.request_id,
-                echo.service_reference_variant,
-                audit,
-                sender=refusal.sender,
-            )
+            return self._refused_by(refusal, None, audit)
+        except Exception as exc:  # a bug in our own code, not a bad request
+            return self._internal_error(exc, audit)
+
+    def _read_certificates(self, document: check.Document) -> Snapshot | Outcome:
+        """Blocking: the snapshot ``document`` needs, or E100 if the store cannot be read."""
+        try:
+            return self.certificates.read([document.certificate])
         except SQLAlchemyError as exc:
             # The certificate lookup needs the database: unavailable, not a refusal.
-            echo = self._echo(root)
-            log.error("database error while authenticating, nothing recorded: %s", exc)
+            echo = self._echo(document.root)
+            log.error("database error while reading a certificate, nothing recorded: %s", exc)
             return self._respond(
                 Decision(Reason.UNAVAILABLE, "database unavailable; nothing was recorded"),
                 echo.request_id,
                 echo.service_reference_variant,
                 None,
             )
-        except NotCached:  # not a failure: ``handle_duis_async`` reads the certificate
-            raise
+
+    def _check(
+        self,
+        document: check.Document,
+        snapshot: Snapshot | Outcome,
+        body: bytes,
+        endpoint: Endpoint,
+        audit: dict[str, object],
+        now: datetime,
+    ) -> _RecordReturn | _Refused | Outcome:
+        if isinstance(snapshot, Outcome):
+            return snapshot
+        try:
+            request = check.check_document(document, lookup(snapshot), self.policy, now)
+        except Rejection as refusal:
+            return self._refused_by(refusal, document, audit)
         except Exception as exc:  # a bug in our own code, not a bad request
-            return self._internal_error(exc, audit, root)
+            return self._internal_error(exc, audit, document)
         current_request_id.set(str(request.request_id))
         return _RecordReturn(
             request=request,
@@ -707,8 +450,46 @@ class Processor:
             codes=self.codes,
         )
 
+    def _refused_by(
+        self, refusal: Rejection, document: check.Document | None, audit: dict[str, object]
+    ) -> _Refused:
+        echo = self._echo(document.root if document is not None else None)
+        return self._refusal(
+            refusal.code,
+            refusal.message,
+            echo.request_id,
+            echo.service_reference_variant,
+            audit,
+            sender=refusal.sender,
+        )
+
+    # -- the transaction, then the signed answer --------------------------------------
+
+    def _commit(self, prepared: _RecordReturn | _Refused) -> Outcome:
+        try:
+            ran = self._run(prepared)
+        except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
+            prepared = self._failed_job(exc, prepared)
+            ran = self._run(prepared)
+        return self._conclude(prepared, *ran)
+
+    async def _commit_async(self, prepared: _RecordReturn | _Refused, load: Load | None) -> Outcome:
+        result: object = None
+        error: SQLAlchemyError | None = None
+        try:
+            result = await self.committer.run_async(_job(prepared), load)
+        except SQLAlchemyError as exc:
+            error = exc
+        except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
+            prepared = self._failed_job(exc, prepared)
+            try:
+                result = await self.committer.run_async(prepared.job())
+            except SQLAlchemyError as again:
+                error = again
+        return self._conclude(prepared, result, error)
+
     def _internal_error(
-        self, exc: Exception, audit: dict[str, object], root: etree._Element | None = None
+        self, exc: Exception, audit: dict[str, object], document: check.Document | None = None
     ) -> _Refused:
         """A bug met while checking a request: refused with E100, never an unsigned 500.
 
@@ -716,7 +497,7 @@ class Processor:
         was an internal error (and its type), and that nothing was recorded.
         """
         try:
-            echo = self._echo(root)
+            echo = self._echo(document.root if document is not None else None)
         except Exception:  # the header cannot be read either: answer without it
             echo = envelope.peek_header(None)
         return self._internal_refusal(exc, audit, echo.request_id, echo.service_reference_variant)
@@ -859,11 +640,10 @@ class Processor:
             endpoint=endpoint,
             elapsed_seconds=time.perf_counter() - started,
         )
-        for observer in self.observers:
-            try:
-                observer(final)
-            except Exception:  # an observer must never change the answer
-                log.exception("outcome observer failed")
+        try:
+            self.telemetry.outcome(final)
+        except Exception:  # reporting must never change the answer
+            log.exception("reporting an outcome failed")
         return final
 
     # -- responses ------------------------------------------------------------------
@@ -911,11 +691,15 @@ def _job(prepared: _RecordReturn | _Refused) -> Job[object]:
     return prepared if isinstance(prepared, _RecordReturn) else prepared.job()
 
 
-def _request_id_of(prepared: _Prepared) -> str | None:
-    """The request id a prepared request's log lines carry (unverified when refused)."""
-    if isinstance(prepared, _RecordReturn):
-        return str(prepared.request.request_id)
-    return str(prepared.request_id) if prepared.request_id is not None else None
+def _duis_audit(body: bytes, endpoint: Endpoint, now: datetime) -> dict[str, object]:
+    """The audit fields a DUIS request has before it is read."""
+    return {
+        "received_at": now,
+        "channel": Channel.DUIS,
+        "endpoint": endpoint.value,
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "body_bytes": len(body),
+    }
 
 
 def _record_request_id(request: ReturnRequest, channel: Channel) -> str:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -25,43 +24,50 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from hubreturns.committer import CONNECTIONS_STATE_KEY
+from hubreturns.committer import Load
 from hubreturns.config import TEST_KEYS_WARNING, Settings, redact_url
 from hubreturns.model import Endpoint, clip
+from hubreturns.observability import (
+    Exchange,
+    RequestContextMiddleware,
+    metrics_for,
+    process_metrics,
+)
+from hubreturns.policy import SecurityPolicy
 from hubreturns.processing import Processor
-from hubreturns.serving import EDGE_LIMITS_STATE_KEY, EdgeLimits
+from hubreturns.serving import CONNECTIONS_STATE_KEY, EDGE_LIMITS_STATE_KEY, EdgeLimits
 from hubreturns.smki import VOUCHED_WARNING, trust_mode
-from hubreturns.store.db import make_engine, make_sessionmaker
+from hubreturns.store.db import make_engine
 
 __all__ = [
-    "BODY_READ_TIMEOUT_SECONDS",
     "CLIENT_GONE",
-    "BodyDeadlines",
     "DuisEndpoint",
     "Service",
     "app_from_environment",
+    "build_service",
     "create_app",
-    "processor_from_settings",
 ]
 
 log = logging.getLogger("hubreturns.service")
 
-_XML_TYPES = ("application/xml", "text/xml")
 
-#: A client must deliver its whole body within this many seconds (slowloris guard).
-BODY_READ_TIMEOUT_SECONDS = 10.0
+def build_service(
+    settings: Settings, *, engine: Engine | None = None, policy: SecurityPolicy | None = None
+) -> Processor:
+    """The composition root: the store, the policy, the metrics and the committer, wired once.
 
-
-def processor_from_settings(settings: Settings) -> Processor:
-    engine = make_engine(settings.database_url)
+    ``engine`` and ``policy`` are the settings' unless given (tests share an engine,
+    or tighten a limit).
+    """
     return Processor(
-        make_sessionmaker(engine),
+        engine if engine is not None else make_engine(settings.database_url),
         signer=settings.signer(),
-        policy=settings.policy(),
+        policy=policy if policy is not None else settings.policy(),
         access_control_broker=settings.acb_eui,
         commit_hold=settings.commit_hold_ms / 1000,
         codes=settings.response_codes,
         eligibility=settings.eligibility(),
+        telemetry=process_metrics(),
     )
 
 
@@ -97,37 +103,43 @@ class DuisEndpoint:
     is capped in size and time (slowloris), and the content type is checked.
     """
 
-    def __init__(self, processor: Processor, *, body_timeout: float) -> None:
-        from hubreturns.observability import metrics_for
-
+    def __init__(self, processor: Processor) -> None:
         self.processor = processor
         self.metrics = metrics_for(processor)
-        self.body_timeout = body_timeout
-        self.deadlines = BodyDeadlines(body_timeout)
+        self.policy = processor.policy
+        #: Requests whose bodies are being read: they will bring a job soon (``Load``).
+        self._reading = 0
+
+    def _load(self, scope: Scope) -> Load | None:
+        """The load the committer is told of: the worker's open connections (from
+        ``serving``'s protocol, when it serves) and the requests still being read."""
+        connections = scope.get("state", {}).get(CONNECTIONS_STATE_KEY)
+        if connections is None:
+            return None
+        return Load(clients=len(connections), arriving=self._reading)
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
     ) -> None:
-        from hubreturns.observability import Exchange
-
         exchange = Exchange(self.metrics, scope)
-        committer = self.processor.committer
-        if committer.clients is None:
-            connections = scope.get("state", {}).get(CONNECTIONS_STATE_KEY)
-            if connections is not None:  # served by ``serving``'s protocol
-                committer.clients = connections.__len__
-        arrival = committer.arrival()
         status = 500
         try:
             try:
-                body = await self._body(scope, receive)
+                self._reading += 1
+                try:
+                    body = await self._body(scope, receive)
+                finally:
+                    self._reading -= 1
             except _Unreadable as unread:
                 outcome = await self.processor.reject_unreadable_async(
-                    unread.reason, endpoint.value, http_status=unread.status, arrival=arrival
+                    unread.reason,
+                    endpoint.value,
+                    http_status=unread.status,
+                    load=self._load(scope),
                 )
                 close = unread.status == 408  # a trickling client must not keep the socket
             else:
-                outcome = await self.processor.handle_duis_async(body, endpoint, arrival)
+                outcome = await self.processor.handle_duis_async(body, endpoint, self._load(scope))
                 close = False
             status = outcome.http_status
             headers = [
@@ -146,7 +158,6 @@ class DuisEndpoint:
             # A bug, not a bad request (those get signed answers): say so and keep serving.
             status = await self._internal_error(exc, endpoint, send, exchange.header)
         finally:
-            arrival.close()
             exchange.close(status, _DUIS_ROUTE)
 
     async def _internal_error(
@@ -178,7 +189,8 @@ class DuisEndpoint:
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         """The request body, read with a size cap and a deadline, or ``_Unreadable``."""
-        limit = self.processor.policy.max_body_bytes
+        policy = self.policy
+        limit = policy.max_body_bytes
         content_type = declared = None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -186,101 +198,30 @@ class DuisEndpoint:
             elif name == b"content-length":
                 declared = value
         media = (content_type or "").split(";")[0].strip().lower()
-        if media not in _XML_TYPES:
+        if media not in policy.content_types:
             shown = clip(media) if media else "none"  # the client's header: clipped
             raise _Unreadable(f"content type {shown} is not application/xml", 415)
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _Unreadable(f"body over the {limit}-byte limit", 413)
         chunks: list[bytes] = []
         size = 0
-        reading = self.deadlines.watch()
+        seconds = policy.body_deadline.total_seconds()
         try:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise _ClientGone
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise _Unreadable(f"body over the {limit}-byte limit", 413)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-        except asyncio.CancelledError:
-            if not reading.expired():
-                raise
-            raise _Unreadable(f"body not received within {self.body_timeout:g} s", 408) from None
-        finally:
-            reading.end()
+            async with asyncio.timeout(seconds):  # slowloris: the whole body in time
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise _Unreadable(f"body over the {limit}-byte limit", 413)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            raise _Unreadable(f"body not received within {seconds:g} s", 408) from None
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-class _Reading:
-    """One body read watched by ``BodyDeadlines``."""
-
-    __slots__ = ("deadline", "owner", "task", "timed_out")
-
-    def __init__(self, owner: _LoopDeadlines, task: asyncio.Task[Any], deadline: float) -> None:
-        self.owner, self.task, self.deadline = owner, task, deadline
-        self.timed_out = False
-
-    def expired(self) -> bool:
-        """This read was cancelled for its deadline (then the cancellation is taken back)."""
-        if self.timed_out:
-            self.task.uncancel()
-        return self.timed_out
-
-    def end(self) -> None:
-        self.owner.reading.discard(self)
-
-
-class _LoopDeadlines:
-    __slots__ = ("handle", "reading")
-
-    def __init__(self) -> None:
-        self.reading: set[_Reading] = set()
-        self.handle: asyncio.TimerHandle | None = None
-
-
-class BodyDeadlines:
-    """Body reads past their deadline, cancelled by one timer per event loop (slowloris).
-
-    Why not ``asyncio.timeout`` around each read: its timer and context cost
-    as much as the rest of reading a body, for a limit that almost never
-    fires. One sweep a second over the reads in progress gives the same
-    answer, within a second of the deadline.
-    """
-
-    def __init__(self, seconds: float, *, every: float = 1.0) -> None:
-        self.seconds = seconds
-        self.every = min(every, seconds)
-        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopDeadlines] = (
-            weakref.WeakKeyDictionary()
-        )
-
-    def watch(self) -> _Reading:
-        """Watch the current task's read from now; ``end`` it when the read is over."""
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None, "a body is read in a task"
-        state = self._loops.get(loop)
-        if state is None:
-            state = self._loops[loop] = _LoopDeadlines()
-        reading = _Reading(state, task, loop.time() + self.seconds)
-        state.reading.add(reading)
-        if state.handle is None:
-            state.handle = loop.call_later(self.every, self._sweep, loop, state)
-        return reading
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop, state: _LoopDeadlines) -> None:
-        now = loop.time()
-        for reading in [r for r in state.reading if r.deadline <= now]:
-            state.reading.discard(reading)
-            reading.timed_out = True
-            reading.task.cancel()
-        state.handle = (
-            loop.call_later(self.every, self._sweep, loop, state) if state.reading else None
-        )
 
 
 class Service(Starlette):
@@ -307,12 +248,7 @@ class Service(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(
-    processor: Processor,
-    settings: Settings | None = None,
-    *,
-    body_timeout: float = BODY_READ_TIMEOUT_SECONDS,
-) -> Service:
+def create_app(processor: Processor, settings: Settings | None = None) -> Service:
     from hubreturns.extensions import feature_routes
 
     settings = settings or Settings()
@@ -357,19 +293,15 @@ def create_app(
         # The lifespan state reaches uvicorn's protocol as its ``app_state``.
         yield {EDGE_LIMITS_STATE_KEY: EdgeLimits.from_settings(settings)}
         await asyncio.to_thread(processor.close)
-        bind = processor.sessions.kw.get("bind")
-        if bind is not None:
-            bind.dispose()
+        processor.engine.dispose()
 
     routes = [
         Route(_DUIS_ROUTE, other_duis, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         *feature_routes(processor, settings),
     ]
-    from hubreturns.observability import RequestContextMiddleware
-
     app = Service(
-        duis=DuisEndpoint(processor, body_timeout=body_timeout),
+        duis=DuisEndpoint(processor),
         routes=routes,
         lifespan=lifespan,
         # request ids for the JSON logs, access line, HTTP metrics
@@ -407,4 +339,4 @@ def app_from_environment() -> Starlette:
 
     configure_logging_from_environment()  # JSON lines in each worker process
     settings = load_settings()
-    return create_app(processor_from_settings(settings), settings)
+    return create_app(build_service(settings), settings)

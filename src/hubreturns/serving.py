@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import socket
 import ssl
 import sys
@@ -18,7 +17,6 @@ from typing import Any, Protocol
 import uvicorn
 from starlette.applications import Starlette
 
-from hubreturns.committer import CONNECTIONS_STATE_KEY
 from hubreturns.config import (
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
@@ -28,6 +26,7 @@ from hubreturns.config import (
 )
 
 __all__ = [
+    "CONNECTIONS_STATE_KEY",
     "EDGE_LIMITS_STATE_KEY",
     "HTTP_PROTOCOL",
     "MAX_HEAD_BYTES",
@@ -43,6 +42,9 @@ __all__ = [
 
 #: Where the app's lifespan state carries the worker's ``EdgeLimits`` to the protocol.
 EDGE_LIMITS_STATE_KEY = "hubreturns.edge_limits"
+#: Where the protocol puts, in the app's lifespan state, the set of the worker's open
+#: connections: the DUIS endpoint reports their number to the committer (``Load``).
+CONNECTIONS_STATE_KEY = "hubreturns.connections"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -284,8 +286,8 @@ else:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(OneWritePerTurn(transport, self.loop))
-            # The worker's open connections, for the committer's hold
-            # (``Committer._all_in``); each request's scope["state"] carries it.
+            # The worker's open connections, for the committer's load signal
+            # (``flushing.Load``); each request's scope["state"] carries it.
             self.app_state.setdefault(CONNECTIONS_STATE_KEY, self.connections)
             self.limits: EdgeLimits = self.app_state.get(EDGE_LIMITS_STATE_KEY, EdgeLimits())
             if len(self.connections) > self.limits.max_connections:
@@ -412,13 +414,8 @@ def run_workers(config: uvicorn.Config) -> None:
     from uvicorn.supervisors import Multiprocess
 
     listener = WorkerListener.reserve(config.host, config.port)
-    server = uvicorn.Server(config)
-    # Older uvicorn releases take the workers' entry point; newer ones make their own.
-    extra: dict[str, Any] = {}
-    if "target" in inspect.signature(Multiprocess).parameters:
-        extra["target"] = server.run
     try:
-        Multiprocess(config, sockets=[listener], **extra).run()
+        Multiprocess(config, sockets=[listener]).run()
     except KeyboardInterrupt:
         pass
     finally:

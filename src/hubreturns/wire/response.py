@@ -28,7 +28,7 @@ from xml.sax.saxutils import escape
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hubreturns.model import RequestId
-from hubreturns.policy import Algorithm
+from hubreturns.policy import Canonicalization, DigestMethod, SignatureMethod, Transform
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import DS_NS, SR_NS
 from hubreturns.wire.signature import signature_value
@@ -65,11 +65,11 @@ _ROOT_CLOSE = "</sr:Response>"
 # as exclusive C14N writes it (what is signed: the ds namespace declared on it,
 # empty elements as start-end pairs) and as lxml serialises it in the document.
 _ALGORITHMS = (
-    ("CanonicalizationMethod", Algorithm.EXC_C14N.value),
-    ("SignatureMethod", Algorithm.ECDSA_SHA256.value),
+    ("CanonicalizationMethod", Canonicalization.EXCLUSIVE.value),
+    ("SignatureMethod", SignatureMethod.ECDSA_SHA256.value),
 )
-_TRANSFORM = Algorithm.ENVELOPED.value
-_DIGEST_METHOD = Algorithm.SHA256.value
+_TRANSFORM = Transform.ENVELOPED.value
+_DIGEST_METHOD = DigestMethod.SHA256.value
 _SIGNED_INFO_C14N = (
     f'<ds:SignedInfo xmlns:ds="{DS_NS}">'
     + "".join(f'<ds:{n} Algorithm="{a}"></ds:{n}>' for n, a in _ALGORITHMS)

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 from collections.abc import Callable
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
@@ -37,21 +35,17 @@ from lxml import etree
 from hubreturns.codes import Reason
 from hubreturns.errors import SignatureRejection
 from hubreturns.model import clip
-from hubreturns.policy import Algorithm, SecurityPolicy
-from hubreturns.stages import Steps, complete
+from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
 from hubreturns.wire.certificate import SigningCertificate, normalize_issuer
 from hubreturns.wire.envelope import DS_NS
 
-__all__ = ["CertificateLookup", "sign", "signature_value", "verification_steps", "verify"]
+__all__ = ["CertificateLookup", "named_certificate", "sign", "signature_value", "verify"]
 
 #: Finds a certificate in our own store by (normalised issuer, serial).
 CertificateLookup = Callable[[str, int], SigningCertificate | None]
 
 _DS = f"{{{DS_NS}}}"
 _SIGNATURE_TAG = f"{_DS}Signature"
-_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
-#: One shared instance: the algorithm object holds no state.
-_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
 def _bad(message: str) -> SignatureRejection:
@@ -151,35 +145,36 @@ def _b64(element: etree._Element, length: int, what: str) -> bytes:
     return value
 
 
-def _enveloped_digest(root: etree._Element, signature: etree._Element) -> bytes:
-    """SHA-256 of the document's inclusive C14N 1.0 form without the Signature node.
+def _enveloped_digest(
+    root: etree._Element, signature: etree._Element, policy: SecurityPolicy
+) -> bytes:
+    """The digest of the document's inclusive C14N 1.0 form without the Signature node.
 
-    The Signature element is detached for the duration and put back; its tail
-    text (which belongs to the document, not to the signature) stays in place.
+    The whole document is canonicalised once and the Signature's own span cut
+    out, so the tree is never touched. The Signature is the root's last child
+    and everything inside it is fixed by the profile or escaped by C14N, so its
+    span runs from the last start tag with its exact name to the last end tag
+    with that name. Its tail text belongs to the document and stays, as the
+    enveloped transform keeps it.
     """
-    previous = signature.getprevious()
-    tail = signature.tail
-    root.remove(signature)
-    if tail:
-        if previous is not None:
-            previous.tail = (previous.tail or "") + tail
-        else:
-            root.text = (root.text or "") + tail
-    try:
-        canonical = etree.tostring(root.getroottree(), method="c14n", exclusive=False)
-    finally:
-        if tail:
-            if previous is not None:
-                previous.tail = (previous.tail or "")[: -len(tail)] or None
-            else:
-                root.text = (root.text or "")[: -len(tail)] or None
-        root.append(signature)
-        signature.tail = tail
-    return hashlib.sha256(canonical).digest()
+    canonical = etree.tostring(root.getroottree(), method="c14n", exclusive=False)
+    name = (f"{signature.prefix}:" if signature.prefix else "").encode() + b"Signature"
+    end = canonical.rindex(b"</" + name + b">") + len(name) + 3
+    start = max(
+        canonical.rfind(b"<" + name + b">", 0, end), canonical.rfind(b"<" + name + b" ", 0, end)
+    )
+    if start < 0:
+        raise _bad("the Signature could not be found in the canonical document")
+    return policy.digest_method.digest(canonical[:start] + canonical[end:])
 
 
-def _signed_info_bytes(signed_info: etree._Element) -> bytes:
-    return etree.tostring(signed_info, method="c14n", exclusive=True)
+def _signed_info_bytes(signed_info: etree._Element, policy: SecurityPolicy) -> bytes:
+    return etree.tostring(signed_info, method="c14n", exclusive=policy.canonicalization.exclusive)
+
+
+#: What lxml (C14N, serialisation), binascii and cryptography raise on input they
+#: cannot handle. Inside verification each is the document's failure, never ours.
+_LIBRARY_ERRORS = (etree.LxmlError, ValueError, OverflowError, UnsupportedAlgorithm)
 
 
 def verify(
@@ -190,45 +185,67 @@ def verify(
 ) -> SigningCertificate:
     """Check the document's one signature and return the certificate that made it.
 
-    Raises ``SignatureRejection``: SIGNATURE for profile, format or cryptographic
-    failures, UNKNOWN_CERTIFICATE when issuer+serial is not in our store,
+    ``lookup`` answers from a snapshot of our certificate store taken before
+    the check (``named_certificate`` says which one to take). Raises
+    ``SignatureRejection``: SIGNATURE for profile, format or cryptographic
+    failures, UNKNOWN_CERTIFICATE when issuer+serial is not in the snapshot,
     UNUSABLE_CERTIFICATE when the certificate is not one allowed to sign
-    (revoked, OU, curve, validity at ``now``).
-    The caller still checks that the certificate belongs to the originator.
-    """
-    return complete(verification_steps(root, lookup, policy, now))
-
-
-#: What lxml (C14N, serialisation), binascii and cryptography raise on input they
-#: cannot handle. Inside verification each is the document's failure, never ours.
-_LIBRARY_ERRORS = (etree.LxmlError, ValueError, OverflowError, UnsupportedAlgorithm)
-
-
-def verification_steps(
-    root: etree._Element,
-    lookup: CertificateLookup,
-    policy: SecurityPolicy,
-    now: datetime,
-) -> Steps[SigningCertificate]:
-    """``verify`` in two steps for ``Stages``: the profile and digest, then the ECDSA check.
+    (revoked, OU, curve, validity at ``now``). The caller still checks that
+    the certificate belongs to the originator.
 
     The module's boundary: whatever a library raises while the document is
     checked (C14N refusing a relative namespace URI, a malformed key or
-    value) is refused as E40 here, once, rather than case by case; a
-    ``Rejection`` and the lookup's own errors (database, cache) pass through.
+    value) is refused as E40 here, once, rather than case by case.
     """
     try:
-        return (yield from _verification_steps(root, lookup, policy, now))
+        return _verify(root, lookup, policy, now)
     except _LIBRARY_ERRORS as exc:
         raise _bad(f"the signature could not be checked ({type(exc).__name__})") from None
 
 
-def _verification_steps(
+def named_certificate(root: etree._Element) -> tuple[str, int] | None:
+    """The (issuer, serial) the document's KeyInfo names, if it can be read; else None.
+
+    Read without any other check, so that the certificate can be looked up
+    before ``verify`` runs (which refuses a document this cannot read).
+    """
+    signature = root[-1] if len(root) else None
+    if signature is None or signature.tag != _SIGNATURE_TAG:
+        return None
+    serial = signature.find(_SERIAL_PATH)
+    issuer = signature.find(_ISSUER_PATH)
+    if serial is None or issuer is None:
+        return None
+    try:
+        return _issuer_serial(issuer, serial)
+    except SignatureRejection:
+        return None
+
+
+_ISSUER_SERIAL = f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509IssuerSerial"
+_ISSUER_PATH = f"{_ISSUER_SERIAL}/{_DS}X509IssuerName"
+_SERIAL_PATH = f"{_ISSUER_SERIAL}/{_DS}X509SerialNumber"
+
+
+def _issuer_serial(issuer_name: etree._Element, serial_number: etree._Element) -> tuple[str, int]:
+    serial_text = (serial_number.text or "").strip()
+    if not serial_text.isdigit() or len(serial_text) > 49:
+        raise _bad("X509SerialNumber must be a decimal integer")
+    try:
+        issuer = normalize_issuer(issuer_name.text or "")
+    except ValueError:
+        raise SignatureRejection(
+            Reason.UNKNOWN_CERTIFICATE, "X509IssuerName is not a valid name"
+        ) from None
+    return issuer, int(serial_text)
+
+
+def _verify(
     root: etree._Element,
     lookup: CertificateLookup,
     policy: SecurityPolicy,
     now: datetime,
-) -> Steps[SigningCertificate]:
+) -> SigningCertificate:
     signatures = list(root.iter(_SIGNATURE_TAG))
     if not signatures:
         raise _bad("the request is not signed (no ds:Signature)")
@@ -250,7 +267,7 @@ def _verification_steps(
         signature_value,
         _key_info,
         _x509_data,
-        _issuer_serial,
+        _issuer_serial_element,
         issuer_name,
         serial_number,
     ) = _profile_elements(signature)
@@ -264,39 +281,30 @@ def _verification_steps(
     _attributes(digest_method, [("Algorithm", policy.digest_method)])
     _attributes(signature_value, [])
 
-    expected_digest = _b64(digest_value, 32, "DigestValue")
-    raw_signature = _b64(signature_value, 64, "SignatureValue")
-    r = int.from_bytes(raw_signature[:32], "big")
-    s = int.from_bytes(raw_signature[32:], "big")
-    if not (0 < r < _P256_ORDER and 0 < s < _P256_ORDER):
+    expected_digest = _b64(digest_value, policy.digest_method.length, "DigestValue")
+    suite = policy.signature_method
+    raw_signature = _b64(signature_value, suite.raw_length, "SignatureValue")
+    half = suite.raw_length // 2
+    r = int.from_bytes(raw_signature[:half], "big")
+    s = int.from_bytes(raw_signature[half:], "big")
+    if not (0 < r < suite.order and 0 < s < suite.order):
         raise _bad("SignatureValue r or s is out of range")
 
-    serial_text = (serial_number.text or "").strip()
-    if not serial_text.isdigit() or len(serial_text) > 49:
-        raise _bad("X509SerialNumber must be a decimal integer")
-    try:
-        issuer = normalize_issuer(issuer_name.text or "")
-    except ValueError:
-        raise SignatureRejection(
-            Reason.UNKNOWN_CERTIFICATE, "X509IssuerName is not a valid name"
-        ) from None
-    certificate = lookup(issuer, int(serial_text))
+    issuer, serial = _issuer_serial(issuer_name, serial_number)
+    certificate = lookup(issuer, serial)
     if certificate is None:
         raise SignatureRejection(
             Reason.UNKNOWN_CERTIFICATE,
-            f"no certificate issued by {clip(issuer)} with serial {serial_text}",
+            f"no certificate issued by {clip(issuer)} with serial {serial}",
         )
     _check_certificate(certificate, policy, now)
     assert certificate.public_key is not None  # checked above
 
-    # SignedInfo is canonicalised before the digest step detaches the Signature:
-    # re-attaching it may let lxml re-declare the ds namespace under another prefix.
-    signed_bytes = _signed_info_bytes(signed_info)
-    if _enveloped_digest(root, signature) != expected_digest:
+    if _enveloped_digest(root, signature, policy) != expected_digest:
         raise _bad("DigestValue does not match the document (the signed content was changed)")
-    yield
+    signed_bytes = _signed_info_bytes(signed_info, policy)
     try:
-        certificate.public_key.verify(encode_dss_signature(r, s), signed_bytes, _ECDSA_SHA256)
+        certificate.public_key.verify(encode_dss_signature(r, s), signed_bytes, suite.algorithm)
     except InvalidSignature:
         raise _bad("SignatureValue does not verify with the named certificate") from None
     return certificate
@@ -312,8 +320,9 @@ def _check_certificate(cert: SigningCertificate, policy: SecurityPolicy, now: da
         raise refuse(f"was revoked on {cert.revoked_at.isoformat()}")
     if not cert.organisational_units & policy.signer_ous:
         raise refuse(f"has OU {sorted(cert.organisational_units)}, not {sorted(policy.signer_ous)}")
-    if cert.public_key is None or not isinstance(cert.public_key.curve, ec.SECP256R1):
-        raise refuse("does not hold a P-256 key")
+    method = policy.signature_method
+    if cert.public_key is None or not isinstance(cert.public_key.curve, method.curve):
+        raise refuse(f"does not hold a {method.curve_name} key")
     if now < cert.not_before - policy.clock_skew:
         raise refuse(f"is not valid before {cert.not_before.isoformat()}")
     if now > cert.not_after + policy.clock_skew:
@@ -321,25 +330,30 @@ def _check_certificate(cert: SigningCertificate, policy: SecurityPolicy, now: da
 
 
 def sign(
-    root: etree._Element, key: ec.EllipticCurvePrivateKey, certificate: SigningCertificate
+    root: etree._Element,
+    key: ec.EllipticCurvePrivateKey,
+    certificate: SigningCertificate,
+    policy: SecurityPolicy = REQUEST_POLICY,
 ) -> bytes:
     """Append an enveloped SMKI signature to ``root`` and return the compact document.
 
     Produce documents compact (no whitespace between elements): DCC's own
-    validator strips it before checking.
+    validator strips it before checking. The algorithms are the policy's.
     """
     # The enveloped transform digests the document as it is before the Signature exists.
-    digest = hashlib.sha256(etree.tostring(root.getroottree(), method="c14n")).digest()
+    digest = policy.digest_method.digest(etree.tostring(root.getroottree(), method="c14n"))
     signature = etree.SubElement(root, f"{_DS}Signature", nsmap={"ds": DS_NS})
     signed_info = etree.SubElement(signature, f"{_DS}SignedInfo")
-    etree.SubElement(
-        signed_info, f"{_DS}CanonicalizationMethod", Algorithm=Algorithm.EXC_C14N.value
+    algorithms = (
+        ("CanonicalizationMethod", policy.canonicalization),
+        ("SignatureMethod", policy.signature_method),
     )
-    etree.SubElement(signed_info, f"{_DS}SignatureMethod", Algorithm=Algorithm.ECDSA_SHA256.value)
+    for name, algorithm in algorithms:
+        etree.SubElement(signed_info, f"{_DS}{name}", Algorithm=algorithm.value)
     reference = etree.SubElement(signed_info, f"{_DS}Reference", URI="")
     transforms = etree.SubElement(reference, f"{_DS}Transforms")
-    etree.SubElement(transforms, f"{_DS}Transform", Algorithm=Algorithm.ENVELOPED.value)
-    etree.SubElement(reference, f"{_DS}DigestMethod", Algorithm=Algorithm.SHA256.value)
+    etree.SubElement(transforms, f"{_DS}Transform", Algorithm=policy.transform.value)
+    etree.SubElement(reference, f"{_DS}DigestMethod", Algorithm=policy.digest_method.value)
     digest_value = etree.SubElement(reference, f"{_DS}DigestValue")
     value = etree.SubElement(signature, f"{_DS}SignatureValue")
     key_info = etree.SubElement(signature, f"{_DS}KeyInfo")
@@ -350,11 +364,15 @@ def sign(
     etree.SubElement(issuer_serial, f"{_DS}X509SerialNumber").text = str(certificate.serial)
 
     digest_value.text = base64.b64encode(digest).decode()
-    value.text = signature_value(key, _signed_info_bytes(signed_info))
+    value.text = signature_value(key, _signed_info_bytes(signed_info, policy), policy)
     return etree.tostring(root.getroottree(), xml_declaration=True, encoding="UTF-8")
 
 
-def signature_value(key: ec.EllipticCurvePrivateKey, signed_info: bytes) -> str:
+def signature_value(
+    key: ec.EllipticCurvePrivateKey, signed_info: bytes, policy: SecurityPolicy = REQUEST_POLICY
+) -> str:
     """SignatureValue text for canonical SignedInfo bytes: base64 of raw ``r||s``, not DER."""
-    r, s = decode_dss_signature(key.sign(signed_info, _ECDSA_SHA256))
-    return base64.b64encode(r.to_bytes(32, "big") + s.to_bytes(32, "big")).decode()
+    method = policy.signature_method
+    r, s = decode_dss_signature(key.sign(signed_info, method.algorithm))
+    half = method.raw_length // 2
+    return base64.b64encode(r.to_bytes(half, "big") + s.to_bytes(half, "big")).decode()

@@ -1,0 +1,66 @@
+"""The group commit's flush policy on its own: observations in, a hold out (no database)."""
+
+from __future__ import annotations
+
+from hubreturns.flushing import FlushPolicy, Load
+
+HOLD = 0.003
+
+
+def _steady(policy: FlushPolicy, gap: float, count: int, load: Load | None = None) -> float:
+    """``count`` jobs ``gap`` seconds apart; returns the time of the last."""
+    now = 100.0
+    for _ in range(count):
+        now += gap
+        policy.job(now, load)
+    return now
+
+
+def test_jobs_coming_often_hold_the_batch_and_rare_ones_do_not() -> None:
+    busy, quiet = FlushPolicy(HOLD), FlushPolicy(HOLD)
+    _steady(busy, 0.0005, 60)
+    _steady(quiet, 0.05, 60)
+    assert busy.hold_for(1) == HOLD
+    assert quiet.hold_for(1) == 0.0
+    assert (busy.holds, quiet.holds) == (1, 0)
+
+
+def test_a_hold_that_gathers_nothing_stops_holding_but_for_rarer_probes() -> None:
+    policy = FlushPolicy(HOLD)
+    _steady(policy, 0.0005, 60)
+    for _ in range(30):  # a sequential client: every held batch ends with its one job
+        if policy.hold_for(1):
+            policy.ended(1)
+    held = sum(1 for _ in range(200) if policy.hold_for(1) and (policy.ended(1) or True))
+    assert 0 < held <= 200 // 16  # probes only, growing rarer
+    policy.ended(4)  # a probe that gathered company: holding pays again
+    assert sum(1 for _ in range(16) if policy.hold_for(1)) >= 1
+
+
+def test_with_every_client_in_the_batch_it_goes_at_once() -> None:
+    policy = FlushPolicy(HOLD)
+    _steady(policy, 0.0005, 60, Load(clients=3))
+    assert policy.hold_for(3) == 0.0  # all in before the hold began
+    assert policy.hold_for(1) == HOLD
+    assert not policy.ends_early(2)
+    assert policy.ends_early(3)
+    assert (policy.holds, policy.holds_ended_early) == (1, 1)
+
+
+def test_a_request_on_its_way_keeps_the_batch_open() -> None:
+    policy = FlushPolicy(HOLD)
+    policy.job(1.0, Load(clients=2, arriving=1))
+    assert policy.arriving()
+    assert not policy.all_in(2)
+    policy.job(1.001, Load(clients=2))
+    assert not policy.arriving()
+    assert policy.all_in(2)
+
+
+def test_without_a_load_only_time_ends_a_hold_and_zero_never_holds() -> None:
+    policy = FlushPolicy(HOLD)
+    _steady(policy, 0.0005, 60)
+    assert not policy.all_in(1000)
+    never = FlushPolicy(0.0)
+    _steady(never, 0.0005, 60)
+    assert never.hold_for(1) == 0.0

@@ -56,6 +56,9 @@ def test_the_demo_scenarios_in_one_batch_get_the_codes_they_get_one_by_one(
     _warm_certificates(processor, world)
     bodies = list(scenario_bodies(world))
     jobs, batches = processor.committer.jobs, processor.committer.batches
+    checking, answering = processor.checking, processor.answering
+    checked, answered = checking.together, answering.together
+    checks, answers = checking.groups, answering.groups
     outcomes = _together(processor, [(body, s.endpoint) for s, body in bodies])
     assert [(s.name, o.code) for (s, _), o in zip(bodies, outcomes, strict=True)] == [
         (s.name, s.expected_code) for s in SCENARIOS
@@ -64,6 +67,11 @@ def test_the_demo_scenarios_in_one_batch_get_the_codes_they_get_one_by_one(
     assert processor.committer.jobs - jobs == len(SCENARIOS)
     commits = processor.committer.batches - batches
     assert commits <= 3
+    # And their CPU work ran in lock-step (they came together): all were checked in
+    # one group, and a commit's answers were signed in one.
+    assert (checking.together - checked, checking.groups - checks) == (len(SCENARIOS), 1)
+    assert answering.together - answered >= 2
+    assert 1 <= answering.groups - answers <= commits
 
     accepted = [o for o in outcomes if o.accepted]
     with seeded() as session:

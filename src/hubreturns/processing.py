@@ -23,6 +23,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Protocol
 
 from lxml import etree
@@ -37,6 +38,7 @@ from hubreturns.errors import Rejection
 from hubreturns.model import REASON_LIMIT, Channel, Endpoint, RequestId, ReturnRequest, clip
 from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import SECMP0039, Decision, EligibilityProfile, decide
+from hubreturns.stages import Stages, Steps, complete, one_step
 from hubreturns.store.db import make_sessionmaker
 from hubreturns.store.repository import AuditFields, FactsKey, Ledger
 from hubreturns.wire import check, envelope
@@ -288,6 +290,10 @@ class Processor:
             on_read=telemetry.certificate_read,
         )
         self.committer = Committer(engine, hold=commit_hold, on_batch=telemetry.batch)
+        #: The event loop's requests' database-free steps, in lock-step when requests
+        #: come together: checking them, and answering them once committed.
+        self.checking = Stages()
+        self.answering = Stages()
 
     def close(self) -> None:
         """Let queued writes finish and stop the committer thread."""
@@ -302,15 +308,11 @@ class Processor:
         try:
             now = self.clock()
             audit = _duis_audit(body, endpoint, now)
-            document = self._read(body, audit)
-            prepared: _RecordReturn | _Refused | Outcome
-            if isinstance(document, _Refused):
-                prepared = document
-            else:
-                found = self.certificates.snapshot(document.certificate)
-                snapshot = found if found is not None else self._read_certificates(document)
-                prepared = self._check(document, snapshot, body, endpoint, audit, now)
-            outcome = prepared if isinstance(prepared, Outcome) else self._commit(prepared)
+            read = complete(self._preparing(body, endpoint, audit, now))
+            if isinstance(read, check.Document):  # its certificate is read from the store
+                snapshot = self._read_certificates(read)
+                read = complete(self._checking(read, snapshot, body, endpoint, audit, now))
+            outcome = read if isinstance(read, Outcome) else self._commit(read)
             return self._finish(outcome, started, Channel.DUIS, endpoint.value)
         finally:
             current_request_id.reset(token)
@@ -325,28 +327,25 @@ class Processor:
         runs them on the loop at the end of its turn, on PostgreSQL in its
         thread). A certificate not yet cached is read from the store in a
         worker thread; the request, already parsed, is then checked on the loop.
+        The checks of the requests that arrive in one turn of the loop, and the
+        answers of those one commit serves, run in lock-step (``Stages``: every
+        parse, then every schema check, …), so each step's code and data stay
+        in the CPU's caches: without it a request cost 40-55 % more CPU with 64
+        in flight (docs/performance.md).
         """
         started = time.perf_counter()
         token = current_request_id.set(None)
         try:
             now = self.clock()
             audit = _duis_audit(body, endpoint, now)
-            document = self._read(body, audit)
-            prepared: _RecordReturn | _Refused | Outcome
-            if isinstance(document, _Refused):
-                prepared = document
+            read = await self.checking.run(self._preparing(body, endpoint, audit, now))
+            if isinstance(read, check.Document):  # its certificate is read from the store
+                snapshot = await asyncio.to_thread(self._read_certificates, read)
+                read = complete(self._checking(read, snapshot, body, endpoint, audit, now))
+            if isinstance(read, Outcome):
+                outcome = read
             else:
-                found = self.certificates.snapshot(document.certificate)
-                snapshot = (
-                    found
-                    if found is not None
-                    else await asyncio.to_thread(self._read_certificates, document)
-                )
-                prepared = self._check(document, snapshot, body, endpoint, audit, now)
-            if isinstance(prepared, Outcome):
-                outcome = prepared
-            else:
-                outcome = await self._commit_async(prepared, load)
+                outcome = await self._commit_async(read, load)
             return self._finish(outcome, started, Channel.DUIS, endpoint.value)
         finally:
             current_request_id.reset(token)
@@ -420,7 +419,21 @@ class Processor:
                 None,
             )
 
-    def _check(
+    def _preparing(
+        self, body: bytes, endpoint: Endpoint, audit: dict[str, object], now: datetime
+    ) -> Steps[_RecordReturn | _Refused | Outcome | check.Document]:
+        """Read, then check over the cached certificate; the ``Document`` itself when its
+        certificate must first be read from the store (then ``_checking`` goes on)."""
+        document = self._read(body, audit)
+        if isinstance(document, _Refused):
+            return document
+        yield
+        snapshot = self.certificates.snapshot(document.certificate)
+        if snapshot is None:
+            return document
+        return (yield from self._checking(document, snapshot, body, endpoint, audit, now))
+
+    def _checking(
         self,
         document: check.Document,
         snapshot: Snapshot | Outcome,
@@ -428,11 +441,16 @@ class Processor:
         endpoint: Endpoint,
         audit: dict[str, object],
         now: datetime,
-    ) -> _RecordReturn | _Refused | Outcome:
+    ) -> Steps[_RecordReturn | _Refused | Outcome]:
+        """``wire.check``'s three steps, yielding between them (``Stages``)."""
         if isinstance(snapshot, Outcome):
             return snapshot
         try:
-            request = check.check_document(document, lookup(snapshot), self.policy, now)
+            check.validate(document, self.policy)
+            yield
+            certificate = check.verify(document, lookup(snapshot), self.policy, now)
+            yield
+            request = check.identify(document, certificate)
         except Rejection as refusal:
             return self._refused_by(refusal, document, audit)
         except Exception as exc:  # a bug in our own code, not a bad request
@@ -486,7 +504,8 @@ class Processor:
                 result = await self.committer.run_async(prepared.job())
             except SQLAlchemyError as again:
                 error = again
-        return self._conclude(prepared, result, error)
+        # A batch's answers are signed together (its jobs' tasks wake in one turn).
+        return await self.answering.run(one_step(partial(self._conclude, prepared, result, error)))
 
     def _internal_error(
         self, exc: Exception, audit: dict[str, object], document: check.Document | None = None

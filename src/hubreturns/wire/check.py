@@ -20,8 +20,9 @@ from hubreturns.errors import Rejection, SignatureRejection
 from hubreturns.model import ReturnRequest
 from hubreturns.policy import SecurityPolicy
 from hubreturns.wire import envelope, signature
+from hubreturns.wire.certificate import SigningCertificate
 
-__all__ = ["Document", "check", "check_document", "read"]
+__all__ = ["Document", "check", "check_document", "identify", "read", "validate", "verify"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,23 +43,27 @@ def read(data: bytes, policy: SecurityPolicy) -> Document:
     return Document(root, signature.named_certificate(root))
 
 
-def check_document(
+def validate(document: Document, policy: SecurityPolicy) -> None:
+    """The DUIS schema (if the policy asks) and the accepted ``schemaVersion``."""
+    if policy.validate_schema:
+        envelope.validate(document.root)
+    envelope.check_version(document.root, policy)
+
+
+def verify(
     document: Document,
     certificates: signature.CertificateLookup,
     policy: SecurityPolicy,
     now: datetime,
-) -> ReturnRequest:
-    """Schema and version, signature, then identity; a ``Rejection`` names the first failure.
+) -> SigningCertificate:
+    """The signature, over a snapshot of the certificates (``signature.verify``)."""
+    return signature.verify(document.root, certificates, policy, now)
 
-    ``certificates`` answers from a snapshot taken before the check.
-    """
-    root = document.root
-    if policy.validate_schema:
-        envelope.validate(root)
-    envelope.check_version(root, policy)
-    certificate = signature.verify(root, certificates, policy, now)
+
+def identify(document: Document, certificate: SigningCertificate) -> ReturnRequest:
+    """The signed request, read, and its originator the certificate's owner."""
     try:
-        request = envelope.read_request(root)
+        request = envelope.read_request(document.root)
     except Rejection as refusal:  # signed, so its signer is known: the audit keeps it
         raise type(refusal)(refusal.code, refusal.message, sender=certificate.eui) from None
     if certificate.eui != request.originator:
@@ -69,6 +74,21 @@ def check_document(
             sender=certificate.eui,
         )
     return request
+
+
+def check_document(
+    document: Document,
+    certificates: signature.CertificateLookup,
+    policy: SecurityPolicy,
+    now: datetime,
+) -> ReturnRequest:
+    """Schema and version, signature, then identity; a ``Rejection`` names the first failure.
+
+    ``certificates`` answers from a snapshot taken before the check. The three
+    steps are also public, so a caller may run each for many requests in turn.
+    """
+    validate(document, policy)
+    return identify(document, verify(document, certificates, policy, now))
 
 
 def check(

@@ -20,7 +20,7 @@ from hubreturns.model import Channel, Endpoint, ReturnRequest
 from hubreturns.processing import Outcome, Processor
 from hubreturns.store.db import writer_connection
 from hubreturns.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
-from hubreturns.store.repository import AuditFields, Ledger, WriteConflict
+from hubreturns.store.repository import AuditFields, Ledger, ReturnFields, WriteConflict
 from hubreturns.wire.certificate import SigningCertificate
 
 
@@ -278,29 +278,18 @@ def _audit(request: ReturnRequest, now: datetime) -> AuditFields:
     )
 
 
-def _row(request: ReturnRequest, now: datetime) -> dict[str, object]:
-    return {
-        "request_id": str(request.request_id),
-        "channel": "duis",
-        "originator": request.originator,
-        "role": "IS",
-        "on_behalf_of": request.originator,
-        "entered_by": None,
-        "device_id": request.device_id,
-        "service_reference_variant": request.kind.variant,
-        "return_type": request.return_type,
-        "other_device_id": None,
-        "connection_method": None,
-        "fault_reason": None,
-        "user_ref_datetime": None,
-        "user_ref_id": None,
-        "incident_reference": None,
-        "additional_information": None,
-        "smi_status_at_return": "Pending",
-        "status": "notified",
-        "received_at": now,
-        "request_xml": None,
-    }
+def _row(request: ReturnRequest, now: datetime) -> ReturnFields:
+    return ReturnFields.of(
+        request,
+        request_id=str(request.request_id),
+        channel=Channel.DUIS,
+        role="IS",
+        on_behalf_of=request.originator,
+        entered_by=None,
+        smi_status_at_return="Pending",
+        received_at=now,
+        request_xml=None,
+    )
 
 
 @postgres_only

@@ -40,7 +40,7 @@ from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import SECMP0039, Decision, EligibilityProfile, decide
 from hubreturns.stages import Stages, Steps, complete, one_step
 from hubreturns.store.db import make_sessionmaker
-from hubreturns.store.repository import AuditFields, FactsKey, Ledger
+from hubreturns.store.repository import AuditFields, FactsKey, Ledger, ReturnFields
 from hubreturns.wire import check, envelope
 from hubreturns.wire.response import ResponseSigner, build_response
 
@@ -190,30 +190,17 @@ class _RecordReturn:
             lost = Decision(Reason.REPLAY, "counter already used (concurrent request)")
             raise Contended(_Recorded(lost, None, role))
         return_id = ledger.add_return(
-            {
-                "request_id": _record_request_id(request, self.channel),
-                "channel": self.channel.value,
-                "originator": request.originator,
-                "role": role,
-                "on_behalf_of": decision.on_behalf_of,
-                "entered_by": self.entered_by,
-                "device_id": request.device_id,
-                "service_reference_variant": request.kind.variant,
-                "return_type": request.return_type,
-                "other_device_id": request.other_device_id,
-                "connection_method": (
-                    request.connection_method.value if request.connection_method else None
-                ),
-                "fault_reason": request.fault_reason.value if request.fault_reason else None,
-                "user_ref_datetime": request.user_ref_datetime,
-                "user_ref_id": request.user_ref_id,
-                "incident_reference": request.incident_reference,
-                "additional_information": request.additional_information,
-                "smi_status_at_return": smi,
-                "status": "notified",
-                "received_at": now,
-                "request_xml": self.raw,
-            }
+            ReturnFields.of(
+                request,
+                request_id=_record_request_id(request, self.channel),
+                channel=self.channel,
+                role=role,
+                on_behalf_of=decision.on_behalf_of,
+                entered_by=self.entered_by,
+                smi_status_at_return=smi,
+                received_at=now,
+                request_xml=self.raw,
+            )
         )
         if not ledger.claim_device(request.device_id, return_id, now):
             lost = Decision(Reason.OPEN_RETURN, "hub already has an open return (concurrent)")

@@ -14,8 +14,11 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
+from hubreturns.logistics.lifecycle import ReturnStatus, Step, TestOutcome
+from hubreturns.logistics.values import HubVariant, OrderStatus
+from hubreturns.model import Role
 from hubreturns.store.models import Base
-from hubreturns.store.types import Moment
+from hubreturns.store.types import Moment, text_enum
 
 __all__ = [
     "Consignment",
@@ -42,15 +45,17 @@ class HubOrder(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     supplier_user_id: Mapped[str] = mapped_column(EUI, ForeignKey("users.user_id"))
     placed_by: Mapped[str] = mapped_column(EUI, ForeignKey("users.user_id"))
-    placed_by_role: Mapped[str] = mapped_column(String(3))
+    placed_by_role: Mapped[Role] = mapped_column(text_enum(Role, 3))
     quantity: Mapped[int] = mapped_column(Integer)
     #: A ``values.HubVariant`` value.
-    hub_variant: Mapped[str] = mapped_column(String(64))
+    hub_variant: Mapped[HubVariant] = mapped_column(text_enum(HubVariant, 64))
     delivery_location: Mapped[str] = mapped_column(String(200))
     requested_month: Mapped[str] = mapped_column(String(7))
     created_at: Mapped[datetime] = mapped_column(Moment)
     #: ``open`` or ``cancelled`` (migration 0009).
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[OrderStatus] = mapped_column(
+        text_enum(OrderStatus, 16), default=OrderStatus.OPEN
+    )
 
 
 class HubOrderEvent(Base):
@@ -92,7 +97,7 @@ class DeliveredHub(Base):
     delivery_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_deliveries.id"))
     order_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_orders.id"))
     #: The order's ``values.HubVariant`` when the hub was delivered (migration 0009).
-    hub_variant: Mapped[str] = mapped_column(String(16))
+    hub_variant: Mapped[HubVariant] = mapped_column(text_enum(HubVariant, 16))
 
 
 class Consignment(Base):
@@ -122,7 +127,7 @@ class ReturnProgress(Base):
     collected_at: Mapped[datetime | None] = mapped_column(Moment)
     received_at: Mapped[datetime | None] = mapped_column(Moment)
     tested_at: Mapped[datetime | None] = mapped_column(Moment)
-    test_outcome: Mapped[str | None] = mapped_column(String(16))
+    test_outcome: Mapped[TestOutcome | None] = mapped_column(text_enum(TestOutcome, 16))
     closed_at: Mapped[datetime | None] = mapped_column(Moment)
     written_off_at: Mapped[datetime | None] = mapped_column(Moment)
 
@@ -135,8 +140,8 @@ class ReturnEvent(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     return_id: Mapped[int] = mapped_column(BigRef, ForeignKey("returns.id"))
-    step: Mapped[str] = mapped_column(String(16))
-    from_status: Mapped[str] = mapped_column(String(16))
-    to_status: Mapped[str] = mapped_column(String(16))
+    step: Mapped[Step] = mapped_column(text_enum(Step, 16))
+    from_status: Mapped[ReturnStatus] = mapped_column(text_enum(ReturnStatus, 16))
+    to_status: Mapped[ReturnStatus] = mapped_column(text_enum(ReturnStatus, 16))
     actor: Mapped[str] = mapped_column(String(100))
     at: Mapped[datetime] = mapped_column(Moment)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from enum import StrEnum
 from typing import TypeVar
 
 from sqlalchemy import func, select, update
@@ -58,6 +57,7 @@ from hubreturns.logistics.values import (
     HubVariant,
     OrderChange,
     OrderRequest,
+    OrderStatus,
     Period,
     check_location,
     month_of,
@@ -90,13 +90,6 @@ ProgressCallback = Callable[[str, int, int], None]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class OrderStatus(StrEnum):
-    """Values of ``hub_orders.status``."""
-
-    OPEN = "open"
-    CANCELLED = "cancelled"
 
 
 def _check_month_now(month: str, now: datetime) -> None:
@@ -227,7 +220,7 @@ class Logistics:
                 placed_by=placer.user_id,
                 placed_by_role=placer.role,
                 quantity=order.quantity,
-                hub_variant=order.hub_variant.value,
+                hub_variant=order.hub_variant,
                 delivery_location=order.delivery_location,
                 requested_month=order.requested_month,
                 created_at=now,
@@ -573,7 +566,7 @@ class Logistics:
             elif step is Step.TEST:
                 assert outcome is not None
                 row.tested_at = now
-                row.test_outcome = outcome.value
+                row.test_outcome = outcome
             elif step in (Step.CLOSE, Step.WRITE_OFF):
                 if step is Step.CLOSE:
                     row.closed_at = now
@@ -609,9 +602,9 @@ class Logistics:
         session.add(
             ReturnEvent(
                 return_id=record.id,
-                step=step.value,
+                step=step,
                 from_status=current,
-                to_status=new.value,
+                to_status=new,
                 actor=actor[:100],
                 at=now,
             )

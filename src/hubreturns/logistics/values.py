@@ -20,6 +20,7 @@ __all__ = [
     "HubVariant",
     "OrderChange",
     "OrderRequest",
+    "OrderStatus",
     "Period",
     "check_eui",
     "check_location",
@@ -31,6 +32,13 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+
+class OrderStatus(StrEnum):
+    """Values of ``hub_orders.status``."""
+
+    OPEN = "open"
+    CANCELLED = "cancelled"
 
 
 class HubVariant(StrEnum):

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from sqlalchemy import String, and_, bindparam, delete, func, or_, select, update
@@ -27,8 +28,10 @@ from sqlalchemy.orm import Session
 from hubreturns.logistics.models import DeliveredHub, HubOrder
 from hubreturns.model import (
     Channel,
+    ConnectionMethod,
     DeviceType,
     Endpoint,
+    FaultReason,
     ReturnRequest,
     Role,
     SmiStatus,
@@ -67,9 +70,79 @@ __all__ = [
     "FactsKey",
     "Ledger",
     "Repository",
+    "ReturnFields",
     "ReturnFilter",
     "WriteConflict",
 ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReturnFields:
+    """One accepted return as the ``returns`` table keeps it (``ReturnRecord``, less its id)."""
+
+    request_id: str
+    channel: Channel
+    originator: str
+    role: str | None
+    on_behalf_of: str | None
+    entered_by: str | None
+    device_id: str
+    service_reference_variant: str
+    return_type: str
+    other_device_id: str | None
+    connection_method: ConnectionMethod | None
+    fault_reason: FaultReason | None
+    user_ref_datetime: str | None
+    user_ref_id: str | None
+    incident_reference: str | None
+    additional_information: str | None
+    smi_status_at_return: str
+    status: str = "notified"
+    received_at: datetime
+    request_xml: bytes | None
+
+    @classmethod
+    def of(
+        cls,
+        request: ReturnRequest,
+        *,
+        request_id: str,
+        channel: Channel,
+        role: str | None,
+        on_behalf_of: str | None,
+        entered_by: str | None,
+        smi_status_at_return: str,
+        received_at: datetime,
+        request_xml: bytes | None,
+    ) -> ReturnFields:
+        """The request's own fields, and what the service recorded about it."""
+        return cls(
+            request_id=request_id,
+            channel=channel,
+            role=role,
+            on_behalf_of=on_behalf_of,
+            entered_by=entered_by,
+            smi_status_at_return=smi_status_at_return,
+            received_at=received_at,
+            request_xml=request_xml,
+            originator=request.originator,
+            device_id=request.device_id,
+            service_reference_variant=request.kind.variant,
+            return_type=request.return_type,
+            other_device_id=request.other_device_id,
+            connection_method=request.connection_method,
+            fault_reason=request.fault_reason,
+            user_ref_datetime=request.user_ref_datetime,
+            user_ref_id=request.user_ref_id,
+            incident_reference=request.incident_reference,
+            additional_information=request.additional_information,
+        )
+
+    def row(self) -> dict[str, Any]:
+        """Column name -> plain value (PostgreSQL's batch write sends them past the
+        column types, as arrays)."""
+        values = {name: getattr(self, name) for name in statements.RETURN_COLUMNS}
+        return {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -367,11 +440,12 @@ class Ledger:
             return True
         return bool(self.connection.execute(statements.CLAIM, parameters).rowcount == 1)
 
-    def add_return(self, values: Mapping[str, Any]) -> int:
-        """Insert one ``returns`` row (column name -> value); returns its id.
+    def add_return(self, fields: ReturnFields) -> int:
+        """Insert one ``returns`` row; returns its id.
 
         Deferred: the id is one reserved for the batch, the row is queued.
         """
+        values = fields.row()
         if not self.deferred:
             return int(self.connection.execute(statements.ADD_RETURN, dict(values)).scalar_one())
         if not self._ids:
@@ -472,8 +546,8 @@ class Repository:
     def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
         return self.ledger.claim_device(device_id, return_id, now)
 
-    def add_return(self, values: Mapping[str, Any]) -> int:
-        return self.ledger.add_return(values)
+    def add_return(self, fields: ReturnFields) -> int:
+        return self.ledger.add_return(fields)
 
     def add_audit(self, fields: AuditFields) -> None:
         self.ledger.add_audit(fields)

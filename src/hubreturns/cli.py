@@ -8,6 +8,7 @@ store, calls one function and prints the result. Errors are printed as
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import secrets
@@ -16,6 +17,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -28,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hubreturns import registry
 from hubreturns.codes import CodeProfile, Reason
 from hubreturns.config import Settings, load_settings, redact_url
 from hubreturns.errors import HintedError
@@ -36,11 +40,11 @@ from hubreturns.loading import (
     load_appointments,
     load_certificates,
     load_crl,
-    load_devices,
+    load_inventory,
     load_users,
-    registry_roles,
 )
-from hubreturns.model import Role, eui
+from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus, eui
+from hubreturns.registry import DeviceFilter, Listing
 from hubreturns.rules import RULES, EligibilityProfile
 from hubreturns.store.db import make_engine, make_sessionmaker, migrate
 from hubreturns.store.repository import Repository, ReturnFilter
@@ -61,9 +65,38 @@ certs_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(certs_app, name="certs")
+list_app = typer.Typer(
+    help="List the registry: users, certs, appointments, devices (table, --csv or --json).",
+    no_args_is_help=True,
+)
+app.add_typer(list_app, name="list")
+remove_app = typer.Typer(
+    help="Remove a User, appointment or device that no history refers to.",
+    no_args_is_help=True,
+)
+app.add_typer(remove_app, name="remove")
+users_app = typer.Typer(help="Suspend or activate a User.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 
 console = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"hubreturns {metadata.version('hubreturns')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """DCC Communications Hub returns service (DUIS 8.14.3 / 8.14.4, SECMP0039)."""
+
 
 ConfigOption = Annotated[
     Path | None,
@@ -202,11 +235,39 @@ def load_appointments_cmd(file: Path, config: ConfigOption = None) -> None:
 
 
 @load_app.command("devices")
-def load_devices_cmd(file: Path, config: ConfigOption = None) -> None:
-    """Devices CSV: device_id,device_type,smi_status,responsible_suppliers,gpf_id."""
+def load_devices_cmd(
+    file: Path,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="The file is the whole latest inventory: devices not in it are withdrawn "
+            "(kept with their history; new returns for them get E19).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would change; write nothing.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Devices CSV: device_id,device_type,smi_status,responsible_suppliers,gpf_id.
+
+    Without --replace an upsert: the file's devices are added or updated, others
+    are left as they are. With --replace the file is the whole inventory (see
+    docs/operations.md). Either way a file with a bad row loads nothing.
+    """
     with _store(config) as sessions:
-        count = load_devices(sessions, _read(file), _now())
-    console.print(f"[green]loaded {count} devices[/green] from {file}")
+        change = load_inventory(sessions, _read(file), _now(), replace=replace, dry_run=dry_run)
+    listed = len(change.added) + len(change.updated) + len(change.unchanged)
+    verb = "would load" if change.dry_run else "loaded"
+    console.print(
+        f"[green]{verb} {listed} devices[/green] from {escape(str(file))}: "
+        f"{len(change.added)} added, {len(change.updated)} updated, "
+        f"{len(change.withdrawn)} withdrawn, {len(change.unchanged)} unchanged",
+        highlight=False,
+    )
+    if change.dry_run:
+        console.print("dry run: nothing was written", highlight=False)
 
 
 @load_app.command("certs")
@@ -363,7 +424,11 @@ def appoint(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """A Supplier confirms that an RSA works for it (SECMP0039)."""
+    """A Supplier confirms that an RSA works for it (SECMP0039).
+
+    Refused for an unknown or suspended Supplier, and while the same Supplier
+    already has an open appointment of the same RSA.
+    """
     rsa_id, supplier_id = _eui_option(rsa, "--rsa"), _eui_option(supplier, "--supplier")
     assert rsa_id is not None and supplier_id is not None
     start = _instant(valid_from, "--from") or _now()
@@ -371,13 +436,11 @@ def appoint(
     if end is not None and end <= start:
         fail("--to must be after --from", "Leave --to out for an open-ended appointment.")
     with _store(config) as sessions, sessions.begin() as session:
-        roles = registry_roles(session)
-        if roles.get(rsa_id) is not Role.RSA:
-            fail(f"{rsa_id} is not a registered RSA user", "Load the user with role RSA first.")
-        if roles.get(supplier_id) not in (Role.IS, Role.GS):
-            fail(f"{supplier_id} is not a registered IS or GS user", "Only Suppliers appoint RSAs.")
-        Repository(session).appoint(rsa_id, supplier_id, start, end)
-    console.print(f"[green]{supplier_id} appoints RSA {rsa_id}[/green] from {start.isoformat()}")
+        made = registry.appoint(session, rsa_id, supplier_id, start, end, _now())
+    console.print(
+        f"[green]{supplier_id} appoints RSA {rsa_id}[/green] from {start.isoformat()} "
+        f"(appointment {made.id})"
+    )
 
 
 @app.command()
@@ -394,6 +457,180 @@ def revoke(
     if count == 0:
         fail(f"{supplier_id} has no open appointment of {rsa_id}", "See `hubreturns appoint`.")
     console.print(f"[green]revoked {count} appointment(s)[/green]")
+
+
+# -- registry administration (``registry``) ----------------------------------------------
+
+CsvOption = Annotated[bool, typer.Option("--csv", help="CSV on stdout.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON records on stdout.")]
+
+
+def _show(listing: Listing, as_csv: bool, as_json: bool) -> None:
+    """A listing as a table (a list of records when too wide), CSV or JSON."""
+    if as_json:
+        print(json.dumps(registry.records(listing), indent=2))
+        return
+    if as_csv:
+        _emit(listing.headers, list(listing.rows), True, listing.title)
+        return
+    empty = f"{listing.title}: no rows match."
+    print_rows(
+        console,
+        listing.headers,
+        listing.rows,
+        title=listing.title,
+        whole=listing.whole,
+        empty=empty,
+    )
+
+
+def _choice(value: str | None, kind: type[StrEnum], name: str) -> Any:
+    """``value`` as a member of the enum ``kind`` (case-insensitive), or a usage error."""
+    if value is None:
+        return None
+    for member in kind:
+        if member.value.lower() == value.lower():
+            return member
+    fail(
+        f"{name}: {value!r} is not one of {', '.join(m.value for m in kind)}", "Pick one of those."
+    )
+
+
+def _required_eui(value: str, name: str) -> str:
+    found = _eui_option(value, name)
+    assert found is not None
+    return found
+
+
+@list_app.command("users")
+def list_users_cmd(
+    role: Annotated[str | None, typer.Option(help="Only this role: IS, GS, RSA, ...")] = None,
+    status: Annotated[str | None, typer.Option(help="active or suspended.")] = None,
+    as_csv: CsvOption = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Registered Users: User ID, role, status, name."""
+    chosen_role = _choice(role, Role, "--role")
+    chosen_status = _choice(status, UserStatus, "--status")
+    with _store(config) as sessions, sessions() as session:
+        listing = registry.list_users(session, role=chosen_role, status=chosen_status)
+    _show(listing, as_csv, as_json)
+
+
+@list_app.command("certs")
+def list_certs_cmd(
+    user: Annotated[str | None, typer.Option("--eui", help="Only this User's.")] = None,
+    as_csv: CsvOption = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """SMKI certificates: EUI, issuer, serial, OU, validity, revocation."""
+    with _store(config) as sessions, sessions() as session:
+        listing = registry.list_certificates(session, eui=_eui_option(user, "--eui"))
+    _show(listing, as_csv, as_json)
+
+
+@list_app.command("appointments")
+def list_appointments_cmd(
+    rsa: Annotated[str | None, typer.Option(help="Only this RSA's.")] = None,
+    supplier: Annotated[str | None, typer.Option(help="Only this Supplier's.")] = None,
+    open_only: Annotated[
+        bool, typer.Option("--open", help="Only open ones (not revoked, not ended).")
+    ] = False,
+    as_csv: CsvOption = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Suppliers' appointments of RSAs, with their ids (for `remove appointment`)."""
+    rsa_id, supplier_id = _eui_option(rsa, "--rsa"), _eui_option(supplier, "--supplier")
+    with _store(config) as sessions, sessions() as session:
+        listing = registry.list_appointments(
+            session, rsa=rsa_id, supplier=supplier_id, open_only=open_only, now=_now()
+        )
+    _show(listing, as_csv, as_json)
+
+
+@list_app.command("devices")
+def list_devices_cmd(
+    device: Annotated[str | None, typer.Option(help="Only this Device ID.")] = None,
+    supplier: Annotated[
+        str | None, typer.Option(help="Only devices it is responsible for.")
+    ] = None,
+    smi_status: Annotated[str | None, typer.Option(help="e.g. Pending, Commissioned.")] = None,
+    device_type: Annotated[str | None, typer.Option("--type", help="e.g. CHF, GPF.")] = None,
+    withdrawn: Annotated[
+        bool, typer.Option("--withdrawn", help="Include devices withdrawn by a --replace load.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1)] = 1000,
+    as_csv: CsvOption = False,
+    as_json: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """The device inventory: type, SMI status, responsible Suppliers, GPF, open return."""
+    where = DeviceFilter(
+        device_id=_eui_option(device, "--device"),
+        supplier=_eui_option(supplier, "--supplier"),
+        smi_status=_choice(smi_status, SmiStatus, "--smi-status"),
+        device_type=_choice(device_type, DeviceType, "--type"),
+        withdrawn=withdrawn,
+        limit=limit,
+    )
+    with _store(config) as sessions, sessions() as session:
+        listing = registry.list_devices(session, where)
+    _show(listing, as_csv, as_json)
+
+
+@users_app.command("suspend")
+def users_suspend_cmd(user: str, config: ConfigOption = None) -> None:
+    """Suspend a User: its requests are refused (E3) from now; its history stays."""
+    _set_status(user, UserStatus.SUSPENDED, config)
+
+
+@users_app.command("activate")
+def users_activate_cmd(user: str, config: ConfigOption = None) -> None:
+    """Activate a suspended User again."""
+    _set_status(user, UserStatus.ACTIVE, config)
+
+
+def _set_status(user: str, status: UserStatus, config: Path | None) -> None:
+    user_id = _required_eui(user, "EUI")
+    with _store(config) as sessions, sessions.begin() as session:
+        changed = registry.set_user_status(session, user_id, status, _now())
+    state = "is now" if changed else "was already"
+    console.print(f"{user_id} {state} {status.value}", highlight=False)
+
+
+@remove_app.command("user")
+def remove_user_cmd(user: str, config: ConfigOption = None) -> None:
+    """Remove a User no return, audit row, order, appointment or device names."""
+    user_id = _required_eui(user, "EUI")
+    with _store(config) as sessions, sessions.begin() as session:
+        registry.remove_user(session, user_id)
+    console.print(f"removed User {user_id}", highlight=False)
+
+
+@remove_app.command("appointment")
+def remove_appointment_cmd(
+    appointment: Annotated[int, typer.Argument(help="Its id (`hubreturns list appointments`).")],
+    config: ConfigOption = None,
+) -> None:
+    """Remove an appointment no return was made under (e.g. one entered by mistake)."""
+    with _store(config) as sessions, sessions.begin() as session:
+        gone = registry.remove_appointment(session, appointment)
+    console.print(
+        f"removed appointment {appointment} ({gone.supplier_user_id} of RSA {gone.rsa_user_id})",
+        highlight=False,
+    )
+
+
+@remove_app.command("device")
+def remove_device_cmd(device: str, config: ConfigOption = None) -> None:
+    """Remove a device no return, audit row or delivery names (e.g. loaded by mistake)."""
+    device_id = _required_eui(device, "DEVICE")
+    with _store(config) as sessions, sessions.begin() as session:
+        registry.remove_device(session, device_id)
+    console.print(f"removed device {device_id}", highlight=False)
 
 
 # -- serving ---------------------------------------------------------------------------

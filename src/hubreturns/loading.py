@@ -8,6 +8,7 @@ the registry as it will be after the load, i.e. the database's users.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +16,12 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.errors import HintedError
 from hubreturns.importers import (
+    DeviceRow,
     ImportFailed,
     parse_appointments,
     parse_devices,
@@ -32,7 +34,7 @@ from hubreturns.smki import (
     TrustMode,
     certificate_files,
 )
-from hubreturns.store.models import User
+from hubreturns.store.models import Device, DeviceSupplier, User
 from hubreturns.store.repository import CertificateConflict, Repository
 from hubreturns.wire.certificate import SigningCertificate, normalize_issuer
 
@@ -42,10 +44,12 @@ __all__ = [
     "CrlLoad",
     "FileProblem",
     "ImportFailed",
+    "InventoryChange",
     "load_appointments",
     "load_certificates",
     "load_crl",
     "load_devices",
+    "load_inventory",
     "load_users",
     "registry_roles",
 ]
@@ -76,19 +80,127 @@ def load_appointments(sessions: sessionmaker[Session], text: str | bytes) -> int
 
 
 def load_devices(sessions: sessionmaker[Session], text: str | bytes, now: datetime) -> int:
+    """Upsert the file's devices (``load_inventory`` without replacing); how many rows."""
+    change = load_inventory(sessions, text, now)
+    return len(change.added) + len(change.updated) + len(change.unchanged)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InventoryChange:
+    """What an inventory load did (or, with ``dry_run``, would do), by Device ID.
+
+    ``added`` includes devices listed again after being withdrawn.
+    """
+
+    added: list[str]
+    updated: list[str]
+    unchanged: list[str]
+    withdrawn: list[str]
+    dry_run: bool
+
+
+#: What a device's inventory entry is compared by: type, SMI status, GPF, suppliers.
+_Entry = tuple[str, str, str | None, frozenset[str]]
+
+
+def _entry(row: DeviceRow) -> _Entry:
+    return (row.device_type.value, row.smi_status.value, row.gpf_id, row.responsible_suppliers)
+
+
+def _inventory(session: Session) -> tuple[dict[str, _Entry], set[str]]:
+    """Every device's entry, and the Device IDs currently withdrawn."""
+    suppliers: dict[str, set[str]] = {}
+    for device_id, supplier in session.execute(
+        select(DeviceSupplier.device_id, DeviceSupplier.supplier_user_id)
+    ):
+        suppliers.setdefault(device_id, set()).add(supplier)
+    entries: dict[str, _Entry] = {}
+    withdrawn: set[str] = set()
+    for device in session.scalars(select(Device)):
+        found = frozenset(suppliers.get(device.device_id, ()))
+        entries[device.device_id] = (device.device_type, device.smi_status, device.gpf_id, found)
+        if device.withdrawn_at is not None:
+            withdrawn.add(device.device_id)
+    return entries, withdrawn
+
+
+def _compare(
+    rows: Sequence[DeviceRow], held: dict[str, _Entry], withdrawn: set[str], replace: bool
+) -> InventoryChange:
+    added, updated, unchanged = [], [], []
+    for row in rows:
+        if row.device_id not in held or row.device_id in withdrawn:
+            added.append(row.device_id)
+        elif held[row.device_id] != _entry(row):
+            updated.append(row.device_id)
+        else:
+            unchanged.append(row.device_id)
+    listed = {row.device_id for row in rows}
+    gone = sorted(set(held) - listed - withdrawn) if replace else []
+    return InventoryChange(
+        added=added, updated=updated, unchanged=unchanged, withdrawn=gone, dry_run=False
+    )
+
+
+def _write_inventory(
+    session: Session, rows: Sequence[DeviceRow], change: InventoryChange, now: datetime
+) -> None:
+    repo = Repository(session)
+    changed = set(change.added) | set(change.updated)
+    for row in rows:
+        if row.device_id not in changed:
+            continue  # unchanged: its updated_at stays the time it last changed
+        repo.upsert_device(
+            device_id=row.device_id,
+            device_type=row.device_type,
+            smi_status=row.smi_status,
+            responsible_suppliers=row.responsible_suppliers,
+            gpf_id=row.gpf_id,
+            now=now,
+        )
+    if change.added:
+        session.execute(
+            update(Device).where(Device.device_id.in_(change.added)).values(withdrawn_at=None)
+        )
+    if change.withdrawn:
+        session.execute(
+            update(Device)
+            .where(Device.device_id.in_(change.withdrawn))
+            .values(withdrawn_at=now, updated_at=now)
+        )
+
+
+def load_inventory(
+    sessions: sessionmaker[Session],
+    text: str | bytes,
+    now: datetime,
+    *,
+    replace: bool = False,
+    dry_run: bool = False,
+) -> InventoryChange:
+    """Load a Device Inventory file, in one transaction (a bad row loads nothing).
+
+    Plain: an upsert; devices not in the file are left as they are. With
+    ``replace`` the file is the whole latest inventory: devices held but not in
+    it are withdrawn (``Device.withdrawn_at``; their rows, returns and audit
+    stay, and new requests for them get E19). ``dry_run`` reports the change
+    and writes nothing. An empty file never replaces: it would withdraw everything.
+    """
     with sessions.begin() as session:
         rows = parse_devices(text, roles=registry_roles(session))
-        repo = Repository(session)
-        for row in rows:
-            repo.upsert_device(
-                device_id=row.device_id,
-                device_type=row.device_type,
-                smi_status=row.smi_status,
-                responsible_suppliers=row.responsible_suppliers,
-                gpf_id=row.gpf_id,
-                now=now,
+        if replace and not rows:
+            raise HintedError(
+                "the file lists no devices: replacing with it would withdraw every device",
+                "Give the whole latest inventory, or load without --replace.",
+                code="empty_inventory",
             )
-    return len(rows)
+        held, withdrawn = _inventory(session)
+        change = _compare(rows, held, withdrawn, replace)
+        if dry_run:
+            session.rollback()
+            return dataclasses.replace(change, dry_run=True)
+        _write_inventory(session, rows, change, now)
+    return change
 
 
 @dataclass(frozen=True, slots=True)

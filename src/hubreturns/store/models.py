@@ -145,6 +145,9 @@ class Device(Base):
     gpf_id: Mapped[str | None] = mapped_column(EUI)
     open_return_id: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(Moment)
+    #: Set when a replacing inventory load left it out (``load devices --replace``):
+    #: the row stays for its history, and requests find no such device (E19).
+    withdrawn_at: Mapped[datetime | None] = mapped_column(Moment)
 
 
 class DeviceSupplier(Base):

@@ -38,6 +38,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     String,
+    and_,
     bindparam,
     create_engine,
     func,
@@ -97,7 +98,7 @@ def _batch_facts() -> Any:
     counter = look_up("r", ReplayCounter.originator == k.c.originator, ReplayCounter.last_counter)
     device = look_up(
         "d",
-        Device.device_id == k.c.device_id,
+        and_(Device.device_id == k.c.device_id, Device.withdrawn_at.is_(None)),
         Device.device_id,
         Device.device_type,
         Device.smi_status,

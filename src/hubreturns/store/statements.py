@@ -89,7 +89,10 @@ def facts_statement(keys: Subquery) -> Select[*tuple[Any, ...]]:
         .select_from(keys)
         .outerjoin(User, User.user_id == keys.c.originator)
         .outerjoin(ReplayCounter, ReplayCounter.originator == keys.c.originator)
-        .outerjoin(Device, Device.device_id == keys.c.device_id)
+        # A withdrawn device (``load devices --replace``) is not in the inventory.
+        .outerjoin(
+            Device, and_(Device.device_id == keys.c.device_id, Device.withdrawn_at.is_(None))
+        )
         .outerjoin(DeviceSupplier, DeviceSupplier.device_id == Device.device_id)
     )
 

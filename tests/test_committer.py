@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns import committer as committer_module
-from hubreturns.committer import Committer, Contended, FunctionJob, Load
+from hubreturns.committer import Committer, Contended, FunctionJob, Job, Load
 from hubreturns.model import Channel
 from hubreturns.store.db import make_engine, migrate, writer_lock
 from hubreturns.store.models import AuditEntry
@@ -61,6 +62,8 @@ def _reasons(engine: Engine) -> list[str]:
 class _Gate:
     """A job that holds the committer thread until opened, so later jobs queue up."""
 
+    reads = None
+
     def __init__(self) -> None:
         self.entered = threading.Event()
         self.open = threading.Event()
@@ -75,11 +78,11 @@ class _Gate:
         raise AssertionError("no race here")
 
 
-def _queue_behind_gate(committer: Committer, jobs: list[object]) -> list[Future[object]]:
+def _queue_behind_gate(committer: Committer[str], jobs: Sequence[Job[str]]) -> list[Future[str]]:
     gate = _Gate()
     first = committer.submit(gate)
     assert gate.entered.wait(30)
-    futures = [committer.submit(job) for job in jobs]  # type: ignore[arg-type]
+    futures = [committer.submit(job) for job in jobs]
     gate.open.set()
     assert first.result(30) == "gate"
     return futures
@@ -88,7 +91,7 @@ def _queue_behind_gate(committer: Committer, jobs: list[object]) -> list[Future[
 def test_jobs_queued_together_share_one_commit(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     before = committer.batches
     futures = _queue_behind_gate(committer, [_write(f"r{i:03}") for i in range(100)])
     assert [f.result(30) for f in futures] == [f"r{i:03}" for i in range(100)]
@@ -101,7 +104,7 @@ def test_jobs_queued_together_share_one_commit(
 def test_an_answer_comes_only_after_its_commit(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     for n in range(5):
         assert committer.run(_write(f"w{n}")) == f"w{n}"
         # Seen from another connection the moment the caller has its answer.
@@ -111,6 +114,8 @@ def test_an_answer_comes_only_after_its_commit(
 
 class _Racer:
     """Writes a row, then loses a race the first time it runs in a batch."""
+
+    reads = None
 
     def __init__(self) -> None:
         self.runs = 0
@@ -128,7 +133,7 @@ class _Racer:
 def test_a_lost_race_reruns_the_batch_alone_and_records_the_refusal(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     racer = _Racer()
     futures = _queue_behind_gate(committer, [_write("before"), racer, _write("after")])
     assert [f.result(30) for f in futures] == ["before", "refused", "after"]
@@ -146,7 +151,7 @@ def test_one_failing_job_does_not_sink_its_neighbours(
         ledger.add_audit(_audit("broken"))
         raise ValueError("a bug in one job")
 
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     futures = _queue_behind_gate(committer, [_write("a"), FunctionJob(broken), _write("b")])
     assert futures[0].result(30) == "a"
     with pytest.raises(ValueError, match="a bug in one job"):
@@ -173,7 +178,7 @@ def test_an_unavailable_database_fails_the_batch_at_once(
 
         return FunctionJob(run)
 
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     futures = _queue_behind_gate(committer, [counted("x"), FunctionJob(away), counted("y")])
     for future in futures:
         with pytest.raises(OperationalError):
@@ -203,7 +208,7 @@ def test_a_batch_the_server_rolled_back_is_run_again_job_by_job(
         ledger.add_audit(_audit("victim"))
         return "victim"
 
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     futures = _queue_behind_gate(
         committer, [_write("a"), FunctionJob(deadlocked_once), _write("b")]
     )
@@ -216,7 +221,7 @@ def test_a_batch_the_server_rolled_back_is_run_again_job_by_job(
 def test_close_finishes_queued_work_and_a_later_submit_restarts(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     futures = [committer.submit(_write(f"c{n}")) for n in range(20)]
     committer.close()
     assert all(f.done() for f in futures)
@@ -274,7 +279,7 @@ def test_sqlite_writers_in_other_processes_queue_on_the_lock_file(tmp_path: Path
 def test_jobs_of_one_loop_turn_share_one_commit(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(engine)
+    committer = Committer[str](engine)
 
     async def main() -> list[str]:
         return await asyncio.gather(*(committer.run_async(_write(f"a{i:02}")) for i in range(40)))
@@ -293,7 +298,7 @@ def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
 ) -> None:
     """PostgreSQL's writer thread: a request noted as arriving joins the batch before it."""
     monkeypatch.setattr(committer_module, "_GATHER_WAIT", 30.0)  # no timing in the test
-    committer = Committer(engine)
+    committer = Committer[str](engine)
 
     async def main() -> list[str]:
         on_the_way = Load(clients=2, arriving=1)  # the late request is being read
@@ -313,7 +318,7 @@ def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
 def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_delays(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
-    committer = Committer(engine)
+    committer = Committer[str](engine)
 
     async def main() -> tuple[str, str]:
         alone = await committer.run_async(_write("alone"), Load(clients=1))  # nobody else
@@ -336,7 +341,7 @@ def test_postgresql_batches_run_on_the_connection_the_writer_keeps(
     checkins: list[object] = []
     event.listen(engine, "checkout", lambda *_: checkouts.append(1))
     event.listen(engine, "checkin", lambda *_: checkins.append(1))
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     assert [committer.run(_write(f"k{n}")) for n in range(5)] == [f"k{n}" for n in range(5)]
     assert (len(checkouts), len(checkins)) == (1, 0)
     committer.close()
@@ -349,7 +354,7 @@ def test_a_kept_connection_that_died_is_replaced_and_its_batch_run_once(
 ) -> None:
     backends: list[int] = []
     event.listen(engine, "checkout", lambda dbapi, *_: backends.append(dbapi.info.backend_pid))
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     assert committer.run(_write("before")) == "before"
     (writer,) = backends  # the one check-out: the writer thread's
     with engine.connect() as admin:  # the writer's backend dies while idle
@@ -369,7 +374,7 @@ def test_on_a_loop_a_failing_job_fails_alone(
         ledger.add_audit(_audit("broken"))
         raise ValueError("a bug in one job")
 
-    committer = Committer(engine)
+    committer = Committer[str](engine)
 
     async def main() -> list[object]:
         jobs = [_write("x"), FunctionJob(broken), _write("y")]
@@ -391,7 +396,7 @@ def test_a_briefly_busy_writer_lock_is_tried_again_on_the_loop(
     monkeypatch.setattr(committer_module, "_LOOP_RETRY_FOR", 30.0)  # no timing in the test
     engine = make_engine(f"sqlite:///{tmp_path / 'busy.db'}")
     migrate(engine)
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     lock = writer_lock(engine)
 
     async def main() -> list[str]:
@@ -415,13 +420,13 @@ def test_a_briefly_busy_writer_lock_is_tried_again_on_the_loop(
     engine.dispose()
 
 
-def _sqlite_committer(tmp_path: Path, *, hold: float) -> tuple[Committer, Engine]:
+def _sqlite_committer(tmp_path: Path, *, hold: float) -> tuple[Committer[str], Engine]:
     engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
     migrate(engine)
     return Committer(engine, hold=hold), engine
 
 
-async def _steady_stream(committer: Committer, prefix: str, count: int) -> list[str]:
+async def _steady_stream(committer: Committer[str], prefix: str, count: int) -> list[str]:
     """``count`` jobs on one loop, one a turn, every 2 ms, none waiting for the one before."""
     runs = []
     for i in range(count):
@@ -474,7 +479,7 @@ def test_each_commit_reports_how_many_jobs_it_held(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:
     sizes: list[int] = []
-    committer = Committer(engine, on_batch=sizes.append)
+    committer = Committer[str](engine, on_batch=sizes.append)
 
     async def main() -> list[str]:
         return await asyncio.gather(*(committer.run_async(_write(f"m{i}")) for i in range(5)))
@@ -489,7 +494,7 @@ def test_each_commit_reports_how_many_jobs_it_held(
 def test_the_loop_never_waits_for_a_writer_lock_held_elsewhere(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'held.db'}")
     migrate(engine)
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     lock = writer_lock(engine)  # SQLite's; PostgreSQL has none to wait for
 
     async def main() -> tuple[list[str], int]:
@@ -519,7 +524,7 @@ def test_a_database_locked_by_another_connection_does_not_block_the_loop(
     url = f"sqlite:///{tmp_path / 'busy.db'}"
     engine = make_engine(url)
     migrate(engine)
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # a bulk load in another program, say
 
@@ -555,7 +560,7 @@ def test_sqlite_is_checkpointed_in_the_background_after_commits(
         real(target)
 
     monkeypatch.setattr(committer_module, "checkpoint", counted)
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     committer.run(_write("w"))
     deadline = time.monotonic() + 10
     while not calls and time.monotonic() < deadline:
@@ -581,7 +586,7 @@ def test_the_writers_own_session_settings_never_reach_the_pool(
     closed, so no pooled connection is left autocommit or without sequential scans."""
     backends: list[int] = []
     event.listen(engine, "checkout", lambda dbapi, *_: backends.append(dbapi.info.backend_pid))
-    committer = Committer(engine)
+    committer = Committer[str](engine)
     assert committer.run(_write("once")) == "once"
     (writer,) = backends
     with engine.connect() as admin:
@@ -616,7 +621,7 @@ def test_the_writers_own_session_settings_never_reach_the_pool(
             connection.close()
 
 
-def _held_together(committer: Committer, names: list[str], clients: int) -> list[str]:
+def _held_together(committer: Committer[str], names: list[str], clients: int) -> list[str]:
     """``names`` as jobs in one turn of a loop, ``clients`` connected; a hold left to run
     its course fails the test."""
     load = Load(clients=clients)

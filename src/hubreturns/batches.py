@@ -12,24 +12,32 @@ by job. When and where a batch runs is the ``committer``'s business.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import Connection, RootTransaction
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from hubreturns.store.repository import Ledger
+from hubreturns.store.repository import FactsKey, Ledger
 
-__all__ = ["BatchWriter", "Contended", "FunctionJob", "Item", "Job", "StaleConnection", "fail"]
+__all__ = [
+    "BatchWriter",
+    "Contended",
+    "FunctionJob",
+    "Item",
+    "Job",
+    "Settleable",
+    "StaleConnection",
+    "fail",
+]
 
 log = logging.getLogger("hubreturns.committer")
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+T_contra = TypeVar("T_contra", contravariant=True)
 
 #: Errors that mean the database, not the job, is at fault: the batch fails as a whole.
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError)
@@ -44,12 +52,14 @@ class Contended(Exception):
 
 
 class Job(Protocol[T_co]):
-    """Work for one request, run inside a transaction the committer owns.
+    """Work for one request, run inside a transaction the committer owns; ``T_co`` is
+    what it answers its caller with."""
 
-    A job may also have a ``reads`` attribute, the ``FactsKey`` of the facts
-    it will ask the ledger for: a batch's facts are read in one statement
-    (``Ledger.prefetch``) before its jobs run.
-    """
+    @property
+    def reads(self) -> FactsKey | None:
+        """The facts the job will ask the ledger for, if any: a batch's facts are read
+        in one statement (``Ledger.prefetch``) before its jobs run."""
+        ...
 
     def run(self, ledger: Ledger) -> T_co:
         """Read and write through ``ledger``; raise ``Contended`` on a lost race."""
@@ -66,6 +76,10 @@ class FunctionJob(Generic[T]):
 
     function: Callable[[Ledger], T]
 
+    @property
+    def reads(self) -> None:
+        return None
+
     def run(self, ledger: Ledger) -> T:
         return self.function(ledger)
 
@@ -73,27 +87,29 @@ class FunctionJob(Generic[T]):
         raise AssertionError("a plain write does not race") from race
 
 
-class _Settleable(Protocol):
+class Settleable(Protocol[T_contra]):
+    """Where a job's outcome goes: a thread's or a loop's future, or a stand-in for one."""
+
     def done(self) -> bool: ...
 
-    def set_result(self, value: Any) -> None: ...
+    def set_result(self, result: T_contra, /) -> None: ...
 
-    def set_exception(self, error: BaseException) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 @dataclass(slots=True)
 class Item(Generic[T]):
-    """A job and where its outcome goes (a thread's or a loop's future)."""
+    """A job and where its outcome goes."""
 
     job: Job[T]
-    future: Future[T] | asyncio.Future[T] | _Settleable
+    future: Settleable[T]
 
 
 class StaleConnection(Exception):
     """A kept connection was found dead before its batch committed: run the batch again."""
 
 
-def fail(batch: list[Item[object]], error: BaseException) -> None:
+def fail(batch: Sequence[Item[T]], error: BaseException) -> None:
     """Settle every unsettled job of ``batch`` with ``error``."""
     for item in batch:
         if not item.future.done():
@@ -113,7 +129,7 @@ class BatchWriter:
     def settle(
         self,
         connection: Connection,
-        batch: list[Item[object]],
+        batch: Sequence[Item[T]],
         *,
         at_once: bool = False,
         stale_retry: bool = False,
@@ -141,11 +157,7 @@ class BatchWriter:
             try:
                 with transaction:
                     ledger = Ledger(connection, deferred=True)
-                    keys = [
-                        key
-                        for item in batch
-                        if (key := getattr(item.job, "reads", None)) is not None
-                    ]
+                    keys = [key for item in batch if (key := item.job.reads) is not None]
                     ledger.prefetch(keys)
                     if autocommit and stale_retry and not keys:
                         # A kept connection says it is alive before a write that commits:
@@ -176,7 +188,7 @@ class BatchWriter:
         return True
 
     def _one_by_one(
-        self, connection: Connection, batch: list[Item[object]], *, autocommit: bool
+        self, connection: Connection, batch: Sequence[Item[T]], *, autocommit: bool
     ) -> None:
         if not autocommit:
             for item in batch:
@@ -191,7 +203,7 @@ class BatchWriter:
             for item in batch:
                 self._alone(alone, item)
 
-    def _alone(self, connection: Connection, item: Item[object]) -> None:
+    def _alone(self, connection: Connection, item: Item[T]) -> None:
         try:
             try:
                 with connection.begin():

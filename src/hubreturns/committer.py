@@ -22,9 +22,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
 
@@ -50,7 +50,8 @@ __all__ = ["Committer", "Contended", "FunctionJob", "Job", "Load"]
 
 log = logging.getLogger("hubreturns.committer")
 
-T = TypeVar("T")
+#: What the committer's jobs answer (one type per committer: the request path's outcomes).
+R = TypeVar("R")
 
 #: SQLite, on the loop: while the writer lock is busy (a sibling worker is
 #: committing), the batch is tried again this often, for at most this long before
@@ -63,12 +64,13 @@ _LOOP_RETRY_FOR = 0.050
 _GATHER_WAIT = 0.010
 
 
-class Committer:
+class Committer(Generic[R]):
     """One writer thread per process, and the runner of the engine's batches.
 
     ``run``/``submit`` queue a job for the writer thread; ``run_async`` is the
     event loop's way in (see ``_SQLiteRunner`` and ``_PostgresRunner``). The
     counters (``batches``, ``jobs``, ``holds``…) are for metrics and tests.
+    Every job answers an ``R`` (a batch mixes jobs, so they share one type).
     """
 
     def __init__(
@@ -83,10 +85,10 @@ class Committer:
         self.max_batch = max_batch
         self.writer = BatchWriter(on_batch)
         self.flush = FlushPolicy(DEFAULT_HOLD if hold is None else hold)
-        self._runner: _Runner = (
+        self._runner: _Runner[R] = (
             _SQLiteRunner(self) if backend_for(engine).single_writer else _PostgresRunner(self)
         )
-        self._queue: deque[Item[object]] = deque()
+        self._queue: deque[Item[R]] = deque()
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -114,26 +116,26 @@ class Committer:
 
     # -- callers -----------------------------------------------------------------------
 
-    def submit(self, job: Job[T]) -> Future[T]:
+    def submit(self, job: Job[R]) -> Future[R]:
         """Queue ``job``; its future resolves once its transaction has committed."""
-        future: Future[T] = Future()
+        future: Future[R] = Future()
         self.enqueue([Item(job, future)])
         return future
 
-    def run(self, job: Job[T]) -> T:
+    def run(self, job: Job[R]) -> R:
         """Submit ``job`` and wait for it (for synchronous callers)."""
         return self.submit(job).result()
 
-    async def run_async(self, job: Job[T], load: Load | None = None) -> T:
+    async def run_async(self, job: Job[R], load: Load | None = None) -> R:
         """Run ``job`` for a coroutine; its transaction has committed when this returns.
 
         ``load`` is what the HTTP edge knows of the requests that may join the
         batch (``flushing.Load``); without it a batch is held only by time.
         """
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[R] = loop.create_future()
         self.flush.job(loop.time(), load)
-        self._runner.add(Item(job, future), loop)
+        self._runner.add(job, future, loop)
         return await future
 
     def close(self) -> None:
@@ -151,7 +153,7 @@ class Committer:
 
     # -- the writer thread -------------------------------------------------------------
 
-    def enqueue(self, items: list[Item[object]]) -> None:
+    def enqueue(self, items: Sequence[Item[R]]) -> None:
         """Hand ``items`` to the writer thread, with one wake-up for all of them."""
         self._runner.started()
         with self._ready:
@@ -165,7 +167,7 @@ class Committer:
                 self._thread.start()
             self._ready.notify()
 
-    def _take(self) -> list[Item[object]] | None:
+    def _take(self) -> list[Item[R]] | None:
         with self._ready:
             while not self._queue:
                 if self._closed:
@@ -197,16 +199,17 @@ class Committer:
             self._runner.stopped()
 
 
-class _Runner:
+class _Runner(Generic[R]):
     """How one engine's batches are run: in the writer thread, and from the loop."""
 
-    def __init__(self, committer: Committer) -> None:
+    def __init__(self, committer: Committer[R]) -> None:
         self.committer = committer
 
-    def add(self, item: Item[object], loop: asyncio.AbstractEventLoop) -> None:
+    def add(self, job: Job[R], future: asyncio.Future[R], loop: asyncio.AbstractEventLoop) -> None:
+        """From the loop: run ``job`` and settle ``future`` with its outcome."""
         raise NotImplementedError
 
-    def commit(self, batch: list[Item[object]]) -> None:
+    def commit(self, batch: list[Item[R]]) -> None:
         """In the writer thread: run ``batch`` and settle it."""
         raise NotImplementedError
 
@@ -224,7 +227,7 @@ class _Runner:
         """The committer closes: stop background work."""
 
 
-class _PostgresRunner(_Runner):
+class _PostgresRunner(_Runner[R]):
     """PostgreSQL: every batch in the writer thread, on a connection it keeps.
 
     The loop never waits on the network: the jobs queued in one turn of the
@@ -243,14 +246,13 @@ class _PostgresRunner(_Runner):
     from the pool, which pings it.
     """
 
-    def __init__(self, committer: Committer) -> None:
+    def __init__(self, committer: Committer[R]) -> None:
         super().__init__(committer)
-        self._turn: list[Item[object]] = []
+        self._turn: list[Item[R]] = []
         self._held: Connection | None = None
 
-    def add(self, item: Item[object], loop: asyncio.AbstractEventLoop) -> None:
-        future: Any = item.future
-        self._turn.append(Item(item.job, _LoopResult(future, loop)))
+    def add(self, job: Job[R], future: asyncio.Future[R], loop: asyncio.AbstractEventLoop) -> None:
+        self._turn.append(Item(job, _LoopResult(future, loop)))
         if len(self._turn) == 1:
             loop.call_soon(self._end_of_turn)
 
@@ -261,7 +263,7 @@ class _PostgresRunner(_Runner):
     def expecting(self) -> bool:
         return bool(self._turn) or self.committer.flush.arriving()
 
-    def commit(self, batch: list[Item[object]]) -> None:
+    def commit(self, batch: list[Item[R]]) -> None:
         engine = self.committer.engine
         held = self._held
         reused = held is not None and not held.invalidated
@@ -291,7 +293,7 @@ class _PostgresRunner(_Runner):
                 held.close()
 
 
-class _SQLiteRunner(_Runner):
+class _SQLiteRunner(_Runner[R]):
     """SQLite: the loop's batches run on the loop itself, at the end of a turn.
 
     Handing each request to the writer thread and back (wake-ups, GIL
@@ -305,9 +307,9 @@ class _SQLiteRunner(_Runner):
     checkpoints the WAL (``db.checkpoint``).
     """
 
-    def __init__(self, committer: Committer) -> None:
+    def __init__(self, committer: Committer[R]) -> None:
         super().__init__(committer)
-        self._turn: list[Item[object]] = []
+        self._turn: list[Item[R]] = []
         self._waiting_since: float | None = None
         self._holding = False
         self._hold_timer: asyncio.TimerHandle | None = None
@@ -315,7 +317,7 @@ class _SQLiteRunner(_Runner):
         self._stop_checkpoints = threading.Event()
         self._lock = threading.Lock()
 
-    def commit(self, batch: list[Item[object]]) -> None:
+    def commit(self, batch: list[Item[R]]) -> None:
         engine = self.committer.engine
         try:
             with writer_lock(engine), engine.connect() as connection:
@@ -323,10 +325,10 @@ class _SQLiteRunner(_Runner):
         except Exception as exc:  # the connection itself could not be had
             fail(batch, exc)
 
-    def add(self, item: Item[object], loop: asyncio.AbstractEventLoop) -> None:
+    def add(self, job: Job[R], future: asyncio.Future[R], loop: asyncio.AbstractEventLoop) -> None:
         self.started()
         flush = self.committer.flush
-        self._turn.append(item)
+        self._turn.append(Item(job, future))
         if len(self._turn) == 1:
             hold = flush.hold_for(1)
             if hold:
@@ -363,12 +365,10 @@ class _SQLiteRunner(_Runner):
                 return
             # Busy for long (another program holds the database): the writer
             # thread waits for it instead.
-            self.committer.enqueue(
-                [Item(item.job, _LoopResult(item.future, loop)) for item in batch[start:]]  # type: ignore[arg-type]
-            )
+            self.committer.enqueue([_to_thread(item, loop) for item in batch[start:]])
             return
 
-    def _on_loop(self, batch: list[Item[object]]) -> bool:
+    def _on_loop(self, batch: list[Item[R]]) -> bool:
         """Run ``batch`` on the loop if the database can be had at once; False if busy."""
         engine = self.committer.engine
         lock = writer_lock(engine)
@@ -416,7 +416,7 @@ class _SQLiteRunner(_Runner):
             self._stop_checkpoints.clear()
 
 
-class _LoopResult:
+class _LoopResult(Generic[R]):
     """An event loop's future as the writer thread sees it: the outcome is noted
     there and delivered on the loop by ``_hand_back``, one call per batch.
 
@@ -424,28 +424,37 @@ class _LoopResult:
     needs one wake-up.
     """
 
-    __slots__ = ("failed", "future", "loop", "outcome", "settled")
+    __slots__ = ("error", "future", "loop", "result", "settled")
 
-    def __init__(self, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+    #: Set by ``set_result`` only (so no placeholder of another type is needed).
+    result: R
+
+    def __init__(self, future: asyncio.Future[R], loop: asyncio.AbstractEventLoop) -> None:
         self.future = future
         self.loop = loop
-        self.outcome: Any = None
-        self.failed = False
+        self.error: BaseException | None = None
         self.settled = False
 
     def done(self) -> bool:
         return self.settled
 
-    def set_result(self, value: object) -> None:
-        self.outcome, self.failed, self.settled = value, False, True
+    def set_result(self, result: R, /) -> None:
+        self.result, self.settled = result, True
 
-    def set_exception(self, error: BaseException) -> None:
-        self.outcome, self.failed, self.settled = error, True, True
+    def set_exception(self, exception: BaseException, /) -> None:
+        self.error, self.settled = exception, True
 
 
-def _hand_back(batch: list[Item[object]]) -> None:
+def _to_thread(item: Item[R], loop: asyncio.AbstractEventLoop) -> Item[R]:
+    """A loop's job handed to the writer thread: its outcome comes back through the loop."""
+    future = item.future
+    assert isinstance(future, asyncio.Future)  # the loop's runner queued it so
+    return Item(item.job, _LoopResult(future, loop))
+
+
+def _hand_back(batch: list[Item[R]]) -> None:
     """Deliver the outcomes of ``batch`` that belong to event loops, one call per loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_LoopResult]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[_LoopResult[R]]] = {}
     for item in batch:
         if isinstance(item.future, _LoopResult):
             by_loop.setdefault(item.future.loop, []).append(item.future)
@@ -454,13 +463,13 @@ def _hand_back(batch: list[Item[object]]) -> None:
             loop.call_soon_threadsafe(_deliver, results)
 
 
-def _deliver(results: list[_LoopResult]) -> None:
+def _deliver(results: list[_LoopResult[R]]) -> None:
     for result in results:
         if result.future.done():  # cancelled while it waited
             continue
         if not result.settled:
             result.future.set_exception(RuntimeError("the committer stopped before this job"))
-        elif result.failed:
-            result.future.set_exception(result.outcome)
+        elif result.error is not None:
+            result.future.set_exception(result.error)
         else:
-            result.future.set_result(result.outcome)
+            result.future.set_result(result.result)

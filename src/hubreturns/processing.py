@@ -40,7 +40,7 @@ from hubreturns.policy import SecurityPolicy
 from hubreturns.rules import SECMP0039, Decision, EligibilityProfile, decide
 from hubreturns.stages import Stages, Steps, complete, one_step
 from hubreturns.store.db import make_sessionmaker
-from hubreturns.store.repository import AuditFields, FactsKey, Ledger, ReturnFields
+from hubreturns.store.repository import AuditFields, FactsKey, Ledger, Received, ReturnFields
 from hubreturns.wire import check, envelope
 from hubreturns.wire.response import ResponseSigner, build_response
 
@@ -135,7 +135,7 @@ class _RecordReturn:
     eligibility: EligibilityProfile
     raw: bytes | None
     entered_by: str | None
-    audit: dict[str, object]
+    received: Received
     check_counter: bool
     codes: CodeProfile
 
@@ -144,25 +144,13 @@ class _RecordReturn:
         """The key of this job's facts, so the committer can read a batch's together."""
         return (self.request.originator, self.request.device_id)
 
-    @property
-    def channel(self) -> Channel:
-        channel = self.audit["channel"]
-        assert isinstance(channel, Channel)
-        return channel
-
-    @property
-    def now(self) -> datetime:
-        now = self.audit["received_at"]
-        assert isinstance(now, datetime)
-        return now
-
     def run(self, ledger: Ledger) -> _Recorded:
         request = self.request
         facts = ledger.facts(
             request,
             endpoint=self.endpoint,
             access_control_broker=self.access_control_broker,
-            now=self.now,
+            now=self.received.received_at,
             check_counter=self.check_counter,
             eligibility=self.eligibility,
         )
@@ -183,7 +171,7 @@ class _RecordReturn:
 
     def _accept(self, ledger: Ledger, decision: Decision, role: str | None, smi: str) -> int:
         """The accepted-request writes; returns the new return's id or raises ``Contended``."""
-        request, now = self.request, self.now
+        request, now, channel = self.request, self.received.received_at, self.received.channel
         if self.check_counter and not ledger.advance_counter(
             request.originator, request.request_id.counter, now
         ):
@@ -192,8 +180,8 @@ class _RecordReturn:
         return_id = ledger.add_return(
             ReturnFields.of(
                 request,
-                request_id=_record_request_id(request, self.channel),
-                channel=self.channel,
+                request_id=_record_request_id(request, channel),
+                channel=channel,
                 role=role,
                 on_behalf_of=decision.on_behalf_of,
                 entered_by=self.entered_by,
@@ -210,13 +198,13 @@ class _RecordReturn:
     def _audit_fields(self, decision: Decision, return_id: int | None) -> AuditFields:
         request = self.request
         suffix = f"; entered by {self.entered_by}" if self.entered_by else ""
-        return AuditFields(
-            **self.audit,  # type: ignore[arg-type]
+        return AuditFields.of(
+            self.received,
             code=self.codes.code(decision.code),
             accepted=decision.accepted,
             reason=clip(decision.reason + suffix, REASON_LIMIT),
             http_status=info(decision.code).http_status,
-            request_id=_record_request_id(request, self.channel),
+            request_id=_record_request_id(request, self.received.channel),
             originator=request.originator,
             service_reference_variant=request.kind.variant,
             device_id=request.device_id,
@@ -276,7 +264,9 @@ class Processor:
             ttl=policy.trust_ttl.total_seconds(),
             on_read=telemetry.certificate_read,
         )
-        self.committer = Committer(engine, hold=commit_hold, on_batch=telemetry.batch)
+        self.committer: Committer[_Recorded | None] = Committer(
+            engine, hold=commit_hold, on_batch=telemetry.batch
+        )
         #: The event loop's requests' database-free steps, in lock-step when requests
         #: come together: checking them, and answering them once committed.
         self.checking = Stages()
@@ -294,11 +284,11 @@ class Processor:
         token = current_request_id.set(None)
         try:
             now = self.clock()
-            audit = _duis_audit(body, endpoint, now)
-            read = complete(self._preparing(body, endpoint, audit, now))
+            received = _received(body, endpoint, now)
+            read = complete(self._preparing(body, endpoint, received, now))
             if isinstance(read, check.Document):  # its certificate is read from the store
                 snapshot = self._read_certificates(read)
-                read = complete(self._checking(read, snapshot, body, endpoint, audit, now))
+                read = complete(self._checking(read, snapshot, body, endpoint, received, now))
             outcome = read if isinstance(read, Outcome) else self._commit(read)
             return self._finish(outcome, started, Channel.DUIS, endpoint.value)
         finally:
@@ -324,11 +314,11 @@ class Processor:
         token = current_request_id.set(None)
         try:
             now = self.clock()
-            audit = _duis_audit(body, endpoint, now)
-            read = await self.checking.run(self._preparing(body, endpoint, audit, now))
+            received = _received(body, endpoint, now)
+            read = await self.checking.run(self._preparing(body, endpoint, received, now))
             if isinstance(read, check.Document):  # its certificate is read from the store
                 snapshot = await asyncio.to_thread(self._read_certificates, read)
-                read = complete(self._checking(read, snapshot, body, endpoint, audit, now))
+                read = complete(self._checking(read, snapshot, body, endpoint, received, now))
             if isinstance(read, Outcome):
                 outcome = read
             else:
@@ -351,7 +341,7 @@ class Processor:
             eligibility=self.eligibility,
             raw=None,
             entered_by=entered_by,
-            audit={"received_at": self.clock(), "channel": Channel.SERVICE_DESK, "endpoint": None},
+            received=Received(self.clock(), Channel.SERVICE_DESK),
             check_counter=False,
             codes=self.codes,
         )
@@ -366,13 +356,9 @@ class Processor:
         ``http_status`` (415, 413, 408) is what the client is sent and what the audit keeps.
         """
         started = time.perf_counter()
-        audit: dict[str, object] = {
-            "received_at": self.clock(),
-            "channel": Channel.DUIS,
-            "endpoint": endpoint,
-        }
+        received = Received(self.clock(), Channel.DUIS, endpoint)
         refused = self._refusal(
-            Reason.MALFORMED, reason, None, "8.14.3", audit, http_status=http_status
+            Reason.MALFORMED, reason, None, "8.14.3", received, http_status=http_status
         )
         try:
             await self.committer.run_async(refused.job(), load)
@@ -383,13 +369,13 @@ class Processor:
 
     # -- reading and checking: no database ------------------------------------------
 
-    def _read(self, body: bytes, audit: dict[str, object]) -> check.Document | _Refused:
+    def _read(self, body: bytes, received: Received) -> check.Document | _Refused:
         try:
             return check.read(body, self.policy)
         except Rejection as refusal:
-            return self._refused_by(refusal, None, audit)
+            return self._refused_by(refusal, None, received)
         except Exception as exc:  # a bug in our own code, not a bad request
-            return self._internal_error(exc, audit)
+            return self._internal_error(exc, received)
 
     def _read_certificates(self, document: check.Document) -> Snapshot | Outcome:
         """Blocking: the snapshot ``document`` needs, or E100 if the store cannot be read."""
@@ -407,18 +393,18 @@ class Processor:
             )
 
     def _preparing(
-        self, body: bytes, endpoint: Endpoint, audit: dict[str, object], now: datetime
+        self, body: bytes, endpoint: Endpoint, received: Received, now: datetime
     ) -> Steps[_RecordReturn | _Refused | Outcome | check.Document]:
         """Read, then check over the cached certificate; the ``Document`` itself when its
         certificate must first be read from the store (then ``_checking`` goes on)."""
-        document = self._read(body, audit)
+        document = self._read(body, received)
         if isinstance(document, _Refused):
             return document
         yield
         snapshot = self.certificates.snapshot(document.certificate)
         if snapshot is None:
             return document
-        return (yield from self._checking(document, snapshot, body, endpoint, audit, now))
+        return (yield from self._checking(document, snapshot, body, endpoint, received, now))
 
     def _checking(
         self,
@@ -426,7 +412,7 @@ class Processor:
         snapshot: Snapshot | Outcome,
         body: bytes,
         endpoint: Endpoint,
-        audit: dict[str, object],
+        received: Received,
         now: datetime,
     ) -> Steps[_RecordReturn | _Refused | Outcome]:
         """``wire.check``'s three steps, yielding between them (``Stages``)."""
@@ -439,9 +425,9 @@ class Processor:
             yield
             request = check.identify(document, certificate)
         except Rejection as refusal:
-            return self._refused_by(refusal, document, audit)
+            return self._refused_by(refusal, document, received)
         except Exception as exc:  # a bug in our own code, not a bad request
-            return self._internal_error(exc, audit, document)
+            return self._internal_error(exc, received, document)
         current_request_id.set(str(request.request_id))
         return _RecordReturn(
             request=request,
@@ -450,13 +436,13 @@ class Processor:
             eligibility=self.eligibility,
             raw=body,
             entered_by=None,
-            audit=audit,
+            received=received,
             check_counter=True,
             codes=self.codes,
         )
 
     def _refused_by(
-        self, refusal: Rejection, document: check.Document | None, audit: dict[str, object]
+        self, refusal: Rejection, document: check.Document | None, received: Received
     ) -> _Refused:
         echo = self._echo(document.root if document is not None else None)
         return self._refusal(
@@ -464,7 +450,7 @@ class Processor:
             refusal.message,
             echo.request_id,
             echo.service_reference_variant,
-            audit,
+            received,
             sender=refusal.sender,
         )
 
@@ -479,7 +465,7 @@ class Processor:
         return self._conclude(prepared, *ran)
 
     async def _commit_async(self, prepared: _RecordReturn | _Refused, load: Load | None) -> Outcome:
-        result: object = None
+        result: _Recorded | None = None
         error: SQLAlchemyError | None = None
         try:
             result = await self.committer.run_async(_job(prepared), load)
@@ -495,7 +481,7 @@ class Processor:
         return await self.answering.run(one_step(partial(self._conclude, prepared, result, error)))
 
     def _internal_error(
-        self, exc: Exception, audit: dict[str, object], document: check.Document | None = None
+        self, exc: Exception, received: Received, document: check.Document | None = None
     ) -> _Refused:
         """A bug met while checking a request: refused with E100, never an unsigned 500.
 
@@ -506,7 +492,9 @@ class Processor:
             echo = self._echo(document.root if document is not None else None)
         except Exception:  # the header cannot be read either: answer without it
             echo = envelope.peek_header(None)
-        return self._internal_refusal(exc, audit, echo.request_id, echo.service_reference_variant)
+        return self._internal_refusal(
+            exc, received, echo.request_id, echo.service_reference_variant
+        )
 
     def _failed_job(self, exc: Exception, prepared: _RecordReturn | _Refused) -> _Refused:
         """A committer job that raised (a bug; its transaction was rolled back): E100."""
@@ -514,32 +502,27 @@ class Processor:
             request = prepared.request
             return self._internal_refusal(
                 exc,
-                dict(prepared.audit),
+                prepared.received,
                 request.request_id,
                 request.kind.variant,
                 sender=request.originator,  # verified: its signature was checked
             )
-        done = prepared.fields
-        audit: dict[str, object] = {
-            "received_at": done.received_at,
-            "channel": done.channel,
-            "endpoint": done.endpoint,
-            "body_sha256": done.body_sha256,
-            "body_bytes": done.body_bytes,
-        }
-        return self._internal_refusal(exc, audit, prepared.request_id, prepared.variant)
+        received = prepared.fields.received
+        return self._internal_refusal(exc, received, prepared.request_id, prepared.variant)
 
     def _internal_refusal(
         self,
         exc: Exception,
-        audit: dict[str, object],
+        received: Received,
         request_id: RequestId | None,
         variant: str,
         sender: str | None = None,
     ) -> _Refused:
         log.error("internal error handling a DUIS request, answered E100", exc_info=exc)
         reason = f"internal error ({type(exc).__name__}); nothing was recorded"
-        return self._refusal(Reason.UNAVAILABLE, reason, request_id, variant, audit, sender=sender)
+        return self._refusal(
+            Reason.UNAVAILABLE, reason, request_id, variant, received, sender=sender
+        )
 
     async def internal_error_async(self, exc: Exception, endpoint: str | None) -> Outcome:
         """The service's last resort for a request whose handling raised: a signed E100.
@@ -548,12 +531,8 @@ class Processor:
         this raises and the service sends a plain 500.
         """
         started = time.perf_counter()
-        audit: dict[str, object] = {
-            "received_at": self.clock(),
-            "channel": Channel.DUIS,
-            "endpoint": endpoint,
-        }
-        refused = self._internal_refusal(exc, audit, None, "8.14.3")
+        received = Received(self.clock(), Channel.DUIS, endpoint)
+        refused = self._internal_refusal(exc, received, None, "8.14.3")
         error: SQLAlchemyError | None = None
         try:
             await self.committer.run_async(refused.job())
@@ -575,7 +554,7 @@ class Processor:
         reason: str,
         request_id: RequestId | None,
         variant: str,
-        audit: dict[str, object],
+        received: Received,
         http_status: int | None = None,
         sender: str | None = None,
     ) -> _Refused:
@@ -589,8 +568,8 @@ class Processor:
         status = http_status or info(code).http_status
         claimed = request_id.originator if request_id else None
         reason = clip(reason, REASON_LIMIT)
-        fields = AuditFields(
-            **audit,  # type: ignore[arg-type]
+        fields = AuditFields.of(
+            received,
             code=self.codes.code(code),
             accepted=False,
             reason=reason,
@@ -604,14 +583,19 @@ class Processor:
 
     # -- the second half: the committer, then the signed answer ----------------------
 
-    def _run(self, prepared: _RecordReturn | _Refused) -> tuple[object, SQLAlchemyError | None]:
+    def _run(
+        self, prepared: _RecordReturn | _Refused
+    ) -> tuple[_Recorded | None, SQLAlchemyError | None]:
         try:
             return self.committer.run(_job(prepared)), None
         except SQLAlchemyError as exc:
             return None, exc
 
     def _conclude(
-        self, prepared: _RecordReturn | _Refused, result: object, error: SQLAlchemyError | None
+        self,
+        prepared: _RecordReturn | _Refused,
+        result: _Recorded | None,
+        error: SQLAlchemyError | None,
     ) -> Outcome:
         if isinstance(prepared, _Refused):
             if error is not None:
@@ -628,7 +612,7 @@ class Processor:
         if error is not None:
             log.error("database error, request %s not recorded: %s", request.request_id, error)
             return self._unavailable(request)
-        assert isinstance(result, _Recorded)
+        assert result is not None  # a return's job answers its record
         return self._respond(
             result.decision,
             request.request_id,
@@ -692,20 +676,14 @@ class Processor:
         )
 
 
-def _job(prepared: _RecordReturn | _Refused) -> Job[object]:
+def _job(prepared: _RecordReturn | _Refused) -> Job[_Recorded | None]:
     """What the committer runs for a prepared request."""
     return prepared if isinstance(prepared, _RecordReturn) else prepared.job()
 
 
-def _duis_audit(body: bytes, endpoint: Endpoint, now: datetime) -> dict[str, object]:
-    """The audit fields a DUIS request has before it is read."""
-    return {
-        "received_at": now,
-        "channel": Channel.DUIS,
-        "endpoint": endpoint.value,
-        "body_sha256": hashlib.sha256(body).hexdigest(),
-        "body_bytes": len(body),
-    }
+def _received(body: bytes, endpoint: Endpoint, now: datetime) -> Received:
+    """What the audit row of a DUIS request holds before the request is read."""
+    return Received(now, Channel.DUIS, endpoint.value, hashlib.sha256(body).hexdigest(), len(body))
 
 
 def _record_request_id(request: ReturnRequest, channel: Channel) -> str:

@@ -69,6 +69,7 @@ __all__ = [
     "CertificateConflict",
     "FactsKey",
     "Ledger",
+    "Received",
     "Repository",
     "ReturnFields",
     "ReturnFilter",
@@ -145,6 +146,17 @@ class ReturnFields:
         return {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What is known of a request as it arrives, before it is read: its audit row's start."""
+
+    received_at: datetime
+    channel: Channel
+    endpoint: str | None = None
+    body_sha256: str | None = None
+    body_bytes: int = 0
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditFields:
     """What the audit log keeps about one request, accepted or not.
@@ -168,6 +180,47 @@ class AuditFields:
     body_sha256: str | None = None
     body_bytes: int = 0
     return_id: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        received: Received,
+        *,
+        code: str,
+        accepted: bool,
+        reason: str,
+        http_status: int,
+        request_id: str | None = None,
+        originator: str | None = None,
+        claimed_originator: str | None = None,
+        service_reference_variant: str | None = None,
+        device_id: str | None = None,
+        return_id: int | None = None,
+    ) -> AuditFields:
+        """The row of a request ``received`` so, with what its handling decided."""
+        return cls(
+            received_at=received.received_at,
+            channel=received.channel,
+            endpoint=received.endpoint,
+            body_sha256=received.body_sha256,
+            body_bytes=received.body_bytes,
+            code=code,
+            accepted=accepted,
+            reason=reason,
+            http_status=http_status,
+            request_id=request_id,
+            originator=originator,
+            claimed_originator=claimed_originator,
+            service_reference_variant=service_reference_variant,
+            device_id=device_id,
+            return_id=return_id,
+        )
+
+    @property
+    def received(self) -> Received:
+        return Received(
+            self.received_at, self.channel, self.endpoint, self.body_sha256, self.body_bytes
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

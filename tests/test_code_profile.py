@@ -74,6 +74,10 @@ def test_override_changes_only_the_named_reasons(tmp_path: Path) -> None:
         ('schema = "E17"', "published DUIS meaning"),
         ('replay = "E4"', "E4 is DUIS-defined (User not authorised for this device)"),
         ('replay = "I99"', "I99 is DUIS-defined"),
+        ('replay = "I0"', "I0 is not an error code; a refusal needs an E code"),
+        ('open_return = "W081401"', "W081401 is not an error code"),
+        ('replay = "E010101"', "E010101 is a code of service request 1.1; only the common"),
+        ('gpf_mismatch = "E080201"', "E080201 is a code of service request 8.2"),
         ('replay = "E40"', "E40 is given to both"),
         ('replay = "E50"\nmalformed = "E50"', "E50 is given to both"),
         ("replay = 48", "must be a response code string"),
@@ -84,6 +88,33 @@ def test_bad_overrides_are_refused_at_start(tmp_path: Path, table: str, fragment
         _load(tmp_path, f"[response_codes]\n{table}\n")
     assert fragment in str(caught.value)
     assert "[response_codes]" in str(caught.value)
+
+
+def test_an_override_may_use_the_common_codes_and_8_14s_own(tmp_path: Path) -> None:
+    profile = _load(tmp_path, '[response_codes]\nreplay = "E081401"\nschema = "E1000"\n')
+    assert profile.response_codes.code(Reason.REPLAY) == "E081401"
+    assert profile.response_codes.code(Reason.SCHEMA) == "E1000"
+
+
+def test_serve_refuses_a_bad_override_before_serving(tmp_path: Path) -> None:
+    """Through the CLI: ``serve`` stops with a hinted error (``main`` prints it) and
+    makes no database."""
+    database = tmp_path / "never.db"
+    config = tmp_path / "hubreturns.toml"
+    config.write_text(
+        f'database_url = "sqlite:///{database}"\nallow_test_keys = true\n'
+        '[response_codes]\nreplay = "E21"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        app, ["serve", "--config", str(config), "--port", "1"], env={"HUBRETURNS_CONFIG": None}
+    )
+    assert result.exit_code != 0, result.output
+    error = result.exception
+    assert isinstance(error, ConfigError), result.output
+    assert "replay = 'E21': E21 has a published DUIS meaning (No response received" in str(error)
+    assert error.hint
+    assert not database.exists()
 
 
 def test_response_codes_must_be_a_table(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ the signed answer and its audit row are made.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -136,7 +137,8 @@ CODE_INFO: MappingProxyType[Verdict, CodeInfo] = MappingProxyType(
         ),
         _C.E2: CodeInfo(
             "Role not eligible for this service request",
-            "8.14.3/8.14.4 may be sent by IS, GS or RSA User IDs only.",
+            "Only the roles of the service's eligibility profile may send 8.14.3/8.14.4 "
+            "(IS, GS and RSA under the default profile, secmp0039).",
             403,
         ),
         _C.E3: CodeInfo(
@@ -147,13 +149,14 @@ CODE_INFO: MappingProxyType[Verdict, CodeInfo] = MappingProxyType(
         _C.E4: CodeInfo(
             "User not authorised for this device",
             "A Supplier must be responsible for the hub; an RSA must hold a current "
-            "appointment from a responsible Supplier.",
+            "appointment from a responsible Supplier; under the all-ordering-parties "
+            "profile another party must have placed the order the hub was delivered against.",
             403,
         ),
         _C.E5: CodeInfo(
             "Device SMI status does not allow this request",
-            "An RSA may return a hub only while its SMI status is Pending; ask the "
-            "responsible Supplier to return an installed hub.",
+            "Roles other than the Suppliers (an RSA) may return a hub only while its SMI "
+            "status is Pending; ask the responsible Supplier to return an installed hub.",
             409,
         ),
         _C.E11: CodeInfo(
@@ -264,13 +267,37 @@ def duis_response_codes() -> frozenset[str]:
     return frozenset(str(value) for value in values)
 
 
+#: A service-request-specific code: E, then the service reference's two-digit parts.
+_SR_SPECIFIC = re.compile(r"E(\d\d)(\d\d)\d\d")
+
+
+def _check_refusal_code(reason: Reason, code: str) -> None:
+    """Refuse a code a Service User's system would read as something else than a refusal.
+
+    I and W codes say a request was accepted, and another service request's
+    own codes carry the meanings DUIS gives them for that request.
+    """
+    if not code.startswith("E"):
+        raise ValueError(
+            f"{reason.value} = {code!r}: {code} is not an error code; a refusal needs an "
+            "E code (I and W codes tell a Service User the request was accepted)"
+        )
+    specific = _SR_SPECIFIC.fullmatch(code)
+    if specific and specific.groups() != ("08", "14"):
+        sr = ".".join(str(int(part)) for part in specific.groups())
+        raise ValueError(
+            f"{reason.value} = {code!r}: {code} is a code of service request {sr}; only "
+            "the common codes and 8.14's own (E0814xx) may answer 8.14.3/8.14.4"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class CodeProfile:
     """Which wire code each ``Reason`` is answered with; checked when built.
 
-    Every reason has a code from the DUIS 5.4 enumeration, no code serves two
-    reasons, and none is a DUIS-defined code or one whose published meaning
-    differs. A ``ValueError`` names what is wrong.
+    Every reason has an E code from the DUIS 5.4 enumeration, no code serves
+    two reasons, and none is a DUIS-defined code, one whose published meaning
+    differs or another service request's own. A ``ValueError`` names what is wrong.
     """
 
     codes: Mapping[Reason, str]
@@ -298,6 +325,7 @@ class CodeProfile:
                     f"{reason.value} = {code!r}: not a code of the DUIS 5.4 sr:ResponseCode "
                     "enumeration; the answer would not be schema-valid"
                 )
+            _check_refusal_code(reason, code)
             if code in seen:
                 raise ValueError(
                     f"{code} is given to both {seen[code].value} and {reason.value}; "

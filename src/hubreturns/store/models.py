@@ -216,8 +216,9 @@ class AuditEntry(Base):
     certificate verified the request's signature (or the Service User a
     signed-in desk member entered it for). ``claimed_originator`` is the
     originator the request's RequestID names when that was not verified to be
-    the sender: a refusal before or at the signature check (E30, E31, E40 -
-    E43). See migration 0007.
+    the sender: a refusal before or at the signature check (malformed, schema,
+    signature and certificate reasons: E46, E31, E40 - E43 by default). See
+    migration 0007.
     """
 
     __tablename__ = "audit_log"

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from lxml import etree
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -38,6 +39,7 @@ from hubreturns.service import build_service, create_app
 from hubreturns.serving import running_server
 from hubreturns.store.models import AuditEntry, ReturnRecord
 from hubreturns.wire.certificate import SigningCertificate
+from hubreturns.wire.envelope import SR_NS, schema
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "tests" / "data" / "examples"
@@ -200,11 +202,13 @@ def test_requests_signed_by_dccs_tool_are_decided_and_every_answer_validates_wit
         answer = read_response(reply.content, _dsp())
         assert (name, answer.code) == (name, expected)
         assert tool_validates(tool, reply.content), name
+        assert_dcc_only_shape(reply.content, f"{sender}:{ACB}:{counter}")
     replayed = http.post(
         "/api/v1/serviceD", content=sent[SCENARIOS[0][0]], headers={"content-type": "text/xml"}
     )
     assert read_response(replayed.content, _dsp()).code == REPLAY
     assert tool_validates(tool, replayed.content)
+    assert_dcc_only_shape(replayed.content, f"{IS}:{ACB}:{SCENARIOS[0][3]}")
     # The tool's Validate can fail: a changed answer does not pass.
     assert not tool_validates(tool, replayed.content.replace(REPLAY.encode(), b"I99", 1))
 
@@ -218,6 +222,18 @@ def test_requests_signed_by_dccs_tool_are_decided_and_every_answer_validates_wit
         assert returns[0].request_xml == sent[SCENARIOS[0][0]]
         audit = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
         assert [a.code for a in audit] == [s[-1] for s in SCENARIOS] + [REPLAY]
+
+
+def assert_dcc_only_shape(answer: bytes, request_id: str) -> None:
+    """The shape of DCC's own signed answers to Command Variant 8 requests: the
+    RequestID repeated, a code and a time, no ResponseID; valid against DUIS 5.4."""
+    root = etree.fromstring(answer)
+    header = root.find(f"{{{SR_NS}}}Header")
+    assert header is not None
+    fields = [(etree.QName(child).localname, child.text) for child in header]
+    assert [name for name, _ in fields] == ["RequestID", "ResponseCode", "ResponseDateTime"]
+    assert fields[0][1] == request_id
+    assert schema().validate(root), schema().error_log
 
 
 def _cli_app() -> object:

@@ -227,6 +227,37 @@ def test_the_desk_session_cookie_is_secure_under_tls(https: str, pki: Pki) -> No
     assert "httponly" in cookie.split("; ")
 
 
+@pytest.mark.parametrize(
+    ("trusted", "secure"),
+    [(None, True), ("127.0.0.1", True), ("192.0.2.10", False)],
+    ids=["default loopback", "the proxy's address", "another address"],
+)
+def test_behind_a_proxy_only_forwarded_allow_ips_peers_are_believed(
+    processor: Processor,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    trusted: str | None,
+    secure: bool,
+) -> None:
+    """docs/tls.md, behind a reverse proxy: plain HTTP from the proxy, whose
+    ``X-Forwarded-Proto: https`` marks the desk cookie Secure only when the peer
+    is in ``FORWARDED_ALLOW_IPS`` (uvicorn's; default loopback)."""
+    if trusted is None:
+        monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    else:
+        monkeypatch.setenv("FORWARDED_ALLOW_IPS", trusted)
+    assert not settings.tls
+    with (
+        running_server(create_app(processor, settings)) as url,
+        httpx.Client(base_url=url, headers={"X-Forwarded-Proto": "https"}) as client,
+    ):
+        page = client.get("/desk/login")
+    assert page.status_code == 200
+    cookie = page.headers["set-cookie"].lower().split("; ")
+    assert ("secure" in cookie) is secure
+    assert "httponly" in cookie
+
+
 # -- clients -----------------------------------------------------------------------------------
 
 

@@ -3,12 +3,16 @@ answers a service with an overridden profile and a foreign schemaVersion gives o
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
+from test_desk import PASSWORD as PW
+from test_desk import cli as desk_cli
+from test_desk import sign_in as desk_sign_in
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
@@ -273,3 +277,36 @@ def test_the_client_explains_codes_by_the_services_profile(
     missing = CliRunner().invoke(app, [*verify, "--codes", str(tmp_path / "none.toml")])
     assert missing.exit_code == 2
     assert "--codes: cannot read" in missing.output
+
+
+def test_the_desk_audit_filter_and_labels_follow_the_services_profile(
+    http: httpx.Client, server: str, settings: Settings, world: DemoWorld
+) -> None:
+    """A desk on a service that answers replays with E50 offers and explains E50, not E48."""
+    scenario = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
+    ((_, body),) = scenario_bodies(world, [scenario], first_counter=7100)
+    http.post("/api/v1/serviceD", content=body, headers=XML)
+    assert http.post("/api/v1/serviceD", content=body, headers=XML).status_code == 409
+    code, output, _ = desk_cli(settings, "desk", "add-user", "bob", "--password-stdin", stdin=PW)
+    assert code == 0, output
+    with httpx.Client(base_url=server, timeout=30) as client:
+        assert desk_sign_in(client, "bob", PW).status_code == 303
+        page = client.get("/desk/audit")
+        assert page.status_code == 200
+        offered = re.findall(
+            r"<option(?: selected)?(?: title=\"[^\"]*\")?>(E\d+|I99)</option>", page.text
+        )
+        assert {"E50", "E51", "I99", "E19"} <= set(offered)
+        assert not {"E48", "E46"} & set(offered)
+        assert {"E20", "E21", "E30"} <= set(offered)  # codes recorded before the profile
+        meaning = DEFAULT_PROFILE.explain("E48")
+        assert meaning is not None
+        assert f'title="{meaning.meaning}">E50</span>' in page.text
+        replays = client.get("/desk/audit", params={"code": "E50"})
+        assert replays.status_code == 200
+        assert replays.text.count('<span class="code bad"') == 1
+        assert client.get("/desk/audit", params={"code": "E48"}).status_code == 422
+        exported = client.get("/desk/audit.csv", params={"code": "E50"})
+        assert exported.status_code == 200
+        assert [row.split(",")[9] for row in exported.text.splitlines()[1:]] == ["E50"]
+        assert client.get("/desk/audit.csv", params={"code": "E48"}).status_code == 422

@@ -8,11 +8,11 @@ DUIS 5.4 schema.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from hubreturns.codes import DEFAULT_PROFILE, PUBLISHED_UNUSED
+from hubreturns.codes import PUBLISHED_UNUSED, CodeProfile
 from hubreturns.model import RETURN_FIELDS as MODEL_FIELDS
 from hubreturns.model import (
     Channel,
@@ -27,7 +27,6 @@ from hubreturns.model import (
 from hubreturns.store.repository import ReturnFilter
 
 __all__ = [
-    "AUDIT_CODES",
     "FORM_ROLES",
     "RETURN_FIELDS",
     "RETURN_TYPES",
@@ -35,6 +34,7 @@ __all__ = [
     "FormErrors",
     "Paging",
     "ReturnForm",
+    "audit_codes",
     "parse_audit_query",
     "parse_paging",
     "parse_return_filter",
@@ -48,12 +48,6 @@ RETURN_TYPES: tuple[tuple[ReturnKind, tuple[str, ...]], ...] = (
 )
 #: Roles a return can be filtered by (the ones that may send 8.14.3 / 8.14.4).
 FORM_ROLES: tuple[str, ...] = (Role.IS.value, Role.GS.value, Role.RSA.value)
-#: Codes the audit log can be filtered by: the default profile's, and the codes
-#: refusals were recorded under before the code profile (CHANGELOG).
-AUDIT_CODES: tuple[str, ...] = (
-    *(code for code, _, _ in DEFAULT_PROFILE.rows()),
-    *PUBLISHED_UNUSED,
-)
 
 #: Form field names of the return form, in display order.
 RETURN_FIELDS = ("originator", *(name for name in MODEL_FIELDS if name != "variant"))
@@ -183,16 +177,27 @@ class AuditQuery:
     offset: int = 0
 
 
+def audit_codes(profile: CodeProfile) -> tuple[str, ...]:
+    """Codes the audit log can be filtered by: those of the profile in force, then the
+    codes refusals were recorded under before there was a profile (CHANGELOG, issue 24).
+
+    The profile is the service's ``[response_codes]``: with an override, the default
+    profile's code for that refusal is never recorded, so it is not offered.
+    """
+    current = tuple(code for code, _, _ in profile.rows())
+    return (*current, *(code for code in PUBLISHED_UNUSED if code not in current))
+
+
 def parse_audit_query(
-    query: Mapping[str, str], *, export: bool = False
+    query: Mapping[str, str], codes: Sequence[str], *, export: bool = False
 ) -> tuple[AuditQuery, FormErrors]:
-    """The audit list/CSV filter; the page's rows come from ``parse_paging``."""
+    """The audit list/CSV filter (``codes``: those offered); rows come from ``parse_paging``."""
     errors: FormErrors = {}
     outcome = _one_of(query, "outcome", ("accepted", "refused"), errors)
     audit = AuditQuery(
         originator=_optional_eui(query, "originator", "Sender", errors),
         device_id=_optional_eui(query, "device_id", "Device ID", errors),
-        code=_one_of(query, "code", AUDIT_CODES, errors),
+        code=_one_of(query, "code", tuple(codes), errors),
         accepted=None if outcome is None else outcome == "accepted",
         since=_optional_date(query, "since", "From", errors),
         until=_optional_date(query, "until", "Until", errors),

@@ -408,6 +408,8 @@ class DeskContext:
     next_counter: Callable[[], int]
     #: Wire code -> meaning under the profile in force (templates explain codes with it).
     code_info: Mapping[str, CodeInfo]
+    #: Codes the audit filter offers and accepts (``forms.audit_codes`` of the profile).
+    audit_codes: tuple[str, ...]
     accepted_code: str
 
     @property
@@ -756,7 +758,7 @@ def _read_audit(desk: DeskContext, query: forms.AuditQuery) -> Sequence[AuditEnt
 
 async def audit_page(request: Request) -> Response:
     query = dict(request.query_params)
-    audit_query, errors = forms.parse_audit_query(query)
+    audit_query, errors = forms.parse_audit_query(query, _desk(request).audit_codes)
     paging = forms.parse_paging(query, errors)
     audit_query = dataclasses.replace(audit_query, limit=paging.per_page + 1, offset=paging.offset)
     rows = await run_in_threadpool(_read_audit, _desk(request), audit_query)
@@ -769,7 +771,7 @@ async def audit_page(request: Request) -> Response:
             "errors": errors,
             "rows": shown,
             "pager": _pager(request, paging, len(shown), len(rows) > paging.per_page),
-            "codes": forms.AUDIT_CODES,
+            "codes": _desk(request).audit_codes,
             "csv_query": _export_query(request),
         },
         status_code=422 if errors else 200,
@@ -778,7 +780,9 @@ async def audit_page(request: Request) -> Response:
 
 async def audit_csv(request: Request) -> Response:
     desk = _desk(request)
-    audit_query, errors = forms.parse_audit_query(dict(request.query_params), export=True)
+    audit_query, errors = forms.parse_audit_query(
+        dict(request.query_params), desk.audit_codes, export=True
+    )
     if errors:
         return JSONResponse({"errors": errors}, status_code=422)
     rows = await run_in_threadpool(_read_audit, desk, audit_query)
@@ -840,6 +844,7 @@ def create_desk_app(processor: Processor, settings: Settings) -> Starlette:
         stylesheet=(resources.files("hubreturns.desk") / "static" / "desk.css").read_bytes(),
         next_counter=_Counter(),
         code_info={code: found for code, _, found in processor.codes.rows()},
+        audit_codes=forms.audit_codes(processor.codes),
         accepted_code=processor.codes.code(ResponseCode.I99),
     )
     return app

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, Reason, ResponseCode
 from hubreturns.config import Settings
-from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED
+from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED, DemoWorld
 from hubreturns.desk import accounts
 from hubreturns.desk import routes as desk_routes
 from hubreturns.desk.models import DeskSession, SignInFailures, StaffAccount
@@ -33,7 +33,7 @@ from hubreturns.desk.web import AUDIT_CSV_COLUMNS, RETURN_CSV_COLUMNS
 from hubreturns.errors import HintedError
 from hubreturns.extensions import register_commands
 from hubreturns.processing import Processor
-from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.store.models import AuditEntry, Device, ReturnRecord
 
 if not any(group.name == "desk" for group in app.registered_groups):
     register_commands(app)
@@ -769,6 +769,39 @@ def test_hub_page_shows_a_gpf_as_a_gpf_and_offers_no_second_return(desk: Desk) -
     assert 'id="log-return"' not in hub.text
     notice = hub.text.split('id="open-return-notice"')[1].split("</p>")[0]
     assert f'href="/desk/returns/{record.id}"' in notice
+
+
+def test_a_withdrawn_hub_is_shown_withdrawn_and_offers_no_return(
+    desk: Desk, world: DemoWorld, tmp_path: Path
+) -> None:
+    kept = [
+        line
+        for line in world.devices_csv.read_text().splitlines()
+        if not line.startswith(HUB_PENDING)
+    ]
+    inventory = tmp_path / "devices.csv"
+    inventory.write_text("\n".join(kept) + "\n")
+    code, output, _ = cli(desk.settings, "load", "devices", str(inventory), "--replace")
+    assert code == 0, output
+    assert "1 withdrawn" in " ".join(output.split())
+    with desk.sessions() as session:
+        device = session.get(Device, HUB_PENDING)
+        assert device is not None
+        assert device.withdrawn_at is not None
+    page = desk.client.get("/desk/hub", params={"device_id": HUB_PENDING})
+    assert page.status_code == 200
+    assert 'id="withdrawn-notice"' in page.text
+    assert 'id="log-return"' not in page.text
+    inventory_cell = page.text.split('id="hub-inventory">')[1].split("</dd>")[0]
+    assert inventory_cell.startswith("withdrawn ")
+    assert desk.client.get(f"/desk/api/hubs/{HUB_PENDING}").json()["withdrawn_at"]
+    still_held = desk.client.get("/desk/hub", params={"device_id": HUB_INSTALLED})
+    assert 'id="withdrawn-notice"' not in still_held.text
+    assert '<dd id="hub-inventory">yes</dd>' in still_held.text
+    assert desk.client.get(f"/desk/api/hubs/{HUB_INSTALLED}").json()["withdrawn_at"] is None
+    refused = desk.log_return(**fault(IS, HUB_PENDING, GPF_PENDING))
+    assert refused.headers["x-duis-response-code"] == "E19"
+    assert desk.counts() == (0, 1)
 
 
 def test_field_errors_are_tied_to_their_fields_and_pages_have_a_skip_link(desk: Desk) -> None:

@@ -181,9 +181,21 @@ IMAGES = SCREENSHOT.parent / "images"
 VIEWPORTS = (("desktop", 1280, 800), ("phone", 375, 812))
 
 
-def _fill_the_desk(server: str, world: DemoWorld, processor: Processor) -> int:
-    """Realistic rows: every demo DUIS scenario, then one return logged at the desk."""
+def _fill_the_desk(
+    server: str, world: DemoWorld, processor: Processor, settings: Settings, tmp_path: Path
+) -> int:
+    """Realistic rows: every demo DUIS scenario, one return logged at the desk, and
+    HUB_INSTALLED withdrawn by a replacing inventory load (its history kept)."""
     run_scenarios(server, world)
+    inventory = tmp_path / "devices.csv"
+    lines = world.devices_csv.read_text().splitlines()
+    inventory.write_text("\n".join(x for x in lines if not x.startswith(HUB_INSTALLED)) + "\n")
+    loaded = CliRunner().invoke(
+        app,
+        ["load", "devices", str(inventory), "--replace"],
+        env={"HUBRETURNS_DATABASE_URL": settings.database_url},
+    )
+    assert loaded.exit_code == 0, loaded.output
     request, errors = forms.read_return_form(
         {
             "originator": IS,
@@ -210,6 +222,7 @@ def _desk_pages(return_id: int) -> tuple[tuple[str, str], ...]:
         ("return-detail", f"/desk/returns/{return_id}?logged=1"),
         ("hub", f"/desk/hub?device_id={HUB_PENDING}"),
         ("gpf", f"/desk/hub?device_id={HUB_PENDING[:-1]}0"),
+        ("withdrawn", f"/desk/hub?device_id={HUB_INSTALLED}"),
         ("form", "/desk/returns/new"),
         ("audit", "/desk/audit?per_page=10"),
         ("error", "/desk/returns/999999"),
@@ -250,7 +263,7 @@ def test_every_desk_page_fits_a_desktop_and_a_phone_screen(
         env={"HUBRETURNS_DATABASE_URL": settings.database_url},
     )
     assert result.exit_code == 0, result.output
-    return_id = _fill_the_desk(server, world, processor)
+    return_id = _fill_the_desk(server, world, processor, settings, tmp_path)
     update = os.environ.get("HUBRETURNS_UPDATE_SCREENSHOT") == "1"
     folder = IMAGES if update else tmp_path
     too_wide: list[str] = []
@@ -271,6 +284,9 @@ def test_every_desk_page_fits_a_desktop_and_a_phone_screen(
             expect(page.locator("main h1, main h2").first).to_be_visible()
             pages.append((name, _fits(page)))
             _shoot(page, f"{name}-{label}", folder)
+            if name == "withdrawn":
+                expect(page.locator("#withdrawn-notice")).to_be_visible()
+                expect(page.locator("#log-return")).to_have_count(0)
             if name in ("returns", "audit") and label == "desktop":
                 # every column on screen, the last (Status, Reason) included
                 right = page.evaluate(
@@ -289,5 +305,5 @@ def test_every_desk_page_fits_a_desktop_and_a_phone_screen(
         too_wide += [
             f"{name} at {width}px: {w} > {inner}" for name, (w, inner) in pages if w > inner
         ]
-        assert len(pages) == 9
+        assert len(pages) == 10
     assert too_wide == []

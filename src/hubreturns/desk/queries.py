@@ -57,6 +57,8 @@ class HubView:
     gpf_id: str | None
     open_return_id: int | None
     updated_at: datetime
+    #: Set when a replacing inventory load left the device out: no new return can be logged.
+    withdrawn_at: datetime | None
     #: For a GPF: the hub (CHF) whose OtherDeviceID it is, if the inventory names one.
     hub_of_gpf: str | None
     suppliers: tuple[Party, ...]
@@ -82,7 +84,11 @@ def _appointment_facts(row: Appointment, suppliers: dict[str, User]) -> Appointm
 
 
 def hub_view(session: Session, device_id: str, now: datetime) -> HubView | None:
-    """Everything about one device, or None if it is not in the inventory."""
+    """Everything about one device, or None if the inventory never held it.
+
+    A device withdrawn by ``load devices --replace`` is still shown, marked
+    withdrawn, because its returns and requests remain for staff to look at.
+    """
     device = session.get(Device, device_id)
     if device is None:
         return None
@@ -127,6 +133,7 @@ def hub_view(session: Session, device_id: str, now: datetime) -> HubView | None:
         gpf_id=device.gpf_id,
         open_return_id=device.open_return_id,
         updated_at=device.updated_at,
+        withdrawn_at=device.withdrawn_at,
         hub_of_gpf=hub_of_gpf,
         suppliers=tuple(_party(s) for s in suppliers),
         appointed=tuple(

@@ -579,6 +579,7 @@ def _hub_json(view: HubView) -> dict[str, Any]:
         "smi_status": view.smi_status,
         "gpf_id": view.gpf_id,
         "open_return_id": view.open_return_id,
+        "withdrawn_at": None if view.withdrawn_at is None else _csv_cell(view.withdrawn_at),
         "responsible_suppliers": [
             {"user_id": p.user_id, "role": p.role, "name": p.name, "status": p.status}
             for p in view.suppliers

@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from hubreturns.cli import app
 from hubreturns.client import read_response
-from hubreturns.codes import DEFAULT_PROFILE
+from hubreturns.codes import DEFAULT_PROFILE, Reason
 from hubreturns.config import Settings, packaged_pki
 from hubreturns.extensions import register_commands
 from hubreturns.loading import load_appointments, load_certificates, load_devices, load_users
@@ -61,6 +61,8 @@ def _hub(n: str) -> tuple[str, str]:
 IS_PENDING, IS_PENDING_2, IS_INSTALLED, GS_PENDING = _hub("1"), _hub("2"), _hub("3"), _hub("4")
 #: The answer to a replayed request: the code of the decision table's counter row.
 REPLAY = DEFAULT_PROFILE.code(next(rule.code for rule in RULES if rule.name == "fresh counter"))
+SCHEMA_VERSION = DEFAULT_PROFILE.code(Reason.SCHEMA_VERSION)
+MALFORMED = DEFAULT_PROFILE.code(Reason.MALFORMED)
 
 
 def _jar() -> Path:
@@ -209,6 +211,15 @@ def test_requests_signed_by_dccs_tool_are_decided_and_every_answer_validates_wit
     assert read_response(replayed.content, _dsp()).code == REPLAY
     assert tool_validates(tool, replayed.content)
     assert_dcc_only_shape(replayed.content, f"{IS}:{ACB}:{SCENARIOS[0][3]}")
+    # Refused before any rule: a schemaVersion this service does not accept (signed by
+    # the tool) and a body that is not XML; their signed answers pass Validate too.
+    foreign = template("8.14.4", GS, 203, GS_PENDING)
+    assert b'schemaVersion="5.4"' in foreign
+    foreign = tool_sign(tool, foreign.replace(b'schemaVersion="5.4"', b'schemaVersion="9.9"'))
+    for body, expected in ((foreign, SCHEMA_VERSION), (b"not xml", MALFORMED)):
+        reply = http.post("/api/v1/serviceD", content=body, headers={"content-type": "text/xml"})
+        assert read_response(reply.content, _dsp()).code == expected
+        assert tool_validates(tool, reply.content), expected
     # The tool's Validate can fail: a changed answer does not pass.
     assert not tool_validates(tool, replayed.content.replace(REPLAY.encode(), b"I99", 1))
 
@@ -221,7 +232,11 @@ def test_requests_signed_by_dccs_tool_are_decided_and_every_answer_validates_wit
         ]
         assert returns[0].request_xml == sent[SCENARIOS[0][0]]
         audit = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
-        assert [a.code for a in audit] == [s[-1] for s in SCENARIOS] + [REPLAY]
+        assert [a.code for a in audit] == [s[-1] for s in SCENARIOS] + [
+            REPLAY,
+            SCHEMA_VERSION,
+            MALFORMED,
+        ]
 
 
 def assert_dcc_only_shape(answer: bytes, request_id: str) -> None:

@@ -52,6 +52,16 @@ def test_default_profile_avoids_every_published_meaning() -> None:
     assert DEFAULT_PROFILE.verdict("E21") is None
 
 
+def test_the_changelog_gives_every_reason_its_default_code() -> None:
+    """The before/after table Service Users upgrade by says what the profile does."""
+    text = (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text(encoding="utf-8")
+    after = {
+        match.group(1): match.group(2)
+        for match in re.finditer(r"^\|[^|\n]*\(`(\w+)`\) \|[^|\n]*\| \**(E\d+)\**? \|$", text, re.M)
+    }
+    assert after == {reason.value: code for reason, code in DEFAULT_PROFILE.codes.items()}
+
+
 def _load(tmp_path: Path, text: str) -> Settings:
     path = tmp_path / "hubreturns.toml"
     path.write_text(text, encoding="utf-8")

@@ -26,12 +26,13 @@ from hubreturns.cli import app
 from hubreturns.client import read_response
 from hubreturns.codes import ResponseCode
 from hubreturns.config import Settings
-from hubreturns.demo import ED, IS, RSA, DemoWorld, Scenario, scenario_bodies
+from hubreturns.demo import ED, GS, IS, RSA, DemoWorld, Scenario, scenario_bodies
 from hubreturns.extensions import register_commands
 from hubreturns.loading import load_devices
 from hubreturns.logistics.models import HubOrder
-from hubreturns.model import ReturnKind
+from hubreturns.model import ReturnKind, SmiStatus
 from hubreturns.processing import Processor
+from hubreturns.rules import PROFILES
 from hubreturns.service import build_service, create_app
 from hubreturns.serving import running_server
 from hubreturns.store.models import AuditEntry, ReturnRecord
@@ -41,6 +42,8 @@ CHF1, GPF1 = "00-DB-12-34-56-78-E1-01", "00-DB-12-34-56-78-E1-00"
 CHF2, GPF2 = "00-DB-12-34-56-78-E2-01", "00-DB-12-34-56-78-E2-00"
 HUB_OF_IS = "00-DB-12-34-56-78-90-F2"  # demo world: IS responsible, Pending, not ED's order
 HUB_RSA = "00-DB-12-34-56-78-90-C2"  # demo world: IS responsible, Pending
+HUB_INSTALLED = "00-DB-12-34-56-78-90-B2"  # demo world: IS responsible, Commissioned
+HUB_OF_GS = "00-DB-12-34-56-78-90-E2"  # demo world: GS responsible, Pending
 ORDERERS = "all-ordering-parties"
 #: ``--config`` exports HUBRETURNS_CONFIG for worker processes; the runner takes it
 #: back after each command so no later test reads this module's files.
@@ -232,3 +235,36 @@ def test_before_secmp0039_the_rsa_is_refused_e2_and_the_supplier_is_served(
         assert "eligibility profile pre-secmp0039" in audit[0].reason
         returns = session.scalars(select(ReturnRecord)).all()
         assert [(r.originator, r.on_behalf_of) for r in returns] == [(IS, IS)]
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_suppliers_are_served_alike_under_every_profile(
+    profile: str,
+    database_url: str,
+    engine: Engine,
+    world: DemoWorld,
+    seeded: sessionmaker[Session],
+) -> None:
+    """SECMP0039 changes nothing for Suppliers: the same answers and rows whichever
+    matrix the service runs (an installed hub, another Supplier's hub, its own)."""
+    chosen = Settings(database_url=database_url, eligibility_profile=profile, allow_test_keys=True)
+    with (
+        running_server(create_app(build_service(chosen, engine=engine), chosen)) as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        codes = [
+            _send(http, world, IS, HUB_INSTALLED, 1),
+            _send(http, world, IS, HUB_OF_GS, 2),
+            _send(http, world, GS, HUB_OF_GS, 1),
+        ]
+    assert codes == ["I99", "E4", "I99"]
+    with seeded() as session:
+        returns = session.scalars(select(ReturnRecord).order_by(ReturnRecord.id)).all()
+        assert [
+            (r.originator, r.on_behalf_of, r.device_id, r.smi_status_at_return) for r in returns
+        ] == [
+            (IS, IS, HUB_INSTALLED, SmiStatus.COMMISSIONED),
+            (GS, GS, HUB_OF_GS, SmiStatus.PENDING),
+        ]
+        audit = session.scalars(select(AuditEntry).order_by(AuditEntry.id)).all()
+        assert [(a.originator, a.code) for a in audit] == [(IS, "I99"), (IS, "E4"), (GS, "I99")]

@@ -40,6 +40,7 @@ from hubreturns.store.models import AuditEntry, ReturnRecord
 runner = CliRunner()
 CHF1, GPF1 = "00-DB-12-34-56-78-E1-01", "00-DB-12-34-56-78-E1-00"
 CHF2, GPF2 = "00-DB-12-34-56-78-E2-01", "00-DB-12-34-56-78-E2-00"
+CHF3, GPF3 = "00-DB-12-34-56-78-E3-01", "00-DB-12-34-56-78-E3-00"
 HUB_OF_IS = "00-DB-12-34-56-78-90-F2"  # demo world: IS responsible, Pending, not ED's order
 HUB_RSA = "00-DB-12-34-56-78-90-C2"  # demo world: IS responsible, Pending
 HUB_INSTALLED = "00-DB-12-34-56-78-90-B2"  # demo world: IS responsible, Commissioned
@@ -141,6 +142,12 @@ def test_an_ordering_party_returns_only_its_delivered_pending_hubs(
     with seeded() as session:
         order = session.scalars(select(HubOrder)).one()
         assert (order.supplier_user_id, order.placed_by, order.placed_by_role) == (IS, ED, "ED")
+    # A hub delivered against an order the Supplier placed itself is not the ED's.
+    assert cli(*_ORDER_ARGS, IS).exit_code == 0
+    theirs = tmp_path / "delivery-2.csv"
+    theirs.write_text(f"chf_device_id,gpf_device_id\n{CHF3},{GPF3}\n", encoding="utf-8")
+    delivered = cli("orders", "deliver", "2", str(theirs))
+    assert delivered.exit_code == 0, delivered.output
     load_devices(
         seeded,
         "device_id,device_type,smi_status,responsible_suppliers,gpf_id\n"
@@ -151,6 +158,7 @@ def test_an_ordering_party_returns_only_its_delivered_pending_hubs(
     assert _send(http, world, ED, CHF1, 1) == "I99"
     assert _send(http, world, ED, CHF2, 2) == "E5"
     assert _send(http, world, ED, HUB_OF_IS, 3) == "E4"
+    assert _send(http, world, ED, CHF3, 4) == "E4"
     assert _send(http, world, RSA, HUB_RSA, 1) == "I99"  # the RSA as under secmp0039
 
     with seeded() as session:
@@ -164,6 +172,7 @@ def test_an_ordering_party_returns_only_its_delivered_pending_hubs(
             (ED, CHF1, "I99"),
             (ED, CHF2, "E5"),
             (ED, HUB_OF_IS, "E4"),
+            (ED, CHF3, "E4"),
             (RSA, HUB_RSA, "I99"),
         ]
         assert "an ED may return a hub only while it is Pending" in audit[1].reason

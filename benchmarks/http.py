@@ -47,7 +47,7 @@ from benchmarks.common import (
 )
 from benchmarks.loadgen import write_bodies
 from benchmarks.world import build_world, mixed_bodies, populate, reset
-from hubreturns.serving import free_port
+from hubreturns.dcc.serving import free_port
 
 __all__ = ["end_to_end", "fastest", "serve"]
 

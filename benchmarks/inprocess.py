@@ -28,12 +28,12 @@ from typing import Any
 from benchmarks.common import Section, pg_available, pg_bench_url, sqlite_url, throughput
 from benchmarks.world import Body, build_world, mixed_bodies, populate, reset
 from hubreturns.codes import DEFAULT_PROFILE, ResponseCode
-from hubreturns.config import Settings
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.observability import configure_logging
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import build_service, create_app
 from hubreturns.model import Endpoint
-from hubreturns.observability import configure_logging
 from hubreturns.policy import REQUEST_POLICY
-from hubreturns.processing import Processor
-from hubreturns.service import build_service, create_app
 from hubreturns.wire.check import check
 from hubreturns.wire.response import build_response
 

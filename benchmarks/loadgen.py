@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
-from hubreturns.client import tls_context
+from hubreturns.user.client import tls_context
 
 __all__ = ["main", "read_bodies", "write_bodies"]
 

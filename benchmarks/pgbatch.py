@@ -8,7 +8,7 @@ a temporary table:
 * **baseline, as before**: a transaction psycopg begins itself (an implicit
   BEGIN, which in a pipeline it follows with a sync of its own), the ids and
   the read as a pipeline of two commands, the write, then COMMIT;
-* **ours** (``hubreturns.store.db.writer_connection``): autocommit, one read
+* **ours** (``hubreturns.dcc.store.db.writer_connection``): autocommit, one read
   statement that also draws the ids, one write statement that is its own
   transaction.
 

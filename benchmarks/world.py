@@ -26,8 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import Engine, insert, text
 
 from hubreturns.codes import Reason, ResponseCode, Verdict
-from hubreturns.config import DEFAULT_ACB
+from hubreturns.dcc.store.db import checkpoint, make_engine, migrate
+from hubreturns.dcc.store.models import Certificate, Device, User
 from hubreturns.model import (
+    DEFAULT_ACB,
     ConnectionMethod,
     FaultReason,
     FaultReturnType,
@@ -36,8 +38,6 @@ from hubreturns.model import (
     ReturnRequest,
 )
 from hubreturns.pki import DemoCA
-from hubreturns.store.db import checkpoint, make_engine, migrate
-from hubreturns.store.models import Certificate, Device, User
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import sign_request
 

@@ -15,15 +15,16 @@ from pathlib import Path
 from sqlalchemy import delete
 from sqlalchemy.pool import StaticPool
 
-from hubreturns.client import read_response
 from hubreturns.codes import CODE_INFO, Reason
-from hubreturns.config import DEFAULT_ACB, Settings
-from hubreturns.demo import IS, DemoWorld, build_world, scenario_bodies, seed
-from hubreturns.model import Endpoint
-from hubreturns.processing import Processor
-from hubreturns.service import build_service
-from hubreturns.store.db import make_engine, migrate
-from hubreturns.store.models import AuditEntry
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import build_service
+from hubreturns.dcc.store.db import make_engine, migrate
+from hubreturns.dcc.store.models import AuditEntry
+from hubreturns.demo import seed
+from hubreturns.model import DEFAULT_ACB, Endpoint
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import IS, DemoWorld, build_world, scenario_bodies
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import SR_NS
 from hubreturns.wire.signature import sign

@@ -31,12 +31,13 @@ import httpx
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
-from hubreturns.client import read_response
 from hubreturns.codes import DEFAULT_PROFILE, Reason
-from hubreturns.config import DEFAULT_ACB, packaged_pki
+from hubreturns.dcc.loading import load_certificates, load_devices, load_users
+from hubreturns.dcc.store.db import make_engine, make_sessionmaker, migrate
+from hubreturns.dcc.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
 from hubreturns.errors import Rejection
-from hubreturns.loading import load_certificates, load_devices, load_users
 from hubreturns.model import (
+    DEFAULT_ACB,
     ConnectionMethod,
     FaultReason,
     FaultReturnType,
@@ -45,9 +46,8 @@ from hubreturns.model import (
     ReturnKind,
     ReturnRequest,
 )
-from hubreturns.pki import Credential, DemoCA
-from hubreturns.store.db import make_engine, make_sessionmaker, migrate
-from hubreturns.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
+from hubreturns.pki import Credential, DemoCA, packaged_pki
+from hubreturns.user.client import read_response
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import sign_request
 
@@ -415,7 +415,7 @@ class Served:
 
 
 def _free_port() -> int:
-    from hubreturns.serving import free_port
+    from hubreturns.dcc.serving import free_port
 
     return free_port()
 

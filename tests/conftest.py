@@ -21,12 +21,13 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.config import Settings
-from hubreturns.demo import DemoWorld, build_world, seed
-from hubreturns.processing import Processor
-from hubreturns.service import build_service, create_app
-from hubreturns.serving import running_server
-from hubreturns.store.db import make_engine, make_sessionmaker, migrate
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import build_service, create_app
+from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.store.db import make_engine, make_sessionmaker, migrate
+from hubreturns.demo import seed
+from hubreturns.user.scenarios import DemoWorld, build_world
 
 #: What a served test needs in its environment (``hubreturns serve`` in a subprocess):
 #: the packaged test keys allowed, and a session secret for several workers.

@@ -32,12 +32,12 @@ from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.client import read_response
-from hubreturns.config import DEFAULT_ACB, packaged_pki
-from hubreturns.demo import GS, IS, IS_EXPIRED, DemoWorld
-from hubreturns.loading import load_certificates, load_devices
+from hubreturns.dcc.loading import load_certificates, load_devices
+from hubreturns.dcc.store.models import AuditEntry, Device, ReplayCounter
+from hubreturns.dcc.store.repository import Repository
 from hubreturns.model import (
     COUNTER_MAX,
+    DEFAULT_ACB,
     ConnectionMethod,
     FaultReason,
     FaultReturnType,
@@ -45,9 +45,9 @@ from hubreturns.model import (
     ReturnKind,
     ReturnRequest,
 )
-from hubreturns.pki import Credential, DemoCA, load_credential
-from hubreturns.store.models import AuditEntry, Device, ReplayCounter
-from hubreturns.store.repository import Repository
+from hubreturns.pki import Credential, DemoCA, load_credential, packaged_pki
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import GS, IS, IS_EXPIRED, DemoWorld
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import DS_NS, SR_NS
 from hubreturns.wire.request import build_request

@@ -15,12 +15,12 @@ from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import Reason, ResponseCode
-from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, scenario_bodies
+from hubreturns.dcc.processing import Outcome, Processor
+from hubreturns.dcc.store.db import writer_connection
+from hubreturns.dcc.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
+from hubreturns.dcc.store.repository import AuditFields, Ledger, ReturnFields, WriteConflict
 from hubreturns.model import Channel, Endpoint, ReturnRequest
-from hubreturns.processing import Outcome, Processor
-from hubreturns.store.db import writer_connection
-from hubreturns.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
-from hubreturns.store.repository import AuditFields, Ledger, ReturnFields, WriteConflict
+from hubreturns.user.scenarios import SCENARIOS, DemoWorld, Scenario, scenario_bodies
 from hubreturns.wire.certificate import SigningCertificate
 
 
@@ -159,7 +159,7 @@ def test_two_returns_by_one_sender_in_a_batch_are_both_recorded(
 
 
 def _request(world: DemoWorld, scenario: Scenario, counter: int) -> ReturnRequest:
-    from hubreturns.demo import scenario_request
+    from hubreturns.user.scenarios import scenario_request
 
     return scenario_request(scenario, counter)
 

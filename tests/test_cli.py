@@ -26,8 +26,22 @@ from typer.testing import CliRunner
 
 from hubreturns.cli import app
 from hubreturns.codes import DEFAULT_PROFILE, ResponseCode
-from hubreturns.config import Settings
-from hubreturns.demo import (
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.rules import RULES
+from hubreturns.dcc.service import build_service
+from hubreturns.dcc.store.db import make_engine, make_sessionmaker
+from hubreturns.dcc.store.models import (
+    Appointment,
+    AuditEntry,
+    Certificate,
+    Device,
+    DeviceSupplier,
+    ReturnRecord,
+    User,
+)
+from hubreturns.dcc.store.repository import Repository
+from hubreturns.extensions import register_commands
+from hubreturns.user.scenarios import (
     ED,
     GS,
     HUBS,
@@ -39,20 +53,6 @@ from hubreturns.demo import (
     Scenario,
     scenario_bodies,
 )
-from hubreturns.extensions import register_commands
-from hubreturns.rules import RULES
-from hubreturns.service import build_service
-from hubreturns.store.db import make_engine, make_sessionmaker
-from hubreturns.store.models import (
-    Appointment,
-    AuditEntry,
-    Certificate,
-    Device,
-    DeviceSupplier,
-    ReturnRecord,
-    User,
-)
-from hubreturns.store.repository import Repository
 
 register_commands(app)
 

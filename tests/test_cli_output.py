@@ -20,13 +20,13 @@ from typer.testing import CliRunner, Result
 
 from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, ResponseCode
-from hubreturns.config import Settings
-from hubreturns.demo import GS, IS, DemoWorld, scenario_bodies
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.logistics.render import chart_figure, chart_label
+from hubreturns.dcc.logistics.reports import ReportRow
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord, User
 from hubreturns.extensions import register_commands
-from hubreturns.logistics.render import chart_figure, chart_label
-from hubreturns.logistics.reports import ReportRow
-from hubreturns.processing import Processor
-from hubreturns.store.models import AuditEntry, ReturnRecord, User
+from hubreturns.user.scenarios import GS, IS, DemoWorld, scenario_bodies
 
 if not any(group.name == "desk" for group in app.registered_groups):
     register_commands(app)

@@ -20,12 +20,12 @@ from sqlalchemy import Engine, event, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns import committer as committer_module
-from hubreturns.committer import Committer, Contended, FunctionJob, Job, Load
+from hubreturns.dcc import committer as committer_module
+from hubreturns.dcc.committer import Committer, Contended, FunctionJob, Job, Load
+from hubreturns.dcc.store.db import make_engine, migrate, writer_lock
+from hubreturns.dcc.store.models import AuditEntry
+from hubreturns.dcc.store.repository import AuditFields, Ledger
 from hubreturns.model import Channel
-from hubreturns.store.db import make_engine, migrate, writer_lock
-from hubreturns.store.models import AuditEntry
-from hubreturns.store.repository import AuditFields, Ledger
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -360,7 +360,7 @@ def test_a_kept_connection_that_died_is_replaced_and_its_batch_run_once(
     with engine.connect() as admin:  # the writer's backend dies while idle
         assert admin.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": writer})
         admin.commit()
-    with caplog.at_level(logging.INFO, logger="hubreturns.committer"):
+    with caplog.at_level(logging.INFO, logger="hubreturns.dcc.committer"):
         assert committer.run(_write("after")) == "after"
     assert "batch run again on a new one" in caplog.text
     assert _reasons(engine) == ["after", "before"]  # each exactly once

@@ -9,9 +9,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from hubreturns.config import ConfigError, Settings, load_settings, packaged_pki
+from hubreturns.dcc.config import ConfigError, Settings, load_settings
+from hubreturns.dcc.service import build_service
+from hubreturns.pki import packaged_pki
 from hubreturns.policy import REQUEST_POLICY
-from hubreturns.service import build_service
 
 DSP = "dsp-xml-sign-90B3D51F30000002-ds"
 DSP_KEY, DSP_CERT = packaged_pki() / f"{DSP}.key.pem", packaged_pki() / f"{DSP}.cert.pem"

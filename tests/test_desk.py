@@ -24,16 +24,16 @@ from typer.testing import CliRunner
 
 from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, Reason, ResponseCode
-from hubreturns.config import Settings
-from hubreturns.demo import GS, IS, RSA, RSA_UNAPPOINTED, DemoWorld
-from hubreturns.desk import accounts
-from hubreturns.desk import routes as desk_routes
-from hubreturns.desk.models import DeskSession, SignInFailures, StaffAccount
-from hubreturns.desk.web import AUDIT_CSV_COLUMNS, RETURN_CSV_COLUMNS
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.desk import accounts
+from hubreturns.dcc.desk import routes as desk_routes
+from hubreturns.dcc.desk.models import DeskSession, SignInFailures, StaffAccount
+from hubreturns.dcc.desk.web import AUDIT_CSV_COLUMNS, RETURN_CSV_COLUMNS
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.store.models import AuditEntry, Device, ReturnRecord
 from hubreturns.errors import HintedError
 from hubreturns.extensions import register_commands
-from hubreturns.processing import Processor
-from hubreturns.store.models import AuditEntry, Device, ReturnRecord
+from hubreturns.user.scenarios import GS, IS, RSA, RSA_UNAPPOINTED, DemoWorld
 
 if not any(group.name == "desk" for group in app.registered_groups):
     register_commands(app)

@@ -23,12 +23,12 @@ from typer.testing import CliRunner
 
 from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, ResponseCode
-from hubreturns.config import Settings
-from hubreturns.demo import IS, RSA, DemoWorld, run_scenarios
-from hubreturns.desk import forms
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.desk import forms
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.store.models import ReturnRecord
 from hubreturns.extensions import register_commands
-from hubreturns.processing import Processor
-from hubreturns.store.models import ReturnRecord
+from hubreturns.user.scenarios import IS, RSA, DemoWorld, run_scenarios
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hubreturns.demo import USERS
+from hubreturns.user.scenarios import USERS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]

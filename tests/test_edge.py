@@ -19,14 +19,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.client import read_response
 from hubreturns.codes import ResponseCode
-from hubreturns.config import Settings
-from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, scenario_bodies
-from hubreturns.processing import Processor
-from hubreturns.service import create_app
-from hubreturns.serving import MAX_HEAD_BYTES, running_server
-from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import create_app
+from hubreturns.dcc.serving import MAX_HEAD_BYTES, running_server
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import SCENARIOS, DemoWorld, Scenario, scenario_bodies
 
 #: A head that cannot be complete within a few seconds at one byte per 0.2 s.
 SLOW_HEAD = (

@@ -23,19 +23,19 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner, Result
 
 from hubreturns.cli import app
-from hubreturns.client import read_response
 from hubreturns.codes import ResponseCode
-from hubreturns.config import Settings
-from hubreturns.demo import ED, GS, IS, RSA, DemoWorld, Scenario, scenario_bodies
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.loading import load_devices
+from hubreturns.dcc.logistics.models import HubOrder
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.rules import PROFILES
+from hubreturns.dcc.service import build_service, create_app
+from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord
 from hubreturns.extensions import register_commands
-from hubreturns.loading import load_devices
-from hubreturns.logistics.models import HubOrder
 from hubreturns.model import ReturnKind, SmiStatus
-from hubreturns.processing import Processor
-from hubreturns.rules import PROFILES
-from hubreturns.service import build_service, create_app
-from hubreturns.serving import running_server
-from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import ED, GS, IS, RSA, DemoWorld, Scenario, scenario_bodies
 
 runner = CliRunner()
 CHF1, GPF1 = "00-DB-12-34-56-78-E1-01", "00-DB-12-34-56-78-E1-00"

@@ -27,11 +27,17 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
-from hubreturns.config import TEST_KEYS_WARNING, ConfigError, Settings, load_settings, redact_url
+from hubreturns.dcc.config import (
+    TEST_KEYS_WARNING,
+    ConfigError,
+    Settings,
+    load_settings,
+    redact_url,
+)
+from hubreturns.dcc.service import create_app
+from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.store.db import make_engine
 from hubreturns.pki import DemoCA, write_credential
-from hubreturns.service import create_app
-from hubreturns.serving import running_server
-from hubreturns.store.db import make_engine
 
 SCRIPT = Path(sys.executable).with_name("hubreturns")
 PASSWORD = "Pw-never-shown-7f3a9c"
@@ -122,7 +128,7 @@ def test_the_script_prints_code_message_and_hint(tmp_path: Path) -> None:
 
 
 def test_a_packaged_test_certificate_set_by_path_is_still_test_keys(tmp_path: Path) -> None:
-    from hubreturns.config import packaged_pki
+    from hubreturns.pki import packaged_pki
 
     stem = packaged_pki() / "dsp-xml-sign-90B3D51F30000002-ds"
     settings = Settings(signing_key=Path(f"{stem}.key.pem"), signing_cert=Path(f"{stem}.cert.pem"))
@@ -195,7 +201,7 @@ def test_allow_test_keys_takes_only_true_or_false() -> None:
 def test_healthz_reports_test_keys(
     settings: Settings, seeded: object, dsp: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from hubreturns.service import build_service
+    from hubreturns.dcc.service import build_service
 
     for chosen, expected in (
         (settings, True),

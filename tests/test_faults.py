@@ -26,16 +26,17 @@ from conftest import PG_URL, pg_or_skip
 from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 
-from hubreturns.client import read_response
-from hubreturns.config import Settings
-from hubreturns.demo import SCENARIOS, DemoWorld, scenario_bodies, seed
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import build_service, create_app
+from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.store.db import make_engine, migrate
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord
+from hubreturns.demo import seed
 from hubreturns.model import Endpoint
 from hubreturns.policy import REQUEST_POLICY, SecurityPolicy
-from hubreturns.processing import Processor
-from hubreturns.service import build_service, create_app
-from hubreturns.serving import running_server
-from hubreturns.store.db import make_engine, migrate
-from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import SCENARIOS, DemoWorld, scenario_bodies
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 import reliability

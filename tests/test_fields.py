@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 from wire_helpers import ACB, DEVICE, GPF, SUPPLIER, fault_request
 
-from hubreturns.desk import forms
+from hubreturns.dcc.desk import forms
 from hubreturns.errors import EnvelopeRejection
 from hubreturns.model import RequestId, ReturnRequest, is_xs_datetime
 from hubreturns.policy import REQUEST_POLICY
-from hubreturns.submission import COLUMNS, InvalidReturnsFile, read_returns_csv
+from hubreturns.user.submission import COLUMNS, InvalidReturnsFile, read_returns_csv
 from hubreturns.wire.envelope import parse, read_request, validate
 
 #: (UserRefDateTime, valid as xs:dateTime)

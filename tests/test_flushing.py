@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hubreturns.flushing import FlushPolicy, Load
+from hubreturns.dcc.flushing import FlushPolicy, Load
 
 HOLD = 0.003
 

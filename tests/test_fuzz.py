@@ -25,6 +25,7 @@ from test_rules import any_facts
 from wire_helpers import ACB, SUPPLIER
 
 from hubreturns.codes import Reason, ResponseCode
+from hubreturns.dcc.rules import DeviceFacts, Facts, decide
 from hubreturns.errors import Rejection
 from hubreturns.model import (
     COUNTER_MAX,
@@ -39,7 +40,6 @@ from hubreturns.model import (
     SmiStatus,
 )
 from hubreturns.policy import REQUEST_POLICY
-from hubreturns.rules import DeviceFacts, Facts, decide
 from hubreturns.wire.envelope import parse, read_request, validate
 from hubreturns.wire.request import build_request
 

@@ -19,11 +19,15 @@ from sqlalchemy import Engine, func, inspect, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 from wire_helpers import Signer, to_bytes, xmlsec_sign, xmlsec_verify
 
-from hubreturns.client import read_response
 from hubreturns.codes import Reason, ResponseCode
-from hubreturns.committer import Load
-from hubreturns.config import packaged_pki
-from hubreturns.demo import (
+from hubreturns.dcc.committer import Load
+from hubreturns.dcc.loading import load_appointments, load_devices, load_users
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.store.models import Appointment, AuditEntry, Device, ReplayCounter, ReturnRecord
+from hubreturns.dcc.store.repository import Repository
+from hubreturns.pki import packaged_pki
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import (
     GS,
     IS,
     RSA,
@@ -34,10 +38,6 @@ from hubreturns.demo import (
     scenario_bodies,
     scenario_request,
 )
-from hubreturns.loading import load_appointments, load_devices, load_users
-from hubreturns.processing import Processor
-from hubreturns.store.models import Appointment, AuditEntry, Device, ReplayCounter, ReturnRecord
-from hubreturns.store.repository import Repository
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import build_request
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hubreturns.importers import (
+from hubreturns.dcc.importers import (
     AppointmentRow,
     DeviceRow,
     ImportFailed,

@@ -29,15 +29,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
-from hubreturns.client import read_response
 from hubreturns.codes import DEFAULT_PROFILE, Reason
-from hubreturns.config import Settings, packaged_pki
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.loading import load_appointments, load_certificates, load_devices, load_users
+from hubreturns.dcc.rules import RULES
+from hubreturns.dcc.service import build_service, create_app
+from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord
 from hubreturns.extensions import register_commands
-from hubreturns.loading import load_appointments, load_certificates, load_devices, load_users
-from hubreturns.rules import RULES
-from hubreturns.service import build_service, create_app
-from hubreturns.serving import running_server
-from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.pki import packaged_pki
+from hubreturns.user.client import read_response
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import SR_NS, schema
 

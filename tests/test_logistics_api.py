@@ -19,12 +19,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount, Route
 
-from hubreturns.config import DEFAULT_ACB, Settings
-from hubreturns.demo import IS, DemoWorld
-from hubreturns.logistics.api import PREFIX
-from hubreturns.logistics.models import DeliveredHub, HubOrder, HubOrderEvent
-from hubreturns.logistics.operations import OrderView, ReturnView
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.logistics.api import PREFIX
+from hubreturns.dcc.logistics.models import DeliveredHub, HubOrder, HubOrderEvent
+from hubreturns.dcc.logistics.operations import OrderView, ReturnView
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import create_app
+from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.store.models import Device
 from hubreturns.model import (
+    DEFAULT_ACB,
     ConnectionMethod,
     FaultReason,
     FaultReturnType,
@@ -33,10 +37,7 @@ from hubreturns.model import (
     ReturnKind,
     ReturnRequest,
 )
-from hubreturns.processing import Processor
-from hubreturns.service import create_app
-from hubreturns.serving import running_server
-from hubreturns.store.models import Device
+from hubreturns.user.scenarios import IS, DemoWorld
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import sign_request
 

@@ -28,10 +28,8 @@ from typer.testing import CliRunner, Result
 
 from hubreturns.cli import app
 from hubreturns.codes import Reason, ResponseCode
-from hubreturns.config import DEFAULT_ACB, Settings
-from hubreturns.demo import GS, IS, RSA, DemoWorld, scenario_bodies
-from hubreturns.extensions import register_commands
-from hubreturns.logistics.models import (
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.logistics.models import (
     Consignment,
     DeliveredHub,
     HubDelivery,
@@ -40,7 +38,11 @@ from hubreturns.logistics.models import (
     ReturnEvent,
     ReturnProgress,
 )
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.store.models import AuditEntry, Device, DeviceSupplier, ReturnRecord
+from hubreturns.extensions import register_commands
 from hubreturns.model import (
+    DEFAULT_ACB,
     ConnectionMethod,
     Endpoint,
     FaultReason,
@@ -50,8 +52,7 @@ from hubreturns.model import (
     ReturnKind,
     ReturnRequest,
 )
-from hubreturns.processing import Processor
-from hubreturns.store.models import AuditEntry, Device, DeviceSupplier, ReturnRecord
+from hubreturns.user.scenarios import GS, IS, RSA, DemoWorld, scenario_bodies
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.request import sign_request
 

@@ -12,8 +12,8 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 from test_store import _config, _downgrade
 
-from hubreturns.demo import IS
-from hubreturns.store.db import migrate
+from hubreturns.dcc.store.db import migrate
+from hubreturns.user.scenarios import IS
 
 
 def _before_logistics_fix() -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hubreturns.logistics.charges import (
+from hubreturns.dcc.logistics.charges import (
     CHARGE_RULES,
     DCC_SOURCE,
     DEFAULT_TARIFF,
@@ -21,9 +21,9 @@ from hubreturns.logistics.charges import (
     price,
     summarise,
 )
-from hubreturns.logistics.consignments import PlanItem, group_consignments, plan_month
-from hubreturns.logistics.errors import Conflict, Invalid
-from hubreturns.logistics.lifecycle import (
+from hubreturns.dcc.logistics.consignments import PlanItem, group_consignments, plan_month
+from hubreturns.dcc.logistics.errors import Conflict, Invalid
+from hubreturns.dcc.logistics.lifecycle import (
     TRANSITIONS,
     HubPath,
     ReturnStatus,
@@ -31,8 +31,8 @@ from hubreturns.logistics.lifecycle import (
     TestOutcome,
     next_status,
 )
-from hubreturns.logistics.orders import check_delivery, parse_delivery
-from hubreturns.logistics.values import HubVariant, OrderChange, OrderRequest, Period
+from hubreturns.dcc.logistics.orders import check_delivery, parse_delivery
+from hubreturns.dcc.logistics.values import HubVariant, OrderChange, OrderRequest, Period
 from hubreturns.model import FaultReturnType, NoFaultReturnType
 
 A, B, C = "00-DB-12-34-56-78-AA-01", "00-DB-12-34-56-78-AA-02", "00-DB-12-34-56-78-AA-03"

@@ -22,21 +22,9 @@ import pytest
 from conftest import SERVE_ENV
 from prometheus_client.parser import text_string_to_metric_families
 
-from hubreturns.client import read_response
 from hubreturns.codes import ResponseCode
-from hubreturns.config import Settings
-from hubreturns.demo import (
-    SCENARIOS,
-    USERS,
-    DemoWorld,
-    Scenario,
-    run_scenarios,
-    scenario_bodies,
-    scenario_request,
-    seed,
-)
-from hubreturns.model import Endpoint
-from hubreturns.observability import (
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.observability import (
     JsonFormatter,
     Metrics,
     configure_logging,
@@ -44,10 +32,22 @@ from hubreturns.observability import (
     metrics_for,
     process_metrics,
 )
-from hubreturns.processing import Outcome, Processor
-from hubreturns.service import create_app
-from hubreturns.serving import free_port, running_server
-from hubreturns.store.db import make_engine, make_sessionmaker, migrate
+from hubreturns.dcc.processing import Outcome, Processor
+from hubreturns.dcc.service import create_app
+from hubreturns.dcc.serving import free_port, running_server
+from hubreturns.dcc.store.db import make_engine, make_sessionmaker, migrate
+from hubreturns.demo import seed
+from hubreturns.model import Endpoint
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import (
+    SCENARIOS,
+    USERS,
+    DemoWorld,
+    Scenario,
+    run_scenarios,
+    scenario_bodies,
+    scenario_request,
+)
 
 HUBRETURNS = Path(sys.executable).with_name("hubreturns")
 UNAUTHENTICATED = {"E46", "E31", "E40", "E41", "E42", "E43", "E1"}
@@ -334,7 +334,7 @@ def test_the_access_line_is_the_same_written_directly_or_through_logging(
 ) -> None:
     """With only ``configure_logging``'s handler in the way the access line is written
     straight to it; with anything else in the way it goes through ``logging``."""
-    from hubreturns import observability
+    from hubreturns.dcc import observability
 
     calls: list[str] = []
     original = observability.http_log.info

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns import certificates
-from hubreturns.certificates import CertificateCache
-from hubreturns.store.models import Certificate
+from hubreturns.dcc import certificates
+from hubreturns.dcc.certificates import CertificateCache
+from hubreturns.dcc.store.models import Certificate
 from hubreturns.wire.certificate import SigningCertificate
 
 TTL = 60.0

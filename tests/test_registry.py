@@ -22,7 +22,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
-from hubreturns.demo import (
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.store.models import Appointment, Device, DeviceSupplier, User
+from hubreturns.errors import HintedError
+from hubreturns.user.scenarios import (
     ED,
     GS,
     GS_SUSPENDED,
@@ -36,9 +39,6 @@ from hubreturns.demo import (
     Scenario,
     scenario_bodies,
 )
-from hubreturns.errors import HintedError
-from hubreturns.processing import Processor
-from hubreturns.store.models import Appointment, Device, DeviceSupplier, User
 
 HUB_A2, HUB_C2 = "00-DB-12-34-56-78-90-A2", "00-DB-12-34-56-78-90-C2"
 HUB_F2 = "00-DB-12-34-56-78-90-F2"

@@ -14,19 +14,7 @@ from hypothesis import strategies as st
 from wire_helpers import ACB, DEVICE, GPF, RSA_USER, SUPPLIER, SUPPLIER_2
 
 from hubreturns.codes import DEFAULT_PROFILE, Reason, ResponseCode, Verdict
-from hubreturns.model import (
-    ConnectionMethod,
-    DeviceType,
-    Endpoint,
-    FaultReason,
-    RequestId,
-    ReturnKind,
-    ReturnRequest,
-    Role,
-    SmiStatus,
-    UserStatus,
-)
-from hubreturns.rules import (
+from hubreturns.dcc.rules import (
     APPOINTMENT_RULES,
     PROFILES,
     RULES,
@@ -44,6 +32,18 @@ from hubreturns.rules import (
     check_order,
     decide,
     eligibility_profile,
+)
+from hubreturns.model import (
+    ConnectionMethod,
+    DeviceType,
+    Endpoint,
+    FaultReason,
+    RequestId,
+    ReturnKind,
+    ReturnRequest,
+    Role,
+    SmiStatus,
+    UserStatus,
 )
 
 C = ResponseCode

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.client import read_response
 from hubreturns.codes import ResponseCode
-from hubreturns.demo import SCENARIOS, DemoWorld, Scenario, run_scenarios, scenario_bodies
-from hubreturns.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
+from hubreturns.dcc.store.models import AuditEntry, Device, ReplayCounter, ReturnRecord
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import SCENARIOS, DemoWorld, Scenario, run_scenarios, scenario_bodies
 
 
 def test_every_scenario_gets_its_code_and_the_database_agrees(

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hubreturns.serving import (
+from hubreturns.dcc.serving import (
     OneWritePerTurn,
     WorkerListener,
     running_server,

@@ -29,21 +29,21 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
 
-from hubreturns.certificates import REVOCATION_WINDOW
 from hubreturns.cli import app
-from hubreturns.client import read_response
 from hubreturns.codes import ResponseCode
-from hubreturns.config import ConfigError, Settings, load_settings, packaged_pki
-from hubreturns.demo import IS, DemoWorld, Scenario, scenario_bodies
+from hubreturns.dcc.certificates import REVOCATION_WINDOW
+from hubreturns.dcc.config import ConfigError, Settings, load_settings
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import build_service, create_app
+from hubreturns.dcc.serving import free_port, running_server
+from hubreturns.dcc.smki import TrustMode
+from hubreturns.dcc.store.db import make_engine, make_sessionmaker
+from hubreturns.dcc.store.models import AuditEntry, Certificate, CertificateRevocation
+from hubreturns.dcc.store.repository import Ledger, Repository
 from hubreturns.model import Endpoint
-from hubreturns.pki import Credential, DemoCA
-from hubreturns.processing import Processor
-from hubreturns.service import build_service, create_app
-from hubreturns.serving import free_port, running_server
-from hubreturns.smki import TrustMode
-from hubreturns.store.db import make_engine, make_sessionmaker
-from hubreturns.store.models import AuditEntry, Certificate, CertificateRevocation
-from hubreturns.store.repository import Ledger, Repository
+from hubreturns.pki import Credential, DemoCA, packaged_pki
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import IS, DemoWorld, Scenario, scenario_bodies
 from hubreturns.wire.certificate import SigningCertificate
 
 SCRIPT = Path(sys.executable).with_name("hubreturns")
@@ -241,7 +241,6 @@ def test_bad_files_in_a_folder_are_each_named_and_nothing_is_loaded(cli: Cli, pk
     assert "broken.pem:" in run.text
     assert "old: is a folder" in run.text
     assert "hint: Fix or remove the listed files" in run.text
-    assert "code: certificates" in run.text
     assert cli.certificates() == {}  # user.cert.pem, which is fine, was not loaded either
 
 
@@ -431,7 +430,7 @@ def test_healthz_reports_the_trust_mode_and_serve_start_warns_without_a_ca(
     settings: Settings,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="hubreturns.service"):
+    with caplog.at_level(logging.WARNING, logger="hubreturns.dcc.service"):
         with running_server(create_app(processor, settings)) as url:
             assert httpx.get(f"{url}/healthz").json() == {
                 "status": "ok",

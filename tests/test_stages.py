@@ -9,7 +9,7 @@ import contextvars
 
 import pytest
 
-from hubreturns.stages import Stages, Steps, complete, one_step
+from hubreturns.dcc.stages import Stages, Steps, complete, one_step
 
 _who: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 

@@ -17,10 +17,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from hubreturns.dcc.store.db import make_engine, migrate
+from hubreturns.dcc.store.models import Base, Certificate, Device, DeviceSupplier, ReplayCounter
+from hubreturns.dcc.store.repository import Ledger, Repository
 from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
-from hubreturns.store.db import make_engine, migrate
-from hubreturns.store.models import Base, Certificate, Device, DeviceSupplier, ReplayCounter
-from hubreturns.store.repository import Ledger, Repository
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 IS, GS, RSA = "90-B3-D5-1F-30-01-00-00", "90-B3-D5-1F-30-02-00-00", "00-DB-12-34-56-78-00-04"
@@ -280,7 +280,7 @@ def test_migrations_create_exactly_the_core_models(engine: Engine) -> None:
 def _config() -> Config:
     config = Config()
     config.set_main_option(
-        "script_location", str(resources.files("hubreturns.store") / "migrations")
+        "script_location", str(resources.files("hubreturns.dcc.store") / "migrations")
     )
     return config
 

@@ -23,12 +23,12 @@ from wire_helpers import xmlsec_verify
 
 from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, Reason, ResponseCode, Verdict
-from hubreturns.config import Settings
-from hubreturns.demo import DemoWorld
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord
 from hubreturns.extensions import register_commands
 from hubreturns.model import RequestId, ReturnKind, ReturnRequest
-from hubreturns.store.models import AuditEntry, ReturnRecord
-from hubreturns.submission import (
+from hubreturns.user.scenarios import DemoWorld
+from hubreturns.user.submission import (
     ClientError,
     CounterStore,
     Submitter,
@@ -263,7 +263,8 @@ def test_counters_never_repeat_across_threads(tmp_path: Path) -> None:
 
 def test_counters_never_repeat_across_processes(tmp_path: Path) -> None:
     code = (
-        "import sys\nfrom pathlib import Path\nfrom hubreturns.submission import CounterStore\n"
+        "import sys\nfrom pathlib import Path\n"
+        "from hubreturns.user.submission import CounterStore\n"
         "s = CounterStore(Path(sys.argv[1]))\n"
         "print('\\n'.join(str(s.allocate(sys.argv[2])) for _ in range(60)))\n"
     )

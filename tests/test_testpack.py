@@ -17,15 +17,15 @@ from typer.testing import CliRunner
 
 from hubreturns.cli import app
 from hubreturns.codes import ResponseCode
-from hubreturns.demo import HUBS as DEMO_HUBS
-from hubreturns.demo import SCENARIOS as DEMO_SCENARIOS
-from hubreturns.demo import USERS as DEMO_USERS
-from hubreturns.demo import DemoWorld
+from hubreturns.dcc.loading import load_appointments, load_certificates, load_devices, load_users
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord, User
 from hubreturns.extensions import register_commands
-from hubreturns.loading import load_appointments, load_certificates, load_devices, load_users
 from hubreturns.model import ReturnKind
-from hubreturns.store.models import AuditEntry, ReturnRecord, User
-from hubreturns.testpack import pack_scenarios
+from hubreturns.user.scenarios import HUBS as DEMO_HUBS
+from hubreturns.user.scenarios import SCENARIOS as DEMO_SCENARIOS
+from hubreturns.user.scenarios import USERS as DEMO_USERS
+from hubreturns.user.scenarios import DemoWorld
+from hubreturns.user.testpack import pack_scenarios
 
 runner = CliRunner()
 

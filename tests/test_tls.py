@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
-from conftest import SERVE_ENV
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,15 +29,15 @@ from test_testpack import _load_each_scenario, _write
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
-from hubreturns.client import TlsSetupError, read_response, tls_context
 from hubreturns.codes import ResponseCode
-from hubreturns.config import ConfigError, Settings, load_settings
-from hubreturns.demo import SCENARIOS, DemoWorld, scenario_bodies
+from hubreturns.dcc.config import ConfigError, Settings, load_settings
+from hubreturns.dcc.processing import Processor
+from hubreturns.dcc.service import create_app
+from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.store.models import AuditEntry, ReturnRecord
 from hubreturns.extensions import register_commands
-from hubreturns.processing import Processor
-from hubreturns.service import create_app
-from hubreturns.serving import free_port, running_server
-from hubreturns.store.models import AuditEntry, ReturnRecord
+from hubreturns.user.client import TlsSetupError, read_response, tls_context
+from hubreturns.user.scenarios import SCENARIOS, DemoWorld, scenario_bodies
 
 runner = CliRunner()
 XML = {"content-type": "application/xml"}
@@ -261,45 +258,6 @@ def test_behind_a_proxy_only_forwarded_allow_ips_peers_are_believed(
     assert "httponly" in cookie
 
 
-def test_hubreturns_serve_with_the_tls_options_requires_client_certificates(
-    database_url: str, seeded: sessionmaker[Session], world: DemoWorld, pki: Pki, tmp_path: Path
-) -> None:
-    """The CLI itself: ``serve --tls-cert --tls-key --tls-client-ca`` in a process of
-    its own (the options reach the worker through the environment)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBRETURNS_")}
-    env |= SERVE_ENV | {"HUBRETURNS_DATABASE_URL": database_url}
-    cert, key = pki.server
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("hubreturns")), "serve", "--port", str(port),
-             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca)],
-            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    url, mutual = f"https://127.0.0.1:{port}", tls_context(pki.ca, *pki.client)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", verify=mutual, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        with pytest.raises(httpx.TransportError):
-            _post(url, _body(world), tls_context(pki.ca))  # no client certificate
-        reply = _post(url, _body(world), mutual)
-        assert read_response(reply.content, world.dcc_certificates()).code == ResponseCode.I99
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
-    assert f"serving on {url} (client certificates required)" in " ".join(log.read_text().split())
-    assert (_count(seeded, AuditEntry), _count(seeded, ReturnRecord)) == (1, 1)
-
-
 # -- clients -----------------------------------------------------------------------------------
 
 
@@ -399,7 +357,7 @@ def test_half_configured_tls_is_refused_at_start_with_a_hint(pki: Pki) -> None:
 
 
 def test_serve_refuses_tls_files_that_do_not_load(pki: Pki, tmp_path: Path) -> None:
-    from hubreturns.serving import uvicorn_options
+    from hubreturns.dcc.serving import uvicorn_options
 
     wrong_key = Settings(tls_cert=pki.server[0], tls_key=pki.client[1])
     with pytest.raises(ConfigError, match="its own private key"):

@@ -30,11 +30,14 @@ from test_store import _downgrade
 from typer.testing import CliRunner
 
 from hubreturns.cli import app
-from hubreturns.client import read_response
-from hubreturns.config import DEFAULT_ACB, Settings
-from hubreturns.demo import GS, IS, IS_UNLOADED, DemoWorld
+from hubreturns.dcc.config import Settings
+from hubreturns.dcc.observability import json_handler
+from hubreturns.dcc.store.db import migrate
+from hubreturns.dcc.store.models import AuditEntry
+from hubreturns.dcc.store.repository import Repository
 from hubreturns.model import (
     CLIP_LIMIT,
+    DEFAULT_ACB,
     REASON_LIMIT,
     ConnectionMethod,
     FaultReason,
@@ -44,10 +47,8 @@ from hubreturns.model import (
     ReturnRequest,
     clip,
 )
-from hubreturns.observability import json_handler
-from hubreturns.store.db import migrate
-from hubreturns.store.models import AuditEntry
-from hubreturns.store.repository import Repository
+from hubreturns.user.client import read_response
+from hubreturns.user.scenarios import GS, IS, IS_UNLOADED, DemoWorld
 from hubreturns.wire.certificate import SigningCertificate
 from hubreturns.wire.envelope import DS_NS, SR_NS
 from hubreturns.wire.request import build_request

@@ -16,9 +16,9 @@ import pytest
 from conftest import SERVE_ENV
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.demo import SCENARIOS, DemoWorld, run_scenarios
-from hubreturns.serving import free_port
-from hubreturns.store.repository import Repository
+from hubreturns.dcc.serving import free_port
+from hubreturns.dcc.store.repository import Repository
+from hubreturns.user.scenarios import SCENARIOS, DemoWorld, run_scenarios
 
 SCRIPT = Path(sys.executable).with_name("hubreturns")
 

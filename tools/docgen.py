@@ -78,7 +78,7 @@ def _field_comments(cls: type) -> dict[str, str]:
 
 
 def _default(name: str, value: object) -> str:
-    from hubreturns.config import packaged_pki
+    from hubreturns.pki import packaged_pki
 
     if isinstance(value, Path) and value.is_relative_to(packaged_pki()):
         return "DCC **test** DSP " + ("key" if name.endswith("key") else "certificate")
@@ -110,7 +110,7 @@ def _kind(annotation: str) -> str:
 
 def settings_table() -> str:
     """Every ``Settings`` field: TOML key, environment variable, kind, default, meaning."""
-    from hubreturns.config import Settings
+    from hubreturns.dcc.config import Settings
 
     comments = _field_comments(Settings)
     defaults = Settings()
@@ -140,7 +140,7 @@ def settings_table() -> str:
 
 def decision_table() -> str:
     from hubreturns.codes import DEFAULT_PROFILE
-    from hubreturns.rules import RULES
+    from hubreturns.dcc.rules import RULES
 
     rows = [
         (str(n), DEFAULT_PROFILE.code(rule.code), _cell(rule.name), _cell(rule.source))
@@ -150,8 +150,8 @@ def decision_table() -> str:
 
 
 def eligibility_tables() -> str:
+    from hubreturns.dcc.rules import DEFAULT_PROFILE, PROFILES
     from hubreturns.model import Role
-    from hubreturns.rules import DEFAULT_PROFILE, PROFILES
 
     parts = []
     for profile in PROFILES.values():
@@ -323,7 +323,7 @@ def cli_page() -> str:
 
 def _metric_labels() -> dict[str, list[str]]:
     """Label names of each metric, read from ``Metrics.__init__``'s own source."""
-    from hubreturns.observability import Metrics
+    from hubreturns.dcc.observability import Metrics
 
     tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(Metrics.__init__)))
     labels: dict[str, list[str]] = {}
@@ -347,7 +347,7 @@ def metrics_table() -> str:
     """Every metric of ``observability.Metrics``, from a fresh Prometheus registry."""
     from prometheus_client import CollectorRegistry
 
-    from hubreturns.observability import Metrics
+    from hubreturns.dcc.observability import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)
@@ -364,7 +364,7 @@ def metrics_table() -> str:
 
 
 def import_formats_page() -> str:
-    from hubreturns.importers import describe_formats
+    from hubreturns.dcc.importers import describe_formats
 
     text = describe_formats().replace("## Import file formats\n", "", 1)
     text = re.sub(r"^### ", "## ", text, flags=re.MULTILINE)
@@ -404,7 +404,7 @@ def _body_fields(schema: dict[str, Any], components: dict[str, Any]) -> list[tup
 
 
 def openapi_page() -> str:
-    from hubreturns.logistics.api import openapi_document
+    from hubreturns.dcc.logistics.api import openapi_document
 
     doc = openapi_document()
     info = doc["info"]
@@ -440,7 +440,7 @@ def openapi_page() -> str:
 
 
 def openapi_json() -> str:
-    from hubreturns.logistics.api import openapi_document
+    from hubreturns.dcc.logistics.api import openapi_document
 
     return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
 
@@ -468,15 +468,17 @@ def layout_table() -> str:
 
 def tables_table() -> str:
     """Every database table with the package that defines it and its class's docstring."""
-    import hubreturns.desk.models
-    import hubreturns.logistics.models  # noqa: F401  (their tables join the metadata)
-    from hubreturns.store.models import Base
+    import hubreturns.dcc.desk.models
+    import hubreturns.dcc.logistics.models  # noqa: F401  (their tables join the metadata)
+    from hubreturns.dcc.store.models import Base
 
     rows = []
     for mapper in sorted(Base.registry.mappers, key=lambda m: m.class_.__module__):
         cls = mapper.class_
         doc = " ".join(inspect.cleandoc(cls.__doc__ or "").split("\n\n", 1)[0].split())
-        package = cls.__module__.removeprefix("hubreturns.").removesuffix(".models")
+        package = (
+            cls.__module__.removeprefix("hubreturns.").removeprefix("dcc.").removesuffix(".models")
+        )
         rows.append((f"`{cls.__tablename__}`", package, _cell(doc.replace("``", "`"))))
     rows.sort(key=lambda row: (row[1] != "store", row[1], row[0]))
     return _table(("table", "part", "what a row is"), rows)

@@ -15,6 +15,7 @@ from typing import Final
 __all__ = [
     "CLIP_LIMIT",
     "COUNTER_MAX",
+    "DEFAULT_ACB",
     "FAULT_ONLY_FIELDS",
     "REASON_LIMIT",
     "RETURN_FIELDS",
@@ -38,6 +39,10 @@ __all__ = [
     "eui_from_bytes",
     "is_xs_datetime",
 ]
+
+#: The DCC's Access Control Broker EUI in the DCC test environment: the BusinessTargetID
+#: of every 8.14.3 / 8.14.4 request and the sender of its answer.
+DEFAULT_ACB = "90-B3-D5-1F-30-00-00-02"
 
 #: RequestID counters are unsigned 64-bit (DUIS RequestIDType pattern).
 COUNTER_MAX = 2**64 - 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Final
 
@@ -27,8 +28,15 @@ __all__ = [
     "Credential",
     "DemoCA",
     "load_credential",
+    "packaged_pki",
     "write_credential",
 ]
+
+
+def packaged_pki() -> Path:
+    """Folder of the public DCC *test* SMKI credentials shipped as package data."""
+    return Path(str(resources.files("hubreturns") / "data" / "test-pki"))
+
 
 #: Subject OU of a User's DUIS XML-signing certificate.
 XML_SIGNING_OU: Final = "87"

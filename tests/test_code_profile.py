@@ -164,7 +164,9 @@ def test_codes_prints_the_profile_in_force_within_100_columns(tmp_path: Path) ->
     assert "DUIS" in lines["E4"]
     assert "configurable" not in lines["E4"]
     assert not {"E20", "E21", "E30"} & set(lines)
-    assert "pending DCC's DUGIDS" in text
+    assert "configurable: this project's choice pending DCC's DUGIDS; set in [response_codes]" in (
+        " ".join(text.split())
+    )
     (tmp_path / "hubreturns.toml").write_text(OVERRIDES, encoding="utf-8")
     overridden = _codes("--config", str(tmp_path / "hubreturns.toml"), "--markdown")
     rows = {line.split("|")[1].strip(): line for line in overridden.splitlines()[2:]}

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -19,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
+from conftest import SERVE_ENV
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,7 +36,7 @@ from hubreturns.codes import ResponseCode
 from hubreturns.dcc.config import ConfigError, Settings, load_settings
 from hubreturns.dcc.processing import Processor
 from hubreturns.dcc.service import create_app
-from hubreturns.dcc.serving import running_server
+from hubreturns.dcc.serving import free_port, running_server
 from hubreturns.dcc.store.models import AuditEntry, ReturnRecord
 from hubreturns.extensions import register_commands
 from hubreturns.user.client import TlsSetupError, read_response, tls_context
@@ -256,6 +259,45 @@ def test_behind_a_proxy_only_forwarded_allow_ips_peers_are_believed(
     cookie = page.headers["set-cookie"].lower().split("; ")
     assert ("secure" in cookie) is secure
     assert "httponly" in cookie
+
+
+def test_hubreturns_serve_with_the_tls_options_requires_client_certificates(
+    database_url: str, seeded: sessionmaker[Session], world: DemoWorld, pki: Pki, tmp_path: Path
+) -> None:
+    """The CLI itself: ``serve --tls-cert --tls-key --tls-client-ca`` in a process of
+    its own (the options reach the worker through the environment)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBRETURNS_")}
+    env |= SERVE_ENV | {"HUBRETURNS_DATABASE_URL": database_url}
+    cert, key = pki.server
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("hubreturns")), "serve", "--port", str(port),
+             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(pki.ca)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    url, mutual = f"https://127.0.0.1:{port}", tls_context(pki.ca, *pki.client)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/healthz", verify=mutual, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        with pytest.raises(httpx.TransportError):
+            _post(url, _body(world), tls_context(pki.ca))  # no client certificate
+        reply = _post(url, _body(world), mutual)
+        assert read_response(reply.content, world.dcc_certificates()).code == ResponseCode.I99
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    assert f"serving on {url} (client certificates required)" in " ".join(log.read_text().split())
+    assert (_count(seeded, AuditEntry), _count(seeded, ReturnRecord)) == (1, 1)
 
 
 # -- clients -----------------------------------------------------------------------------------

@@ -975,7 +975,8 @@ def codes(
         table.add_row(*row[:5])
     Console(width=min(console.width, 100)).print(table)
     console.print(
-        "configurable: this project's choice pending DCC's DUGIDS; set in [response_codes]"
+        "configurable: this project's choice pending DCC's DUGIDS; set in [response_codes]",
+        markup=False,  # the table name is text, not Rich markup
     )
 
 

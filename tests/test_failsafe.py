@@ -300,6 +300,24 @@ def test_redact_url_hides_every_password() -> None:
     assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
+def test_settings_repr_shows_no_secret() -> None:
+    """A repr reaches tracebacks and test reports: no password, token or session key in it."""
+    settings = Settings(
+        database_url=f"postgresql+psycopg://hub:{PASSWORD}@db:5432/hubreturns",
+        operator_token=TOKEN,
+        session_secret="session-secret-never-shown",
+        allow_test_keys=True,
+    )
+    shown = repr(settings)
+    for secret in (PASSWORD, TOKEN, "session-secret-never-shown"):
+        assert secret not in shown
+        assert secret not in str(settings)
+    assert "database_url='postgresql+psycopg://hub:***@db:5432/hubreturns'" in shown
+    assert "operator_token='***'" in shown
+    assert "max_connections=512" in shown  # the other fields as they are
+    assert "session_secret=None" in repr(Settings(allow_test_keys=True))
+
+
 def test_init_prints_the_url_without_its_password(database_url: str, tmp_path: Path) -> None:
     done = script(
         "init", env={"HUBRETURNS_DATABASE_URL": with_password(database_url)}, cwd=tmp_path

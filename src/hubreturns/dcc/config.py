@@ -162,6 +162,10 @@ def _is_test_certificate(path: Path) -> bool:
     return False
 
 
+#: Settings whose values are secrets: never shown, not even by ``repr``.
+_SECRET_FIELDS = frozenset({"session_secret", "operator_token"})
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Every setting, with its default; docs/configuration.md is generated from these fields."""
@@ -279,6 +283,21 @@ class Settings:
                 f"{NEW_KEY_COMMAND}, or serve with --workers 1.",
                 code="session_secret",
             )
+
+    def __repr__(self) -> str:
+        """Every field, with the database password and the secrets shown as ``***``.
+
+        A ``repr`` reaches tracebacks, debuggers and test reports; the secrets must not.
+        """
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "database_url":
+                value = redact_url(value)
+            elif item.name in _SECRET_FIELDS and value is not None:
+                value = "***"
+            shown.append(f"{item.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     @property
     def test_keys(self) -> bool:

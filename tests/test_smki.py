@@ -241,6 +241,7 @@ def test_bad_files_in_a_folder_are_each_named_and_nothing_is_loaded(cli: Cli, pk
     assert "broken.pem:" in run.text
     assert "old: is a folder" in run.text
     assert "hint: Fix or remove the listed files" in run.text
+    assert "code: certificates" in run.text
     assert cli.certificates() == {}  # user.cert.pem, which is fine, was not loaded either
 
 

@@ -150,7 +150,7 @@ class SecurityPolicy:
     At the HTTP edge: a body must be one of ``content_types`` and arrive
     within ``body_deadline``. A certificate read from the store is trusted for
     ``trust_ttl`` after the store last confirmed it (revocations take effect
-    faster: ``processing.REVOCATION_WINDOW``).
+    faster: ``dcc.certificates.REVOCATION_WINDOW``).
     """
 
     max_body_bytes: int = 64 * 1024

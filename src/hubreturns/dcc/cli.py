@@ -34,7 +34,6 @@ from hubreturns.codes import CodeProfile, Reason
 from hubreturns.dcc import registry
 from hubreturns.dcc.config import Settings, load_settings, redact_url
 from hubreturns.dcc.loading import (
-    CertificatesRefused,
     load_appointments,
     load_certificates,
     load_crl,
@@ -278,10 +277,8 @@ def load_certs_cmd(paths: list[Path], config: ConfigOption = None) -> None:
     settings = _settings(config)
     anchors = settings.trust_anchors()
     with _store(config) as sessions:
-        try:
-            done = load_certificates(sessions, paths, _now(), anchors=anchors)
-        except CertificatesRefused as exc:
-            fail(str(exc), exc.hint)
+        # ``CertificatesRefused`` is a HintedError: reported with its own code by ``main``.
+        done = load_certificates(sessions, paths, _now(), anchors=anchors)
     expired = {c.key for c in done.expired} | {c.key for c in done.not_yet_valid}
     revoked = {c.key for c in done.revoked}
     added = {c.key for c in done.added}

@@ -148,6 +148,11 @@ def test_tables_fit_100_columns_with_whole_ids_and_say_when_empty(cli: Cli) -> N
     assert "00-DB-12-34-56-78-90-A0" in devices
     none = cli("list", "devices", "--supplier", ED)
     assert none.strip() == "Device inventory: no rows match."
+    # every EUI whole, the Suppliers' included: a fragment would look like another User ID
+    shown = cli("list", "devices")
+    for row in csv_rows(cli("list", "devices", "--csv")):
+        for supplier in row["suppliers"].split():
+            assert supplier in shown, supplier
 
 
 def test_list_devices_filters(cli: Cli) -> None:

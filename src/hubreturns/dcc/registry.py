@@ -362,7 +362,8 @@ def list_devices(session: Session, where: DeviceFilter) -> Listing:
     # The withdrawn column only when asked for: the table then still fits 100 columns.
     headers: tuple[str, ...] = ("device", "type", "smi_status", "suppliers", "gpf", "open")
     headers += ("withdrawn",) if where.withdrawn else ()
-    return Listing("Device inventory", headers, rows, frozenset({"device", "gpf", "withdrawn"}))
+    whole = frozenset({"device", "suppliers", "gpf", "withdrawn"})
+    return Listing("Device inventory", headers, rows, whole)
 
 
 def _device_references(session: Session, device_id: str) -> dict[str, int]:

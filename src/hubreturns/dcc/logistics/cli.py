@@ -180,7 +180,7 @@ def _consignment_rows(found: Sequence[ConsignmentView]) -> list[Sequence[object]
 
 
 #: Columns printed whole, never folded (User IDs of parties, months).
-_WHOLE = frozenset({"supplier", "placed_by", "party", "month"})
+_WHOLE = frozenset({"supplier", "placed_by", "party", "month", "at"})
 
 
 #: Narrow headings of the built-in tariff items for the terminal (CSV keeps the keys).

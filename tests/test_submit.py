@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -209,8 +210,10 @@ def test_invalid_options_are_refused_before_anything_is_sent(
 def test_counter_state_persists_and_increments_across_invocations(
     server: str, world: DemoWorld, seeded: sessionmaker[Session], tmp_path: Path
 ) -> None:
+    before_ms = time.time_ns() // 1_000_000
     first = submit(server, world, IS, tmp_path, *no_fault(hub("B2")))
     second = submit(server, world, IS, tmp_path, *no_fault(hub("F2")))
+    after_ms = time.time_ns() // 1_000_000
     assert first.exit_code == 0, first.output
     assert second.exit_code == 0, second.output
     with seeded() as session:
@@ -218,7 +221,7 @@ def test_counter_state_persists_and_increments_across_invocations(
             r.request_id for r in session.scalars(select(ReturnRecord).order_by(ReturnRecord.id))
         ]
     counters = [RequestId.parse(i).counter for i in ids]
-    assert counters[1] > counters[0]
+    assert before_ms <= counters[0] < counters[1] <= after_ms  # the clock, in milliseconds
     state = json.loads(CounterStore(tmp_path).path(IS).read_text())
     assert state == {"originator": IS, "last_counter": counters[1]}
 

@@ -829,6 +829,24 @@ def test_hostile_shapes_are_refused_as_malformed(bench: Bench) -> None:
     bench.assert_clean()
 
 
+def test_a_serial_number_in_other_digits_is_refused_not_an_internal_error(
+    bench: Bench,
+) -> None:
+    """str.isdigit() takes "²" and Arabic-Indic digits; int("²") raised, answered E100 (503)."""
+    valid = bench.signed()
+    serial = re.compile(rb"<ds:X509SerialNumber>[^<]*")
+    for name, digits, code, status in [
+        ("superscript two", "\u00b2", "E31", 400),
+        ("Arabic-Indic digits", "\u0661\u0662\u0663", "E31", 400),
+        ("fullwidth digits", "\uff11\uff12", "E31", 400),
+        # schema-valid (xs:integer has no length limit), over the profile's 49 digits
+        ("more digits than int() parses", "9" * 5000, "E40", 401),
+    ]:
+        body = serial.sub(b"<ds:X509SerialNumber>" + digits.encode(), valid, count=1)
+        bench.refused(name, body, code, status)
+    bench.assert_clean()
+
+
 def test_a_bug_while_checking_gets_a_signed_e100_and_an_audit_row(
     bench: Bench, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

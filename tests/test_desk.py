@@ -580,6 +580,8 @@ def test_csv_exports_match_the_database(desk: Desk) -> None:
     assert [r["originator"] for r in by_gs] == [GS]
     bad = desk.client.get("/desk/returns.csv", params={"device_id": "nope"})
     assert bad.status_code == 422
+    for limit in ("\u00b2", "9" * 5000):
+        assert desk.client.get("/desk/audit.csv", params={"limit": limit}).status_code == 422
 
 
 def test_browse_and_filter_returns_and_audit(desk: Desk) -> None:
@@ -723,7 +725,10 @@ def test_returns_and_audit_are_paged_with_prev_and_next_links(desk: Desk) -> Non
     assert 'id="no-rows"' in beyond.text
     audit = desk.client.get("/desk/audit", params={"per_page": "2", "page": "2"})
     assert _ids(audit.text, "audit") == audit_ids[2:4]
-    for bad in ({"page": "0"}, {"per_page": "201"}, {"page": "x"}):
+    # Digits Python's str.isdigit() takes but int() does not ("²"), Arabic-Indic
+    # digits, and more digits than int() parses: a form error, never a 500.
+    odd = ({"page": "\u00b2"}, {"page": "\u0661"}, {"per_page": "9" * 5000})
+    for bad in ({"page": "0"}, {"per_page": "201"}, {"page": "x"}, *odd):
         response = desk.client.get("/desk/returns", params=bad)
         assert response.status_code == 422, bad
         assert "must be a whole number" in response.text

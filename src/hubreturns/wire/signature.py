@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Callable
 from datetime import datetime
 
@@ -46,6 +47,9 @@ CertificateLookup = Callable[[str, int], SigningCertificate | None]
 
 _DS = f"{{{DS_NS}}}"
 _SIGNATURE_TAG = f"{_DS}Signature"
+#: X509SerialNumber as the profile allows it: ASCII digits only (``str.isdigit`` also
+#: takes "²", which ``int`` refuses), at most 49 of them (a 20-octet serial has 49).
+_SERIAL = re.compile(r"[0-9]{1,49}")
 
 
 def _bad(message: str) -> SignatureRejection:
@@ -231,7 +235,7 @@ _KEY_INFO_SHAPE = ((f"{_DS}KeyInfo", 1), (f"{_DS}X509Data", 1), (f"{_DS}X509Issu
 
 def _issuer_serial(issuer_name: etree._Element, serial_number: etree._Element) -> tuple[str, int]:
     serial_text = (serial_number.text or "").strip()
-    if not serial_text.isdigit() or len(serial_text) > 49:
+    if not _SERIAL.fullmatch(serial_text):
         raise _bad("X509SerialNumber must be a decimal integer")
     try:
         issuer = normalize_issuer(issuer_name.text or "")

@@ -8,6 +8,7 @@ DUIS 5.4 schema.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +57,9 @@ _MAX_EXPORT = 100_000
 PER_PAGE = 50
 _MAX_PER_PAGE = 200
 _MAX_PAGE = 100_000
+#: A whole number as a query may give it: ASCII digits, few enough for ``int`` (``str.isdigit``
+#: also takes "²", which ``int`` refuses, and ``int`` refuses over 4,300 digits).
+_WHOLE = re.compile(r"[0-9]{1,9}")
 
 FormErrors = dict[str, str]
 
@@ -127,7 +131,7 @@ def _limit(query: Mapping[str, str], default: int, maximum: int, errors: FormErr
     value = _text(query, "limit")
     if not value:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    if not _WHOLE.fullmatch(value) or not 1 <= int(value) <= maximum:
         errors["limit"] = f"Limit must be a whole number from 1 to {maximum}."
         return default
     return int(value)
@@ -224,7 +228,7 @@ def _whole(
     value = _text(query, name)
     if not value:
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    if not _WHOLE.fullmatch(value) or not 1 <= int(value) <= maximum:
         errors[name] = f"{name} must be a whole number from 1 to {maximum}."
         return default
     return int(value)

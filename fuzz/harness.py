@@ -26,7 +26,7 @@ from hubreturns.model import DEFAULT_ACB, Endpoint
 from hubreturns.user.client import read_response
 from hubreturns.user.scenarios import IS, DemoWorld, build_world, scenario_bodies
 from hubreturns.wire.certificate import SigningCertificate
-from hubreturns.wire.envelope import SR_NS
+from hubreturns.wire.envelope import DS_NS, SR_NS
 from hubreturns.wire.signature import sign
 
 __all__ = ["TOKENS", "Harness", "run_random", "structured_seed"]
@@ -68,6 +68,9 @@ _FIELDS = (
     "CHFFaultReason",
     "AdditionalInformation",
 )
+#: Signature fields a structured input may overwrite after signing: what the service reads
+#: from KeyInfo before any check (issuer, serial), and the values it decodes.
+_SIGNATURE_FIELDS = ("X509IssuerName", "X509SerialNumber", "DigestValue", "SignatureValue")
 
 
 class Harness:
@@ -132,7 +135,19 @@ class Harness:
                 etree.SubElement(parent, f"{sr}{name}").text = value
             except ValueError:  # text lxml cannot hold (control characters): send raw
                 return data
-        return sign(root, self._key, self._cert)
+        signed = sign(root, self._key, self._cert)
+        extra = parts[len(_FIELDS) :]
+        if not extra:
+            return signed
+        tree = etree.fromstring(signed)
+        for name, value in zip(_SIGNATURE_FIELDS, extra, strict=False):
+            element = tree.find(f".//{{{DS_NS}}}{name}")
+            assert element is not None, name
+            try:
+                element.text = value
+            except ValueError:
+                return data
+        return etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
 
 
 # ------------------------------------------------------------------ engines
@@ -179,6 +194,16 @@ def structured_seed(rng: random.Random) -> bytes:
         rng.choice(["Damaged case", "LED Fault", "Dropped"]),
         "x" * rng.randrange(250),
     ]
+    # Half the inputs keep a valid signature (and reach the rules); half overwrite it.
+    signature = [
+        rng.choice(["CN=Z1-DEMO,OU=07", "CN=Z1-DEMO, OU=07", "OU", "=x", "CN=" + "Z" * 300]),
+        # str.isdigit() takes "²" and other scripts' digits; int() refuses some of them.
+        rng.choice(["12", "\u00b2", "\u0661\u0662", "\uff11", "9" * 60, "-1", "0x1f", ""]),
+        rng.choice(["", "AAAA", "!!", "A" * 43 + "="]),
+        rng.choice(["", "AAAA", "=" * 8, "A" * 88]),
+    ]
+    if rng.random() < 0.5:
+        words += signature
     cut = rng.randrange(len(words) + 1)
     return b"\x80" + "\x1f".join(words[:cut] + words[cut:]).encode()
 

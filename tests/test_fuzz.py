@@ -202,7 +202,7 @@ def _seeded_inputs() -> st.SearchStrategy[tuple[int, list[tuple[int, int, bytes]
     st.one_of(
         st.binary(max_size=512).map(lambda b: ("raw", b, [])),
         _seeded_inputs().map(lambda p: ("seed", p[0], p[1])),
-        st.lists(texts, max_size=13).map(
+        st.lists(texts, max_size=17).map(
             lambda words: ("structured", "\x1f".join(words).encode(), [])
         ),
     ),

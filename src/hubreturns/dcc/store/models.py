@@ -1,4 +1,4 @@
-"""Tables. The Alembic migrations in ``store/migrations`` create exactly these.
+"""Tables. The Alembic migrations in ``dcc/store/migrations`` create exactly these.
 
 Replay counters are unsigned 64-bit, which neither SQLite's INTEGER nor
 PostgreSQL's BIGINT holds; they are stored as 20-digit zero-padded text, whose

@@ -10,11 +10,14 @@ door, the tests the pages cite exist, and the example identities are the demo's.
 from __future__ import annotations
 
 import ast
+import contextlib
+import importlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from hubreturns.user.scenarios import USERS
 
@@ -106,3 +109,85 @@ def test_no_page_cites_a_path_that_does_not_exist() -> None:
             if not (ROOT / path.rstrip("/.")).exists():
                 missing.append(f"{page.name}: {path}")
     assert missing == []
+
+
+SRC = ROOT / "src" / "hubreturns"
+_SUFFIXES = (".py", ".xml", ".db", ".toml", ".csv", ".json", ".html", ".png", ".md", ".lua")
+
+
+def test_no_page_cites_a_module_path_that_does_not_exist() -> None:
+    """Package-relative paths (`dcc/rules.py`, `wire/`, `user/scenarios.py`) exist.
+
+    The pages name modules relative to `src/hubreturns/`; a move of the package
+    must move these names too.
+    """
+    tops = {p.name for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    missing = []
+    for page in PAGES:
+        for token in re.findall(r"`([\w/.-]+)`", page.read_text(encoding="utf-8")):
+            top_file = token.endswith(".py") and "/" not in token and not token.startswith("test_")
+            if (top_file or token.split("/", 1)[0] in tops) and not (SRC / token).exists():
+                missing.append(f"{page.name}: {token}")
+    assert missing == []
+
+
+def _modules() -> dict[str, list[str]]:
+    """Each module's last name -> its dotted names (`cli` has four)."""
+    found: dict[str, list[str]] = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        if "migrations" not in parts:
+            found.setdefault(parts[-1], []).append(".".join(parts))
+    return found
+
+
+def _resolves(dotted: str, attributes: list[str]) -> bool:
+    """`dotted` then each attribute in turn, a submodule counting as one."""
+    obj: object = importlib.import_module(dotted)
+    for name in attributes:
+        if not hasattr(obj, name) and isinstance(obj, ModuleType):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(f"{obj.__name__}.{name}")
+        if not hasattr(obj, name):
+            return False
+        obj = getattr(obj, name)
+    return True
+
+
+def test_every_module_attribute_the_pages_name_exists() -> None:
+    """`rules.RULES`, `serving.check_tls`, `hubreturns.dcc.config.Settings` resolve.
+
+    A name whose first part is a module of the package is looked up there (any
+    module of that name will do); logger names and file names are not modules.
+    """
+    loggers = set()
+    for path in SRC.rglob("*.py"):
+        loggers.update(re.findall(r'getLogger\("([\w.]+)"\)', path.read_text(encoding="utf-8")))
+    modules = _modules()
+    wrong = []
+    for page in PAGES:
+        for token in re.findall(r"`([A-Za-z_][\w.]*\.\w+)(?:\(|`)", page.read_text("utf-8")):
+            if token.endswith(_SUFFIXES) or token in loggers:
+                continue
+            parts = token.split(".")
+            if parts[0] == "hubreturns":
+                cut = max(
+                    (
+                        n
+                        for n in range(2, len(parts) + 1)
+                        if (
+                            SRC.parent.joinpath(*parts[:n]).with_suffix(".py").exists()
+                            or (SRC.parent.joinpath(*parts[:n]) / "__init__.py").exists()
+                        )
+                    ),
+                    default=0,
+                )
+                ok = cut > 0 and _resolves(".".join(parts[:cut]), parts[cut:])
+            elif parts[0] in modules:
+                ok = any(_resolves(m, parts[1:]) for m in modules[parts[0]])
+            else:
+                continue
+            if not ok:
+                wrong.append(f"{page.name}: {token}")
+    assert wrong == []

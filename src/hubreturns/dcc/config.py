@@ -194,7 +194,7 @@ class Settings:
     #: Charges tariff (TOML); None = DCC's returns charges as quoted on SECAS's DP238 page.
     tariff_file: Path | None = None
     #: SQLite: how long a commit may wait for more requests to share it under
-    #: steady load (``committer._HOLD``); 0 = never wait.
+    #: steady load (``flushing.FlushPolicy``); 0 = never wait.
     commit_hold_ms: float = DEFAULT_COMMIT_HOLD_MS
     #: Seconds from a request's first byte to the end of its head (``serving``).
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from markdown.extensions.toc import slugify
+
 from hubreturns.user.scenarios import USERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +56,25 @@ def test_the_readme_is_a_front_door() -> None:
         "scripts/demo",
         "scripts/test",
     ]
+
+
+def test_the_readmes_links_into_the_docs_resolve() -> None:
+    """MkDocs checks the site's links; the README lies outside it, so here (anchors too)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        if not (ROOT / path).is_file():
+            broken.append(target)
+            continue
+        if anchor:
+            page = (ROOT / path).read_text(encoding="utf-8")
+            headings = re.findall(r"^#+ (.*)$", page, re.M)
+            if anchor not in {slugify(re.sub(r"[`*]", "", h), "-") for h in headings}:
+                broken.append(target)
+    assert broken == []
 
 
 def _test_names(path: Path) -> set[str]:

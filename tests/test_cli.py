@@ -502,6 +502,14 @@ def test_returns_filters(traffic: Cli) -> None:
     for_is = csv_rows(traffic("returns", "--on-behalf-of", IS, "--csv"))
     assert len(for_is) == 3
     assert csv_rows(traffic("returns", "--role", "GS", "--device", HUB_PENDING, "--csv")) == []
+    by_channel = csv_rows(traffic("returns", "--channel", "DUIS", "--csv"))
+    assert len(by_channel) == len(csv_rows(traffic("returns", "--csv"))) > 0
+    assert csv_rows(traffic("returns", "--channel", "servicedesk", "--csv")) == []
+    for option, value in (("--channel", "post"), ("--role", "XX")):
+        refused = traffic.refused("returns", option, value)
+        assert refused.code == 2
+        assert f"{option}: '{value}' is not one of" in refused.text
+        assert "hint: Pick one of those." in refused.stderr
     limited = csv_rows(traffic("returns", "--limit", "1", "--csv"))
     assert len(limited) == 1
     table = traffic("returns", "--device", HUB_PENDING)

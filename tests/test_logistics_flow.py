@@ -38,6 +38,7 @@ from hubreturns.dcc.logistics.models import (
     ReturnEvent,
     ReturnProgress,
 )
+from hubreturns.dcc.logistics.values import ConsignmentStatus
 from hubreturns.dcc.processing import Processor
 from hubreturns.dcc.store.models import AuditEntry, Device, DeviceSupplier, ReturnRecord
 from hubreturns.extensions import register_commands
@@ -51,6 +52,7 @@ from hubreturns.model import (
     RequestId,
     ReturnKind,
     ReturnRequest,
+    ReturnStatus,
 )
 from hubreturns.user.scenarios import GS, IS, RSA, DemoWorld, scenario_bodies
 from hubreturns.wire.certificate import SigningCertificate
@@ -157,10 +159,11 @@ def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
         }
 
 
-def status_of(sessions: sessionmaker[Session], return_id: int) -> str:
+def status_of(sessions: sessionmaker[Session], return_id: int) -> ReturnStatus:
     with sessions() as session:
         record = session.get(ReturnRecord, return_id)
         assert record is not None
+        assert isinstance(record.status, ReturnStatus)  # read back as the enum
         return record.status
 
 
@@ -235,6 +238,17 @@ def test_order_delivery_return_lifecycle_and_return_again(
     result = cli("lifecycle", "collect", str(consignment.id))
     assert result.exit_code == 2
     assert "already collected" in result.output
+    with seeded() as session:
+        stored = session.get(Consignment, consignment.id)
+        assert stored is not None
+        assert stored.status is ConsignmentStatus.COLLECTED
+    collected = cli("consignments", "list", "--status", "Collected", "--csv")
+    assert [r["id"] for r in csv.DictReader(io.StringIO(collected.stdout))] == [str(consignment.id)]
+    assert cli("consignments", "list", "--status", "planned").output.strip().endswith("no rows.")
+    result = cli("consignments", "list", "--status", "lost")
+    assert result.exit_code == 2
+    assert "--status: 'lost' is not a consignment status" in result.output
+    assert "Give one of: planned, collected." in result.output
 
     result = cli("lifecycle", "close", str(return_id))
     assert result.exit_code == 2

@@ -31,6 +31,7 @@ __all__ = [
     "RequestId",
     "ReturnKind",
     "ReturnRequest",
+    "ReturnStatus",
     "Role",
     "SmiStatus",
     "UserStatus",
@@ -176,6 +177,18 @@ class Channel(StrEnum):
 
     DUIS = "duis"
     SERVICE_DESK = "servicedesk"
+
+
+class ReturnStatus(StrEnum):
+    """Where an accepted return is in its life (``returns.status``); an accepted request
+    starts it ``notified`` and logistics' ``lifecycle.TRANSITIONS`` move it on."""
+
+    NOTIFIED = "notified"
+    COLLECTED = "collected"
+    RECEIVED = "received"
+    TESTED = "tested"
+    CLOSED = "closed"
+    WRITTEN_OFF = "written_off"
 
 
 class ReturnKind(Enum):

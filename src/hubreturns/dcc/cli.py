@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -45,7 +45,7 @@ from hubreturns.dcc.rules import RULES, EligibilityProfile
 from hubreturns.dcc.store.db import make_engine, make_sessionmaker, migrate
 from hubreturns.dcc.store.repository import Repository, ReturnFilter
 from hubreturns.errors import HintedError
-from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus, eui
+from hubreturns.model import Channel, DeviceType, Role, SmiStatus, UserStatus, eui
 from hubreturns.tables import print_rows
 from hubreturns.wire.certificate import normalize_issuer
 
@@ -480,7 +480,10 @@ def _show(listing: Listing, as_csv: bool, as_json: bool) -> None:
     )
 
 
-def _choice(value: str | None, kind: type[StrEnum], name: str) -> Any:
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _choice(value: str | None, kind: type[_E], name: str) -> _E | None:
     """``value`` as a member of the enum ``kind`` (case-insensitive), or a usage error."""
     if value is None:
         return None
@@ -831,8 +834,8 @@ def returns_cmd(
         device_id=_eui_option(device, "--device"),
         originator=_eui_option(originator, "--originator"),
         on_behalf_of=_eui_option(on_behalf_of, "--on-behalf-of"),
-        role=role.upper() if role else None,
-        channel=channel,
+        role=_choice(role, Role, "--role"),
+        channel=_choice(channel, Channel, "--channel"),
         since=_instant(since, "--since"),
         limit=limit,
     )

@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TypeVar
 
 from hubreturns.codes import PUBLISHED_UNUSED, CodeProfile
 from hubreturns.dcc.store.repository import ReturnFilter
@@ -26,6 +28,8 @@ from hubreturns.model import (
     Role,
     eui,
 )
+
+_E = TypeVar("_E", bound=StrEnum)
 
 __all__ = [
     "FORM_ROLES",
@@ -149,6 +153,11 @@ def _one_of(
     return value
 
 
+def _member(kind: type[_E], value: str | None) -> _E | None:
+    """A value ``_one_of`` has checked, as the member of ``kind`` it names."""
+    return kind(value) if value is not None else None
+
+
 def parse_return_filter(
     query: Mapping[str, str], *, export: bool = False
 ) -> tuple[ReturnFilter, FormErrors]:
@@ -158,8 +167,10 @@ def parse_return_filter(
         device_id=_optional_eui(query, "device_id", "Device ID", errors),
         originator=_optional_eui(query, "originator", "Sender", errors),
         on_behalf_of=_optional_eui(query, "on_behalf_of", "On behalf of", errors),
-        role=_one_of(query, "role", FORM_ROLES, errors),
-        channel=_one_of(query, "channel", tuple(c.value for c in Channel), errors),
+        role=_member(Role, _one_of(query, "role", FORM_ROLES, errors)),
+        channel=_member(
+            Channel, _one_of(query, "channel", tuple(c.value for c in Channel), errors)
+        ),
         since=_optional_date(query, "since", "From", errors),
         until=_optional_date(query, "until", "Until", errors),
         limit=_limit(query, _MAX_EXPORT, _MAX_EXPORT, errors) if export else PER_PAGE,

@@ -62,6 +62,7 @@ from hubreturns.dcc.logistics.operations import (
 from hubreturns.dcc.logistics.render import to_csv
 from hubreturns.dcc.logistics.reports import ReportRow, build_report
 from hubreturns.dcc.logistics.values import (
+    ConsignmentStatus,
     HubVariant,
     OrderChange,
     OrderRequest,
@@ -394,6 +395,11 @@ def _deliver(ops: Logistics, call: ApiCall) -> object:
     return ops.deliver(call.path["order_id"], call.body, source=source or "api upload")
 
 
+def _consignment_status(call: ApiCall) -> ConsignmentStatus | None:
+    status = call.params(ConsignmentsQuery).status
+    return ConsignmentStatus(status) if status is not None else None
+
+
 def _create_consignments(ops: Logistics, call: ApiCall) -> object:
     body = call.model(ConsignmentsIn)
     return ops.create_consignments(body.month, body.default_location)
@@ -537,7 +543,7 @@ ENDPOINTS: Final[tuple[ApiEndpoint, ...]] = (
         path="/consignments",
         name="listConsignments",
         summary="Consignments with their returns",
-        handler=lambda ops, call: ops.consignments(status=call.params(ConsignmentsQuery).status),
+        handler=lambda ops, call: ops.consignments(status=_consignment_status(call)),
         query=ConsignmentsQuery,
         response=list[ConsignmentView],
     ),

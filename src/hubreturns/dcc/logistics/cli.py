@@ -43,6 +43,7 @@ from hubreturns.dcc.logistics.values import (
     OrderChange,
     OrderRequest,
     Period,
+    check_consignment_status,
     check_eui,
     check_month,
 )
@@ -421,7 +422,8 @@ def consignments_list(
 ) -> None:
     """Every consignment with its returns."""
     with _logistics(config) as logistics:
-        found = logistics.consignments(status=status)
+        wanted = check_consignment_status(status, "--status") if status is not None else None
+        found = logistics.consignments(status=wanted)
     _emit(_CONSIGNMENT_HEADERS, _consignment_rows(found), as_csv, "Consignments")
 
 

@@ -14,11 +14,11 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from hubreturns.dcc.logistics.lifecycle import ReturnStatus, Step, TestOutcome
-from hubreturns.dcc.logistics.values import HubVariant, OrderStatus
+from hubreturns.dcc.logistics.lifecycle import Step, TestOutcome
+from hubreturns.dcc.logistics.values import ConsignmentStatus, HubVariant, OrderAction, OrderStatus
 from hubreturns.dcc.store.models import Base
 from hubreturns.dcc.store.types import Moment, text_enum
-from hubreturns.model import Role
+from hubreturns.model import ReturnStatus, Role
 
 __all__ = [
     "Consignment",
@@ -66,7 +66,7 @@ class HubOrderEvent(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     order_id: Mapped[int] = mapped_column(BigRef, ForeignKey("hub_orders.id"))
-    action: Mapped[str] = mapped_column(String(16))
+    action: Mapped[OrderAction] = mapped_column(text_enum(OrderAction, 16))
     #: JSON object: the fields as placed, or ``{field: [before, after]}`` for an amendment.
     changes: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(100))
@@ -110,7 +110,7 @@ class Consignment(Base):
     party: Mapped[str] = mapped_column(EUI)
     collection_location: Mapped[str] = mapped_column(String(200))
     month: Mapped[str] = mapped_column(String(7))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[ConsignmentStatus] = mapped_column(text_enum(ConsignmentStatus, 16))
     created_at: Mapped[datetime] = mapped_column(Moment)
     collected_at: Mapped[datetime | None] = mapped_column(Moment)
 

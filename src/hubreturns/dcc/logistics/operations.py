@@ -36,7 +36,6 @@ from hubreturns.dcc.logistics.consignments import (
 )
 from hubreturns.dcc.logistics.errors import Conflict, Invalid, NotFound
 from hubreturns.dcc.logistics.lifecycle import (
-    ReturnStatus,
     Step,
     TestOutcome,
     is_lost_or_stolen,
@@ -54,7 +53,9 @@ from hubreturns.dcc.logistics.models import (
 )
 from hubreturns.dcc.logistics.orders import DeliveredRow, check_delivery, parse_delivery
 from hubreturns.dcc.logistics.values import (
+    ConsignmentStatus,
     HubVariant,
+    OrderAction,
     OrderChange,
     OrderRequest,
     OrderStatus,
@@ -71,7 +72,7 @@ from hubreturns.dcc.rules import (
 )
 from hubreturns.dcc.store.models import Device, ReturnRecord
 from hubreturns.dcc.store.repository import Repository
-from hubreturns.model import DeviceType, NoFaultReturnType, Role, SmiStatus
+from hubreturns.model import DeviceType, NoFaultReturnType, ReturnStatus, Role, SmiStatus
 
 __all__ = [
     "ConsignmentView",
@@ -234,7 +235,9 @@ class Logistics:
                 "delivery_location": order.delivery_location,
                 "requested_month": order.requested_month,
             }
-            self._order_event(session, row.id, "placed", placed, actor or placer.user_id, now)
+            self._order_event(
+                session, row.id, OrderAction.PLACED, placed, actor or placer.user_id, now
+            )
             return self._order_view(session, row)
 
     def _order_facts(
@@ -263,7 +266,7 @@ class Logistics:
         if change.requested_month is not None:
             _check_month_now(change.requested_month, now)
         with self.sessions.begin() as session:
-            row = self._undelivered_order(session, order_id, "amended")
+            row = self._undelivered_order(session, order_id, OrderAction.AMENDED)
             recorded: dict[str, object] = {}
             for name, value in change.changes().items():
                 before = getattr(row, name)
@@ -275,7 +278,7 @@ class Logistics:
                     f"order {order_id} already has these values; nothing to change",
                     "Give the fields that should change.",
                 )
-            self._order_event(session, order_id, "amended", recorded, actor, now)
+            self._order_event(session, order_id, OrderAction.AMENDED, recorded, actor, now)
             session.flush()
             return self._order_view(session, row)
 
@@ -283,9 +286,9 @@ class Logistics:
         """Cancel an open order before any hub is delivered against it."""
         now = self.clock()
         with self.sessions.begin() as session:
-            row = self._undelivered_order(session, order_id, "cancelled")
+            row = self._undelivered_order(session, order_id, OrderAction.CANCELLED)
             row.status = OrderStatus.CANCELLED
-            self._order_event(session, order_id, "cancelled", {}, actor, now)
+            self._order_event(session, order_id, OrderAction.CANCELLED, {}, actor, now)
             session.flush()
             return self._order_view(session, row)
 
@@ -308,7 +311,7 @@ class Logistics:
                 for e in events
             ]
 
-    def _undelivered_order(self, session: Session, order_id: int, done: str) -> HubOrder:
+    def _undelivered_order(self, session: Session, order_id: int, done: OrderAction) -> HubOrder:
         """The order, locked, if it is open and nothing was delivered against it yet."""
         row = self._get_order(session, order_id, lock=True)
         if row.status != OrderStatus.OPEN:
@@ -331,7 +334,7 @@ class Logistics:
     def _order_event(
         session: Session,
         order_id: int,
-        action: str,
+        action: OrderAction,
         changes: Mapping[str, object],
         actor: str,
         now: datetime,
@@ -415,7 +418,7 @@ class Logistics:
         with self.sessions.begin() as session:
             record = self._get_return(session, return_id)
             _refuse_lost(record, "given a collection location")
-            if record.status != ReturnStatus.NOTIFIED.value:
+            if record.status != ReturnStatus.NOTIFIED:
                 raise Conflict(
                     f"return {return_id} is {record.status}; only a notified return can be "
                     "given a collection location",
@@ -463,7 +466,7 @@ class Logistics:
                     party=party,
                     collection_location=location,
                     month=month,
-                    status="planned",
+                    status=ConsignmentStatus.PLANNED,
                     created_at=now,
                 )
                 session.add(consignment)
@@ -491,7 +494,7 @@ class Logistics:
             return created
 
     def consignments(
-        self, period: Period | None = None, status: str | None = None
+        self, period: Period | None = None, status: ConsignmentStatus | None = None
     ) -> list[ConsignmentView]:
         with self.sessions() as session:
             query = select(Consignment).order_by(Consignment.id)
@@ -514,7 +517,7 @@ class Logistics:
         now = self.clock()
         with self.sessions.begin() as session:
             consignment = self._get_consignment(session, consignment_id)
-            if consignment.status != "planned":
+            if consignment.status != ConsignmentStatus.PLANNED:
                 raise Conflict(
                     f"consignment {consignment_id} is already {consignment.status}",
                     "Each consignment is collected once; see `hubreturns consignments list`.",
@@ -525,7 +528,7 @@ class Logistics:
                 record = self._get_return(session, return_id)
                 self._step(session, record, Step.COLLECT, actor, now)
                 self._progress(session, return_id).collected_at = now
-            consignment.status = "collected"
+            consignment.status = ConsignmentStatus.COLLECTED
             consignment.collected_at = now
             session.flush()
             return self._consignment_view(session, consignment)
@@ -591,7 +594,7 @@ class Logistics:
         result = session.execute(
             update(ReturnRecord)
             .where(ReturnRecord.id == record.id, ReturnRecord.status == current)
-            .values(status=new.value)
+            .values(status=new)
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -763,7 +766,7 @@ class Logistics:
             .outerjoin(DeliveredHub, DeliveredHub.device_id == ReturnRecord.device_id)
             .outerjoin(HubOrder, HubOrder.id == DeliveredHub.order_id)
             .where(
-                ReturnRecord.status == ReturnStatus.NOTIFIED.value,
+                ReturnRecord.status == ReturnStatus.NOTIFIED,
                 ReturnRecord.return_type != NoFaultReturnType.LOST_OR_STOLEN.value,
                 ReturnProgress.consignment_id.is_(None),
                 ReturnRecord.received_at >= period.start,

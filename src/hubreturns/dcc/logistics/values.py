@@ -17,11 +17,14 @@ from hubreturns.dcc.logistics.errors import Invalid, RowProblem
 from hubreturns.model import eui
 
 __all__ = [
+    "ConsignmentStatus",
     "HubVariant",
+    "OrderAction",
     "OrderChange",
     "OrderRequest",
     "OrderStatus",
     "Period",
+    "check_consignment_status",
     "check_eui",
     "check_location",
     "check_month",
@@ -39,6 +42,33 @@ class OrderStatus(StrEnum):
 
     OPEN = "open"
     CANCELLED = "cancelled"
+
+
+class OrderAction(StrEnum):
+    """Values of ``hub_order_events.action``: what was done to an order."""
+
+    PLACED = "placed"
+    AMENDED = "amended"
+    CANCELLED = "cancelled"
+
+
+class ConsignmentStatus(StrEnum):
+    """Values of ``consignments.status``: a consignment is collected once, as a whole."""
+
+    PLANNED = "planned"
+    COLLECTED = "collected"
+
+
+def check_consignment_status(text: str, field: str = "status") -> ConsignmentStatus:
+    """``planned`` or ``collected`` (case forgiven)."""
+    try:
+        return ConsignmentStatus(text.strip().lower())
+    except ValueError:
+        raise Invalid(
+            f"{field}: {text!r} is not a consignment status",
+            f"Give one of: {', '.join(s.value for s in ConsignmentStatus)}.",
+            field=field,
+        ) from None
 
 
 class HubVariant(StrEnum):

@@ -29,6 +29,7 @@ from hubreturns.model import (
     DeviceType,
     Endpoint,
     FaultReason,
+    ReturnStatus,
     Role,
     SmiStatus,
     UserStatus,
@@ -194,7 +195,9 @@ class ReturnRecord(Base):
     incident_reference: Mapped[str | None] = mapped_column(String(15))
     additional_information: Mapped[str | None] = mapped_column(String(200))
     smi_status_at_return: Mapped[SmiStatus] = mapped_column(text_enum(SmiStatus, 32))
-    status: Mapped[str] = mapped_column(String(16), default="notified")
+    status: Mapped[ReturnStatus] = mapped_column(
+        text_enum(ReturnStatus, 16), default=ReturnStatus.NOTIFIED
+    )
     received_at: Mapped[datetime] = mapped_column(Moment)
     request_xml: Mapped[bytes | None] = mapped_column(LargeBinary)
 

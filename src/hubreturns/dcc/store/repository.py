@@ -58,6 +58,7 @@ from hubreturns.model import (
     Endpoint,
     FaultReason,
     ReturnRequest,
+    ReturnStatus,
     Role,
     SmiStatus,
     UserStatus,
@@ -98,7 +99,7 @@ class ReturnFields:
     incident_reference: str | None
     additional_information: str | None
     smi_status_at_return: str
-    status: str = "notified"
+    status: ReturnStatus = ReturnStatus.NOTIFIED
     received_at: datetime
     request_xml: bytes | None
 
@@ -228,9 +229,9 @@ class ReturnFilter:
     device_id: str | None = None
     originator: str | None = None
     on_behalf_of: str | None = None
-    role: str | None = None
-    channel: str | None = None
-    status: str | None = None
+    role: Role | None = None
+    channel: Channel | None = None
+    status: ReturnStatus | None = None
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 100

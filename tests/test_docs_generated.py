@@ -21,7 +21,8 @@ from types import ModuleType
 
 from markdown.extensions.toc import slugify
 
-from hubreturns.user.scenarios import USERS
+from hubreturns.model import DEFAULT_ACB
+from hubreturns.user.scenarios import HUBS, SCENARIOS, USERS
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -212,3 +213,21 @@ def test_every_module_attribute_the_pages_name_exists() -> None:
             if not ok:
                 wrong.append(f"{page.name}: {token}")
     assert wrong == []
+
+
+def test_every_example_identity_is_the_demos_or_named_on_the_home_page() -> None:
+    """An EUI-64 in a page or an example file is one of the demo world's, or the
+    home page says what it is: so no page can reuse an identity in another role."""
+    demo = {DEFAULT_ACB, *(u[0] for u in USERS), *(h[0] for h in HUBS), *(h[4] for h in HUBS)}
+    for scenario in SCENARIOS:
+        demo.update({scenario.sender, scenario.device, scenario.target})
+    home = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    named = set(re.findall(_EUI, home.split("## Example identities", 1)[1]))
+    files = [*PAGES, *sorted((ROOT / "tests" / "data" / "examples").iterdir())]
+    unknown = sorted(
+        f"{path.name}: {eui}"
+        for path in files
+        for eui in set(re.findall(_EUI, path.read_text(encoding="utf-8")))
+        if eui not in demo | named
+    )
+    assert unknown == []

@@ -372,7 +372,9 @@ def import_formats_page() -> str:
     return (
         "# Import formats\n\n"
         "The registry files `hubreturns load users|appointments|devices` read (generated\n"
-        "from `importers.describe_formats`; the examples are the demo's identities).\n"
+        "from `importers.describe_formats`). The examples use the demo's identities; two\n"
+        "rows show what the demo's files do not: the RSA's appointment by the GS, which\n"
+        "ended, and hub `00-DB-12-34-56-78-91-02`, which has two responsible Suppliers.\n"
         "SMKI certificates are PEM files (`hubreturns load certs FILE|FOLDER`); hub\n"
         "deliveries are described in the [Logistics guide](../logistics.md).\n" + text
     )

@@ -13,6 +13,7 @@ from hubreturns.dcc.logistics.charges import (
     DCC_SOURCE,
     DEFAULT_TARIFF,
     Basis,
+    ChargedHub,
     ChargeFacts,
     ChargeStatus,
     ExtraItem,
@@ -385,10 +386,10 @@ def test_summary_per_party_and_month() -> None:
     lost = price(facts(LOST, None, DUAL), DEFAULT_TARIFF)
     out = summarise(
         [
-            ("S1", "2026-11", A, single),
-            ("S1", "2026-11", B, nff),
-            ("S1", "2026-11", C, lost),
-            ("S2", "2026-10", D, pending),
+            ChargedHub(party="S1", month="2026-11", device_id=A, charge=single),
+            ChargedHub(party="S1", month="2026-11", device_id=B, charge=nff),
+            ChargedHub(party="S1", month="2026-11", device_id=C, charge=lost),
+            ChargedHub(party="S2", month="2026-10", device_id=D, charge=pending),
         ],
         DEFAULT_TARIFF.item_keys,
     )

@@ -43,6 +43,7 @@ from hubreturns.dcc.loading import (
 from hubreturns.dcc.registry import DeviceFilter, Listing
 from hubreturns.dcc.rules import RULES, EligibilityProfile
 from hubreturns.dcc.store.db import make_engine, make_sessionmaker, migrate
+from hubreturns.dcc.store.models import Certificate, CertificateRevocation
 from hubreturns.dcc.store.repository import Repository, ReturnFilter
 from hubreturns.errors import HintedError
 from hubreturns.model import Channel, DeviceType, Role, SmiStatus, UserStatus, eui
@@ -323,6 +324,19 @@ def _issuer_serial(issuer: str, serial: str) -> tuple[str, int]:
     return name, number
 
 
+def _certificate_row(cert: Certificate, revoked: CertificateRevocation | None) -> Sequence[object]:
+    return (
+        cert.issuer,
+        cert.serial,
+        cert.eui,
+        cert.organisational_units,
+        cert.not_before.isoformat(timespec="seconds"),
+        cert.not_after.isoformat(timespec="seconds"),
+        revoked.revoked_at.isoformat(timespec="seconds") if revoked else None,
+        revoked.reason if revoked else None,
+    )
+
+
 @certs_app.command("list")
 def certs_list_cmd(
     user: Annotated[
@@ -333,18 +347,9 @@ def certs_list_cmd(
 ) -> None:
     """Stored certificates: issuer, serial, EUI, OU, validity, revocation."""
     with _store(config) as sessions, sessions() as session:
+        stored = Repository(session).stored_certificates(_eui_option(user, "--eui"))
         rows: list[Sequence[object]] = [
-            (
-                cert.issuer,
-                cert.serial,
-                cert.eui,
-                cert.organisational_units,
-                cert.not_before.isoformat(timespec="seconds"),
-                cert.not_after.isoformat(timespec="seconds"),
-                revoked.revoked_at.isoformat(timespec="seconds") if revoked else None,
-                revoked.reason if revoked else None,
-            )
-            for cert, revoked in Repository(session).stored_certificates(_eui_option(user, "--eui"))
+            _certificate_row(s.certificate, s.revocation) for s in stored
         ]
     headers = ("issuer", "serial", "eui", "ou", "valid_from", "valid_to", "revoked", "reason")
     _emit(headers, rows, as_csv, "SMKI repository")

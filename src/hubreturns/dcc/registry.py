@@ -170,15 +170,15 @@ def list_certificates(session: Session, *, eui: str | None) -> Listing:
     """The SMKI repository (or one User's certificates), with revocations."""
     rows = [
         (
-            cert.eui,
-            cert.issuer,
-            cert.serial,
-            cert.organisational_units,
-            _moment(cert.not_before),
-            _moment(cert.not_after),
-            _moment(revoked.revoked_at) if revoked else None,
+            s.certificate.eui,
+            s.certificate.issuer,
+            s.certificate.serial,
+            s.certificate.organisational_units,
+            _moment(s.certificate.not_before),
+            _moment(s.certificate.not_after),
+            _moment(s.revocation.revoked_at) if s.revocation else None,
         )
-        for cert, revoked in Repository(session).stored_certificates(eui)
+        for s in Repository(session).stored_certificates(eui)
     ]
     headers = ("eui", "issuer", "serial", "ou", "valid_from", "valid_to", "revoked")
     whole = frozenset({"eui", "serial", "valid_from", "valid_to", "revoked"})

@@ -42,6 +42,7 @@ __all__ = [
     "ChargeRule",
     "ChargeStatus",
     "ChargeSummary",
+    "ChargedHub",
     "ExtraItem",
     "Price",
     "Tariff",
@@ -408,14 +409,22 @@ class ChargeSummary:
     stock_charge_hubs: tuple[str, ...] = ()
 
 
-def summarise(
-    priced: Iterable[tuple[str, str, str, Charge]], item_keys: Iterable[str]
-) -> list[ChargeSummary]:
-    """(party, month, device id, charge) grouped per party and month, sorted."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargedHub:
+    """One returned hub's charge, and the party and month it is charged to."""
+
+    party: str
+    month: str
+    device_id: str
+    charge: Charge
+
+
+def summarise(priced: Iterable[ChargedHub], item_keys: Iterable[str]) -> list[ChargeSummary]:
+    """Charged hubs grouped per party and month, sorted."""
     keys = tuple(item_keys)
     groups: dict[tuple[str, str], list[tuple[str, Charge]]] = defaultdict(list)
-    for party, month, device_id, charge in priced:
-        groups[(party, month)].append((device_id, charge))
+    for hub in priced:
+        groups[(hub.party, hub.month)].append((hub.device_id, hub.charge))
     out = []
     for (party, month), charges in sorted(groups.items()):
         counts = dict.fromkeys(keys, 0)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.dcc.logistics.charges import (
     Charge,
+    ChargedHub,
     ChargeFacts,
     ChargeSummary,
     Tariff,
@@ -81,6 +82,7 @@ __all__ = [
     "OrderEventView",
     "OrderStatus",
     "OrderView",
+    "PricedReturn",
     "ProgressCallback",
     "ReturnView",
 ]
@@ -101,6 +103,14 @@ def _check_month_now(month: str, now: datetime) -> None:
             f"Ask for delivery in {month_of(now)} or later.",
             field="requested_month",
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PricedReturn:
+    """A return notified in a period, with what it is charged (``Logistics.priced_returns``)."""
+
+    record: ReturnRecord
+    charge: Charge
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -615,7 +625,7 @@ class Logistics:
 
     # -- charges ---------------------------------------------------------------------
 
-    def priced_returns(self, period: Period) -> list[tuple[ReturnRecord, str | None, Charge]]:
+    def priced_returns(self, period: Period) -> list[PricedReturn]:
         """Every return notified in ``period`` with its test outcome and charge."""
         with self.sessions() as session:
             rows = session.execute(
@@ -629,21 +639,24 @@ class Logistics:
                 .order_by(ReturnRecord.id)
             ).all()
             return [
-                (record, outcome, self._price(record, outcome, variant))
-                for record, outcome, variant in rows
+                PricedReturn(
+                    record=row.ReturnRecord,
+                    charge=self._price(row.ReturnRecord, row.test_outcome, row.hub_variant),
+                )
+                for row in rows
             ]
 
     def charges(self, period: Period) -> list[ChargeSummary]:
         """Charges per charged party (the Supplier the return was made for) and month."""
         return summarise(
             (
-                (
-                    record.on_behalf_of,
-                    month_of(record.received_at),
-                    record.device_id,
-                    charge,
+                ChargedHub(
+                    party=priced.record.on_behalf_of,
+                    month=month_of(priced.record.received_at),
+                    device_id=priced.record.device_id,
+                    charge=priced.charge,
                 )
-                for record, _outcome, charge in self.priced_returns(period)
+                for priced in self.priced_returns(period)
             ),
             self.tariff.item_keys,
         )

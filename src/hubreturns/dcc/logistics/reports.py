@@ -93,14 +93,14 @@ def _return_rows(
     """The returns sections, and how many returns there were."""
     priced = logistics.priced_returns(period)
     rows = [
-        *_counted("returns_by_party", Counter(r.originator for r, _, _ in priced), names),
-        *_counted("returns_by_role", Counter(r.role for r, _, _ in priced)),
-        *_counted("returns_by_type", Counter(r.return_type for r, _, _ in priced)),
+        *_counted("returns_by_party", Counter(p.record.originator for p in priced), names),
+        *_counted("returns_by_role", Counter(p.record.role for p in priced)),
+        *_counted("returns_by_type", Counter(p.record.return_type for p in priced)),
         *_counted(
             "returns_by_fault_reason",
-            Counter(r.fault_reason for r, _, _ in priced if r.fault_reason),
+            Counter(p.record.fault_reason for p in priced if p.record.fault_reason),
         ),
-        *_counted("returns_by_status", Counter(r.status for r, _, _ in priced)),
+        *_counted("returns_by_status", Counter(p.record.status for p in priced)),
     ]
     return rows, len(priced)
 

@@ -74,6 +74,7 @@ __all__ = [
     "Repository",
     "ReturnFields",
     "ReturnFilter",
+    "StoredCertificate",
     "WriteConflict",
 ]
 
@@ -222,6 +223,14 @@ class AuditFields:
         return Received(
             self.received_at, self.channel, self.endpoint, self.body_sha256, self.body_bytes
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCertificate:
+    """A certificate of the SMKI repository and its revocation, if one is recorded."""
+
+    certificate: Certificate
+    revocation: CertificateRevocation | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -646,9 +655,7 @@ class Repository:
         )
         return added
 
-    def stored_certificates(
-        self, eui: str | None = None
-    ) -> list[tuple[Certificate, CertificateRevocation | None]]:
+    def stored_certificates(self, eui: str | None = None) -> list[StoredCertificate]:
         """Every stored certificate (or one User's) with its revocation, by issuer and serial."""
         query = select(Certificate, CertificateRevocation).outerjoin(
             CertificateRevocation,
@@ -659,8 +666,8 @@ class Repository:
         )
         if eui is not None:
             query = query.where(Certificate.eui == eui)
-        rows = [(cert, revoked) for cert, revoked in self.session.execute(query)]
-        return sorted(rows, key=lambda row: (row[0].issuer, int(row[0].serial)))
+        rows = [StoredCertificate(cert, revoked) for cert, revoked in self.session.execute(query)]
+        return sorted(rows, key=lambda row: (row.certificate.issuer, int(row.certificate.serial)))
 
     def revocation(self, issuer: str, serial: int) -> CertificateRevocation | None:
         return self.session.get(CertificateRevocation, (issuer, str(serial)))

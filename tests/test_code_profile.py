@@ -3,7 +3,10 @@ answers a service with an overridden profile and a foreign schemaVersion gives o
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -322,3 +325,25 @@ def test_the_desk_audit_filter_and_labels_follow_the_services_profile(
         assert exported.status_code == 200
         assert [row.split(",")[9] for row in exported.text.splitlines()[1:]] == ["E50"]
         assert client.get("/desk/audit.csv", params={"code": "E48"}).status_code == 422
+
+
+def test_the_report_explains_rejections_by_the_services_profile(
+    http: httpx.Client, settings: Settings, world: DemoWorld, tmp_path: Path
+) -> None:
+    """``report`` on a service answering replays with E50 explains E50 as a replay."""
+    scenario = next(s for s in SCENARIOS if s.name == "IS fault return, Pending hub")
+    ((_, body),) = scenario_bodies(world, [scenario], first_counter=7200)
+    http.post("/api/v1/serviceD", content=body, headers=XML)
+    assert http.post("/api/v1/serviceD", content=body, headers=XML).status_code == 409
+    config = tmp_path / "overrides.toml"  # the file the settings fixture wrote
+    if not any(c.name == "report" for c in app.registered_commands):
+        register_commands(app)
+    today = datetime.now(UTC).date().isoformat()
+    args = ["report", "--from", today, "--to", today, "--format", "csv", "--config", str(config)]
+    result = CliRunner().invoke(app, args, env={"HUBRETURNS_CONFIG": None})
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    (rejected,) = [r for r in rows if r["section"] == "rejections_by_code"]
+    replay = DEFAULT_PROFILE.explain("E48")
+    assert replay is not None
+    assert (rejected["key"], rejected["detail"], rejected["count"]) == ("E50", replay.meaning, "1")

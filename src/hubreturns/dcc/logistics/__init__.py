@@ -29,7 +29,10 @@ def routes(processor: Processor, settings: Settings) -> list[BaseRoute]:
     from hubreturns.dcc.logistics.operations import Logistics
 
     logistics = Logistics(
-        processor.sessions, load_tariff(settings.tariff_file), eligibility=processor.eligibility
+        processor.sessions,
+        load_tariff(settings.tariff_file),
+        eligibility=processor.eligibility,
+        codes=processor.codes,
     )
     return api.routes(logistics, settings)
 

@@ -97,7 +97,12 @@ def _logistics(config: Path | None) -> Iterator[Logistics]:
         tariff = load_tariff(settings.tariff_file)
         engine = make_engine(settings.database_url)
         try:
-            yield Logistics(make_sessionmaker(engine), tariff, eligibility=settings.eligibility())
+            yield Logistics(
+                make_sessionmaker(engine),
+                tariff,
+                eligibility=settings.eligibility(),
+                codes=settings.response_codes,
+            )
         finally:
             engine.dispose()
     except LogisticsError as exc:

@@ -20,6 +20,7 @@ from typing import TypeVar
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from hubreturns.codes import DEFAULT_PROFILE, CodeProfile
 from hubreturns.dcc.logistics.charges import (
     Charge,
     ChargedHub,
@@ -208,12 +209,15 @@ class Logistics:
         *,
         clock: Callable[[], datetime] = _utcnow,
         eligibility: EligibilityProfile = SECMP0039,
+        codes: CodeProfile = DEFAULT_PROFILE,
     ) -> None:
         self.sessions = sessions
         self.tariff = tariff
         self.clock = clock
         #: Under a profile that authorises orderers, their roles may place orders.
         self.eligibility = eligibility
+        #: The service's ``[response_codes]``: reports explain recorded codes by it.
+        self.codes = codes
 
     # -- orders and deliveries -----------------------------------------------------
 

@@ -15,7 +15,6 @@ from decimal import Decimal
 
 from sqlalchemy import func, select
 
-from hubreturns.codes import DEFAULT_PROFILE
 from hubreturns.dcc.logistics.charges import ChargeSummary, money
 from hubreturns.dcc.logistics.operations import ConsignmentView, Logistics, ProgressCallback
 from hubreturns.dcc.logistics.values import Period
@@ -78,10 +77,6 @@ def _counted(
     ]
 
 
-#: What each wire code means under the default profile (for the rejection rows).
-_MEANINGS = {code: info.meaning for code, _, info in DEFAULT_PROFILE.rows()}
-
-
 def _party_names(logistics: Logistics) -> dict[str, str]:
     with logistics.sessions() as session:
         return {str(u): str(n) for u, n in session.execute(select(User.user_id, User.name))}
@@ -118,7 +113,9 @@ def _rejection_rows(logistics: Logistics, period: Period) -> tuple[list[ReportRo
             .group_by(AuditEntry.code)
         ).all()
     counter = Counter({str(code): int(count) for code, count in found})
-    return _counted("rejections_by_code", counter, _MEANINGS), sum(counter.values())
+    # Meanings under the service's own profile: an overridden code is explained as answered.
+    meanings = {code: info.meaning for code, _, info in logistics.codes.rows()}
+    return _counted("rejections_by_code", counter, meanings), sum(counter.values())
 
 
 def _consignment_rows(found: Sequence[ConsignmentView]) -> list[ReportRow]:

@@ -314,6 +314,7 @@ def test_the_desk_audit_filter_and_labels_follow_the_services_profile(
         assert {"E50", "E51", "I99", "E19"} <= set(offered)
         assert not {"E48", "E46"} & set(offered)
         assert {"E20", "E21", "E30"} <= set(offered)  # codes recorded before the profile
+        assert "E17" not in offered  # published, never answered by this service
         meaning = DEFAULT_PROFILE.explain("E48")
         assert meaning is not None
         assert f'title="{meaning.meaning}">E50</span>' in page.text

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TypeVar
 
-from hubreturns.codes import PUBLISHED_UNUSED, CodeProfile
+from hubreturns.codes import CodeProfile
 from hubreturns.dcc.store.repository import ReturnFilter
 from hubreturns.model import RETURN_FIELDS as MODEL_FIELDS
 from hubreturns.model import (
@@ -192,6 +192,10 @@ class AuditQuery:
     offset: int = 0
 
 
+#: Codes refusals were answered with before the code profile (CHANGELOG, issue 24 table).
+_RECORDED_BEFORE_PROFILE = ("E20", "E21", "E30")
+
+
 def audit_codes(profile: CodeProfile) -> tuple[str, ...]:
     """Codes the audit log can be filtered by: those of the profile in force, then the
     codes refusals were recorded under before there was a profile (CHANGELOG, issue 24).
@@ -200,7 +204,7 @@ def audit_codes(profile: CodeProfile) -> tuple[str, ...]:
     profile's code for that refusal is never recorded, so it is not offered.
     """
     current = tuple(code for code, _, _ in profile.rows())
-    return (*current, *(code for code in PUBLISHED_UNUSED if code not in current))
+    return (*current, *(code for code in _RECORDED_BEFORE_PROFILE if code not in current))
 
 
 def parse_audit_query(

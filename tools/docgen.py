@@ -140,6 +140,7 @@ def settings_table() -> str:
 
 
 def decision_table() -> str:
+    """``rules.RULES`` in order, each row's code under the default code profile."""
     from hubreturns.codes import DEFAULT_PROFILE
     from hubreturns.dcc.rules import RULES
 
@@ -151,6 +152,7 @@ def decision_table() -> str:
 
 
 def eligibility_tables() -> str:
+    """Each profile of ``rules.PROFILES``: which role may send 8.14.3 / 8.14.4, and how."""
     from hubreturns.dcc.rules import DEFAULT_PROFILE, PROFILES
     from hubreturns.model import Role
 
@@ -173,6 +175,7 @@ def eligibility_tables() -> str:
 
 
 def codes_table() -> str:
+    """The default code profile (``codes``): every code, its reason, meaning, HTTP status, hint."""
     from hubreturns.codes import DEFAULT_PROFILE, Reason
 
     rows = [
@@ -197,6 +200,7 @@ def unused_codes_table() -> str:
 
 
 def codes_page() -> str:
+    """The code table (``codes``) and the published codes never answered."""
     return (
         "# Response codes (reference)\n\n"
         "Every code the service answers with under the default code profile, as\n"
@@ -213,6 +217,7 @@ def codes_page() -> str:
 
 
 def decision_page() -> str:
+    """``rules.RULES`` and the eligibility profiles of ``rules.PROFILES``."""
     return (
         "# Decision table\n\n"
         "`rules.RULES`, applied top to bottom to an authenticated request: the first\n"
@@ -286,6 +291,7 @@ def _commands(group: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
 
 
 def cli_page() -> str:
+    """Every command of the Typer app (``cli.app`` with the extensions' commands)."""
     import typer
 
     from hubreturns.cli import app
@@ -365,6 +371,7 @@ def metrics_table() -> str:
 
 
 def import_formats_page() -> str:
+    """The registry import files, from ``importers.describe_formats``."""
     from hubreturns.dcc.importers import describe_formats
 
     text = describe_formats().replace("## Import file formats\n", "", 1)
@@ -407,6 +414,7 @@ def _body_fields(schema: dict[str, Any], components: dict[str, Any]) -> list[tup
 
 
 def openapi_page() -> str:
+    """The operator API's OpenAPI document (``logistics.api``), rendered."""
     from hubreturns.dcc.logistics.api import openapi_document
 
     doc = openapi_document()
@@ -443,6 +451,7 @@ def openapi_page() -> str:
 
 
 def openapi_json() -> str:
+    """The operator API's OpenAPI document (``logistics.api``), as served."""
     from hubreturns.dcc.logistics.api import openapi_document
 
     return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
@@ -503,6 +512,25 @@ def migrations_table() -> str:
     return _table(("revision", "file", "what it changes"), rows)
 
 
+def generated_table() -> str:
+    """Every generated page and block, where it is and what it is made from."""
+    rows = [(f"`{rel}`", "whole page", _doc(make)) for rel, make in PAGES.items()]
+    rows += [(f"`{rel}`", "whole file", _doc(make)) for rel, make in FILES.items()]
+    for name, make in BLOCKS.items():
+        where = [
+            p
+            for p in _block_files()
+            if f"<!-- BEGIN GENERATED: {name} -->" in p.read_text(encoding="utf-8")
+        ]
+        for path in where:
+            rows.append((f"`{path.relative_to(ROOT).as_posix()}`", f"`{name}`", _doc(make)))
+    return _table(("file", "part", "made from"), rows)
+
+
+def _doc(make: Callable[[], str]) -> str:
+    return _cell((inspect.getdoc(make) or "").split("\n\n", 1)[0].replace("``", "`"))
+
+
 # ------------------------------------------------------------------------------ driver
 
 #: Whole pages: path under the repository -> content.
@@ -524,6 +552,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "decision-table": decision_table,
     "migrations": migrations_table,
     "tables": tables_table,
+    "generated": generated_table,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Final
 
@@ -35,6 +36,7 @@ __all__ = [
     "Role",
     "SmiStatus",
     "UserStatus",
+    "as_utc",
     "clip",
     "eui",
     "eui_from_bytes",
@@ -77,6 +79,12 @@ def clip(value: str, limit: int = CLIP_LIMIT) -> str:
     if len(value) <= limit:
         return shown
     return f"{shown}…[cut {len(value) - limit} chars]"
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC, a naive one taken as UTC: how operators' options, forms and
+    files write times (the store's ``Moment`` column refuses naive values)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def eui(text: str) -> str:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID
 
+from hubreturns.model import as_utc
 from hubreturns.model import eui as normalise_eui
 
 __all__ = [
@@ -73,11 +74,6 @@ class Credential:
             ),
             cert_pem=certificate.public_bytes(serialization.Encoding.PEM),
         )
-
-
-def _utc(moment: datetime) -> datetime:
-    """Naive datetimes are UTC, as everywhere in this project."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _unique_identifier(device: str) -> x509.NameAttribute[bytes]:
@@ -166,8 +162,8 @@ class DemoCA:
         elif curve is not None and curve.name != key.curve.name:
             raise ValueError(f"key is on {key.curve.name}, not the requested {curve.name}")
         now = datetime.now(UTC)
-        start = _utc(not_before) if not_before is not None else now - _BACKDATE
-        end = _utc(not_after) if not_after is not None else now + _LEAF_VALIDITY
+        start = as_utc(not_before) if not_before is not None else now - _BACKDATE
+        end = as_utc(not_after) if not_after is not None else now + _LEAF_VALIDITY
         if end <= start:
             raise ValueError(f"not_after {end.isoformat()} is not after not_before")
         subject = x509.Name(

@@ -46,7 +46,7 @@ from hubreturns.dcc.store.db import make_engine, make_sessionmaker, migrate
 from hubreturns.dcc.store.models import Certificate, CertificateRevocation
 from hubreturns.dcc.store.repository import Repository, ReturnFilter
 from hubreturns.errors import HintedError
-from hubreturns.model import Channel, DeviceType, Role, SmiStatus, UserStatus, eui
+from hubreturns.model import Channel, DeviceType, Role, SmiStatus, UserStatus, as_utc, eui
 from hubreturns.tables import print_rows
 from hubreturns.wire.certificate import normalize_issuer
 
@@ -185,7 +185,7 @@ def _instant(value: str | None, name: str) -> datetime | None:
             f"{name}: {value!r} is not an ISO 8601 date or time",
             "Use e.g. 2026-11-01 or 2026-11-01T09:30Z.",
         )
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return as_utc(moment)
 
 
 # -- database ------------------------------------------------------------------------

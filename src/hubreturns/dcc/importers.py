@@ -13,11 +13,11 @@ import difflib
 import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, TypeVar
 
 from hubreturns.errors import HintedError
-from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus, eui
+from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus, as_utc, eui
 
 __all__ = [
     "APPOINTMENT_COLUMNS",
@@ -158,9 +158,7 @@ def _instant(text: str) -> datetime:
             f"{text!r} is not an ISO 8601 date or datetime "
             "(e.g. 2025-04-01 or 2025-04-01T09:30:00Z)"
         ) from None
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    return as_utc(moment)
 
 
 # -------------------------------------------------------------------- CSV reader

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import TypeVar
 
@@ -26,6 +26,7 @@ from hubreturns.model import (
     ReturnKind,
     ReturnRequest,
     Role,
+    as_utc,
     eui,
 )
 
@@ -128,7 +129,7 @@ def _optional_date(
     except ValueError:
         errors[name] = f"{label} {value!r} is not a date; write e.g. 2026-11-23."
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return as_utc(moment)
 
 
 def _limit(query: Mapping[str, str], default: int, maximum: int, errors: FormErrors) -> int:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from markdown.extensions.toc import slugify
 
@@ -231,3 +232,48 @@ def test_every_example_identity_is_the_demos_or_named_on_the_home_page() -> None
         if eui not in demo | named
     )
     assert unknown == []
+
+
+def _cli() -> Any:
+    """The whole `hubreturns` command tree, as the console script builds it."""
+    import typer
+
+    from hubreturns.cli import app
+    from hubreturns.extensions import register_commands
+
+    if not any(group.name == "desk" for group in app.registered_groups):
+        register_commands(app)
+    return typer.main.get_command(app)
+
+
+def test_every_command_and_option_the_pages_name_exists() -> None:
+    """`hubreturns load devices --replace`: each word a command, each option the command's.
+
+    Prose such as "hubreturns checks them" names no command and is skipped; the
+    CLI reference is generated, so it is not read here.
+    """
+    root = _cli()
+    wrong = []
+    for page in PAGES:
+        if page.name == "cli.md":
+            continue
+        text = page.read_text(encoding="utf-8").replace("\\\n", " ")
+        for match in re.finditer(
+            r"(?:^|[\s`(])hubreturns ((?:[a-z][\w-]*[ \t]*)+)([^`|#;&\n]*)", text, re.M
+        ):
+            words, command, used = match.group(1).split(), root, 0
+            for word in words:
+                commands = getattr(command, "commands", None)
+                if commands is None or word not in commands:
+                    break
+                command, used = commands[word], used + 1
+            if used == 0:
+                continue
+            options = {"--help", "--config"}
+            for param in command.params:
+                options.update(param.opts, param.secondary_opts)
+            rest = " ".join(words[used:]) + " " + match.group(2)
+            for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", rest):
+                if option not in options:
+                    wrong.append(f"{page.name}: hubreturns {' '.join(words[:used])} {option}")
+    assert wrong == []

@@ -14,6 +14,7 @@ import io
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Final, TypeVar
 
 from hubreturns.errors import HintedError
@@ -283,21 +284,24 @@ def _header_ok(
 _T = TypeVar("_T")
 
 
-def _read_fields(
-    record: _Record,
-    problems: list[RowProblem],
-    readers: Mapping[str, Callable[[str], object]],
-) -> dict[str, object] | None:
-    """Apply one reader per column, recording every failing cell; None if any failed."""
-    values: dict[str, object] = {}
-    ok = True
-    for name, read in readers.items():
+class _Cells:
+    """One record's cells, each read by a typed reader; a cell that fails is recorded as
+    a problem (and read as None), so a file's every bad cell is reported at once."""
+
+    __slots__ = ("failed", "problems", "record")
+
+    def __init__(self, record: _Record, problems: list[RowProblem]) -> None:
+        self.record = record
+        self.problems = problems
+        self.failed = False
+
+    def read(self, name: str, reader: Callable[[str], _T]) -> _T | None:
         try:
-            values[name] = read(record.cells[name])
+            return reader(self.record.cells[name])
         except _FieldError as exc:
-            problems.append(RowProblem(line=record.line, field=name, message=str(exc)))
-            ok = False
-    return values if ok else None
+            self.problems.append(RowProblem(line=self.record.line, field=name, message=str(exc)))
+            self.failed = True
+            return None
 
 
 def _finish(kind: str, rows: list[_T], problems: list[RowProblem]) -> list[_T]:
@@ -335,28 +339,20 @@ def parse_users(text: str | bytes) -> list[UserRow]:
     problems: list[RowProblem] = []
     rows: list[UserRow] = []
     first_line: dict[str, int] = {}
-    readers: dict[str, Callable[[str], object]] = {
-        "user_id": _eui,
-        "role": lambda t: _enum(Role, t),
-        "name": _name,
-        "status": lambda t: _enum(UserStatus, t),
-    }
     for record in _records("users", text, USER_COLUMNS, problems):
         bad = len(problems)
-        values = _read_fields(record, problems, readers)
-        user_id = _try_eui(record.cells["user_id"])
-        if user_id is not None:
-            _duplicate(first_line, user_id, record.line, "user_id", problems)
-        if values is None or len(problems) != bad:
+        cells = _Cells(record, problems)
+        user_id = cells.read("user_id", _eui)
+        role = cells.read("role", partial(_enum, Role))
+        name = cells.read("name", _name)
+        status = cells.read("status", partial(_enum, UserStatus))
+        seen = _try_eui(record.cells["user_id"])
+        if seen is not None:
+            _duplicate(first_line, seen, record.line, "user_id", problems)
+        if user_id is None or role is None or name is None or status is None:
             continue
-        rows.append(
-            UserRow(
-                user_id=str(values["user_id"]),
-                role=_as(Role, values["role"]),
-                name=str(values["name"]),
-                status=_as(UserStatus, values["status"]),
-            )
-        )
+        if len(problems) == bad:
+            rows.append(UserRow(user_id=user_id, role=role, name=name, status=status))
     return _finish("users", rows, problems)
 
 
@@ -372,22 +368,15 @@ def parse_appointments(
     problems: list[RowProblem] = []
     rows: list[AppointmentRow] = []
     first_line: dict[tuple[str, str, datetime], int] = {}
-    readers: dict[str, Callable[[str], object]] = {
-        "rsa_user_id": _eui,
-        "supplier_user_id": _eui,
-        "valid_from": _instant,
-        "valid_to": lambda t: _instant(t) if t else None,
-    }
     for record in _records("appointments", text, APPOINTMENT_COLUMNS, problems):
         bad = len(problems)
-        values = _read_fields(record, problems, readers)
-        if values is None:
+        cells = _Cells(record, problems)
+        rsa = cells.read("rsa_user_id", _eui)
+        supplier = cells.read("supplier_user_id", _eui)
+        valid_from = cells.read("valid_from", _instant)
+        valid_to = cells.read("valid_to", _optional(_instant))
+        if rsa is None or supplier is None or valid_from is None or cells.failed:
             continue
-        rsa = str(values["rsa_user_id"])
-        supplier = str(values["supplier_user_id"])
-        valid_from = _as(datetime, values["valid_from"])
-        valid_to = values["valid_to"]
-        assert valid_to is None or isinstance(valid_to, datetime)
         if rsa == supplier:
             problems.append(
                 RowProblem(
@@ -459,26 +448,25 @@ def parse_devices(text: str | bytes, *, roles: Mapping[str, Role] | None = None)
     problems: list[RowProblem] = []
     rows: list[DeviceRow] = []
     first_line: dict[str, int] = {}
-    readers: dict[str, Callable[[str], object]] = {
-        "device_id": _eui,
-        "device_type": lambda t: _enum(DeviceType, t),
-        "smi_status": lambda t: _enum(SmiStatus, t),
-        "responsible_suppliers": _suppliers,
-        "gpf_id": lambda t: _eui(t) if t else None,
-    }
     for record in _records("devices", text, DEVICE_COLUMNS, problems):
         bad = len(problems)
-        values = _read_fields(record, problems, readers)
+        cells = _Cells(record, problems)
+        cells.read("device_id", _eui)
+        device_type = cells.read("device_type", partial(_enum, DeviceType))
+        smi_status = cells.read("smi_status", partial(_enum, SmiStatus))
+        suppliers = cells.read("responsible_suppliers", _suppliers)
+        gpf_id = cells.read("gpf_id", _optional(_eui))
         device_id = _try_eui(record.cells["device_id"])
         if device_id is not None:
             _duplicate(first_line, device_id, record.line, "device_id", problems)
-        if values is None or device_id is None:
+        if (
+            device_id is None
+            or device_type is None
+            or smi_status is None
+            or suppliers is None
+            or cells.failed
+        ):
             continue
-        device_type = _as(DeviceType, values["device_type"])
-        suppliers = values["responsible_suppliers"]
-        assert isinstance(suppliers, frozenset)
-        gpf_id = values["gpf_id"]
-        assert gpf_id is None or isinstance(gpf_id, str)
         if device_type is DeviceType.CHF and not suppliers:
             problems.append(
                 RowProblem(
@@ -502,8 +490,8 @@ def parse_devices(text: str | bytes, *, roles: Mapping[str, Role] | None = None)
                 DeviceRow(
                     device_id=device_id,
                     device_type=device_type,
-                    smi_status=_as(SmiStatus, values["smi_status"]),
-                    responsible_suppliers=frozenset(str(s) for s in suppliers),
+                    smi_status=smi_status,
+                    responsible_suppliers=suppliers,
                     gpf_id=gpf_id,
                 )
             )
@@ -540,9 +528,13 @@ def _try_eui(text: str) -> str | None:
         return None
 
 
-def _as(kind: type[_T], value: object) -> _T:
-    assert isinstance(value, kind)
-    return value
+def _optional(reader: Callable[[str], _T]) -> Callable[[str], _T | None]:
+    """``reader`` for a column that may be left empty (read as None)."""
+
+    def read(text: str) -> _T | None:
+        return reader(text) if text else None
+
+    return read
 
 
 # ------------------------------------------------------------------ description

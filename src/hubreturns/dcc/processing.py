@@ -1,16 +1,21 @@
 """The request path: bytes in, one check, one transaction, signed bytes out.
 
-A DUIS request goes down one path (``Processor.handle_duis_async``): its
-bytes are read (``wire.check.read``), the certificate it names is taken from
-the cache or read from the store (``certificates``), it is checked over that
-snapshot (``wire.check.check_document``: schema, signature, identity), its
-facts are read, decided (``rules.decide``) and written in one transaction of
-the group committer (``committer``), and the signed answer is built
-(``wire.response``). An accepted return advances the replay counter, is
-recorded, claims the hub and writes its audit row, all or nothing; a refusal
-writes the audit row only. Nothing is answered before its transaction has
-committed. Both channels (DUIS and the Service Desk) record through
-``_RecordReturn``, so one rule set serves both.
+A DUIS request goes down one path (``Processor.handle_duis_async``), each
+step in one module, entered once:
+
+1. read: ``wire.check.read`` parses the bytes (hardened, shape-checked);
+2. certificate: ``certificates`` gives a snapshot of the one it names (cache,
+   or one store read);
+3. check: ``wire.check`` validates, verifies and identifies over that snapshot
+   (pure; the processor runs these steps of the requests that arrive together
+   in lock-step, ``stages``);
+4. record: the group ``committer`` runs ``recording.RecordReturn`` in a shared
+   transaction: the facts from the store, ``rules.decide``, the writes;
+5. answer: ``wire.response`` builds and signs it, after the commit.
+
+An accepted return advances the replay counter, is recorded, claims the hub
+and writes its audit row, all or nothing; a refusal writes the audit row only.
+The Service Desk's channel (``handle_desk``) enters at step 4.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hubreturns.codes import DEFAULT_PROFILE, CodeProfile, Reason, Verdict, info
 from hubreturns.dcc.certificates import CertificateCache, Snapshot, lookup
-from hubreturns.dcc.committer import Committer, Contended, FunctionJob, Job, Load
-from hubreturns.dcc.rules import SECMP0039, Decision, EligibilityProfile, decide
+from hubreturns.dcc.committer import Committer, Load
+from hubreturns.dcc.recording import Recorded, RecordReturn, Refused, job_for
+from hubreturns.dcc.rules import SECMP0039, Decision, EligibilityProfile
 from hubreturns.dcc.stages import Stages, Steps, complete, one_step
 from hubreturns.dcc.store.db import make_sessionmaker
-from hubreturns.dcc.store.repository import AuditFields, FactsKey, Ledger, Received, ReturnFields
+from hubreturns.dcc.store.repository import AuditFields, Received
 from hubreturns.errors import Rejection
 from hubreturns.model import REASON_LIMIT, Channel, Endpoint, RequestId, ReturnRequest, clip
 from hubreturns.policy import SecurityPolicy
@@ -112,121 +118,6 @@ class _NullTelemetry:
 NULL_TELEMETRY: Telemetry = _NullTelemetry()
 
 
-@dataclass(frozen=True, slots=True)
-class _Recorded:
-    decision: Decision
-    return_id: int | None
-    role: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _RecordReturn:
-    """Facts, decision and writes for one authenticated request (a committer job).
-
-    The race checks (counter advance, hub claim) are conditional writes. If
-    one loses to a concurrent request the job raises ``Contended``: the
-    transaction is rolled back and the refusal (REPLAY / OPEN_RETURN) is recorded in a
-    fresh one, so an accepted request's four writes are all-or-nothing.
-    """
-
-    request: ReturnRequest
-    endpoint: Endpoint
-    access_control_broker: str
-    eligibility: EligibilityProfile
-    raw: bytes | None
-    entered_by: str | None
-    received: Received
-    check_counter: bool
-    codes: CodeProfile
-
-    @property
-    def reads(self) -> FactsKey:
-        """The key of this job's facts, so the committer can read a batch's together."""
-        return (self.request.originator, self.request.device_id)
-
-    def run(self, ledger: Ledger) -> _Recorded:
-        request = self.request
-        facts = ledger.facts(
-            request,
-            endpoint=self.endpoint,
-            access_control_broker=self.access_control_broker,
-            now=self.received.received_at,
-            check_counter=self.check_counter,
-            eligibility=self.eligibility,
-        )
-        decision = decide(facts)
-        role = facts.user.role.value if facts.user is not None else None
-        return_id: int | None = None
-        if decision.accepted:
-            assert facts.device is not None
-            return_id = self._accept(ledger, decision, role, facts.device.smi_status.value)
-        ledger.add_audit(self._audit_fields(decision, return_id))
-        return _Recorded(decision, return_id, role)
-
-    def after_race(self, ledger: Ledger, race: Contended) -> _Recorded:
-        recorded = race.detail
-        assert isinstance(recorded, _Recorded)
-        ledger.add_audit(self._audit_fields(recorded.decision, None))
-        return recorded
-
-    def _accept(self, ledger: Ledger, decision: Decision, role: str | None, smi: str) -> int:
-        """The accepted-request writes; returns the new return's id or raises ``Contended``."""
-        request, now, channel = self.request, self.received.received_at, self.received.channel
-        if self.check_counter and not ledger.advance_counter(
-            request.originator, request.request_id.counter, now
-        ):
-            lost = Decision(Reason.REPLAY, "counter already used (concurrent request)")
-            raise Contended(_Recorded(lost, None, role))
-        return_id = ledger.add_return(
-            ReturnFields.of(
-                request,
-                request_id=_record_request_id(request, channel),
-                channel=channel,
-                role=role,
-                on_behalf_of=decision.on_behalf_of,
-                entered_by=self.entered_by,
-                smi_status_at_return=smi,
-                received_at=now,
-                request_xml=self.raw,
-            )
-        )
-        if not ledger.claim_device(request.device_id, return_id, now):
-            lost = Decision(Reason.OPEN_RETURN, "hub already has an open return (concurrent)")
-            raise Contended(_Recorded(lost, None, role))
-        return return_id
-
-    def _audit_fields(self, decision: Decision, return_id: int | None) -> AuditFields:
-        request = self.request
-        suffix = f"; entered by {self.entered_by}" if self.entered_by else ""
-        return AuditFields.of(
-            self.received,
-            code=self.codes.code(decision.code),
-            accepted=decision.accepted,
-            reason=clip(decision.reason + suffix, REASON_LIMIT),
-            http_status=info(decision.code).http_status,
-            request_id=_record_request_id(request, self.received.channel),
-            originator=request.originator,
-            service_reference_variant=request.kind.variant,
-            device_id=request.device_id,
-            return_id=return_id,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Refused:
-    """A request refused before any facts were read: only its audit row is written."""
-
-    code: Verdict
-    reason: str
-    request_id: RequestId | None
-    variant: str
-    http_status: int
-    fields: AuditFields
-
-    def job(self) -> FunctionJob[None]:
-        return FunctionJob(lambda ledger: ledger.add_audit(self.fields))
-
-
 class Processor:
     """The request path for both channels (see the module docstring).
 
@@ -264,7 +155,7 @@ class Processor:
             ttl=policy.trust_ttl.total_seconds(),
             on_read=telemetry.certificate_read,
         )
-        self.committer: Committer[_Recorded | None] = Committer(
+        self.committer: Committer[Recorded | None] = Committer(
             engine, hold=commit_hold, on_batch=telemetry.batch
         )
         #: The event loop's requests' database-free steps, in lock-step when requests
@@ -334,7 +225,7 @@ class Processor:
         replay counter (the desk entry is authenticated by the staff sign-in).
         """
         started = time.perf_counter()
-        job = _RecordReturn(
+        job = RecordReturn(
             request=request,
             endpoint=Endpoint.NON_DEVICE,
             access_control_broker=self.access_control_broker,
@@ -369,7 +260,7 @@ class Processor:
 
     # -- reading and checking: no database ------------------------------------------
 
-    def _read(self, body: bytes, received: Received) -> check.Document | _Refused:
+    def _read(self, body: bytes, received: Received) -> check.Document | Refused:
         try:
             return check.read(body, self.policy)
         except Rejection as refusal:
@@ -394,11 +285,11 @@ class Processor:
 
     def _preparing(
         self, body: bytes, endpoint: Endpoint, received: Received, now: datetime
-    ) -> Steps[_RecordReturn | _Refused | Outcome | check.Document]:
+    ) -> Steps[RecordReturn | Refused | Outcome | check.Document]:
         """Read, then check over the cached certificate; the ``Document`` itself when its
         certificate must first be read from the store (then ``_checking`` goes on)."""
         document = self._read(body, received)
-        if isinstance(document, _Refused):
+        if isinstance(document, Refused):
             return document
         yield
         snapshot = self.certificates.snapshot(document.certificate)
@@ -414,7 +305,7 @@ class Processor:
         endpoint: Endpoint,
         received: Received,
         now: datetime,
-    ) -> Steps[_RecordReturn | _Refused | Outcome]:
+    ) -> Steps[RecordReturn | Refused | Outcome]:
         """``wire.check``'s three steps, yielding between them (``Stages``)."""
         if isinstance(snapshot, Outcome):
             return snapshot
@@ -429,7 +320,7 @@ class Processor:
         except Exception as exc:  # a bug in our own code, not a bad request
             return self._internal_error(exc, received, document)
         current_request_id.set(str(request.request_id))
-        return _RecordReturn(
+        return RecordReturn(
             request=request,
             endpoint=endpoint,
             access_control_broker=self.access_control_broker,
@@ -443,7 +334,7 @@ class Processor:
 
     def _refused_by(
         self, refusal: Rejection, document: check.Document | None, received: Received
-    ) -> _Refused:
+    ) -> Refused:
         echo = self._echo(document.root if document is not None else None)
         return self._refusal(
             refusal.code,
@@ -456,23 +347,23 @@ class Processor:
 
     # -- the transaction, then the signed answer --------------------------------------
 
-    def _commit(self, prepared: _RecordReturn | _Refused) -> Outcome:
+    def _commit(self, prepared: RecordReturn | Refused) -> Outcome:
         try:
             ran = self._run(prepared)
         except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
-            prepared = self._failed_job(exc, prepared)
+            prepared = self._failedjob_for(exc, prepared)
             ran = self._run(prepared)
         return self._conclude(prepared, *ran)
 
-    async def _commit_async(self, prepared: _RecordReturn | _Refused, load: Load | None) -> Outcome:
-        result: _Recorded | None = None
+    async def _commit_async(self, prepared: RecordReturn | Refused, load: Load | None) -> Outcome:
+        result: Recorded | None = None
         error: SQLAlchemyError | None = None
         try:
-            result = await self.committer.run_async(_job(prepared), load)
+            result = await self.committer.run_async(job_for(prepared), load)
         except SQLAlchemyError as exc:
             error = exc
         except Exception as exc:  # a bug in the job: rolled back; E100 and its audit row
-            prepared = self._failed_job(exc, prepared)
+            prepared = self._failedjob_for(exc, prepared)
             try:
                 result = await self.committer.run_async(prepared.job())
             except SQLAlchemyError as again:
@@ -482,7 +373,7 @@ class Processor:
 
     def _internal_error(
         self, exc: Exception, received: Received, document: check.Document | None = None
-    ) -> _Refused:
+    ) -> Refused:
         """A bug met while checking a request: refused with E100, never an unsigned 500.
 
         The traceback goes to the log, once; the audit row says only that it
@@ -496,9 +387,9 @@ class Processor:
             exc, received, echo.request_id, echo.service_reference_variant
         )
 
-    def _failed_job(self, exc: Exception, prepared: _RecordReturn | _Refused) -> _Refused:
+    def _failedjob_for(self, exc: Exception, prepared: RecordReturn | Refused) -> Refused:
         """A committer job that raised (a bug; its transaction was rolled back): E100."""
-        if isinstance(prepared, _RecordReturn):
+        if isinstance(prepared, RecordReturn):
             request = prepared.request
             return self._internal_refusal(
                 exc,
@@ -517,7 +408,7 @@ class Processor:
         request_id: RequestId | None,
         variant: str,
         sender: str | None = None,
-    ) -> _Refused:
+    ) -> Refused:
         log.error("internal error handling a DUIS request, answered E100", exc_info=exc)
         reason = f"internal error ({type(exc).__name__}); nothing was recorded"
         return self._refusal(
@@ -557,7 +448,7 @@ class Processor:
         received: Received,
         http_status: int | None = None,
         sender: str | None = None,
-    ) -> _Refused:
+    ) -> Refused:
         """The audit row of a refused request: ``sender`` is its verified signer, if any.
 
         The RequestID was read without trusting it, so its originator is kept
@@ -579,25 +470,25 @@ class Processor:
             claimed_originator=claimed if claimed != sender else None,
             service_reference_variant=variant,
         )
-        return _Refused(code, reason, request_id, variant, status, fields)
+        return Refused(code, reason, request_id, variant, status, fields)
 
     # -- the second half: the committer, then the signed answer ----------------------
 
     def _run(
-        self, prepared: _RecordReturn | _Refused
-    ) -> tuple[_Recorded | None, SQLAlchemyError | None]:
+        self, prepared: RecordReturn | Refused
+    ) -> tuple[Recorded | None, SQLAlchemyError | None]:
         try:
-            return self.committer.run(_job(prepared)), None
+            return self.committer.run(job_for(prepared)), None
         except SQLAlchemyError as exc:
             return None, exc
 
     def _conclude(
         self,
-        prepared: _RecordReturn | _Refused,
-        result: _Recorded | None,
+        prepared: RecordReturn | Refused,
+        result: Recorded | None,
         error: SQLAlchemyError | None,
     ) -> Outcome:
-        if isinstance(prepared, _Refused):
+        if isinstance(prepared, Refused):
             if error is not None:
                 # The refusal stands; only its audit row is lost, and the log says so.
                 log.error("database error, audit row for refused request not written: %s", error)
@@ -676,17 +567,6 @@ class Processor:
         )
 
 
-def _job(prepared: _RecordReturn | _Refused) -> Job[_Recorded | None]:
-    """What the committer runs for a prepared request."""
-    return prepared if isinstance(prepared, _RecordReturn) else prepared.job()
-
-
 def _received(body: bytes, endpoint: Endpoint, now: datetime) -> Received:
     """What the audit row of a DUIS request holds before the request is read."""
     return Received(now, Channel.DUIS, endpoint.value, hashlib.sha256(body).hexdigest(), len(body))
-
-
-def _record_request_id(request: ReturnRequest, channel: Channel) -> str:
-    if channel is Channel.DUIS:
-        return str(request.request_id)
-    return f"SD:{request.request_id}"

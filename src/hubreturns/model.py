@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
+from functools import cache
 from typing import Final
 
 __all__ = [
@@ -327,8 +328,7 @@ class ReturnRequest:
     fault_reason: FaultReason | None = None
 
     def __post_init__(self) -> None:
-        allowed = FaultReturnType if self.kind is ReturnKind.FAULT else NoFaultReturnType
-        if self.return_type not in {m.value for m in allowed}:
+        if self.return_type not in _types(self.kind).values():
             raise ValueError(f"'{clip(self.return_type)}' is not a {self.kind.body_element} type")
         if self.kind is ReturnKind.FAULT and (
             self.other_device_id is None
@@ -451,7 +451,7 @@ class _FieldReader:
             self.problem(
                 "return_type",
                 f"{clip(value)!r} is not an {kind.variant} return type; "
-                f"one of: {' | '.join(_types(kind))}.",
+                f"one of: {' | '.join(_types(kind).values())}.",
             )
         return chosen
 
@@ -476,13 +476,15 @@ class _FieldReader:
     def choice(self, name: str, enum: type[StrEnum]) -> str | None:
         label = FAULT_ONLY_FIELDS[name]
         value = self.values[name]
-        options = tuple(m.value for m in enum)
+        options = _options(enum)
         if not value:
             self.problem(name, f"The {label} is required for an 8.14.3 fault return.")
             return None
         chosen = _choose(value, options)
         if chosen is None:
-            self.problem(name, f"{clip(value)!r} is not a {label}; one of: {' | '.join(options)}.")
+            self.problem(
+                name, f"{clip(value)!r} is not a {label}; one of: {' | '.join(options.values())}."
+            )
         return chosen
 
     def optional_texts(self) -> dict[str, str | None]:
@@ -503,12 +505,17 @@ class _FieldReader:
         return texts
 
 
-def _types(kind: ReturnKind) -> tuple[str, ...]:
-    enum = FaultReturnType if kind is ReturnKind.FAULT else NoFaultReturnType
-    return tuple(m.value for m in enum)
+@cache
+def _options(enum: type[StrEnum]) -> dict[str, str]:
+    """An enumeration's values by their case-folded spelling, made once: every request
+    reads three of them, and walking an Enum's members costs more than the rest."""
+    return {member.value.casefold(): member.value for member in enum}
 
 
-def _choose(value: str, options: tuple[str, ...]) -> str | None:
+def _types(kind: ReturnKind) -> dict[str, str]:
+    return _options(FaultReturnType if kind is ReturnKind.FAULT else NoFaultReturnType)
+
+
+def _choose(value: str, options: Mapping[str, str]) -> str | None:
     """The option equal to ``value`` ignoring case, as the schema spells it."""
-    folded = value.casefold()
-    return next((option for option in options if option.casefold() == folded), None)
+    return options.get(value.casefold())

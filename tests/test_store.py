@@ -48,7 +48,7 @@ def repo(sessions: sessionmaker[Session]) -> Iterator[Repository]:
 def _advance(sessions: sessionmaker[Session], counter: int, who: str = IS) -> bool:
     """One counter advance in its own committed transaction, as the request path does."""
     with sessions.begin() as session:
-        return Repository(session).advance_counter(who, counter, NOW)
+        return Repository(session).ledger.advance_counter(who, counter, NOW)
 
 
 def _stored(sessions: sessionmaker[Session], who: str = IS) -> str | None:
@@ -114,7 +114,7 @@ def test_a_refused_counter_leaves_the_row_untouched(sessions: sessionmaker[Sessi
         stamp = first.updated_at
     with sessions.begin() as session:
         later = NOW + timedelta(hours=1)
-        assert not Repository(session).advance_counter(IS, 9, later)
+        assert not Repository(session).ledger.advance_counter(IS, 9, later)
     with sessions() as session:
         row = session.get(ReplayCounter, IS)
         assert row is not None
@@ -143,10 +143,10 @@ def test_a_hub_is_claimed_only_once(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         _registry(Repository(session))
     with sessions.begin() as session:
-        assert Repository(session).claim_device(HUB, 41, NOW)
+        assert Repository(session).ledger.claim_device(HUB, 41, NOW)
     with sessions.begin() as session:
-        assert not Repository(session).claim_device(HUB, 42, NOW)
-        assert not Repository(session).claim_device("00-DB-12-34-56-78-90-FF", 43, NOW)
+        assert not Repository(session).ledger.claim_device(HUB, 42, NOW)
+        assert not Repository(session).ledger.claim_device("00-DB-12-34-56-78-90-FF", 43, NOW)
     with sessions() as session:
         device = session.get(Device, HUB)
         assert device is not None

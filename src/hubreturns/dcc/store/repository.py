@@ -584,31 +584,6 @@ class Repository:
         """Active Suppliers whose appointment of this RSA is valid at ``now``."""
         return self.ledger.appointed_by(rsa_user_id, now)
 
-    def facts(
-        self,
-        request: ReturnRequest,
-        *,
-        endpoint: Endpoint,
-        access_control_broker: str,
-        now: datetime,
-        check_counter: bool = True,
-        eligibility: EligibilityProfile = SECMP0039,
-    ) -> Facts:
-        return self.ledger.facts(
-            request,
-            endpoint=endpoint,
-            access_control_broker=access_control_broker,
-            now=now,
-            check_counter=check_counter,
-            eligibility=eligibility,
-        )
-
-    def advance_counter(self, originator: str, counter: int, now: datetime) -> bool:
-        return self.ledger.advance_counter(originator, counter, now)
-
-    def claim_device(self, device_id: str, return_id: int, now: datetime) -> bool:
-        return self.ledger.claim_device(device_id, return_id, now)
-
     def add_return(self, fields: ReturnFields) -> int:
         return self.ledger.add_return(fields)
 

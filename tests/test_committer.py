@@ -74,7 +74,7 @@ class _Gate:
         ledger.add_audit(_audit("gate"))
         return "gate"
 
-    def after_race(self, ledger: Ledger, race: Contended) -> str:
+    def after_race(self, ledger: Ledger, race: Contended[object]) -> str:
         raise AssertionError("no race here")
 
 
@@ -125,7 +125,7 @@ class _Racer:
         ledger.add_audit(_audit(f"racer-run-{self.runs}"))
         raise Contended("lost")
 
-    def after_race(self, ledger: Ledger, race: Contended) -> str:
+    def after_race(self, ledger: Ledger, race: Contended[str]) -> str:
         ledger.add_audit(_audit(f"racer-refused-{race.detail}"))
         return "refused"
 

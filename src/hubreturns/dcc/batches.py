@@ -38,15 +38,17 @@ log = logging.getLogger("hubreturns.dcc.committer")
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 T_contra = TypeVar("T_contra", contravariant=True)
+D_co = TypeVar("D_co", covariant=True)
 
 #: Errors that mean the database, not the job, is at fault: the batch fails as a whole.
 _UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError)
 
 
-class Contended(Exception):
-    """A conditional write lost a race; ``detail`` is what the job needs to record it."""
+class Contended(Exception, Generic[D_co]):
+    """A conditional write lost a race; ``detail`` is what the job that raised it needs
+    to record the loss (its ``after_race`` is handed this exception back)."""
 
-    def __init__(self, detail: object) -> None:
+    def __init__(self, detail: D_co) -> None:
         super().__init__(detail)
         self.detail = detail
 
@@ -65,8 +67,13 @@ class Job(Protocol[T_co]):
         """Read and write through ``ledger``; raise ``Contended`` on a lost race."""
         ...
 
-    def after_race(self, ledger: Ledger, race: Contended) -> T_co:
-        """Record the lost race, in a fresh transaction of this job's own."""
+    def after_race(self, ledger: Ledger, race: Contended[Any]) -> T_co:
+        """Record the lost race, in a fresh transaction of this job's own.
+
+        ``race`` is the one this job's ``run`` raised, so a job names its own detail
+        type (``Contended[Recorded]``); ``Any`` here because an ``except`` clause
+        cannot tell one job's races from another's.
+        """
         ...
 
 
@@ -83,7 +90,7 @@ class FunctionJob(Generic[T]):
     def run(self, ledger: Ledger) -> T:
         return self.function(ledger)
 
-    def after_race(self, ledger: Ledger, race: Contended) -> T:
+    def after_race(self, ledger: Ledger, race: Contended[object]) -> T:
         raise AssertionError("a plain write does not race") from race
 
 

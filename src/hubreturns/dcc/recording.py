@@ -76,9 +76,8 @@ class RecordReturn:
         ledger.add_audit(self._audit_fields(decision, return_id))
         return Recorded(decision, return_id, role)
 
-    def after_race(self, ledger: Ledger, race: Contended) -> Recorded:
+    def after_race(self, ledger: Ledger, race: Contended[Recorded]) -> Recorded:
         recorded = race.detail
-        assert isinstance(recorded, Recorded)
         ledger.add_audit(self._audit_fields(recorded.decision, None))
         return recorded
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from enum import Enum
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -14,9 +16,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, Select, inspect, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from hubreturns.dcc.store import sqlite as sqlite_backend
+from hubreturns.dcc.store import statements
+from hubreturns.dcc.store.backend import FactsRow, facts_columns
 from hubreturns.dcc.store.db import make_engine, migrate
 from hubreturns.dcc.store.models import Base, Certificate, Device, DeviceSupplier, ReplayCounter
 from hubreturns.dcc.store.repository import Ledger, Repository
@@ -224,6 +230,41 @@ def test_appointment_by_a_user_who_is_not_a_supplier_does_not_count(repo: Reposi
     repo.appoint(RSA, IS, NOW, None)
     repo.appoint(RSA, GS, NOW, None)
     assert repo.appointed_by(RSA, NOW + timedelta(hours=1)) == {IS}
+
+
+# -- facts rows ---------------------------------------------------------------------------------
+
+_FACTS = FactsRow(
+    key_originator=RSA,
+    key_device=HUB,
+    user_id=RSA,
+    role=Role.RSA,
+    status=UserStatus.ACTIVE,
+    last_counter="00000000000000000007",
+    found_device=HUB,
+    device_type=DeviceType.CHF,
+    smi_status=SmiStatus.PENDING,
+    gpf_id=None,
+    open_return_id=41,
+    supplier_user_id=GS,
+)
+
+
+def _reversed_facts() -> Select[*tuple[Any, ...]]:
+    """The facts statement's columns in the reverse order."""
+    columns = {column.key: column for column in statements.FACTS.selected_columns}
+    return select(*(columns[name] for name in reversed(FactsRow._fields)))
+
+
+def test_facts_rows_are_read_by_column_name_whatever_the_order() -> None:
+    """A statement that lists its columns in another order still fills each field."""
+    shuffled = _reversed_facts()
+    assert list(shuffled.selected_columns.keys()) == list(reversed(FactsRow._fields))
+    core_row = tuple(reversed(_FACTS))  # as Core reads it: enumerations already typed
+    assert FactsRow._make(facts_columns(shuffled)(core_row)) == _FACTS
+    # SQLite's batch read takes the driver's row: enumerations as their stored text.
+    driver_row = tuple(v.value if isinstance(v, Enum) else v for v in reversed(_FACTS))
+    assert sqlite_backend._FactsRows(shuffled).read(sqlite.dialect(), [driver_row]) == [_FACTS]
 
 
 # -- migrations ---------------------------------------------------------------------------------

@@ -8,12 +8,13 @@ connection belongs to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Select
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 from sqlalchemy.engine import URL
@@ -25,8 +26,11 @@ __all__ = [
     "Backend",
     "FactsKey",
     "FactsRow",
+    "FactsStatement",
     "QueuedWrites",
     "WriteConflict",
+    "facts_columns",
+    "facts_positions",
 ]
 
 #: Execution option of a connection that only reads (``db.reading``).
@@ -34,6 +38,8 @@ READ_ONLY = "hubreturns_read_only"
 
 #: What a request's facts are read by: (originator, device_id).
 FactsKey = tuple[str, str]
+#: A statement that reads facts rows (``statements.facts_statement``).
+FactsStatement = Select[*tuple[Any, ...]]
 
 
 class FactsRow(NamedTuple):
@@ -52,6 +58,19 @@ class FactsRow(NamedTuple):
     gpf_id: str | None
     open_return_id: int | None
     supplier_user_id: str | None
+
+
+def facts_positions(statement: FactsStatement) -> tuple[int, ...]:
+    """Where each of ``FactsRow``'s fields stands in ``statement``'s rows, found by its
+    column's name, so a reordered statement cannot shift a value into the wrong field."""
+    at = {name: position for position, name in enumerate(statement.selected_columns.keys())}
+    return tuple(at[field] for field in FactsRow._fields)
+
+
+def facts_columns(statement: FactsStatement) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """A row of ``statement`` as ``FactsRow``'s values, in its fields' order (for
+    ``FactsRow._make``); the positions are found once, by name (``facts_positions``)."""
+    return itemgetter(*facts_positions(statement))
 
 
 class WriteConflict(Exception):

@@ -52,7 +52,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ColumnElement
 
 from hubreturns.dcc.store import statements
-from hubreturns.dcc.store.backend import FactsKey, FactsRow, QueuedWrites, WriteConflict
+from hubreturns.dcc.store.backend import (
+    FactsKey,
+    FactsRow,
+    QueuedWrites,
+    WriteConflict,
+    facts_columns,
+)
 from hubreturns.dcc.store.models import (
     AuditEntry,
     Device,
@@ -140,6 +146,7 @@ def _batch_facts() -> Any:
 
 
 _BATCH_FACTS: Final = _batch_facts()
+_FACTS_COLUMNS: Final = facts_columns(_BATCH_FACTS)
 #: ``n`` ids for new ``returns`` rows from the table's own sequence.
 _RETURN_IDS: Final = select(func.nextval(func.pg_get_serial_sequence("returns", "id"))).select_from(
     func.generate_series(1, bindparam("n", type_=Integer()))
@@ -330,9 +337,9 @@ class PostgreSQLBackend:
             "n": len(keys),
         }
         rows = connection.execute(_BATCH_FACTS, parameters).all()
-        # The last column is the batch's return ids, the same on every row.
+        # ``return_ids`` is the batch's return ids, the same on every row.
         ids = list(rows[0].return_ids) if rows else []
-        return [FactsRow(*row[:-1]) for row in rows], ids
+        return [FactsRow._make(_FACTS_COLUMNS(row)) for row in rows], ids
 
     def return_ids(self, connection: Connection, count: int, after: int | None) -> Sequence[int]:
         return [int(i) for i in connection.execute(_RETURN_IDS, {"n": count}).scalars()]

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import String, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
@@ -37,7 +37,14 @@ from hubreturns.dcc.rules import (
     appointing_suppliers,
 )
 from hubreturns.dcc.store import statements
-from hubreturns.dcc.store.backend import Backend, FactsKey, FactsRow, QueuedWrites, WriteConflict
+from hubreturns.dcc.store.backend import (
+    Backend,
+    FactsKey,
+    FactsRow,
+    QueuedWrites,
+    WriteConflict,
+    facts_columns,
+)
 from hubreturns.dcc.store.db import backend_for
 from hubreturns.dcc.store.models import (
     Appointment,
@@ -274,6 +281,9 @@ _ORDERED_FOR = (
     )
 )
 
+#: A row of one request's facts (``statements.FACTS``) as ``FactsRow``'s values.
+_FACTS_COLUMNS: Final = facts_columns(statements.FACTS)
+
 
 class Ledger:
     """The request path's statements, over one Connection whose transaction the caller owns.
@@ -418,7 +428,7 @@ class Ledger:
         if rows is None:
             parameters = {"originator": key[0], "device_id": key[1]}
             found = self.connection.execute(statements.FACTS, parameters)
-            rows = [FactsRow(*row) for row in found]
+            rows = [FactsRow._make(_FACTS_COLUMNS(row)) for row in found]
         user, device = self._user(rows[0]), self._device(rows)
         # The authorisation facts cost a statement each: read only those the
         # profile's row for the sender's role can use.

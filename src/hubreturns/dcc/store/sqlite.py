@@ -26,19 +26,36 @@ import json
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, String, bindparam, create_engine, event, func, select
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    String,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.dialects.sqlite import Insert, insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ClauseElement
 
 from hubreturns.dcc.store import statements
-from hubreturns.dcc.store.backend import READ_ONLY, FactsKey, FactsRow, QueuedWrites, WriteConflict
-from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
+from hubreturns.dcc.store.backend import (
+    READ_ONLY,
+    FactsKey,
+    FactsRow,
+    FactsStatement,
+    QueuedWrites,
+    WriteConflict,
+    facts_positions,
+)
 
 __all__ = ["BACKEND", "WAL_AUTOCHECKPOINT_PAGES", "SQLiteBackend", "SQLiteWriterLock"]
 
@@ -114,7 +131,8 @@ class _Compiled:
 #: Marks a parameter whose value each execution gives.
 _GIVEN: Any = object()
 
-_BATCH_FACTS: Final = _Compiled(statements.facts_statement(_pairs("originator", "device_id")))
+_FACTS: Final = statements.facts_statement(_pairs("originator", "device_id"))
+_BATCH_FACTS: Final = _Compiled(_FACTS)
 _CERTIFICATES_PRESENT: Final = statements.certificates_in(_pairs("issuer", "serial"))
 _ADVANCE: Final = _Compiled(statements.advance(insert))
 _ADD_RETURN_WITH_ID: Final = _Compiled(
@@ -125,25 +143,32 @@ _ADD_AUDIT: Final = _Compiled(statements.ADD_AUDIT, statements.AUDIT_COLUMNS)
 _LAST_RETURN_ID: Final = statements.last_return_id()
 
 
-def _facts_row(row: tuple[Any, ...]) -> FactsRow:
-    """A row as the driver gives it, typed as Core would read it."""
-    (originator, device, user, role, status, counter, found, kind, smi, gpf, open_id, supplier) = (
-        row
-    )
-    return FactsRow(
-        key_originator=originator,
-        key_device=device,
-        user_id=user,
-        role=Role(role) if role is not None else None,
-        status=UserStatus(status) if status is not None else None,
-        last_counter=counter,
-        found_device=found,
-        device_type=DeviceType(kind) if kind is not None else None,
-        smi_status=SmiStatus(smi) if smi is not None else None,
-        gpf_id=gpf,
-        open_return_id=open_id,
-        supplier_user_id=supplier,
-    )
+class _FactsRows:
+    """The batch read's driver rows as ``FactsRow``: each field's value found by its
+    column's name, and read through the column type's result processor, as Core reads it."""
+
+    __slots__ = ("_plan", "_statement")
+
+    def __init__(self, statement: FactsStatement) -> None:
+        self._statement = statement
+        #: (position, result processor or None) for each field, made for the first dialect.
+        self._plan: tuple[tuple[int, Callable[[Any], Any] | None], ...] | None = None
+
+    def read(self, dialect: Dialect, rows: Iterable[Sequence[Any]]) -> list[FactsRow]:
+        plan = self._plan
+        if plan is None:
+            columns = self._statement.selected_columns
+            plan = self._plan = tuple(
+                (at, columns[at].type.dialect_impl(dialect).result_processor(dialect, None))
+                for at in facts_positions(self._statement)
+            )
+        return [
+            FactsRow._make([row[at] if read is None else read(row[at]) for at, read in plan])
+            for row in rows
+        ]
+
+
+_FACTS_ROWS: Final = _FactsRows(_FACTS)
 
 
 class SQLiteBackend:
@@ -213,7 +238,7 @@ class SQLiteBackend:
         self, connection: Connection, keys: Sequence[FactsKey]
     ) -> tuple[Sequence[FactsRow], Sequence[int]]:
         cursor = _BATCH_FACTS.run(connection, [{"pairs": json.dumps(keys)}])
-        return [_facts_row(row) for row in cursor.fetchall()], ()
+        return _FACTS_ROWS.read(connection.dialect, cursor.fetchall()), ()
 
     def return_ids(self, connection: Connection, count: int, after: int | None) -> Sequence[int]:
         """The ids above the highest: SQLite admits one writer, and this transaction is

@@ -41,28 +41,11 @@ __all__ = [
     "CERTIFICATE_PEM",
     "CLAIM",
     "FACTS",
-    "FACTS_LABELS",
     "RETURN_COLUMNS",
     "advance",
     "certificates_in",
     "facts_statement",
 ]
-
-#: The columns of a facts row, by name (``facts_statement``).
-FACTS_LABELS = (
-    "key_originator",
-    "key_device",
-    "user_id",
-    "role",
-    "status",
-    "last_counter",
-    "found_device",
-    "device_type",
-    "smi_status",
-    "gpf_id",
-    "open_return_id",
-    "supplier_user_id",
-)
 
 
 def facts_statement(keys: Subquery) -> Select[*tuple[Any, ...]]:

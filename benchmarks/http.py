@@ -149,11 +149,11 @@ def _warm_up(base: str, bodies: Path, url: str, *, rounds: int = 10) -> list[tup
     before each round, as before a run.
     """
     done: list[tuple[float, int]] = []
-    (before,) = _metric_totals(base, _CERTIFICATE_READS)
+    before = _metric_totals(base, _CERTIFICATE_READS)[_CERTIFICATE_READS]
     for _ in range(rounds):
         reset(url)
         rate = _wrk(base, bodies, 2, 32)["rate"]
-        (after,) = _metric_totals(base, _CERTIFICATE_READS)
+        after = _metric_totals(base, _CERTIFICATE_READS)[_CERTIFICATE_READS]
         done.append((rate, round(after - before)))
         before = after
         if len(done) >= 2 and done[-1][1] == 0:
@@ -162,10 +162,12 @@ def _warm_up(base: str, bodies: Path, url: str, *, rounds: int = 10) -> list[tup
 
 
 _CERTIFICATE_READS = "hubreturns_certificate_store_reads_total"
-_COMMITTED = ("hubreturns_commit_batch_size_sum", "hubreturns_commit_batch_size_count")
+#: Requests committed (the batch-size histogram's sum) and transactions (its count).
+_COMMITTED_JOBS = "hubreturns_commit_batch_size_sum"
+_COMMITTED_BATCHES = "hubreturns_commit_batch_size_count"
 
 
-def _metric_totals(base: str, *names: str) -> tuple[float, ...]:
+def _metric_totals(base: str, *names: str) -> dict[str, float]:
     """Each named sample of the service's metrics, summed over label sets and workers."""
     text = httpx.get(f"{base}/metrics", timeout=30).text
     totals = dict.fromkeys(names, 0.0)
@@ -174,7 +176,7 @@ def _metric_totals(base: str, *names: str) -> tuple[float, ...]:
         name = name.split("{", 1)[0]
         if name in totals:
             totals[name] += float(value)
-    return tuple(totals[name] for name in names)
+    return totals
 
 
 def _saturate(
@@ -228,13 +230,14 @@ def _at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> 
     with the time the hypervisor takes, is what the tails queue behind.
     """
     shares = CpuShares()
-    cpu_before, commits_before = tree_cpu(pid), _metric_totals(base, *_COMMITTED)
+    committed = (_COMMITTED_JOBS, _COMMITTED_BATCHES)
+    cpu_before, commits_before = tree_cpu(pid), _metric_totals(base, *committed)
     result = _loadgen(base, bodies, rate, seconds)
-    cpu_after, commits_after = tree_cpu(pid), _metric_totals(base, *_COMMITTED)
+    cpu_after, commits_after = tree_cpu(pid), _metric_totals(base, *committed)
     requests = max(1, result["requests"])
     result["server_cpu_us"] = 1e6 * (sum(cpu_after) - sum(cpu_before)) / requests
-    jobs = commits_after[0] - commits_before[0]
-    batches = commits_after[1] - commits_before[1]
+    jobs = commits_after[_COMMITTED_JOBS] - commits_before[_COMMITTED_JOBS]
+    batches = commits_after[_COMMITTED_BATCHES] - commits_before[_COMMITTED_BATCHES]
     result["per_commit"] = jobs / batches if batches else float("nan")
     result.update(shares.read())
     return result

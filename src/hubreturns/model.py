@@ -82,6 +82,11 @@ def clip(value: str, limit: int = CLIP_LIMIT) -> str:
     return f"{shown}…[cut {len(value) - limit} chars]"
 
 
+def utcnow() -> datetime:
+    """Now, aware and in UTC: the clock the service and its commands read by default."""
+    return datetime.now(UTC)
+
+
 def as_utc(moment: datetime) -> datetime:
     """``moment`` in UTC, a naive one taken as UTC: how operators' options, forms and
     files write times (the store's ``Moment`` column refuses naive values)."""

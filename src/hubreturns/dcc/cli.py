@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
@@ -46,11 +46,20 @@ from hubreturns.dcc.store.db import make_engine, make_sessionmaker, migrate
 from hubreturns.dcc.store.models import Certificate, CertificateRevocation
 from hubreturns.dcc.store.repository import Repository, ReturnFilter
 from hubreturns.errors import HintedError
-from hubreturns.model import Channel, DeviceType, Role, SmiStatus, UserStatus, as_utc, eui
+from hubreturns.model import (
+    Channel,
+    DeviceType,
+    Role,
+    SmiStatus,
+    UserStatus,
+    as_utc,
+    eui,
+    utcnow,
+)
 from hubreturns.tables import print_rows
 from hubreturns.wire.certificate import normalize_issuer
 
-__all__ = ["app", "console", "fail", "report"]
+__all__ = ["ConfigOption", "CsvOption", "app", "console", "fail", "report"]
 
 app = typer.Typer(
     help="DCC Communications Hub returns service (DUIS 8.14.3 / 8.14.4, SECMP0039).",
@@ -105,6 +114,8 @@ ConfigOption = Annotated[
         help="TOML settings file (default: $HUBRETURNS_CONFIG, ./hubreturns.toml).",
     ),
 ]
+CsvOption = Annotated[bool, typer.Option("--csv", help="CSV on stdout.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="JSON records on stdout.")]
 
 
 def fail(message: str, hint: str, code: str | None = None) -> NoReturn:
@@ -162,10 +173,6 @@ def _store(config: Path | None) -> Iterator[sessionmaker[Session]]:
         engine.dispose()
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _eui_option(value: str | None, name: str) -> str | None:
     if value is None:
         return None
@@ -221,7 +228,7 @@ def _read(path: Path) -> bytes:
 def load_users_cmd(file: Path, config: ConfigOption = None) -> None:
     """Users CSV: user_id,role,name,status."""
     with _store(config) as sessions:
-        count = load_users(sessions, _read(file), _now())
+        count = load_users(sessions, _read(file), utcnow())
     console.print(f"[green]loaded {count} users[/green] from {file}")
 
 
@@ -256,7 +263,7 @@ def load_devices_cmd(
     docs/operations.md). Either way a file with a bad row loads nothing.
     """
     with _store(config) as sessions:
-        change = load_inventory(sessions, _read(file), _now(), replace=replace, dry_run=dry_run)
+        change = load_inventory(sessions, _read(file), utcnow(), replace=replace, dry_run=dry_run)
     listed = len(change.added) + len(change.updated) + len(change.unchanged)
     verb = "would load" if change.dry_run else "loaded"
     console.print(
@@ -279,7 +286,7 @@ def load_certs_cmd(paths: list[Path], config: ConfigOption = None) -> None:
     anchors = settings.trust_anchors()
     with _store(config) as sessions:
         # ``CertificatesRefused`` is a HintedError: reported with its own code by ``main``.
-        done = load_certificates(sessions, paths, _now(), anchors=anchors)
+        done = load_certificates(sessions, paths, utcnow(), anchors=anchors)
     expired = {c.key for c in done.expired} | {c.key for c in done.not_yet_valid}
     revoked = {c.key for c in done.revoked}
     added = {c.key for c in done.added}
@@ -342,7 +349,7 @@ def certs_list_cmd(
     user: Annotated[
         str | None, typer.Option("--eui", help="Only this User's certificates.")
     ] = None,
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
+    as_csv: CsvOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Stored certificates: issuer, serial, EUI, OU, validity, revocation."""
@@ -364,7 +371,7 @@ def certs_revoke_cmd(
 ) -> None:
     """Revoke a certificate: every worker refuses it (E42) within a second."""
     name, number = _issuer_serial(issuer, serial)
-    now = _now()
+    now = utcnow()
     with _store(config) as sessions, sessions.begin() as session:
         repo = Repository(session)
         new = repo.revoke_certificate(name, number, revoked_at=now, reason=reason, now=now)
@@ -402,7 +409,7 @@ def certs_load_crl_cmd(file: Path, config: ConfigOption = None) -> None:
     anchors = settings.trust_anchors()
     with _store(config) as sessions:
         try:
-            done = load_crl(sessions, file, _now(), anchors=anchors)
+            done = load_crl(sessions, file, utcnow(), anchors=anchors)
         except ValueError as exc:
             fail(str(exc), "Give the CRL issued by a CA in smki_ca_certs.")
     console.print(
@@ -432,12 +439,12 @@ def appoint(
     """
     rsa_id, supplier_id = _eui_option(rsa, "--rsa"), _eui_option(supplier, "--supplier")
     assert rsa_id is not None and supplier_id is not None
-    start = _instant(valid_from, "--from") or _now()
+    start = _instant(valid_from, "--from") or utcnow()
     end = _instant(valid_to, "--to")
     if end is not None and end <= start:
         fail("--to must be after --from", "Leave --to out for an open-ended appointment.")
     with _store(config) as sessions, sessions.begin() as session:
-        made = registry.appoint(session, rsa_id, supplier_id, start, end, _now())
+        made = registry.appoint(session, rsa_id, supplier_id, start, end, utcnow())
     console.print(
         f"[green]{supplier_id} appoints RSA {rsa_id}[/green] from {start.isoformat()} "
         f"(appointment {made.id})"
@@ -454,16 +461,13 @@ def revoke(
     rsa_id, supplier_id = _eui_option(rsa, "--rsa"), _eui_option(supplier, "--supplier")
     assert rsa_id is not None and supplier_id is not None
     with _store(config) as sessions, sessions.begin() as session:
-        count = Repository(session).revoke(rsa_id, supplier_id, _now())
+        count = Repository(session).revoke(rsa_id, supplier_id, utcnow())
     if count == 0:
         fail(f"{supplier_id} has no open appointment of {rsa_id}", "See `hubreturns appoint`.")
     console.print(f"[green]revoked {count} appointment(s)[/green]")
 
 
 # -- registry administration (``registry``) ----------------------------------------------
-
-CsvOption = Annotated[bool, typer.Option("--csv", help="CSV on stdout.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="JSON records on stdout.")]
 
 
 def _show(listing: Listing, as_csv: bool, as_json: bool) -> None:
@@ -550,7 +554,7 @@ def list_appointments_cmd(
     rsa_id, supplier_id = _eui_option(rsa, "--rsa"), _eui_option(supplier, "--supplier")
     with _store(config) as sessions, sessions() as session:
         listing = registry.list_appointments(
-            session, rsa=rsa_id, supplier=supplier_id, open_only=open_only, now=_now()
+            session, rsa=rsa_id, supplier=supplier_id, open_only=open_only, now=utcnow()
         )
     _show(listing, as_csv, as_json)
 
@@ -600,7 +604,7 @@ def users_activate_cmd(user: str, config: ConfigOption = None) -> None:
 def _set_status(user: str, status: UserStatus, config: Path | None) -> None:
     user_id = _required_eui(user, "EUI")
     with _store(config) as sessions, sessions.begin() as session:
-        changed = registry.set_user_status(session, user_id, status, _now())
+        changed = registry.set_user_status(session, user_id, status, utcnow())
     state = "is now" if changed else "was already"
     console.print(f"{user_id} {state} {status.value}", highlight=False)
 
@@ -831,7 +835,7 @@ def returns_cmd(
         str | None, typer.Option(help="ISO 8601 lower bound of received time.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1)] = 100,
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
+    as_csv: CsvOption = False,
     config: ConfigOption = None,
 ) -> None:
     """List recorded returns, newest first."""
@@ -895,7 +899,7 @@ def log_cmd(
     code: Annotated[str | None, typer.Option(help="Response code, e.g. E5.")] = None,
     refused: Annotated[bool, typer.Option("--refused", help="Only refused requests.")] = False,
     limit: Annotated[int, typer.Option(min=1)] = 100,
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout.")] = False,
+    as_csv: CsvOption = False,
     config: ConfigOption = None,
 ) -> None:
     """The request audit log: every request received, accepted or not, newest first.

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Protocol
 
@@ -45,7 +45,15 @@ from hubreturns.dcc.stages import Stages, Steps, complete, one_step
 from hubreturns.dcc.store.db import make_sessionmaker
 from hubreturns.dcc.store.repository import AuditFields, Received
 from hubreturns.errors import Rejection
-from hubreturns.model import REASON_LIMIT, Channel, Endpoint, RequestId, ReturnRequest, clip
+from hubreturns.model import (
+    REASON_LIMIT,
+    Channel,
+    Endpoint,
+    RequestId,
+    ReturnRequest,
+    clip,
+    utcnow,
+)
 from hubreturns.policy import SecurityPolicy
 from hubreturns.wire import check, envelope
 from hubreturns.wire.response import ResponseSigner, build_response
@@ -63,10 +71,6 @@ log = logging.getLogger("hubreturns.dcc.processing")
 #: RequestID of the DUIS request being handled in this context, once it can be read
 #: (unverified until checked); log lines carry it (see ``observability``).
 current_request_id: ContextVar[str | None] = ContextVar("hubreturns_request_id", default=None)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,6 +19,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from hubreturns.dcc.cli import ConfigOption
 from hubreturns.dcc.config import load_settings
 from hubreturns.dcc.desk import accounts
 from hubreturns.dcc.store.db import make_engine, make_sessionmaker
@@ -28,15 +29,6 @@ __all__ = ["desk_app"]
 
 desk_app = typer.Typer(help="Service Desk staff accounts (sign-in for the /desk pages).")
 console = Console()
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="TOML settings file (default: $HUBRETURNS_CONFIG, ./hubreturns.toml).",
-    ),
-]
 
 
 @contextmanager

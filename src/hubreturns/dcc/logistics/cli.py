@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from sqlalchemy.exc import SQLAlchemyError
 
+from hubreturns.dcc.cli import ConfigOption, CsvOption
 from hubreturns.dcc.config import Settings, load_settings
 from hubreturns.dcc.logistics.charges import load_tariff
 from hubreturns.dcc.logistics.errors import LogisticsError, problem_text
@@ -63,17 +64,8 @@ __all__ = [
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        "-c",
-        help="TOML settings file (default: $HUBRETURNS_CONFIG, ./hubreturns.toml).",
-    ),
-]
 FromOption = Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD (included).")]
 ToOption = Annotated[str, typer.Option("--to", help="Last day, YYYY-MM-DD (included).")]
-CsvOption = Annotated[bool, typer.Option("--csv", help="CSV on stdout.")]
 
 
 class ReportFormat(StrEnum):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
@@ -74,7 +74,14 @@ from hubreturns.dcc.rules import (
 )
 from hubreturns.dcc.store.models import Device, ReturnRecord
 from hubreturns.dcc.store.repository import Repository
-from hubreturns.model import DeviceType, NoFaultReturnType, ReturnStatus, Role, SmiStatus
+from hubreturns.model import (
+    DeviceType,
+    NoFaultReturnType,
+    ReturnStatus,
+    Role,
+    SmiStatus,
+    utcnow,
+)
 
 __all__ = [
     "ConsignmentView",
@@ -90,10 +97,6 @@ __all__ = [
 
 #: Called as work advances: (what, done, total).
 ProgressCallback = Callable[[str, int, int], None]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _check_month_now(month: str, now: datetime) -> None:
@@ -207,7 +210,7 @@ class Logistics:
         sessions: sessionmaker[Session],
         tariff: Tariff,
         *,
-        clock: Callable[[], datetime] = _utcnow,
+        clock: Callable[[], datetime] = utcnow,
         eligibility: EligibilityProfile = SECMP0039,
         codes: CodeProfile = DEFAULT_PROFILE,
     ) -> None:

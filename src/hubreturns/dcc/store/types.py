@@ -1,8 +1,8 @@
 """Column types shared by every table: aware UTC moments and enumerations stored as text.
 
 ``Moment`` exists because SQLite has no time zones: SQLAlchemy's ``DateTime``
-writes an aware value's wall-clock time there and reads it back naive, so
-every reader used to re-attach UTC by hand. ``Moment`` writes UTC and always
+writes an aware value's wall-clock time there and reads it back naive, which
+every reader would have to re-attach UTC to. ``Moment`` writes UTC and always
 reads back an aware UTC value, on either engine, and refuses a naive value
 rather than guess its zone.
 

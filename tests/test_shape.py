@@ -1,6 +1,7 @@
-"""The package's shape: no import cycles, no function too long to read at once.
+"""The package's shape: no import cycles, no function too long to read at once, no
+long tuples between modules, one place that takes a naive time as UTC.
 
-Both walk the source with ``ast`` (no import runs), so an import inside a
+Each walks the source with ``ast`` (no import runs), so an import inside a
 function or under ``TYPE_CHECKING`` counts as much as one at the top: a lazy
 import must not hide a cycle.
 """
@@ -15,6 +16,8 @@ import hubreturns
 
 PACKAGE = Path(hubreturns.__file__).parent
 MAX_FUNCTION_LINES = 80
+#: The most fields a tuple crossing a module boundary may have; more go in a named record.
+MAX_TUPLE_FIELDS = 4
 #: Functions that are data tables written as code, allowed to be longer.
 DATA_TABLES = frozenset(
     {
@@ -31,6 +34,8 @@ CROSSINGS = {
     # ``testpack run --load``: this service's own database, so a pack can run again.
     ("hubreturns.user.usercli", "hubreturns.demo"),
 }
+#: Where a naive time is made aware as UTC: operators' input, and SQLite's stored moments.
+UTC_ATTACHERS = frozenset({"model.py:as_utc", "dcc/store/types.py:Moment.process_result_value"})
 COMPOSERS = frozenset({"hubreturns.cli", "hubreturns.extensions", "hubreturns.demo"})
 
 
@@ -120,6 +125,78 @@ def long_functions() -> dict[str, int]:
                 else:
                     todo.append((child, prefix))
     return long
+
+
+def _long_tuples(annotation: ast.expr | None) -> Iterator[int]:
+    """The length of each ``tuple[...]`` of more than ``MAX_TUPLE_FIELDS`` fields in an
+    annotation."""
+    for node in ast.walk(annotation) if annotation is not None else ():
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value) in ("tuple", "Tuple"):
+            fields = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            if len(fields) > MAX_TUPLE_FIELDS:
+                yield len(fields)
+
+
+def long_public_tuples() -> dict[str, int]:
+    """``path:function`` -> fields, for a public function that takes or returns a tuple
+    of more than ``MAX_TUPLE_FIELDS`` fields: its callers would unpack it by position."""
+    found: dict[str, int] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            if node.name.startswith("_") and node.name != "__init__":
+                continue
+            arguments = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+            annotations = [node.returns, *(argument.annotation for argument in arguments)]
+            lengths = [n for annotation in annotations for n in _long_tuples(annotation)]
+            if lengths:
+                found[f"{where}:{node.name}"] = max(lengths)
+    return found
+
+
+def test_no_public_function_takes_or_returns_a_tuple_of_more_than_4_fields() -> None:
+    assert long_public_tuples() == {}
+
+
+def test_the_tuple_finder_finds_a_long_tuple() -> None:
+    five = ast.parse("tuple[int, str, str, str, bytes | None]", mode="eval").body
+    assert list(_long_tuples(five)) == [5]
+    assert list(_long_tuples(ast.parse("tuple[int, ...]", mode="eval").body)) == []
+    assert list(_long_tuples(ast.parse("tuple[int, str, str, str]", mode="eval").body)) == []
+
+
+def utc_attachers() -> set[str]:
+    """``path:qualified.name`` of each function that calls ``.replace(tzinfo=<a zone>)``."""
+    found: set[str] = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE).as_posix()
+        todo: list[tuple[ast.AST, str]] = [(ast.parse(path.read_text(encoding="utf-8")), "")]
+        while todo:
+            node, name = todo.pop()
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    todo.append((child, f"{name}.{child.name}" if name else child.name))
+                    continue
+                todo.append((child, name))
+                if (
+                    isinstance(child, ast.Call)
+                    and isinstance(child.func, ast.Attribute)
+                    and child.func.attr == "replace"
+                    and any(
+                        k.arg == "tzinfo"
+                        and not (isinstance(k.value, ast.Constant) and k.value.value is None)
+                        for k in child.keywords
+                    )
+                ):
+                    found.add(f"{where}:{name}")
+    return found
+
+
+def test_only_as_utc_and_the_moment_column_take_a_naive_time_as_utc() -> None:
+    """Everything else goes through ``model.as_utc``."""
+    assert utc_attachers() == UTC_ATTACHERS
 
 
 def test_the_package_has_no_import_cycle() -> None:

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
+from functools import cached_property
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -64,7 +65,7 @@ class DigestMethod(StrEnum):
 
     SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
 
-    @property
+    @cached_property
     def length(self) -> int:
         """Bytes of a digest (what DigestValue must decode to)."""
         return hashlib.new(_HASH_NAMES[self]).digest_size
@@ -91,25 +92,25 @@ class SignatureMethod(StrEnum):
 
     ECDSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha256"
 
-    @property
+    @cached_property
     def algorithm(self) -> ec.ECDSA:
         """The ``cryptography`` signature algorithm (stateless; one shared instance)."""
         return _ALGORITHMS[self]
 
-    @property
+    @cached_property
     def curve(self) -> type[ec.EllipticCurve]:
         """The only curve a signing key may be on."""
         return _ECDSA[self].curve
 
-    @property
+    @cached_property
     def curve_name(self) -> str:
         return _ECDSA[self].curve_name
 
-    @property
+    @cached_property
     def order(self) -> int:
         return _ECDSA[self].order
 
-    @property
+    @cached_property
     def raw_length(self) -> int:
         """Bytes of SignatureValue: ``r||s``, each as long as the curve's order."""
         return 2 * ((self.order.bit_length() + 7) // 8)

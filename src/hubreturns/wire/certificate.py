@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography import x509
@@ -32,8 +33,22 @@ def normalize_issuer(text: str) -> str:
 
     Home-made because DUIS documents write names with spaces after commas,
     which ``x509.Name.from_rfc4514_string`` refuses; attribute order is kept
-    (RFC 4514 order, as ``Name.rfc4514_string`` prints it).
+    (RFC 4514 order, as ``Name.rfc4514_string`` prints it). Names of a usual
+    length are cached: a request reads its issuer twice and a service hears
+    few issuers, while a sender's long made-up names must not fill memory.
     """
+    return _normalized(text) if len(text) <= _CACHED_NAME_LIMIT else _normalize(text)
+
+
+_CACHED_NAME_LIMIT = 256
+
+
+@lru_cache(maxsize=1024)
+def _normalized(text: str) -> str:
+    return _normalize(text)
+
+
+def _normalize(text: str) -> str:
     parts = []
     for rdn in _RDN_SPLIT.split(text.strip()):
         kind, sep, value = rdn.partition("=")

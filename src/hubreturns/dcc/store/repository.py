@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, get_args, get_type_hints
 
 from sqlalchemy import String, and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.engine import Connection
@@ -152,7 +152,24 @@ class ReturnFields:
         """Column name -> plain value (PostgreSQL's batch write sends them past the
         column types, as arrays)."""
         values = {name: getattr(self, name) for name in statements.RETURN_COLUMNS}
-        return {k: v.value if isinstance(v, Enum) else v for k, v in values.items()}
+        for name in _ENUM_FIELDS:
+            value = values[name]
+            if value is not None:
+                values[name] = value.value
+        return values
+
+
+def _enum_fields(cls: type) -> tuple[str, ...]:
+    """The fields of ``cls`` typed as an enumeration (or an optional one)."""
+    return tuple(
+        name
+        for name, hint in get_type_hints(cls).items()
+        if any(isinstance(t, type) and issubclass(t, Enum) for t in (hint, *get_args(hint)))
+    )
+
+
+#: ``ReturnFields``' enumerated fields: ``row`` sends their values.
+_ENUM_FIELDS: Final = _enum_fields(ReturnFields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,13 +8,15 @@ as a block of ``name: value`` lines instead. An empty result says so in words.
 
 from __future__ import annotations
 
+import csv
+import sys
 from collections.abc import Collection, Sequence
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["print_rows", "rows_table"]
+__all__ = ["emit_rows", "print_rows", "rows_table"]
 
 #: The narrowest a folding column may get before the table reads worse than a list.
 _FOLD_MIN = 10
@@ -81,3 +83,24 @@ def print_rows(
             line = Text(f"{header:>{label}}: ", style="dim")
             line.append(_cell(value))
             console.print(line, overflow="fold")
+
+
+def emit_rows(
+    console: Console,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    as_csv: bool,
+    title: str,
+    whole: Collection[str] = (),
+) -> None:
+    """``rows`` as CSV on standard output (for a pipe or a spreadsheet), else as ``print_rows``.
+
+    CSV lines end in ``\\n``, as other Unix tools' output does; readers accept either ending.
+    """
+    if as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows([_cell(v) for v in row] for row in rows)
+        return
+    print_rows(console, headers, rows, title=title, whole=whole)

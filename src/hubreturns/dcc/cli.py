@@ -7,7 +7,6 @@ store, calls one function and prints the result. Errors are printed as
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -56,7 +55,7 @@ from hubreturns.model import (
     eui,
     utcnow,
 )
-from hubreturns.tables import print_rows
+from hubreturns.tables import emit_rows, print_rows
 from hubreturns.wire.certificate import normalize_issuer
 
 __all__ = ["ConfigOption", "CsvOption", "app", "console", "fail", "report"]
@@ -813,13 +812,7 @@ _WHOLE = frozenset(
 
 
 def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, title: str) -> None:
-    if as_csv:
-        writer = csv.writer(sys.stdout)
-        writer.writerow(headers)
-        writer.writerows(["" if v is None else v for v in row] for row in rows)
-        return
-    # Cells are Text, not markup: a refusal's reason quotes the request ("[/x]" would be a tag).
-    print_rows(console, headers, rows, title=title, whole=_WHOLE)
+    emit_rows(console, headers, rows, as_csv=as_csv, title=title, whole=_WHOLE)
 
 
 @app.command("returns")

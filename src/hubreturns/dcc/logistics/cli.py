@@ -7,7 +7,6 @@ progress bar on stderr while it works, and on a refusal prints ``error:`` /
 
 from __future__ import annotations
 
-import csv
 import getpass
 import io
 import json
@@ -50,7 +49,7 @@ from hubreturns.dcc.logistics.values import (
 )
 from hubreturns.dcc.store.db import make_engine, make_sessionmaker
 from hubreturns.errors import HintedError
-from hubreturns.tables import print_rows
+from hubreturns.tables import emit_rows
 
 __all__ = [
     "charges_cmd",
@@ -140,12 +139,7 @@ def _read(path: Path) -> bytes:
 
 
 def _emit(headers: Sequence[str], rows: list[Sequence[object]], as_csv: bool, title: str) -> None:
-    if as_csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(headers)
-        writer.writerows(["" if v is None else v for v in row] for row in rows)
-        return
-    print_rows(console, headers, rows, title=title, whole=_WHOLE)
+    emit_rows(console, headers, rows, as_csv=as_csv, title=title, whole=_WHOLE)
 
 
 def _show_return(view: ReturnView) -> None:

@@ -301,10 +301,12 @@ def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
     committer = Committer[str](engine)
 
     async def main() -> list[str]:
-        on_the_way = Load(clients=2, arriving=1)  # the late request is being read
-        early = asyncio.ensure_future(committer.run_async(_write("early"), on_the_way))
+        on_the_way = committer.flush.arrived()  # the late request is being read
+        early = asyncio.ensure_future(committer.run_async(_write("early"), Load(clients=2)))
         await asyncio.sleep(0.002)  # the early job is with the writer, which waits
-        late = asyncio.ensure_future(committer.run_async(_write("late"), Load(clients=2)))
+        late = asyncio.ensure_future(
+            committer.run_async(_write("late"), Load(clients=2, arrival=on_the_way))
+        )
         return [await early, await late]
 
     before = committer.batches
@@ -323,7 +325,9 @@ def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_dela
     async def main() -> tuple[str, str]:
         alone = await committer.run_async(_write("alone"), Load(clients=1))  # nobody else
         # a request said to be on its way that never brings its job: a short wait only
-        waited = await committer.run_async(_write("waited"), Load(clients=2, arriving=1))
+        lost = committer.flush.arrived()
+        waited = await committer.run_async(_write("waited"), Load(clients=2))
+        lost.close()
         return alone, waited
 
     before = committer.batches
@@ -659,11 +663,11 @@ def test_a_hold_waits_for_requests_on_their_way_before_it_ends(tmp_path: Path) -
     committer, engine = _sqlite_committer(tmp_path, hold=60.0)
 
     async def main() -> list[str]:
-        on_the_way = Load(clients=2, arriving=1)
-        first = asyncio.ensure_future(committer.run_async(_write("e0"), on_the_way))
+        on_the_way = committer.flush.arrived()
+        first = asyncio.ensure_future(committer.run_async(_write("e0"), Load(clients=2)))
         await asyncio.sleep(0.01)  # turns go by: the batch is held for the arriving one
         assert not first.done()
-        second = committer.run_async(_write("e1"), Load(clients=2))
+        second = committer.run_async(_write("e1"), Load(clients=2, arrival=on_the_way))
         return list(await asyncio.wait_for(asyncio.gather(first, second), timeout=20))
 
     assert asyncio.run(main()) == ["e0", "e1"]

@@ -47,14 +47,30 @@ def test_with_every_client_in_the_batch_it_goes_at_once() -> None:
     assert (policy.holds, policy.holds_ended_early) == (1, 1)
 
 
-def test_a_request_on_its_way_keeps_the_batch_open() -> None:
+def test_a_request_on_its_way_keeps_the_batch_open_until_its_job_comes() -> None:
     policy = FlushPolicy(HOLD)
-    policy.job(1.0, Load(clients=2, arriving=1))
+    late = policy.arrived()  # received; its body is still being read
+    policy.job(1.0, Load(clients=2, arrival=policy.arrived()))  # the early one's job
     assert policy.arriving()
     assert not policy.all_in(2)
-    policy.job(1.001, Load(clients=2))
+    policy.job(1.001, Load(clients=2, arrival=late))
     assert not policy.arriving()
     assert policy.all_in(2)
+    late.close()  # the edge closes it again when the request ends: counted out once
+    assert not policy.arriving()
+    policy.arrived()  # a new one counts again
+    assert policy.arriving()
+
+
+def test_a_request_that_brings_no_job_stops_counting_once_closed() -> None:
+    policy = FlushPolicy(HOLD)
+    gone = policy.arrived()  # the client will leave before its body is read
+    policy.job(1.0, Load(clients=1))
+    assert policy.arriving()
+    assert not policy.all_in(1)
+    gone.close()
+    assert not policy.arriving()
+    assert policy.all_in(1)
 
 
 def test_without_a_load_only_time_ends_a_hold_and_zero_never_holds() -> None:

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from wire_helpers import Signer, to_bytes, xmlsec_sign, xmlsec_verify
 
 from hubreturns.codes import Reason, ResponseCode
-from hubreturns.dcc.committer import Load
 from hubreturns.dcc.loading import load_appointments, load_devices, load_users
 from hubreturns.dcc.processing import Processor
 from hubreturns.dcc.store.models import Appointment, AuditEntry, Device, ReplayCounter, ReturnRecord
@@ -97,13 +96,16 @@ def test_the_edge_tells_the_committer_how_many_clients_are_connected(
 ) -> None:
     """The commit hold ends once every connected client is in the batch
     (``FlushPolicy.all_in``): the edge reports the server's open connections with
-    each job (``Load``)."""
+    each job (``Load``), and counts its request out once its job is submitted."""
     host, port = server.removeprefix("http://").split(":")
     idle = [socket.create_connection((host, int(port)), timeout=10) for _ in range(2)]
     try:
         assert send(http, world, _scenario("IS fault return, Pending hub"), 1) == "I99"
-        # this client's connection and the two idle ones; no other request being read
-        assert processor.committer.flush.load == Load(clients=3, arriving=0)
+        # this client's connection and the two idle ones; no request on its way any more
+        load = processor.committer.flush.load
+        assert load is not None
+        assert load.clients == 3
+        assert not processor.committer.flush.arriving()
     finally:
         for conn in idle:
             conn.close()
@@ -163,6 +165,7 @@ def test_a_client_that_leaves_mid_body_is_logged_and_nothing_is_recorded(
     http: httpx.Client,
     world: DemoWorld,
     seeded: sessionmaker[Session],
+    processor: Processor,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     ((_, body),) = scenario_bodies(world, [_scenario("IS fault return, Pending hub")])
@@ -176,6 +179,7 @@ def test_a_client_that_leaves_mid_body_is_logged_and_nothing_is_recorded(
             sock.sendall(head.encode() + body[:200])
         assert _access_statuses(caplog, 1) == [499]
     assert audit_rows(seeded) == []
+    assert not processor.committer.flush.arriving()  # no job will come: it left the count
     assert code_of(post(http, body), world) == "I99"  # and the service goes on
 
 

@@ -3,16 +3,17 @@
 A transaction costs about the same for one job as for ten (its commit writes
 the touched pages and flushes them), so at a moderate load a batch may wait a
 few milliseconds for company. ``FlushPolicy`` decides how long, from what it
-is told: when jobs come (``job``), what the HTTP edge knows of the requests
-that may still join (``Load``), and what holding gathered before
-(``ended``). It reads no clock and no socket, so it is tested on its own.
+is told: when jobs come (``job``), which requests the HTTP edge has received
+that will bring one (``arrived``), how many clients it serves (``Load``), and
+what holding gathered before (``ended``). It reads no clock and no socket, so
+it is tested on its own.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_HOLD", "FlushPolicy", "Load"]
+__all__ = ["DEFAULT_HOLD", "Arrival", "FlushPolicy", "Load"]
 
 #: How long a batch may wait for more jobs by default (seconds; ``Settings.commit_hold_ms``).
 DEFAULT_HOLD = 0.003
@@ -29,18 +30,38 @@ _PROBE_EVERY = 16
 _PROBE_EVERY_MOST = 512
 
 
+class Arrival:
+    """A request received by the edge that will bring a job (``FlushPolicy.arrived``).
+
+    It counts as arriving until its job is submitted (``FlushPolicy.job`` closes
+    it) or the edge closes it because none will come (the client left, say). The
+    count is live, not a snapshot taken with each job, because the writer thread
+    reads it while it decides whether to wait. Closing twice does nothing.
+    """
+
+    __slots__ = ("_policy",)
+
+    def __init__(self, policy: FlushPolicy) -> None:
+        self._policy: FlushPolicy | None = policy
+
+    def close(self) -> None:
+        policy, self._policy = self._policy, None
+        if policy is not None:
+            policy._left()
+
+
 @dataclass(frozen=True, slots=True)
 class Load:
     """What the HTTP edge knows, when a job is submitted, about requests that may join it.
 
     ``clients``: connections open to this worker (with HTTP/1.1 each carries one
     request at a time, so a client whose request waits for the commit cannot
-    send another). ``arriving``: requests received whose job is not submitted
-    yet (their bodies being read).
+    send another). ``arrival``: the job's own request, counted in by
+    ``FlushPolicy.arrived`` and out when the job is submitted.
     """
 
     clients: int
-    arriving: int = 0
+    arrival: Arrival | None = None
 
 
 class FlushPolicy:
@@ -66,6 +87,7 @@ class FlushPolicy:
         self._since_probe = 0
         self._probe_every = _PROBE_EVERY
         self.load: Load | None = None
+        self._arriving = 0
         #: Batches held, and those whose hold ended early because every client was in.
         self.holds = 0
         self.holds_ended_early = 0
@@ -77,15 +99,25 @@ class FlushPolicy:
         self._last_job = now
         if load is not None:
             self.load = load
+            if load.arrival is not None:
+                load.arrival.close()
+
+    def arrived(self) -> Arrival:
+        """A request was received that will bring a job: it counts as arriving until closed."""
+        self._arriving += 1
+        return Arrival(self)
+
+    def _left(self) -> None:
+        self._arriving -= 1
 
     def arriving(self) -> bool:
         """Whether requests are on their way (a writer thread holds its batch open for them)."""
-        return self.load is not None and self.load.arriving > 0
+        return self._arriving > 0
 
     def all_in(self, queued: int) -> bool:
         """Whether no job can join a batch of ``queued`` but those already in it."""
         load = self.load
-        return load is not None and not load.arriving and queued >= load.clients
+        return load is not None and not self._arriving and queued >= load.clients
 
     def hold_for(self, queued: int) -> float:
         """Seconds the batch just begun (``queued`` jobs) waits for more; 0 to go at once."""

@@ -107,39 +107,33 @@ class DuisEndpoint:
         self.processor = processor
         self.metrics = metrics_for(processor)
         self.policy = processor.policy
-        #: Requests whose bodies are being read: they will bring a job soon (``Load``).
-        self._reading = 0
+        self.flush = processor.committer.flush
 
     def _load(self, scope: Scope) -> Load | None:
         """The load the committer is told of: the worker's open connections (from
-        ``serving``'s protocol, when it serves) and the requests still being read."""
+        ``serving``'s protocol, when it serves) and this request, arriving until its
+        job is submitted; None when nothing counts the connections (no ``serving``)."""
         connections = scope.get("state", {}).get(CONNECTIONS_STATE_KEY)
         if connections is None:
             return None
-        return Load(clients=len(connections), arriving=self._reading)
+        return Load(clients=len(connections), arrival=self.flush.arrived())
 
     async def __call__(
         self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint
     ) -> None:
         exchange = Exchange(self.metrics, scope)
         status = 500
+        load = self._load(scope)
         try:
             try:
-                self._reading += 1
-                try:
-                    body = await self._body(scope, receive)
-                finally:
-                    self._reading -= 1
+                body = await self._body(scope, receive)
             except _Unreadable as unread:
                 outcome = await self.processor.reject_unreadable_async(
-                    unread.reason,
-                    endpoint.value,
-                    http_status=unread.status,
-                    load=self._load(scope),
+                    unread.reason, endpoint.value, http_status=unread.status, load=load
                 )
                 close = unread.status == 408  # a trickling client must not keep the socket
             else:
-                outcome = await self.processor.handle_duis_async(body, endpoint, self._load(scope))
+                outcome = await self.processor.handle_duis_async(body, endpoint, load)
                 close = False
             status = outcome.http_status
             headers = [
@@ -158,6 +152,8 @@ class DuisEndpoint:
             # A bug, not a bad request (those get signed answers): say so and keep serving.
             status = await self._internal_error(exc, endpoint, send, exchange.header)
         finally:
+            if load is not None and load.arrival is not None:
+                load.arrival.close()  # no job came (the client left, an error): not arriving
             exchange.close(status, _DUIS_ROUTE)
 
     async def _internal_error(

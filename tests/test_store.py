@@ -17,12 +17,11 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, Select, inspect, select
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from hubreturns.dcc.store import sqlite as sqlite_backend
 from hubreturns.dcc.store import statements
-from hubreturns.dcc.store.backend import FactsRow, facts_columns
+from hubreturns.dcc.store.backend import FactsReader, FactsRow, facts_columns
 from hubreturns.dcc.store.db import make_engine, migrate
 from hubreturns.dcc.store.models import Base, Certificate, Device, DeviceSupplier, ReplayCounter
 from hubreturns.dcc.store.repository import Ledger, Repository
@@ -262,9 +261,10 @@ def test_facts_rows_are_read_by_column_name_whatever_the_order() -> None:
     assert list(shuffled.selected_columns.keys()) == list(reversed(FactsRow._fields))
     core_row = tuple(reversed(_FACTS))  # as Core reads it: enumerations already typed
     assert FactsRow._make(facts_columns(shuffled)(core_row)) == _FACTS
-    # SQLite's batch read takes the driver's row: enumerations as their stored text.
+    # The backends' batch reads take the driver's row: enumerations as their stored text.
     driver_row = tuple(v.value if isinstance(v, Enum) else v for v in reversed(_FACTS))
-    assert sqlite_backend._FactsRows(shuffled).read(sqlite.dialect(), [driver_row]) == [_FACTS]
+    for dialect in (sqlite.dialect(), postgresql.psycopg.dialect()):
+        assert FactsReader(shuffled).read(dialect, [driver_row]) == [_FACTS]
 
 
 # -- migrations ---------------------------------------------------------------------------------

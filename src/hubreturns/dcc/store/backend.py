@@ -8,13 +8,13 @@ connection belongs to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Connection, Engine, Select
+from sqlalchemy import Connection, Dialect, Engine, Select
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 from sqlalchemy.engine import URL
@@ -25,6 +25,7 @@ __all__ = [
     "READ_ONLY",
     "Backend",
     "FactsKey",
+    "FactsReader",
     "FactsRow",
     "FactsStatement",
     "QueuedWrites",
@@ -71,6 +72,32 @@ def facts_columns(statement: FactsStatement) -> Callable[[Sequence[Any]], tuple[
     """A row of ``statement`` as ``FactsRow``'s values, in its fields' order (for
     ``FactsRow._make``); the positions are found once, by name (``facts_positions``)."""
     return itemgetter(*facts_positions(statement))
+
+
+class FactsReader:
+    """A facts read's driver rows as ``FactsRow`` (for a backend that runs the read on
+    the driver's cursor): each field's value found by its column's name, and read
+    through the column type's result processor, as Core reads it."""
+
+    __slots__ = ("_plan", "_statement")
+
+    def __init__(self, statement: FactsStatement) -> None:
+        self._statement = statement
+        #: (position, result processor or None) for each field, made for the first dialect.
+        self._plan: tuple[tuple[int, Callable[[Any], Any] | None], ...] | None = None
+
+    def read(self, dialect: Dialect, rows: Iterable[Sequence[Any]]) -> list[FactsRow]:
+        plan = self._plan
+        if plan is None:
+            columns = self._statement.selected_columns
+            plan = self._plan = tuple(
+                (at, columns[at].type.dialect_impl(dialect).result_processor(dialect, None))
+                for at in facts_positions(self._statement)
+            )
+        return [
+            FactsRow._make([row[at] if read is None else read(row[at]) for at, read in plan])
+            for row in rows
+        ]
 
 
 class WriteConflict(Exception):

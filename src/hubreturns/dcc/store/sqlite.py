@@ -26,13 +26,12 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
 from sqlalchemy import (
     Connection,
-    Dialect,
     Engine,
     String,
     bindparam,
@@ -50,11 +49,10 @@ from hubreturns.dcc.store import statements
 from hubreturns.dcc.store.backend import (
     READ_ONLY,
     FactsKey,
+    FactsReader,
     FactsRow,
-    FactsStatement,
     QueuedWrites,
     WriteConflict,
-    facts_positions,
 )
 
 __all__ = ["BACKEND", "WAL_AUTOCHECKPOINT_PAGES", "SQLiteBackend", "SQLiteWriterLock"]
@@ -143,32 +141,7 @@ _ADD_AUDIT: Final = _Compiled(statements.ADD_AUDIT, statements.AUDIT_COLUMNS)
 _LAST_RETURN_ID: Final = statements.last_return_id()
 
 
-class _FactsRows:
-    """The batch read's driver rows as ``FactsRow``: each field's value found by its
-    column's name, and read through the column type's result processor, as Core reads it."""
-
-    __slots__ = ("_plan", "_statement")
-
-    def __init__(self, statement: FactsStatement) -> None:
-        self._statement = statement
-        #: (position, result processor or None) for each field, made for the first dialect.
-        self._plan: tuple[tuple[int, Callable[[Any], Any] | None], ...] | None = None
-
-    def read(self, dialect: Dialect, rows: Iterable[Sequence[Any]]) -> list[FactsRow]:
-        plan = self._plan
-        if plan is None:
-            columns = self._statement.selected_columns
-            plan = self._plan = tuple(
-                (at, columns[at].type.dialect_impl(dialect).result_processor(dialect, None))
-                for at in facts_positions(self._statement)
-            )
-        return [
-            FactsRow._make([row[at] if read is None else read(row[at]) for at, read in plan])
-            for row in rows
-        ]
-
-
-_FACTS_ROWS: Final = _FactsRows(_FACTS)
+_FACTS_ROWS: Final = FactsReader(_FACTS)
 
 
 class SQLiteBackend:

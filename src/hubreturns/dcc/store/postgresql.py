@@ -28,12 +28,12 @@ is the Core ``select`` below compiled once, its rows read through the column
 types' result processors (``FactsReader``). Why: a batch of a few requests
 (at 1,000 req/s a commit serves 2-4) paid SQLAlchemy's statement cache key,
 result set-up and row processing on every execution, in the writer thread
-that holds the GIL the event loop needs: the facts read cost 168 against 94
-µs of CPU on the driver's cursor, the write 154 against 94 µs by
-``exec_driver_sql`` (a 3-key batch, 2,000 runs each, three alternated
-rounds). End to end at 1,000 req/s with 2 workers (three alternated rounds,
-docs/performance.md): the service's CPU a request 1,229 against 1,309 µs,
-p50 7.7 against 11.6 ms. Everything else is SQLAlchemy Core.
+that holds the GIL the event loop needs: a 3-key facts read cost 216 µs of
+CPU through Core, 188 as SQL text by ``exec_driver_sql`` (the way the write
+was sent) and 126 on the driver's cursor (``python -m benchmarks.pgfacts``,
+medians of three interleaved rounds). End to end at 1,000 req/s with 2
+workers (three alternated rounds, docs/performance.md): the service's CPU a
+request 1,229 against 1,309 µs, p50 7.7 against 11.6 ms. Everything else is SQLAlchemy Core.
 """
 
 from __future__ import annotations
@@ -105,30 +105,32 @@ class _Compiled:
         return self._form
 
 
-def _on_driver(connection: Connection, sql: str, parameters: Mapping[str, Any]) -> Any:
-    """Run ``sql`` on psycopg's cursor of ``connection``; its errors raised as SQLAlchemy's.
+def _on_driver(connection: Connection, sql: str, parameters: Mapping[str, Any]) -> list[Any]:
+    """The rows of ``sql`` run on psycopg's cursor of ``connection`` (closed after);
+    its errors raised as SQLAlchemy's.
 
     A lost connection is invalidated and its error says so
     (``connection_invalidated``), as Core's own execution would: the committer
     then runs the batch again on a new connection.
     """
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    dbapi_connection = connection.connection
     dialect = connection.dialect
-    try:
-        cursor.execute(sql, parameters)
-    except dialect.loaded_dbapi.Error as exc:
-        lost = dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor)
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            sql,
-            None,
-            exc,
-            dialect.loaded_dbapi.Error,
-            connection_invalidated=lost,
-            dialect=dialect,
-        ) from exc
-    return cursor
+    with dbapi_connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, parameters)
+            return list(cursor.fetchall())
+        except dialect.loaded_dbapi.Error as exc:
+            lost = dialect.is_disconnect(exc, dbapi_connection.dbapi_connection, cursor)
+            if lost:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                sql,
+                None,
+                exc,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=lost,
+                dialect=dialect,
+            ) from exc
 
 
 def _batch_facts() -> Any:
@@ -393,7 +395,7 @@ class PostgreSQLBackend:
             "devices": [k[1] for k in keys],
             "n": len(keys),
         }
-        rows = _on_driver(connection, sql, parameters).fetchall()
+        rows = _on_driver(connection, sql, parameters)
         # ``return_ids`` is the batch's return ids, the same on every row.
         ids = list(rows[0][_RETURN_IDS_AT]) if rows else []
         return _FACTS_ROWS.read(connection.dialect, rows), ids
@@ -430,7 +432,7 @@ class PostgreSQLBackend:
         ]
         sql, parameters = _BatchWrite.statement(counters, queued.returns, hubs, queued.audit)
         try:
-            moved, claimed, _ = _on_driver(connection, sql, parameters).fetchone()
+            ((moved, claimed, _),) = _on_driver(connection, sql, parameters)
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) == _LOST_RACE:
                 # The statement refused itself (migration 0006): nothing of it was written.

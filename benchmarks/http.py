@@ -49,7 +49,7 @@ from benchmarks.loadgen import write_bodies
 from benchmarks.world import build_world, mixed_bodies, populate, reset
 from hubreturns.dcc.serving import free_port
 
-__all__ = ["end_to_end", "fastest", "serve"]
+__all__ = ["at_rate", "end_to_end", "fastest", "serve", "warm_up"]
 
 _ROOT = Path(__file__).resolve().parent.parent
 _LUA = Path(__file__).resolve().parent / "wrk" / "duis.lua"
@@ -135,7 +135,7 @@ def _wrk(base: str, bodies: Path, seconds: float, connections: int) -> dict[str,
     raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
 
 
-def _warm_up(base: str, bodies: Path, url: str, *, rounds: int = 10) -> list[tuple[float, int]]:
+def warm_up(base: str, bodies: Path, url: str, *, rounds: int = 10) -> list[tuple[float, int]]:
     """Load the server in rounds of 2 s until no worker reads a certificate from the store.
 
     A worker caches a certificate the first time one of its connections
@@ -221,7 +221,7 @@ def fastest(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], dict[s
     return best
 
 
-def _at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> dict[str, Any]:
+def at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> dict[str, Any]:
     """``_loadgen`` with the server's CPU a request, its requests per commit, and the
     machine's idle and stolen shares meanwhile.
 
@@ -330,7 +330,7 @@ def end_to_end(
             with serve(url, n, folder) as (base, pid):
                 label = f"{engine}, {n} worker{'s' if n > 1 else ''}"
                 if have_wrk:
-                    warm = _warm_up(base, bodies_file, url)
+                    warm = warm_up(base, bodies_file, url)
                     section.add(
                         f"{label}: warm-up",
                         warm[-1][0],
@@ -393,7 +393,7 @@ def end_to_end(
                             )
                 for rate in rates:
                     reset(url)
-                    result = _at_rate(base, bodies_file, rate, rate_seconds, pid)
+                    result = at_rate(base, bodies_file, rate, rate_seconds, pid)
                     section.add(
                         f"{label}: {rate} req/s offered",
                         result["p99_ms"],

@@ -317,6 +317,33 @@ def test_the_writer_holds_a_batch_for_requests_that_have_arrived(
 
 
 @postgresql_only
+def test_the_writer_does_not_wait_for_requests_that_arrive_during_its_wait(
+    sessions: sessionmaker[Session], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A steady stream must not hold every batch for the whole gather wait: the
+    batch waits for what was on its way when it was taken, and a request that
+    arrived meanwhile goes in the next batch."""
+    monkeypatch.setattr(committer_module, "_GATHER_WAIT", 30.0)  # a wait would time out
+    committer = Committer[str](engine)
+
+    async def main() -> list[str]:
+        in_flight = committer.flush.arrived()
+        early = asyncio.ensure_future(committer.run_async(_write("early"), Load(clients=3)))
+        await asyncio.sleep(0.2)  # the writer took the early job and waits for in_flight
+        later = committer.flush.arrived()  # arrives during the wait
+        joined = committer.run_async(_write("joined"), Load(clients=3, arrival=in_flight))
+        first = await asyncio.wait_for(asyncio.gather(early, joined), timeout=10)
+        last = await committer.run_async(_write("last"), Load(clients=3, arrival=later))
+        return [*first, last]
+
+    before = committer.batches
+    assert asyncio.run(main()) == ["early", "joined", "last"]
+    assert committer.batches - before == 2
+    assert _reasons(engine) == ["early", "joined", "last"]
+    committer.close()
+
+
+@postgresql_only
 def test_with_nothing_arriving_a_batch_goes_at_once_and_a_lost_arrival_only_delays(
     sessions: sessionmaker[Session], engine: Engine
 ) -> None:

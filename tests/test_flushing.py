@@ -62,6 +62,22 @@ def test_a_request_on_its_way_keeps_the_batch_open_until_its_job_comes() -> None
     assert policy.arriving()
 
 
+def test_a_mark_separates_requests_in_flight_from_those_that_come_later() -> None:
+    """The writer waits for the requests in flight when it took its batch, not for
+    a stream that keeps coming: those go in the next batch."""
+    policy = FlushPolicy(HOLD)
+    before = policy.arrived()
+    mark = policy.mark()
+    after = policy.arrived()
+    assert policy.arriving(before=mark)
+    before.close()
+    assert not policy.arriving(before=mark)  # only the later one is open
+    assert policy.arriving()
+    assert policy.arriving(before=policy.mark())  # for the next batch, it is in flight
+    after.close()
+    assert not policy.arriving()
+
+
 def test_a_request_that_brings_no_job_stops_counting_once_closed() -> None:
     policy = FlushPolicy(HOLD)
     gone = policy.arrived()  # the client will leave before its body is read

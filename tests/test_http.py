@@ -179,8 +179,27 @@ def test_a_client_that_leaves_mid_body_is_logged_and_nothing_is_recorded(
             sock.sendall(head.encode() + body[:200])
         assert _access_statuses(caplog, 1) == [499]
     assert audit_rows(seeded) == []
-    assert not processor.committer.flush.arriving()  # no job will come: it left the count
+    assert not processor.committer.flush.arriving()  # no job will come: not counted
     assert code_of(post(http, body), world) == "I99"  # and the service goes on
+
+
+def test_a_client_still_sending_its_body_does_not_hold_the_batches_of_others(
+    server: str, http: httpx.Client, world: DemoWorld, processor: Processor
+) -> None:
+    """A request counts as on its way to a batch (``FlushPolicy.arriving``, which
+    the writer waits for) once its body is read: a client trickling its body
+    would otherwise keep every batch waiting the longest wait."""
+    ((_, body),) = scenario_bodies(world, [_scenario("IS fault return, Pending hub")])
+    host, port = server.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/v1/serviceD HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as trickling:
+        trickling.sendall(head.encode() + body[:200])
+        time.sleep(0.05)  # the server has begun the trickling request
+        assert code_of(post(http, body), world) == "I99"
+        assert not processor.committer.flush.arriving()
 
 
 def test_an_unexpected_error_is_a_signed_e100_and_the_service_goes_on(

@@ -59,8 +59,9 @@ R = TypeVar("R")
 _LOOP_RETRY_EVERY = 0.0005
 _LOOP_RETRY_FOR = 0.050
 
-#: How long the writer thread holds a batch open for requests that have arrived but
-#: not yet brought their job (``Load.arriving``): a bound on the latency it adds.
+#: How long the writer thread holds a batch open for requests that had arrived when
+#: it took the batch but not yet brought their job (``FlushPolicy.arriving``): a
+#: bound on the latency it adds.
 _GATHER_WAIT = 0.010
 
 
@@ -173,9 +174,12 @@ class Committer(Generic[R]):
                 if self._closed:
                     return None
                 self._ready.wait()
+            mark = self.flush.mark()
             deadline = time.monotonic() + _GATHER_WAIT
             while (
-                self._runner.expecting() and len(self._queue) < self.max_batch and not self._closed
+                self._runner.expecting(mark)
+                and len(self._queue) < self.max_batch
+                and not self._closed
             ):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -213,8 +217,9 @@ class _Runner(Generic[R]):
         """In the writer thread: run ``batch`` and settle it."""
         raise NotImplementedError
 
-    def expecting(self) -> bool:
-        """In the writer thread: whether jobs are on their way to the batch being taken."""
+    def expecting(self, mark: int) -> bool:
+        """In the writer thread: whether jobs are on their way to the batch being taken
+        (from requests that arrived before ``mark``, ``FlushPolicy.mark``)."""
         return False
 
     def started(self) -> None:
@@ -232,9 +237,10 @@ class _PostgresRunner(_Runner[R]):
 
     The loop never waits on the network: the jobs queued in one turn of the
     loop go to the writer thread together, one wake-up for all of them, and
-    the thread holds its next batch open (up to ``_GATHER_WAIT``) while the
-    edge reports requests arriving: under load a commit then serves every
-    request in flight instead of the few that happened to be ready.
+    the thread holds its next batch open (up to ``_GATHER_WAIT``) for the
+    requests the edge had received when the batch was taken: under load a
+    commit then serves every request in flight instead of the few that
+    happened to be ready, and those received meanwhile go in the next one.
 
     Taking a connection from the pool for each batch cost the pool's
     pre-ping (a round trip) and the check-out and check-in themselves: about
@@ -260,8 +266,8 @@ class _PostgresRunner(_Runner[R]):
         batch, self._turn = self._turn, []
         self.committer.enqueue(batch)
 
-    def expecting(self) -> bool:
-        return bool(self._turn) or self.committer.flush.arriving()
+    def expecting(self, mark: int) -> bool:
+        return bool(self._turn) or self.committer.flush.arriving(before=mark)
 
     def commit(self, batch: list[Item[R]]) -> None:
         engine = self.committer.engine

@@ -3,14 +3,16 @@
 A transaction costs about the same for one job as for ten (its commit writes
 the touched pages and flushes them), so at a moderate load a batch may wait a
 few milliseconds for company. ``FlushPolicy`` decides how long, from what it
-is told: when jobs come (``job``), which requests the HTTP edge has received
-that will bring one (``arrived``), how many clients it serves (``Load``), and
-what holding gathered before (``ended``). It reads no clock and no socket, so
+is told: when jobs come (``job``), which requests the HTTP edge has read that
+will bring one (``arrived``, and ``mark`` for those already in flight when a
+batch is taken), how many clients it serves (``Load``), and what holding
+gathered before (``ended``). It reads no clock and no socket, so
 it is tested on its own.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_HOLD", "Arrival", "FlushPolicy", "Load"]
@@ -31,23 +33,24 @@ _PROBE_EVERY_MOST = 512
 
 
 class Arrival:
-    """A request received by the edge that will bring a job (``FlushPolicy.arrived``).
+    """A request whose body the edge has read and that will bring a job (``FlushPolicy.arrived``).
 
     It counts as arriving until its job is submitted (``FlushPolicy.job`` closes
-    it) or the edge closes it because none will come (the client left, say). The
-    count is live, not a snapshot taken with each job, because the writer thread
+    it) or the edge closes it because none will come (an error, say). The count
+    is live, not a snapshot taken with each job, because the writer thread
     reads it while it decides whether to wait. Closing twice does nothing.
     """
 
-    __slots__ = ("_policy",)
+    __slots__ = ("_policy", "_round")
 
-    def __init__(self, policy: FlushPolicy) -> None:
+    def __init__(self, policy: FlushPolicy, round_: int) -> None:
         self._policy: FlushPolicy | None = policy
+        self._round = round_
 
     def close(self) -> None:
         policy, self._policy = self._policy, None
         if policy is not None:
-            policy._left()
+            policy._left(self._round)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +90,11 @@ class FlushPolicy:
         self._since_probe = 0
         self._probe_every = _PROBE_EVERY
         self.load: Load | None = None
-        self._arriving = 0
+        #: Open arrivals by the writer's round they came in (``mark``); the event
+        #: loop adds and removes them while the writer thread reads, hence the lock.
+        self._open: dict[int, int] = {}
+        self._round = 0
+        self._lock = threading.Lock()
         #: Batches held, and those whose hold ended early because every client was in.
         self.holds = 0
         self.holds_ended_early = 0
@@ -103,21 +110,42 @@ class FlushPolicy:
                 load.arrival.close()
 
     def arrived(self) -> Arrival:
-        """A request was received that will bring a job: it counts as arriving until closed."""
-        self._arriving += 1
-        return Arrival(self)
+        """A request's body was read and a job will come: it counts as arriving until closed."""
+        with self._lock:
+            round_ = self._round
+            self._open[round_] = self._open.get(round_, 0) + 1
+        return Arrival(self, round_)
 
-    def _left(self) -> None:
-        self._arriving -= 1
+    def _left(self, round_: int) -> None:
+        with self._lock:
+            left = self._open[round_] - 1
+            if left:
+                self._open[round_] = left
+            else:
+                del self._open[round_]
 
-    def arriving(self) -> bool:
-        """Whether requests are on their way (a writer thread holds its batch open for them)."""
-        return self._arriving > 0
+    def mark(self) -> int:
+        """A batch is being taken: requests arriving from now on are for the next one.
+
+        Returns the mark to pass to ``arriving``. Why: waiting also for requests
+        that arrive during the wait made a steady stream hold every batch for
+        the writer's whole gather wait, which went into every request's latency.
+        """
+        with self._lock:
+            self._round += 1
+            return self._round
+
+    def arriving(self, before: int | None = None) -> bool:
+        """Whether requests are on their way (that arrived before the mark ``before``, if given)."""
+        with self._lock:
+            if before is None:
+                return bool(self._open)
+            return any(round_ < before for round_ in self._open)
 
     def all_in(self, queued: int) -> bool:
         """Whether no job can join a batch of ``queued`` but those already in it."""
         load = self.load
-        return load is not None and not self._arriving and queued >= load.clients
+        return load is not None and queued >= load.clients and not self.arriving()
 
     def hold_for(self, queued: int) -> float:
         """Seconds the batch just begun (``queued`` jobs) waits for more; 0 to go at once."""

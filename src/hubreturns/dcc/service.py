@@ -111,8 +111,10 @@ class DuisEndpoint:
 
     def _load(self, scope: Scope) -> Load | None:
         """The load the committer is told of: the worker's open connections (from
-        ``serving``'s protocol, when it serves) and this request, arriving until its
-        job is submitted; None when nothing counts the connections (no ``serving``)."""
+        ``serving``'s protocol, when it serves) and this request, arriving from now
+        (its body is read) until its job is submitted; None when nothing counts the
+        connections (no ``serving``). Not from the request's first byte: a client
+        trickling its body would keep every batch waiting for it."""
         connections = scope.get("state", {}).get(CONNECTIONS_STATE_KEY)
         if connections is None:
             return None
@@ -123,16 +125,18 @@ class DuisEndpoint:
     ) -> None:
         exchange = Exchange(self.metrics, scope)
         status = 500
-        load = self._load(scope)
+        load: Load | None = None
         try:
             try:
                 body = await self._body(scope, receive)
             except _Unreadable as unread:
+                load = self._load(scope)
                 outcome = await self.processor.reject_unreadable_async(
                     unread.reason, endpoint.value, http_status=unread.status, load=load
                 )
                 close = unread.status == 408  # a trickling client must not keep the socket
             else:
+                load = self._load(scope)
                 outcome = await self.processor.handle_duis_async(body, endpoint, load)
                 close = False
             status = outcome.http_status

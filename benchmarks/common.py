@@ -243,13 +243,8 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def tree_cpu(root: int) -> tuple[float, float]:
-    """(user, system) CPU seconds used so far by process ``root`` and its live descendants.
-
-    Read from /proc (Linux). CPU per request is steadier than throughput on a
-    shared machine: it does not depend on how the cores were shared.
-    """
-    tick = os.sysconf("SC_CLK_TCK")
+def _tree(root: int) -> dict[int, list[str]]:
+    """The /proc stat fields (after the name) of process ``root`` and its live descendants."""
     stats: dict[int, list[str]] = {}
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -262,13 +257,44 @@ def tree_cpu(root: int) -> tuple[float, float]:
         fields = text[text.rindex(")") + 2 :].split()
         stats[int(entry.name)] = fields
         children.setdefault(int(fields[1]), []).append(int(entry.name))
-    user = system = 0.0
+    tree: dict[int, list[str]] = {}
     todo = [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        found = stats.get(pid)
-        if found is not None:
-            user += int(found[11]) / tick
-            system += int(found[12]) / tick
-    return user, system
+        if pid in stats:
+            tree[pid] = stats[pid]
+    return tree
+
+
+def tree_cpu(root: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by process ``root`` and its live descendants.
+
+    Read from /proc (Linux). CPU per request is steadier than throughput on a
+    shared machine: it does not depend on how the cores were shared.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    tree = _tree(root).values()
+    return sum(int(f[11]) for f in tree) / tick, sum(int(f[12]) for f in tree) / tick
+
+
+def tree_sleeps(root: int) -> int:
+    """How many times the threads of ``root`` and its live descendants have gone to sleep.
+
+    The sum of every thread's voluntary context switches (/proc, Linux). Each
+    is a wait for something (a socket, a lock, the disk) and a wake-up after
+    it; on a VM a wake-up can cost more CPU than a small request's own work,
+    so sleeps a request say where CPU goes at moderate rates, and the count
+    does not depend on how busy the machine is.
+    """
+    sleeps = 0
+    for pid in _tree(root):
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                status = (task / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    sleeps += int(line.split()[1])
+    return sleeps

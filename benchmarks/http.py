@@ -44,6 +44,7 @@ from benchmarks.common import (
     postmaster_pid,
     sqlite_url,
     tree_cpu,
+    tree_sleeps,
 )
 from benchmarks.loadgen import write_bodies
 from benchmarks.world import build_world, mixed_bodies, populate, reset
@@ -222,8 +223,8 @@ def fastest(runs: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], dict[s
 
 
 def at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> dict[str, Any]:
-    """``_loadgen`` with the server's CPU a request, its requests per commit, and the
-    machine's idle and stolen shares meanwhile.
+    """``_loadgen`` with the server's CPU and thread sleeps a request, its requests per
+    commit, and the machine's idle and stolen shares meanwhile.
 
     Why: a request costs more CPU at a moderate rate than at saturation (fewer
     requests share each commit and each turn of the event loop), and that CPU,
@@ -232,10 +233,13 @@ def at_rate(base: str, bodies: Path, rate: float, seconds: float, pid: int) -> d
     shares = CpuShares()
     committed = (_COMMITTED_JOBS, _COMMITTED_BATCHES)
     cpu_before, commits_before = tree_cpu(pid), _metric_totals(base, *committed)
+    sleeps_before = tree_sleeps(pid)
     result = _loadgen(base, bodies, rate, seconds)
+    sleeps_after = tree_sleeps(pid)
     cpu_after, commits_after = tree_cpu(pid), _metric_totals(base, *committed)
     requests = max(1, result["requests"])
     result["server_cpu_us"] = 1e6 * (sum(cpu_after) - sum(cpu_before)) / requests
+    result["server_sleeps"] = (sleeps_after - sleeps_before) / requests
     jobs = commits_after[_COMMITTED_JOBS] - commits_before[_COMMITTED_JOBS]
     batches = commits_after[_COMMITTED_BATCHES] - commits_before[_COMMITTED_BATCHES]
     result["per_commit"] = jobs / batches if batches else float("nan")
@@ -405,6 +409,7 @@ def end_to_end(
                         f"generator CPU {result['generator_cpu_share']:.0%} of a core, "
                         f"lag {result['generator_max_lag_ms']:.1f} ms; "
                         f"server CPU {result['server_cpu_us']:.0f} µs/request, "
+                        f"{result['server_sleeps']:.1f} thread sleeps/request, "
                         f"{result['per_commit']:.1f} requests per commit, "
                         f"idle {result['idle']:.0%}, stolen {result['steal']:.0%}"
                         + (f"; errors {result['errors']}" if result["errors"] else "")

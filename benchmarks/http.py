@@ -58,16 +58,20 @@ _LUA = Path(__file__).resolve().parent / "wrk" / "duis.lua"
 
 @contextmanager
 def serve(
-    url: str, workers: int, folder: Path, *, floor: bool = False
+    url: str, workers: int, folder: Path, *, floor: bool = False, source: Path | None = None
 ) -> Iterator[tuple[str, int]]:
     """``hubreturns serve`` on a free loopback port until the block ends.
 
     Yields the base URL and the server's process id (its workers are its children).
 
-    With ``floor``, the bare app of ``benchmarks.floor`` is served instead.
+    With ``floor``, the bare app of ``benchmarks.floor`` is served instead. With
+    ``source``, a ``src`` folder of another tree of the project, that tree's
+    service is served (first on its ``PYTHONPATH``; ``benchmarks.ab``).
     """
     port = free_port()
     env = {**os.environ, "HUBRETURNS_DATABASE_URL": url, "HUBRETURNS_ALLOW_TEST_KEYS": "1"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     env.setdefault("HUBRETURNS_SESSION_SECRET", "benchmark-session-secret-0123456789abcdef")
     env.pop("HUBRETURNS_CONFIG", None)
     address = ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
@@ -280,6 +284,7 @@ def end_to_end(
     cores: int,
     connections: Sequence[int] = (32, 64),
     engines: Iterable[str] = ("sqlite", "postgresql"),
+    source: Path | None = None,
 ) -> Section:
     section = Section("4. end to end over HTTP (loopback, separate load generator)")
     fsyncs = fsync_latencies(folder, min(5.0, saturation_seconds))
@@ -331,7 +336,7 @@ def end_to_end(
         populate(url, world, hubs)
         db_pid = postmaster_pid(url) if engine == "PostgreSQL" else None
         for n in workers:
-            with serve(url, n, folder) as (base, pid):
+            with serve(url, n, folder, source=source) as (base, pid):
                 label = f"{engine}, {n} worker{'s' if n > 1 else ''}"
                 if have_wrk:
                     warm = warm_up(base, bodies_file, url)

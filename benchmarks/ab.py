@@ -72,13 +72,21 @@ def _one(side: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
+def _accepted(runs: list[dict[str, Any]]) -> dict[_Key, float]:
+    """One run's accepted requests/s at saturation, per (engine, workers)."""
+    return {
+        (engine, workers): best["accepted_rate"]
+        for (engine, workers, kind), best in fastest(runs).items()
+        if kind == "accepted"
+    }
+
+
 def _cells(rounds: list[list[dict[str, Any]]]) -> dict[_Key, dict[str, list[str]]]:
     """Per (engine, workers): each row's figure, one per round, as printed."""
     cells: dict[_Key, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for runs in rounds:
-        for (engine, workers, kind), best in fastest(runs).items():
-            if kind == "accepted":
-                cells[engine, workers]["accepted/s"].append(f"{best['accepted_rate']:,.0f}")
+        for key, accepted in _accepted(runs).items():
+            cells[key]["accepted/s"].append(f"{accepted:,.0f}")
         for run in runs:
             if run["kind"] != "rate":
                 continue
@@ -89,15 +97,6 @@ def _cells(rounds: list[list[dict[str, Any]]]) -> dict[_Key, dict[str, list[str]
                 f"{run['server_cpu_us']:,.0f}, {run['server_sleeps']:.1f}"
             )
     return cells
-
-
-def _accepted(rounds: list[list[dict[str, Any]]], key: _Key) -> list[float]:
-    return [
-        best["accepted_rate"]
-        for runs in rounds
-        for (engine, workers, kind), best in fastest(runs).items()
-        if kind == "accepted" and (engine, workers) == key
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in cells["new"][key]:
             print(f"  {row:30} old {' / '.join(cells['old'][key][row])}")
             print(f"  {'':30} new {' / '.join(cells['new'][key][row])}")
-        old, new = _accepted(rounds["old"], key), _accepted(rounds["new"], key)
+        old, new = ([a[key] for a in map(_accepted, rounds[n]) if key in a] for n in sides)
         if old and new:
             ratio = statistics.mean(new) / statistics.mean(old)
             print(f"  accepted/s new/old (means): {ratio:.2f}")

@@ -18,6 +18,8 @@ from sqlalchemy import Connection, Dialect, Engine, Select
 from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.sqlite import Insert as SQLiteInsert
 from sqlalchemy.engine import URL
+from sqlalchemy.engine.interfaces import DBAPIModule
+from sqlalchemy.exc import DBAPIError, StatementError
 
 from hubreturns.model import DeviceType, Role, SmiStatus, UserStatus
 
@@ -30,6 +32,7 @@ __all__ = [
     "FactsStatement",
     "QueuedWrites",
     "WriteConflict",
+    "driver_error",
     "facts_columns",
     "facts_positions",
 ]
@@ -98,6 +101,26 @@ class FactsReader:
             FactsRow._make([row[at] if read is None else read(row[at]) for at, read in plan])
             for row in rows
         ]
+
+
+def driver_error(
+    connection: Connection, sql: str, error: DBAPIModule.Error, cursor: Any
+) -> StatementError:
+    """A driver's ``error`` from ``sql`` on its own ``cursor``, as Core's execution raises it.
+
+    For a backend that runs statements on the driver's cursor: the error is
+    SQLAlchemy's (``DBAPIError.instance``), and a lost connection is
+    invalidated and says so (``connection_invalidated``), so the committer runs
+    the batch again on a new connection.
+    """
+    dialect = connection.dialect
+    dbapi_connection = connection.connection.dbapi_connection
+    lost = dialect.is_disconnect(error, dbapi_connection, cursor)
+    if lost:
+        connection.invalidate(error)
+    return DBAPIError.instance(
+        sql, None, error, dialect.loaded_dbapi.Error, connection_invalidated=lost, dialect=dialect
+    )
 
 
 class WriteConflict(Exception):

@@ -69,6 +69,7 @@ from hubreturns.dcc.store.backend import (
     FactsRow,
     QueuedWrites,
     WriteConflict,
+    driver_error,
 )
 from hubreturns.dcc.store.models import (
     AuditEntry,
@@ -113,24 +114,12 @@ def _on_driver(connection: Connection, sql: str, parameters: Mapping[str, Any]) 
     (``connection_invalidated``), as Core's own execution would: the committer
     then runs the batch again on a new connection.
     """
-    dbapi_connection = connection.connection
-    dialect = connection.dialect
-    with dbapi_connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+    with connection.connection.driver_connection.cursor() as cursor:  # type: ignore[union-attr]
         try:
             cursor.execute(sql, parameters)
             return list(cursor.fetchall())
-        except dialect.loaded_dbapi.Error as exc:
-            lost = dialect.is_disconnect(exc, dbapi_connection.dbapi_connection, cursor)
-            if lost:
-                connection.invalidate(exc)
-            raise DBAPIError.instance(
-                sql,
-                None,
-                exc,
-                dialect.loaded_dbapi.Error,
-                connection_invalidated=lost,
-                dialect=dialect,
-            ) from exc
+        except connection.dialect.loaded_dbapi.Error as exc:
+            raise driver_error(connection, sql, exc, cursor) from exc
 
 
 def _batch_facts() -> Any:

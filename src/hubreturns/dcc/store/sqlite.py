@@ -42,7 +42,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.sqlite import Insert, insert
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.expression import ClauseElement
 
 from hubreturns.dcc.store import statements
@@ -53,6 +52,7 @@ from hubreturns.dcc.store.backend import (
     FactsRow,
     QueuedWrites,
     WriteConflict,
+    driver_error,
 )
 
 __all__ = ["BACKEND", "WAL_AUTOCHECKPOINT_PAGES", "SQLiteBackend", "SQLiteWriterLock"]
@@ -76,7 +76,7 @@ class _Compiled:
     What runs is still SQLAlchemy's: the SQL is SQLite's compilation of the
     Core statement, and every parameter goes through its column type's bind
     processor, so the stored values are those the Core path stores. Driver
-    errors are raised as SQLAlchemy's (``DBAPIError.instance``).
+    errors are raised as SQLAlchemy's (``backend.driver_error``).
     """
 
     __slots__ = ("_form", "_keys", "statement")
@@ -120,9 +120,7 @@ class _Compiled:
             else:
                 cursor.executemany(sql, [values(row) for row in rows])
         except connection.dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(
-                sql, None, exc, connection.dialect.loaded_dbapi.Error, dialect=connection.dialect
-            ) from exc
+            raise driver_error(connection, sql, exc, cursor) from exc
         return cursor
 
 

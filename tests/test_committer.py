@@ -420,6 +420,26 @@ def test_on_a_loop_a_failing_job_fails_alone(
     committer.close()
 
 
+def test_a_request_given_up_while_its_batch_runs_leaves_its_neighbours_answered(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    """A caller cancelled while its job waits (a server shutting down, say) must not
+    turn its batch's committed answers into errors for the others."""
+    committer = Committer[str](engine)
+
+    async def main() -> tuple[str, bool, str]:
+        tasks = [asyncio.ensure_future(committer.run_async(_write(n))) for n in "abc"]
+        await asyncio.sleep(0)  # each has queued its job; the batch has not run yet
+        tasks[1].cancel()
+        first, _, last = await asyncio.gather(*tasks, return_exceptions=True)
+        return str(first), tasks[1].cancelled(), str(last)
+
+    assert asyncio.run(main()) == ("a", True, "c")
+    # The cancelled caller's job was committed with the rest: only its answer is lost.
+    assert _reasons(engine) == ["a", "b", "c"]
+    committer.close()
+
+
 def test_a_briefly_busy_writer_lock_is_tried_again_on_the_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -191,7 +191,8 @@ class BatchWriter:
             return True
         self._committed(len(batch))
         for item, result in zip(batch, results, strict=True):
-            item.future.set_result(result)
+            if not item.future.done():  # a loop's future may have been cancelled
+                item.future.set_result(result)
         return True
 
     def _one_by_one(
@@ -219,10 +220,12 @@ class BatchWriter:
                 with connection.begin():
                     result = item.job.after_race(Ledger(connection), race)
         except Exception as exc:
-            item.future.set_exception(exc)
+            if not item.future.done():
+                item.future.set_exception(exc)
             return
         self._committed(1)
-        item.future.set_result(result)
+        if not item.future.done():
+            item.future.set_result(result)
 
     def _committed(self, size: int) -> None:
         self.batches += 1

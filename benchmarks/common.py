@@ -283,9 +283,9 @@ def tree_sleeps(root: int) -> int:
 
     The sum of every thread's voluntary context switches (/proc, Linux). Each
     is a wait for something (a socket, a lock, the disk) and a wake-up after
-    it; on a VM a wake-up can cost more CPU than a small request's own work,
-    so sleeps a request say where CPU goes at moderate rates, and the count
-    does not depend on how busy the machine is.
+    it: sleeps a request count the hand-offs between threads and processes a
+    request costs, and the count does not depend on how busy the machine is.
+    (Fewer of them did not mean less CPU: docs/performance.md, "Fifth round".)
     """
     sleeps = 0
     for pid in _tree(root):

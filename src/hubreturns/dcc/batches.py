@@ -111,6 +111,12 @@ class Item(Generic[T]):
     job: Job[T]
     future: Settleable[T]
 
+    def answer(self, result: T) -> None:
+        """Settle with ``result``, unless already settled (a loop's future may have
+        been cancelled while the job waited: its neighbours must still be answered)."""
+        if not self.future.done():
+            self.future.set_result(result)
+
 
 class StaleConnection(Exception):
     """A kept connection was found dead before its batch committed: run the batch again."""
@@ -191,8 +197,7 @@ class BatchWriter:
             return True
         self._committed(len(batch))
         for item, result in zip(batch, results, strict=True):
-            if not item.future.done():  # a loop's future may have been cancelled
-                item.future.set_result(result)
+            item.answer(result)
         return True
 
     def _one_by_one(
@@ -220,12 +225,10 @@ class BatchWriter:
                 with connection.begin():
                     result = item.job.after_race(Ledger(connection), race)
         except Exception as exc:
-            if not item.future.done():
-                item.future.set_exception(exc)
+            fail([item], exc)
             return
         self._committed(1)
-        if not item.future.done():
-            item.future.set_result(result)
+        item.answer(result)
 
     def _committed(self, size: int) -> None:
         self.batches += 1

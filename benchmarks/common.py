@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -210,6 +211,26 @@ def throughput(call: Callable[[int], object], seconds: float, *, batch: int = 50
         now = time.perf_counter()
         if now >= deadline:
             return done / (now - started)
+
+
+def cpu_per_call(call: Callable[[int], object], *, idle: float, count: int) -> float:
+    """CPU seconds one ``call(i)`` costs this thread when each follows ``idle`` seconds asleep.
+
+    Why: on the VMs these benchmarks run on, work that follows a pause costs
+    far more CPU than the same work back to back, and at a moderate load every
+    request follows one. The median call is kept, so a stray interruption does
+    not count.
+    """
+    for i in range(min(count, 20)):  # warm up lazily built state
+        call(i)
+    costs: list[float] = []
+    for i in range(count):
+        if idle:
+            time.sleep(idle)
+        started = time.thread_time()
+        call(i)
+        costs.append(time.thread_time() - started)
+    return statistics.median(costs)
 
 
 def fsync_latencies(folder: Path, seconds: float) -> list[float]:

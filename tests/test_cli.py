@@ -624,3 +624,25 @@ def test_demo_passes_and_leaves_its_database(cli: Cli, tmp_path: Path) -> None:
         "pki",
         "hubreturns-demo.db",
     }
+
+
+def test_a_command_starts_without_importing_matplotlib() -> None:
+    """matplotlib takes about a second to import, on every command; only the HTML
+    report's charts need it (``logistics.charts``, imported when they are drawn)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUBRETURNS_")}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", str(SCRIPT), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "hubreturns.dcc.logistics.cli" in imported  # the report command is registered
+    assert not {name for name in imported if name.split(".")[0] == "matplotlib"}

@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 from hubreturns.cli import app
 from hubreturns.codes import CODE_INFO, DEFAULT_PROFILE, ResponseCode
 from hubreturns.dcc.config import Settings
-from hubreturns.dcc.logistics.render import chart_figure, chart_label
+from hubreturns.dcc.logistics.charts import chart_figure, chart_label
 from hubreturns.dcc.logistics.reports import ReportRow
 from hubreturns.dcc.processing import Processor
 from hubreturns.dcc.store.models import AuditEntry, ReturnRecord, User

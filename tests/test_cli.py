@@ -626,12 +626,20 @@ def test_demo_passes_and_leaves_its_database(cli: Cli, tmp_path: Path) -> None:
     }
 
 
-def test_a_command_starts_without_importing_matplotlib() -> None:
-    """matplotlib takes about a second to import, on every command; only the HTML
-    report's charts need it (``logistics.charts``, imported when they are drawn)."""
+_STARTS = {
+    "a command": ["--help"],
+    "a server process": ["-c", "import hubreturns.dcc.service, hubreturns.dcc.logistics.api"],
+}
+
+
+@pytest.mark.parametrize("start", _STARTS.values(), ids=list(_STARTS))
+def test_a_command_or_server_starts_without_importing_matplotlib(start: list[str]) -> None:
+    """matplotlib takes about a second to import; only the HTML report's charts need
+    it (``logistics.charts``, imported when they are drawn)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUBRETURNS_")}
+    program = [str(SCRIPT)] if start[0] == "--help" else []
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", str(SCRIPT), "--help"],
+        [sys.executable, "-X", "importtime", *program, *start],
         capture_output=True,
         text=True,
         env=env,
@@ -644,5 +652,5 @@ def test_a_command_starts_without_importing_matplotlib() -> None:
         for line in done.stderr.splitlines()
         if line.startswith("import time:")
     }
-    assert "hubreturns.dcc.logistics.cli" in imported  # the report command is registered
+    assert "hubreturns.dcc.logistics.render" in imported  # the report's module is loaded
     assert not {name for name in imported if name.split(".")[0] == "matplotlib"}
